@@ -1,0 +1,91 @@
+"""The one attention entry point every layer calls, and its reference (PyTorch SDPA) path.
+
+Callers describe masking by meaning — causal or not, a key-padding mask or packed-sequence offsets —
+never by a prebuilt bias tensor, so a fused kernel can take the same arguments and skip the mask.
+Must not import torch.distributed, deepspeed, megatron or ray.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def build_attention_mask(
+    q_len: int,
+    k_len: int,
+    *,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Boolean mask (B or 1, 1, T, S): True where query t may attend to key s.
+
+    Queries are the last `q_len` of the `k_len` positions, which is what decoding against a KV cache
+    needs (T new tokens after S - T cached ones).
+    """
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)  # (T,)
+    k_pos = torch.arange(k_len, device=device)  # (S,)
+    allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)  # (T, S)
+    if causal:
+        allowed = k_pos[None, :] <= q_pos[:, None]
+    if cu_seqlens is not None:
+        # Packed sequences: a token sees only its own segment; slots past the last offset are padding.
+        segment = torch.bucketize(k_pos, cu_seqlens[1:].to(device), right=True)  # (S,)
+        valid_k = k_pos < cu_seqlens[-1]
+        allowed = allowed & (segment[q_pos][:, None] == segment[None, :]) & valid_k[None, :]
+    allowed = allowed[None]  # (1, T, S)
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask.bool()[:, None, :]  # (B, T, S)
+    return allowed[:, None]  # (B, 1, T, S)
+
+
+def sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Reference path: an explicit boolean mask through `F.scaled_dot_product_attention`."""
+    B, Hq, T, D = q.shape
+    S = k.shape[2]
+    mask = build_attention_mask(
+        T, S, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, device=q.device
+    )  # (B|1, 1, T, S)
+    # A query row that sees no key (a left-pad token) would softmax over nothing and give NaN; open
+    # the row up for SDPA and zero its output afterwards, the convention the fused kernel follows too.
+    empty = ~mask.any(dim=-1, keepdim=True)  # (B|1, 1, T, 1)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask | empty, scale=scale, enable_gqa=k.shape[1] != Hq
+    )  # (B, Hq, T, D)
+    return out.masked_fill(empty, 0.0)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Masked multi-head attention.
+
+    q: (B, Hq, T, D); k, v: (B, Hkv, S, D) with Hq a multiple of Hkv (grouped-query) and S >= T.
+    key_padding_mask: (B, S) bool, True on real tokens. cu_seqlens: (N + 1,) int offsets of N
+    sequences packed along one row (B == 1). Returns (B, Hq, T, D); rows with no visible key are 0.
+    """
+    if cu_seqlens is not None and q.shape[0] != 1:
+        raise ValueError(f"packed sequences (cu_seqlens) need batch size 1, got {q.shape[0]}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} key/value heads")
+    return sdpa_attention(
+        q, k, v, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, scale=scale
+    )

@@ -1,0 +1,123 @@
+"""Batched sampling with a KV cache: left-padded prompts in, PPO-ready sequences and masks out.
+
+Mask convention (shared with rlhf/): `response_mask` is True on generated tokens up to and
+including EOS; everything after a row's EOS is padding with attention_mask False.
+Must not import torch.distributed, deepspeed, megatron or ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models.heads import CausalLM
+from models.transformer import KVCache, positions_from_mask
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # 0 → greedy
+    top_k: int = 0  # 0 → off
+    top_p: float = 1.0  # 1 → off
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"invalid sampling parameters {self}")
+
+
+@dataclass
+class Generation:
+    sequences: torch.Tensor  # (B, P + R) long: left-padded prompt, then response padded on the right
+    attention_mask: torch.Tensor  # (B, P + R) bool: real prompt tokens and response tokens up to EOS
+    response_mask: torch.Tensor  # (B, R) bool: generated tokens up to and including EOS
+    logprobs: torch.Tensor  # (B, R) fp32: log p(token) under logits / temperature, 0 where masked
+    prompt_len: int  # P
+
+    @property
+    def responses(self) -> torch.Tensor:  # (B, R)
+        return self.sequences[:, self.prompt_len:]
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering of (B, V) logits, the order transformers applies them."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # (B, V): probability of strictly better tokens
+        drop_sorted = mass_before >= top_p  # keeps the smallest prefix reaching top_p (>= 1 token)
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V) logits → next tokens (B,) and their log-probs under logits / temperature (B,)."""
+    logits = logits.float()
+    if params.temperature == 0:
+        tokens = logits.argmax(-1)
+        return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+    scaled = logits / params.temperature
+    filtered = filter_logits(scaled, params.top_k, params.top_p)
+    tokens = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+    return tokens, scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: CausalLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params: SamplingParams,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Generation:
+    """Sample up to `max_new_tokens` for each left-padded prompt (B, P); rows stop at their own EOS.
+
+    use_cache=False recomputes the whole prefix each step (the check that the cache changes nothing).
+    """
+    B, P = input_ids.shape
+    R = params.max_new_tokens
+    if P + R > model.cfg.max_seq_len:
+        raise ValueError(f"prompt length {P} + max_new_tokens {R} exceeds max_seq_len {model.cfg.max_seq_len}")
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("prompts must be left-padded: the last column of attention_mask has padding")
+    device = input_ids.device
+    sequences = torch.cat([input_ids, input_ids.new_full((B, R), pad_token_id)], dim=1)  # (B, P + R)
+    mask = torch.cat([attention_mask.bool(), attention_mask.new_zeros((B, R), dtype=torch.bool)], 1)
+    logprobs = torch.zeros(B, R, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    next_pos = attention_mask.long().sum(-1)  # (B,): position id of each row's first new token
+    cache = KVCache.for_model(model.body, B, P + R) if use_cache else None
+    logits = model(input_ids, mask[:, :P], positions_from_mask(mask[:, :P]), cache, last_only=True)
+    steps = 0
+    for t in range(R):
+        tokens, lp = sample_next(logits[:, -1], params, generator)
+        alive = ~finished
+        sequences[:, P + t] = torch.where(alive, tokens, pad_token_id)
+        mask[:, P + t] = alive
+        logprobs[:, t] = torch.where(alive, lp, 0.0)
+        finished = finished | (tokens == eos_token_id)
+        steps = t + 1
+        if bool(finished.all()) or t == R - 1:
+            break
+        if use_cache:
+            pos = (next_pos + t)[:, None]  # (B, 1)
+            logits = model(sequences[:, P + t:P + t + 1], mask[:, :P + t + 1], pos, cache, last_only=True)
+        else:
+            full = mask[:, :P + t + 1]
+            logits = model(sequences[:, :P + t + 1], full, positions_from_mask(full), last_only=True)
+    keep = P + steps
+    return Generation(
+        sequences=sequences[:, :keep], attention_mask=mask[:, :keep], response_mask=mask[:, P:keep],
+        logprobs=logprobs[:, :steps], prompt_len=P,
+    )

@@ -1,0 +1,208 @@
+"""Hugging Face interop: read and write transformers checkpoint directories (config.json + safetensors).
+
+LMs round-trip as GPT2LMHeadModel / LlamaForCausalLM; scalar models (reward, critic) as
+GPT2ForSequenceClassification / LlamaForSequenceClassification with num_labels=1, so
+AutoModelForSequenceClassification returns the same score.
+Must not import torch.distributed, deepspeed, megatron or ray.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from models.config import ModelConfig
+from models.heads import CausalLM, ScoreModel
+
+_PREFIX = {"gpt2": "transformer.", "llama": "model."}
+
+
+def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
+    """ModelConfig from a transformers config dict; unsupported variants fail here, not in a matmul."""
+    kind = hf.get("model_type")
+    special = {k: hf.get(k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    special = {k: (v[0] if isinstance(v, list) else v) for k, v in special.items()}
+    special = {k: v for k, v in special.items() if v is not None and 0 <= v < hf["vocab_size"]}
+    if kind == "gpt2":
+        if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx", False):
+            raise ValueError(f"{source}: GPT-2 attention scaling variants are not supported")
+        return ModelConfig(
+            arch="gpt2", vocab_size=hf["vocab_size"], max_seq_len=hf["n_positions"], d_model=hf["n_embd"],
+            n_layers=hf["n_layer"], n_heads=hf["n_head"], d_ff=hf.get("n_inner"),
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=hf.get("activation_function", "gelu_new"),
+            tie_embeddings=hf.get("tie_word_embeddings", True), bias=True, **special,
+        )
+    if kind == "llama":
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise ValueError(f"{source}: rope type {rope.get('rope_type')!r} is not supported (only 'default')")
+        if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
+            raise ValueError(f"{source}: attention_bias and mlp_bias must agree")
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+        if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
+            raise ValueError(f"{source}: head_dim * num_attention_heads must equal hidden_size")
+        return ModelConfig(
+            arch="llama", vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
+            d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+            n_kv_heads=hf.get("num_key_value_heads"), d_ff=hf["intermediate_size"],
+            norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=rope.get("rope_theta", hf.get("rope_theta", 1e4)),
+            activation=hf.get("hidden_act", "silu"), tie_embeddings=hf.get("tie_word_embeddings", False),
+            bias=hf.get("attention_bias", False), **special,
+        )
+    raise ValueError(f"{source}: model_type {kind!r} is not supported (gpt2 or llama)")
+
+
+def config_to_hf(cfg: ModelConfig, scalar: bool):
+    """A transformers config object for `cfg`; scalar=True gives the sequence-classification form."""
+    from transformers import GPT2Config, LlamaConfig
+
+    tokens = dict(pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id)
+    if cfg.arch == "gpt2":
+        arch = "GPT2ForSequenceClassification" if scalar else "GPT2LMHeadModel"
+        hf = GPT2Config(
+            vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layers,
+            n_head=cfg.n_heads, n_inner=cfg.ffn_dim, activation_function=cfg.act, layer_norm_epsilon=cfg.norm_eps,
+            tie_word_embeddings=cfg.tied, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **tokens,
+        )
+    else:
+        arch = "LlamaForSequenceClassification" if scalar else "LlamaForCausalLM"
+        hf = LlamaConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
+            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
+            head_dim=cfg.head_dim, hidden_act=cfg.act, max_position_embeddings=cfg.max_seq_len,
+            rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tied, attention_bias=cfg.use_bias,
+            mlp_bias=cfg.use_bias, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, **tokens,
+        )
+    hf.architectures = [arch]
+    if scalar:
+        hf.num_labels = 1
+    return hf
+
+
+def _layer_names(arch: str, i: int) -> dict[str, str]:
+    """Our per-layer parameter names → HF's (without the model prefix)."""
+    if arch == "gpt2":
+        h = f"h.{i}."
+        return {"attn_norm": h + "ln_1", "mlp_norm": h + "ln_2", "attn.o_proj": h + "attn.c_proj",
+                "mlp.up_proj": h + "mlp.c_fc", "mlp.down_proj": h + "mlp.c_proj"}
+    h = f"layers.{i}."
+    return {"attn_norm": h + "input_layernorm", "mlp_norm": h + "post_attention_layernorm",
+            **{f"attn.{p}_proj": f"{h}self_attn.{p}_proj" for p in "qkvo"},
+            **{f"mlp.{p}_proj": f"{h}mlp.{p}_proj" for p in ("gate", "up", "down")}}
+
+
+def _global_names(arch: str) -> dict[str, str]:
+    if arch == "gpt2":
+        return {"body.embed": "wte", "body.pos_embed": "wpe", "body.norm": "ln_f"}
+    return {"body.embed": "embed_tokens", "body.norm": "norm"}
+
+
+def to_hf_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our full (unsharded) state dict → HF names and layouts."""
+    pre, out = _PREFIX[cfg.arch], {}
+    conv1d = cfg.arch == "gpt2"  # GPT-2 stores Linear weights transposed (Conv1D, (in, out))
+    for ours, theirs in _global_names(cfg.arch).items():
+        for suffix in ("weight", "bias"):
+            if f"{ours}.{suffix}" in state:
+                out[f"{pre}{theirs}.{suffix}"] = state[f"{ours}.{suffix}"]
+    for i in range(cfg.n_layers):
+        for ours, theirs in _layer_names(cfg.arch, i).items():
+            for suffix in ("weight", "bias"):
+                t = state.get(f"body.blocks.{i}.{ours}.{suffix}")
+                if t is not None:
+                    is_linear = suffix == "weight" and "norm" not in ours
+                    out[f"{pre}{theirs}.{suffix}"] = t.t() if conv1d and is_linear else t
+        if cfg.arch == "gpt2":  # fuse q, k, v into c_attn
+            b = f"body.blocks.{i}.attn."
+            w = torch.cat([state[b + f"{p}_proj.weight"] for p in "qkv"], dim=0)  # (3d, d)
+            out[f"{pre}h.{i}.attn.c_attn.weight"] = w.t()
+            out[f"{pre}h.{i}.attn.c_attn.bias"] = torch.cat([state[b + f"{p}_proj.bias"] for p in "qkv"])
+    for head in ("lm_head.weight", "score.weight"):
+        if head in state:
+            out[head] = state[head]
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def from_hf_state_dict(cfg: ModelConfig, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF names and layouts → our state dict. Accepts keys with or without the model prefix."""
+    pre = _PREFIX[cfg.arch]
+    hf_state = {k.removeprefix(pre): v for k, v in hf_state.items()}
+    conv1d = cfg.arch == "gpt2"
+    out = {}
+    for ours, theirs in _global_names(cfg.arch).items():
+        for suffix in ("weight", "bias"):
+            if f"{theirs}.{suffix}" in hf_state:
+                out[f"{ours}.{suffix}"] = hf_state[f"{theirs}.{suffix}"]
+    for i in range(cfg.n_layers):
+        for ours, theirs in _layer_names(cfg.arch, i).items():
+            for suffix in ("weight", "bias"):
+                t = hf_state.get(f"{theirs}.{suffix}")
+                if t is not None:
+                    is_linear = suffix == "weight" and "norm" not in ours
+                    out[f"body.blocks.{i}.{ours}.{suffix}"] = t.t() if conv1d and is_linear else t
+        if cfg.arch == "gpt2":
+            w = hf_state[f"h.{i}.attn.c_attn.weight"].t()  # (3d, d)
+            b = hf_state[f"h.{i}.attn.c_attn.bias"]
+            for p, wp, bp in zip("qkv", w.chunk(3, dim=0), b.chunk(3), strict=True):
+                out[f"body.blocks.{i}.attn.{p}_proj.weight"] = wp
+                out[f"body.blocks.{i}.attn.{p}_proj.bias"] = bp
+    for head in ("lm_head.weight", "score.weight"):
+        if head in hf_state:
+            out[head] = hf_state[head]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: model.safetensors, its sharded index, or pytorch_model.bin."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(path / shard).items()}
+    if (path / "model.safetensors").exists():
+        return load_file(path / "model.safetensors")
+    if (path / "pytorch_model.bin").exists():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path}: no model.safetensors, sharded index or pytorch_model.bin")
+
+
+def read_hf_config(path: str | Path) -> ModelConfig:
+    file = Path(path) / "config.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: not found; expected a transformers checkpoint directory")
+    return config_from_hf(json.loads(file.read_text()), str(file))
+
+
+def load_pretrained(path: str | Path, kind: str = "lm", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A CausalLM (kind="lm") or ScoreModel (kind="score") from an HF checkpoint directory.
+
+    A score model may start from an LM checkpoint (InstructGPT initialises the reward model from the
+    SFT model, §3.5): its scalar head is then freshly initialised.
+    """
+    cfg = read_hf_config(path)
+    model = CausalLM(cfg) if kind == "lm" else ScoreModel(cfg)
+    state = from_hf_state_dict(cfg, read_hf_weights(path))
+    if kind == "lm" and not cfg.tied and "lm_head.weight" not in state:
+        raise ValueError(f"{path}: untied model has no lm_head.weight (is it a sequence-classification checkpoint?)")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected if k not in ("lm_head.weight", "score.weight")]
+    missing = [k for k in missing if k not in ("score.weight", "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not fit the config: missing {missing}, unexpected {unexpected}")
+    return model.to(dtype)
+
+
+def save_pretrained(model: CausalLM | ScoreModel, path: str | Path, state: dict | None = None) -> Path:
+    """Write `model` (or a full `state` dict for it, e.g. gathered from shards) as an HF checkpoint."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = state if state is not None else model.state_dict()
+    scalar = isinstance(model, ScoreModel)
+    config_to_hf(model.cfg, scalar).save_pretrained(path)
+    hf_state = to_hf_state_dict(model.cfg, state)
+    save_file({k: v.cpu() for k, v in hf_state.items()}, path / "model.safetensors", metadata={"format": "pt"})
+    return path

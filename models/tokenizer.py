@@ -1,0 +1,46 @@
+"""Tokenizers: any local transformers tokenizer directory, or a small word-level one built offline.
+
+Nothing here downloads: loading is `local_files_only`. Must not import torch.distributed,
+deepspeed, megatron or ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
+
+
+def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A whitespace/punctuation word-level tokenizer over a fixed vocabulary.
+
+    Ids: <pad>=0, <eos>=1, <unk>=2, then `words` in order, so the same word list always gives the
+    same ids (the embedded task relies on this to be reproducible without any file).
+    """
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                  pre_tokenizers.Punctuation()])
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
+    tok.padding_side = "left"  # prompts are left-padded for generation
+    return tok
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A tokenizer saved with `save_pretrained`, from disk only. Ensures a pad token (EOS if none)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: tokenizer directory not found")
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tok.eos_token is None:
+        raise ValueError(f"{path}: tokenizer has no EOS token; responses could never end")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok

@@ -1,0 +1,260 @@
+"""The decoder body: blocks built from layer *slots* that a backend fills, plus the KV cache.
+
+The local backend fills the slots with plain torch layers; the tensor-parallel backend in
+parallel/tensor_parallel.py fills the same slots with Megatron-core layers, so one model definition
+serves both (Megatron-core's own split of layer spec from layer class).
+Must not import torch.distributed, deepspeed, megatron or ray.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.attention import attention
+from models.config import ModelConfig
+
+
+class LayerBackend(Protocol):
+    """What a model needs from a parallel layout.
+
+    column: output features split across tensor-parallel ranks (no gather).
+    row: input features split across ranks, output all-reduced.
+    """
+
+    tp_size: int
+
+    def column_linear(self, d_in: int, d_out: int, bias: bool) -> nn.Module: ...
+    def row_linear(self, d_in: int, d_out: int, bias: bool) -> nn.Module: ...
+    def vocab_embedding(self, vocab_size: int, dim: int) -> nn.Module: ...
+
+
+class LocalBackend:
+    """Single-process layers."""
+
+    tp_size = 1
+
+    def column_linear(self, d_in: int, d_out: int, bias: bool) -> nn.Module:
+        return nn.Linear(d_in, d_out, bias=bias)
+
+    def row_linear(self, d_in: int, d_out: int, bias: bool) -> nn.Module:
+        return nn.Linear(d_in, d_out, bias=bias)
+
+    def vocab_embedding(self, vocab_size: int, dim: int) -> nn.Module:
+        return nn.Embedding(vocab_size, dim)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 as Llama does, then cast back before the gain.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "gpt2":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+    return RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+def activate(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "gelu_new":
+        return F.gelu(x, approximate="tanh")
+    return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}[name](x)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables for `positions` (B, T): cos, sin of shape (B, 1, T, head_dim), fp32.
+
+    Half-split layout (rotate_half), as in Hugging Face's Llama, so imported weights match.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    freqs = positions.float()[..., None] * inv_freq  # (B, T, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, D)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values for every layer; `length` positions are filled."""
+
+    keys: list[torch.Tensor]  # n_layers × (B, Hkv, S_max, D)
+    values: list[torch.Tensor]  # n_layers × (B, Hkv, S_max, D)
+    length: int = 0
+
+    @classmethod
+    def for_model(cls, body: Transformer, batch: int, max_len: int) -> KVCache:
+        """Empty cache sized for this rank's key/value heads, in the model's dtype and device."""
+        attn = body.blocks[0].attn
+        like = body.norm.weight
+        shape = (batch, attn.n_kv, max_len, body.cfg.head_dim)
+        keys = [like.new_zeros(shape) for _ in body.blocks]
+        values = [like.new_zeros(shape) for _ in body.blocks]
+        return cls(keys, values)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write T new positions of one layer; return all filled positions (B, Hkv, length + T, D)."""
+        end = self.length + k.shape[2]
+        if end > self.keys[layer].shape[2]:
+            raise ValueError(f"KV cache holds {self.keys[layer].shape[2]} positions, {end} requested")
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: LayerBackend, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        d, hd, bias = cfg.d_model, cfg.head_dim, cfg.use_bias
+        self.n_heads = cfg.n_heads // backend.tp_size  # heads held by this rank
+        self.n_kv = cfg.kv_heads // backend.tp_size
+        self.q_proj = backend.column_linear(d, cfg.n_heads * hd, bias)
+        self.k_proj = backend.column_linear(d, cfg.kv_heads * hd, bias)
+        self.v_proj = backend.column_linear(d, cfg.kv_heads * hd, bias)
+        self.o_proj = backend.row_linear(cfg.n_heads * hd, d, bias)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        B, T, _ = x.shape
+        hd = self.cfg.head_dim
+        q = self.q_proj(x).view(B, T, self.n_heads, hd).transpose(1, 2)  # (B, Hq, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, hd).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, hd).transpose(1, 2)  # (B, Hkv, T, D)
+        if ctx.rope is not None:
+            q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
+        y = attention(q, k, v, causal=True, key_padding_mask=ctx.key_padding_mask, cu_seqlens=ctx.cu_seqlens)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * hd))  # (B, T, d)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: LayerBackend):
+        super().__init__()
+        self.act, self.gated = cfg.act, cfg.arch == "llama"
+        d, f, bias = cfg.d_model, cfg.ffn_dim, cfg.use_bias
+        self.up_proj = backend.column_linear(d, f, bias)
+        if self.gated:  # SwiGLU (Shazeer 2020): down(act(gate(x)) * up(x))
+            self.gate_proj = backend.column_linear(d, f, bias)
+        self.down_proj = backend.row_linear(f, d, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down_proj(activate(self.gate_proj(x), self.act) * self.up_proj(x))
+        return self.down_proj(activate(self.up_proj(x), self.act))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block (GPT-2 and Llama alike)."""
+
+    def __init__(self, cfg: ModelConfig, backend: LayerBackend, layer_idx: int):
+        super().__init__()
+        self.attn_norm = make_norm(cfg)
+        self.attn = SelfAttention(cfg, backend, layer_idx)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg, backend)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), ctx)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+@dataclass
+class ForwardContext:
+    """Per-call inputs shared by all blocks."""
+
+    key_padding_mask: torch.Tensor | None  # (B, S) bool over cached + new positions
+    cu_seqlens: torch.Tensor | None  # (N + 1,) packed offsets
+    cache: KVCache | None
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin (B, 1, T, D)
+
+
+def init_gpt2_weights(module: nn.Module) -> None:
+    """GPT-2 initialisation: N(0, 0.02) weights, zero biases (norms keep their unit gains)."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on the first real token of each (left-padded) row."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Position ids (1, total) restarting at 0 at each packed sequence's start."""
+    idx = torch.arange(total, device=cu_seqlens.device)
+    segment = torch.bucketize(idx, cu_seqlens[1:], right=True).clamp(max=len(cu_seqlens) - 2)
+    return (idx - cu_seqlens[segment]).clamp(min=0)[None]
+
+
+class Transformer(nn.Module):
+    """Token ids → final hidden states (B, T, d_model)."""
+
+    def __init__(self, cfg: ModelConfig, backend: LayerBackend | None = None):
+        super().__init__()
+        backend = backend or LocalBackend()
+        self.cfg = cfg
+        self.embed = backend.vocab_embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.arch == "gpt2" else None
+        self.blocks = nn.ModuleList(Block(cfg, backend, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg)
+        self.apply(init_gpt2_weights)
+        # Residual-branch outputs scaled by 1/sqrt(2 * n_layers) (Radford et al. 2019, §2.3).
+        for block in self.blocks:
+            for out in (block.attn.o_proj, block.mlp.down_proj):
+                if isinstance(out, nn.Linear):
+                    nn.init.normal_(out.weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T). attention_mask (B, S): over cache + new tokens, True on real tokens.
+
+        position_ids default to 0..T-1 after the cached length (or restart per packed sequence).
+        """
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if position_ids is None:
+            if cu_seqlens is not None:
+                position_ids = positions_from_cu_seqlens(cu_seqlens, T)
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+        if int(position_ids.max()) >= self.cfg.max_seq_len:
+            raise ValueError(f"position {int(position_ids.max())} exceeds max_seq_len={self.cfg.max_seq_len}")
+        x = self.embed(input_ids)  # (B, T, d)
+        rope = None
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(position_ids)
+        else:
+            rope = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
+        kpm = attention_mask.bool() if attention_mask is not None else None
+        ctx = ForwardContext(kpm, cu_seqlens, cache, rope)
+        for block in self.blocks:
+            x = block(x, ctx)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x)
