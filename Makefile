@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/instructrl demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -87,7 +87,7 @@ def generate(
     """
     B, P = input_ids.shape
     R = params.max_new_tokens
-    if P + R > model.cfg.max_seq_len:
+    if model.cfg.max_seq_len < P + R:
         raise ValueError(f"prompt length {P} + max_new_tokens {R} exceeds max_seq_len {model.cfg.max_seq_len}")
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("prompts must be left-padded: the last column of attention_mask has padding")

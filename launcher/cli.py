@@ -1,0 +1,57 @@
+"""`instructrl` command line: one config system shared by every subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from launcher.config import ConfigError, dump_config, load_config
+from rlhf.data import DataError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="instructrl", description="RLHF the InstructGPT way: SFT → RM → PPO.")
+    sub = p.add_subparsers(dest="command", required=True)
+    help_cfg = "preset name in configs/ or a YAML file"
+    for name, text in [("demo", "embedded default task end to end"),
+                       ("sft", "step 1: supervised fine-tuning"),
+                       ("data", "write the embedded task's data sets as JSONL")]:
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--config", default="demo" if name == "demo" else None, help=help_cfg)
+        s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.batch_size=16")
+    show = sub.add_parser("config", help="print a resolved config").add_subparsers(dest="action", required=True)
+    s = show.add_parser("show", help="print the resolved config of a preset")
+    s.add_argument("config", nargs="?", default=None, help=help_cfg)
+    s.add_argument("overrides", nargs="*")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "config":
+            print(dump_config(cfg), end="")
+            return 0
+        from launcher import stages  # heavy imports only once the config is known to be valid
+
+        if args.command == "demo":
+            stages.run_demo(cfg)
+        elif args.command == "sft":
+            stages.run_sft(cfg)
+        elif args.command == "data":
+            for name, path in stages.prepare_data(cfg).items():
+                print(f"{name}: {path}")
+    except (ConfigError, DataError) as e:
+        print(f"instructrl: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The one typed config tree: YAML presets in configs/ plus dotted command-line overrides.
+
+Each package owns its sub-config next to its code; this file composes the root, validates it once
+(pydantic) before anything is built, and formats every problem with its dotted path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from launcher.tracking import WandbConfig
+from models.config import PRESETS
+from rlhf.sft import SFTConfig
+from rlhf.task import TaskConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "demo"
+    out_dir: str = "runs"
+    seed: int = 0
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+class ModelSpec(BaseModel):
+    """Where the policy starts: an HF checkpoint directory, or a fresh model of a named shape."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pretrained: str | None = None
+    preset: str = "tiny"
+    shape: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields over the preset
+    tokenizer: str | None = None  # None: the pretrained directory's, or the embedded task's
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        return self
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    max_prompt_len: int = Field(48, ge=1)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: RunConfig = RunConfig()
+    wandb: WandbConfig = WandbConfig()
+    model: ModelSpec = ModelSpec()
+    task: TaskConfig = TaskConfig()
+    sft: SFTConfig = SFTConfig()
+    evaluation: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        user_data = self.sft.train_data is not None
+        if user_data and not (self.model.tokenizer or self.model.pretrained):
+            raise ValueError("sft.train_data is a user data set: set model.tokenizer or model.pretrained "
+                             "(the embedded word tokenizer only knows the embedded task)")
+        return self
+
+    @property
+    def uses_embedded_task(self) -> bool:
+        return self.sft.train_data is None
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'ppo.kl_coef=0.02' → ('ppo.kl_coef', 0.02); the value is read as YAML (numbers, lists, null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def find_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        return path
+    preset = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not preset.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no config file or preset named {name_or_path!r} (presets: {known})")
+    return preset
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Read a preset or YAML file, apply overrides, validate the whole tree once."""
+    tree: dict = {}
+    source = "defaults"
+    if name_or_path:
+        path = find_preset(name_or_path)
+        source = str(path)
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        tree = loaded
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(root)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}: {msg}")
+        raise ConfigError(f"invalid config ({source}):\n" + "\n".join(lines)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: Config, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(dump_config(cfg))
+    return path

@@ -1,0 +1,54 @@
+"""Run tracking: Weights & Biases (offline unless the user has a key and asks for online) plus a
+metrics JSONL that needs no tool to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class WandbConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: str = "instructrl"
+    group: str | None = None  # one group per pipeline, so its stages sit together in the UI
+    mode: str = "offline"  # offline | online | disabled; WANDB_MODE overrides
+
+
+class Tracker:
+    """Logs flat metric dicts at a step to W&B and to <run_dir>/metrics.jsonl."""
+
+    def __init__(self, run_dir: str | Path, name: str, cfg: WandbConfig, config: dict, job_type: str):
+        import wandb
+
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._file = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in finish)
+        mode = os.environ.get("WANDB_MODE", cfg.mode)
+        self.run = wandb.init(project=cfg.project, name=name, group=cfg.group or name, job_type=job_type,
+                              config=config, dir=str(self.run_dir), mode=mode, reinit="create_new",
+                              settings=wandb.Settings(silent=True, console="off"))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._file.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        self._file.flush()
+        self.run.log(metrics, step=step)
+
+    def table(self, key: str, columns: list[str], rows: list[list], step: int) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+
+    @property
+    def wandb_dir(self) -> str | None:
+        return getattr(self.run, "dir", None)
+
+    def finish(self) -> None:
+        self._file.close()
+        self.run.finish()

@@ -1,0 +1,88 @@
+"""Text → token batches for each stage: SFT examples, ranked comparisons, prompts.
+
+Prompts and responses are tokenized separately and joined, so the boundary (what the loss and the
+response_mask cover) is exact for any tokenizer. Sequences over the length budget lose prompt
+tokens from the left first, then response tokens from the right; the count is reported, never hidden.
+Must not import ray, deepspeed or megatron.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf.data import Comparison
+
+
+@dataclass
+class Encoded:
+    prompt: list[int]
+    response: list[int]  # ends with EOS unless truncated
+    truncated: bool
+
+
+def encode_pair(tok, prompt: str, response: str, max_len: int) -> Encoded:
+    """Token ids of prompt and response (+EOS) fitting max_len."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    r = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    truncated = len(p) + len(r) > max_len
+    if truncated:
+        keep_p = max(1, max_len - len(r))  # drop the oldest prompt tokens first, keep at least one
+        p = p[-keep_p:]
+        r = r[: max_len - len(p)]
+    return Encoded(p, r, truncated)
+
+
+def encode_prompt(tok, prompt: str, max_len: int) -> list[int]:
+    return tok(prompt, add_special_tokens=False)["input_ids"][-max_len:]
+
+
+@dataclass
+class LMBatch:
+    input_ids: torch.Tensor  # (B, T) long, right-padded
+    attention_mask: torch.Tensor  # (B, T) bool
+    loss_mask: torch.Tensor  # (B, T) bool: True where input_ids[t] is a response token to predict
+
+    def to(self, device) -> LMBatch:
+        return LMBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.loss_mask)))
+
+
+def collate_lm(examples: list[Encoded], pad_id: int) -> LMBatch:
+    """Right-padded batch; the loss covers response tokens (incl. EOS), never the prompt (§3.5 SFT)."""
+    T = max(len(e.prompt) + len(e.response) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(examples), T, dtype=torch.bool)
+    loss = torch.zeros(len(examples), T, dtype=torch.bool)
+    for b, e in enumerate(examples):
+        n_p, n = len(e.prompt), len(e.prompt) + len(e.response)
+        ids[b, :n] = torch.tensor(e.prompt + e.response)
+        attn[b, :n] = True
+        loss[b, n_p:n] = True
+    return LMBatch(ids, attn, loss)
+
+
+@dataclass
+class RankedBatch:
+    """All responses of a batch of prompts, each forwarded once (see rlhf/reward_model.py)."""
+
+    seqs: LMBatch  # (N, T): the K_i responses of prompt i, prompt by prompt, best first
+    group_sizes: list[int]  # K_i per prompt; sum == N
+
+
+def collate_ranked(tok, comparisons: list[Comparison], max_len: int) -> tuple[RankedBatch, int]:
+    """Flatten comparisons into one padded batch; returns it and the number of truncated sequences."""
+    encoded = [encode_pair(tok, c.prompt, r, max_len) for c in comparisons for r in c.responses]
+    batch = RankedBatch(collate_lm(encoded, tok.pad_token_id), [len(c.responses) for c in comparisons])
+    return batch, sum(e.truncated for e in encoded)
+
+
+def collate_prompts(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt batch for generation: input_ids (B, P) long, attention_mask (B, P) bool."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), P, dtype=torch.bool)
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p):] = torch.tensor(p)
+        mask[b, P - len(p):] = True
+    return ids, mask

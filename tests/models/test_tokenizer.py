@@ -1,0 +1,25 @@
+"""Tokenizers: the embedded word tokenizer round-trips through a transformers tokenizer directory."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.tokenizer import build_word_tokenizer, load_tokenizer
+from rlhf.task import WORDS
+
+
+def test_word_tokenizer_round_trip(tmp_path):
+    tok = build_word_tokenizer(WORDS)
+    ids = tok("reverse : 3 1 4 =", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) == 6
+    assert tok.decode(ids) == "reverse : 3 1 4 ="
+    assert (tok.pad_token_id, tok.eos_token_id) == (0, 1)
+    tok.save_pretrained(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again("reverse : 3 1 4 =", add_special_tokens=False)["input_ids"] == ids
+    assert again.padding_side == "left" and again.pad_token_id == 0
+
+
+def test_missing_tokenizer_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer directory not found"):
+        load_tokenizer(tmp_path / "nope")

@@ -1,0 +1,31 @@
+"""Dependencies point one way (STYLE rule 2): checked on the source text of every module."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPORT = re.compile(r"^\s*(?:import|from)\s+([a-zA-Z_][\w.]*)", re.MULTILINE)
+
+FORBIDDEN = {
+    "models": {"ray", "deepspeed", "megatron", "launcher", "parallel", "rlhf"},
+    "parallel": {"ray", "launcher", "rlhf"},
+    "rlhf": {"ray", "launcher"},
+    "rlhf/algo": {"ray", "deepspeed", "megatron", "triton", "launcher", "parallel", "models", "transformers"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_import_boundaries(package):
+    offenders = []
+    for path in (ROOT / package).rglob("*.py"):
+        modules = set(IMPORT.findall(path.read_text()))
+        bad = {m.split(".")[0] for m in modules} & FORBIDDEN[package]
+        if package == "models":
+            bad |= {m for m in modules if m.startswith("torch.distributed")}
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)}: {sorted(bad)}")
+    assert not offenders, offenders
