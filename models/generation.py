@@ -98,7 +98,10 @@ def generate(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     next_pos = attention_mask.long().sum(-1)  # (B,): position id of each row's first new token
     cache = KVCache.for_model(model.body, B, P + R) if use_cache else None
-    logits = model(input_ids, mask[:, :P], positions_from_mask(mask[:, :P]), cache, last_only=True)
+    # Under tensor parallelism every rank gathers the full vocabulary and samples with the same
+    # generator state, so all ranks pick the same token without a broadcast.
+    vocab = model.backend.gather_vocab
+    logits = vocab(model(input_ids, mask[:, :P], positions_from_mask(mask[:, :P]), cache, last_only=True))
     steps = 0
     for t in range(R):
         tokens, lp = sample_next(logits[:, -1], params, generator)
@@ -112,10 +115,10 @@ def generate(
             break
         if use_cache:
             pos = (next_pos + t)[:, None]  # (B, 1)
-            logits = model(sequences[:, P + t:P + t + 1], mask[:, :P + t + 1], pos, cache, last_only=True)
+            logits = vocab(model(sequences[:, P + t:P + t + 1], mask[:, :P + t + 1], pos, cache, last_only=True))
         else:
             full = mask[:, :P + t + 1]
-            logits = model(sequences[:, :P + t + 1], full, positions_from_mask(full), last_only=True)
+            logits = vocab(model(sequences[:, :P + t + 1], full, positions_from_mask(full), last_only=True))
     keep = P + steps
     return Generation(
         sequences=sequences[:, :keep], attention_mask=mask[:, :keep], response_mask=mask[:, P:keep],

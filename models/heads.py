@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from models.config import ModelConfig
 from models.transformer import KVCache, LayerBackend, LocalBackend, Transformer
@@ -18,7 +17,7 @@ class CausalLM(nn.Module):
 
     def __init__(self, cfg: ModelConfig, backend: LayerBackend | None = None):
         super().__init__()
-        backend = backend or LocalBackend()
+        self.backend = backend = backend or LocalBackend()
         self.cfg = cfg
         self.body = Transformer(cfg, backend)
         self.lm_head = None if cfg.tied else backend.column_linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -34,12 +33,13 @@ class CausalLM(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
-        """Logits (B, T, V), or (B, 1, V) with last_only (what decoding needs)."""
+        """Logits (B, T, V) — this rank's vocabulary shard under tensor parallelism — or (B, 1, V)
+        with last_only (what decoding needs)."""
         h = self.body(input_ids, attention_mask, position_ids, cache, cu_seqlens)  # (B, T, d)
         if last_only:
             h = h[:, -1:]
         if self.lm_head is None:
-            return F.linear(h, self.body.embed.weight)
+            return self.backend.tied_logits(h, self.body.embed.weight)
         return self.lm_head(h)
 
 
@@ -83,10 +83,3 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def gather_last(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """values (B, T) → (B,) at each row's last real token."""
     return values.gather(-1, last_token_index(attention_mask)[:, None]).squeeze(-1)
-
-
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(labels) under logits: (B, T, V), (B, T) → (B, T), computed in fp32."""
-    logits = logits.float()
-    picked = logits.gather(-1, labels[..., None]).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)

@@ -25,6 +25,7 @@ class LayerBackend(Protocol):
 
     column: output features split across tensor-parallel ranks (no gather).
     row: input features split across ranks, output all-reduced.
+    The vocabulary ops take logits that may be split over the vocabulary (the last dim).
     """
 
     tp_size: int
@@ -32,6 +33,10 @@ class LayerBackend(Protocol):
     def column_linear(self, d_in: int, d_out: int, bias: bool) -> nn.Module: ...
     def row_linear(self, d_in: int, d_out: int, bias: bool) -> nn.Module: ...
     def vocab_embedding(self, vocab_size: int, dim: int) -> nn.Module: ...
+    def tied_logits(self, h: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor: ...
+    def gather_vocab(self, logits: torch.Tensor) -> torch.Tensor: ...
+    def token_logprobs(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor: ...
 
 
 class LocalBackend:
@@ -47,6 +52,22 @@ class LocalBackend:
 
     def vocab_embedding(self, vocab_size: int, dim: int) -> nn.Module:
         return nn.Embedding(vocab_size, dim)
+
+    def tied_logits(self, h: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, embedding_weight)
+
+    def gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def token_logprobs(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log p(labels): (..., V), (...) → (...), in fp32."""
+        logits = logits.float()
+        return logits.gather(-1, labels[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        """Entropy of softmax(logits) over the last dim, in fp32."""
+        logp = logits.float().log_softmax(-1)
+        return -(logp.exp() * logp).sum(-1)
 
 
 class RMSNorm(nn.Module):

@@ -1,17 +1,24 @@
-"""Training engines: the optimizer, LR schedule, accumulation and clipping around one model.
+"""Training engines: optimizer, LR schedule, accumulation, clipping and sharding around one model.
 
-`Engine` is plain torch AdamW (ZeRO stage 0): the parity reference every sharded engine is
-compared with. Both expose the same three calls as a DeepSpeed engine: forward via `module`,
-`backward(loss)`, `step()`.
+`TorchEngine` is plain torch AdamW (ZeRO stage 0) with data-parallel gradient averaging: the parity
+reference every sharded engine is compared with. `ZeroEngine` (parallel/zero.py) wraps DeepSpeed for
+stages 1-3. Both answer the same calls: `__call__` (forward), `backward`, `step`, `save`, `load`,
+`full_state_dict`.
 """
 
 from __future__ import annotations
 
 import math
+import random
+from pathlib import Path
+from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from parallel.mesh import Mesh
 
 
 class OptimConfig(BaseModel):
@@ -29,6 +36,31 @@ class OptimConfig(BaseModel):
     grad_accum: int = Field(1, ge=1)
 
 
+class EngineConfig(BaseModel):
+    """How one worker group shards and updates its model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the CPU (stages 1-3)
+    offload_params: bool = False  # ZeRO-Infinity style parameter offload (stage 3 only)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    param_persistence_threshold: int | None = None  # ZeRO-3: params below this many elements stay whole
+
+    @model_validator(mode="after")
+    def _check(self) -> EngineConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage=3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1")
+        return self
+
+    def dtype(self) -> torch.dtype:
+        if self.precision == "bf16" or (self.precision == "auto" and torch.cuda.is_available()):
+            return torch.bfloat16
+        return torch.float32
+
+
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Multiplier of the peak LR at optimizer step `step` (0-based)."""
     if step < warmup:
@@ -40,26 +72,61 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and embeddings' 1-D parameters (GPT-2/3 practice)."""
+    """No weight decay on biases and norm gains (1-D parameters), GPT-2/3 practice."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class Engine:
-    """Plain AdamW engine. `step()` applies an update every `grad_accum` micro-batches."""
+def make_scheduler(optimizer, cfg: OptimConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
 
-    def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int):
-        self.module, self.cfg = model, cfg
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=cfg.betas, eps=cfg.eps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def tp_aware_grad_norm(params: list[nn.Parameter], mesh: Mesh) -> torch.Tensor:
+    """Global L2 norm of the gradients: TP-sharded parameters are summed over the TP group once,
+    replicated ones (norms, biases of row-parallel layers) counted once."""
+    sharded = sum((p.grad.float().pow(2).sum() for p in params if getattr(p, "tensor_model_parallel", False)),
+                  torch.zeros((), device=mesh.device))
+    replicated = sum((p.grad.float().pow(2).sum() for p in params if not getattr(p, "tensor_model_parallel", False)),
+                     torch.zeros((), device=mesh.device))
+    if mesh.tp_size > 1:
+        dist.all_reduce(sharded, group=mesh.tp_group())
+    return (sharded + replicated).sqrt()
+
+
+class TorchEngine:
+    """ZeRO stage 0: every rank holds the whole (TP-sharded) model and optimizer state."""
+
+    def __init__(self, model: nn.Module, cfg: OptimConfig | None, mesh: Mesh, total_steps: int = 1):
+        self.module, self.cfg, self.mesh = model, cfg, mesh
+        self.optimizer = self.scheduler = None
+        if cfg is not None:
+            self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                               eps=cfg.eps)
+            self.scheduler = make_scheduler(self.optimizer, cfg, total_steps)
         self.micro_steps = 0
         self.global_steps = 0
 
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
     def backward(self, loss: torch.Tensor) -> None:
-        # Scale so that accumulated gradients equal those of one large batch.
+        # Scaled so that accumulated gradients equal those of one large batch.
         (loss / self.cfg.grad_accum).backward()
         self.micro_steps += 1
 
@@ -68,7 +135,15 @@ class Engine:
         if self.micro_steps % self.cfg.grad_accum:
             return None
         params = [p for p in self.module.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
+        if self.mesh.dp_size > 1:
+            group = self.mesh.dp_group()
+            for p in params:
+                dist.all_reduce(p.grad, group=group)
+                p.grad.div_(self.mesh.dp_size)
+        norm = tp_aware_grad_norm(params, self.mesh)
+        if self.cfg.grad_clip and float(norm) > self.cfg.grad_clip:
+            for p in params:
+                p.grad.mul_(self.cfg.grad_clip / (float(norm) + 1e-6))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -76,13 +151,29 @@ class Engine:
         self.global_steps += 1
         return {"lr": lr, "grad_norm": float(norm)}
 
-    def state_dict(self) -> dict:
-        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "micro_steps": self.micro_steps,
-                "global_steps": self.global_steps}
+    def save(self, directory: str | Path, client_state: dict) -> None:
+        """Full training state of this rank: weights, optimizer, scheduler, RNG, step counters."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {"model": self.module.state_dict(), "micro_steps": self.micro_steps,
+                 "global_steps": self.global_steps, "rng": rng_state(), "client": client_state}
+        if self.optimizer is not None:
+            state |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        torch.save(state, directory / f"rank-{self.mesh.rank:05d}.pt")
 
-    def load_state_dict(self, state: dict) -> None:
+    def load(self, directory: str | Path) -> dict:
+        state = torch.load(Path(directory) / f"rank-{self.mesh.rank:05d}.pt", weights_only=False)
         self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
         self.micro_steps, self.global_steps = state["micro_steps"], state["global_steps"]
+        set_rng_state(state["rng"])
+        return state["client"]
+
+    def local_state_dict(self) -> dict[str, torch.Tensor]:
+        """This rank's (TP-sharded) weights, whole across data-parallel ranks."""
+        return {k: p.detach() for k, p in self.module.named_parameters()}
+
+    def partitioned_numel(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())

@@ -15,9 +15,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from models.heads import CausalLM, token_logprobs
+from models.heads import CausalLM
 from models.hf import save_pretrained
-from parallel.engine import Engine, OptimConfig
+from models.transformer import LayerBackend, LocalBackend
+from parallel.engine import OptimConfig, TorchEngine
+from parallel.mesh import Mesh
 from rlhf.algo.masked import masked_mean
 from rlhf.batching import Encoded, LMBatch, collate_lm, encode_pair
 from rlhf.data import SFTRecord
@@ -39,9 +41,14 @@ class SFTConfig(BaseModel):
     optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=30, weight_decay=0.01)
 
 
-def sft_loss(logits: torch.Tensor, batch: LMBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean NLL over response tokens and the token count. logits (B, T, V) predict input_ids[:, 1:]."""
-    logprobs = token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])  # (B, T-1)
+LOCAL = LocalBackend()
+
+
+def sft_loss(logits: torch.Tensor, batch: LMBatch,
+             backend: LayerBackend = LOCAL) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean NLL over response tokens and the token count. logits (B, T, V) predict input_ids[:, 1:]
+    (V: this rank's vocabulary shard under tensor parallelism)."""
+    logprobs = backend.token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])  # (B, T-1)
     mask = batch.loss_mask[:, 1:]  # (B, T-1): targets that are response tokens
     return -masked_mean(logprobs, mask), mask.sum()
 
@@ -58,7 +65,7 @@ def evaluate_nll(model: CausalLM, examples: list[Encoded], pad_id: int, batch_si
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         batch = collate_lm(examples[i:i + batch_size], pad_id)
-        loss, n = sft_loss(model(batch.input_ids, batch.attention_mask), batch)
+        loss, n = sft_loss(model(batch.input_ids, batch.attention_mask), batch, model.backend)
         total, count = total + float(loss) * int(n), count + int(n)
     model.train()
     nll = total / max(count, 1)
@@ -75,7 +82,7 @@ def train_sft(model: CausalLM, tok, train: list[SFTRecord], evals: list[SFTRecor
         log({"data/truncated": float(n_trunc)}, 0)
     steps_per_epoch = math.ceil(len(train_ex) / (cfg.batch_size * cfg.optim.grad_accum))
     total = steps_per_epoch * cfg.epochs
-    engine = Engine(model, cfg.optim, total)
+    engine = TorchEngine(model, cfg.optim, Mesh(1, 0, 1, torch.device("cpu")), total)
     rng = random.Random(cfg.seed)
     metrics = evaluate_nll(model, eval_ex, tok.pad_token_id, cfg.batch_size)
     log(metrics, 0)
@@ -86,7 +93,7 @@ def train_sft(model: CausalLM, tok, train: list[SFTRecord], evals: list[SFTRecor
         rng.shuffle(order)
         for i in range(0, len(order), cfg.batch_size):
             batch = collate_lm([train_ex[j] for j in order[i:i + cfg.batch_size]], tok.pad_token_id)
-            loss, _ = sft_loss(model(batch.input_ids, batch.attention_mask), batch)
+            loss, _ = sft_loss(model(batch.input_ids, batch.attention_mask), batch, model.backend)
             engine.backward(loss)
             stepped = engine.step()
             if stepped is None:

@@ -25,3 +25,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session, shut down (with its processes) at the end."""
+    from launcher.cluster import init_ray, shutdown_ray
+
+    resources = init_ray(num_cpus=8)  # logical CPUs: ranks ask for fractions of the 2 real cores
+    yield resources
+    shutdown_ray()

@@ -1,0 +1,198 @@
+"""Worker groups: N ranks of one role, each a process holding a shard of one model.
+
+The coordinator calls a group with the worker method itself, never a string:
+    group.map(PolicyWorker.logprobs, batch)   # split by data-parallel rank, run, gather
+    group.broadcast(PolicyWorker.save, path)  # the same call on every rank
+Both return a Handle at once, so independent groups work in parallel; `.get()` waits.
+`RayGroup` places ranks as Ray actors; `LocalGroup` runs one rank in-process with the same API.
+This file and launcher/cluster.py are the only places that import ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from parallel.mesh import init_mesh
+
+
+class GroupSpec(BaseModel):
+    """Size and placement of one role's group."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ranks: int = Field(1, ge=1)
+    tp_size: int = Field(1, ge=1)
+    cpus_per_rank: float = Field(0.5, gt=0)
+    gpus_per_rank: float = Field(0.0, ge=0)  # > 0 on GPU clusters; a fraction when roles share a GPU
+    strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (Ray placement strategies)
+    colocate_with: str | None = None  # another role's name: share its placement-group bundles
+
+    @model_validator(mode="after")
+    def _check(self) -> GroupSpec:
+        if self.ranks % self.tp_size:
+            raise ValueError(f"ranks={self.ranks} is not divisible by tp_size={self.tp_size}")
+        if self.strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ValueError(f"unknown placement strategy {self.strategy!r}")
+        return self
+
+
+# ---------------------------------------------------------------- batches across data-parallel ranks
+
+def split_batch(batch: Any, n: int) -> list[Any]:
+    """Split along dim 0 into n near-equal parts: tensors, lists, dicts and dataclasses of those."""
+    if n == 1:
+        return [batch]
+    if isinstance(batch, torch.Tensor):
+        return list(torch.tensor_split(batch, n))
+    if isinstance(batch, list | tuple):
+        bounds = [len(batch) * i // n for i in range(n + 1)]
+        return [batch[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if isinstance(batch, dict):
+        parts = {k: split_batch(v, n) for k, v in batch.items()}
+        return [{k: parts[k][i] for k in batch} for i in range(n)]
+    if dataclasses.is_dataclass(batch):
+        parts = {f.name: split_batch(getattr(batch, f.name), n) for f in dataclasses.fields(batch)}
+        return [dataclasses.replace(batch, **{k: v[i] for k, v in parts.items()}) for i in range(n)]
+    raise TypeError(f"cannot split a {type(batch).__name__} by data-parallel rank")
+
+
+def merge_outputs(outputs: list[Any]) -> Any:
+    """Inverse of split_batch for results: tensors concatenated, numbers averaged (metrics)."""
+    first = outputs[0]
+    if len(outputs) == 1 or first is None:
+        return first
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs)
+    if isinstance(first, int | float):
+        return sum(outputs) / len(outputs)
+    if isinstance(first, list):
+        return [x for out in outputs for x in out]
+    if isinstance(first, tuple):
+        return tuple(merge_outputs(list(parts)) for parts in zip(*outputs, strict=True))
+    if isinstance(first, dict):
+        return {k: merge_outputs([o[k] for o in outputs]) for k in first}
+    if dataclasses.is_dataclass(first):
+        return dataclasses.replace(first, **{f.name: merge_outputs([getattr(o, f.name) for o in outputs])
+                                             for f in dataclasses.fields(first)})
+    raise TypeError(f"cannot merge outputs of type {type(first).__name__}")
+
+
+class Handle:
+    """A pending group call; `get()` waits and returns the merged result (map) or one per rank (broadcast)."""
+
+    def __init__(self, fetch: Callable[[], Any]):
+        self._fetch, self._done, self._value = fetch, False, None
+
+    def get(self) -> Any:
+        if not self._done:
+            self._value, self._done = self._fetch(), True
+        return self._value
+
+
+# ---------------------------------------------------------------- one rank
+
+class Rank:
+    """The body of every rank: joins the group's mesh, then hosts one worker object."""
+
+    def __init__(self, rank: int, world_size: int, tp_size: int, num_threads: int):
+        self.rank, self.world_size, self.tp_size = rank, world_size, tp_size
+        torch.set_num_threads(max(1, num_threads))
+        self.worker = None
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port: rank 0 hosts the group's rendezvous."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, master: tuple[str, int], worker_cls: type, args: tuple, kwargs: dict) -> dict:
+        mesh = init_mesh(self.rank, self.world_size, self.tp_size, *master)
+        self.worker = worker_cls(mesh, *args, **kwargs)
+        return {"pid": os.getpid(), "rank": self.rank, "node": socket.gethostname()}
+
+    def execute(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        return fn(self.worker, *args, **kwargs)
+
+
+def _dp_layout(world: int, tp: int) -> list[int]:
+    """For each rank, the data-parallel index it serves (Megatron order: TP peers adjacent)."""
+    return [r // tp for r in range(world)]
+
+
+class LocalGroup:
+    """One rank in this process, for tests and the single-process path. Same API as RayGroup."""
+
+    def __init__(self, worker_cls: type, *args, **kwargs):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        init_mesh(0, 1, 1, "127.0.0.1", port)  # no-op when this process already has its world of one
+        self.spec = GroupSpec()
+        self._rank = Rank(0, 1, 1, torch.get_num_threads())
+        self.info = [self._rank.setup(("127.0.0.1", port), worker_cls, args, kwargs)]
+
+    def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
+        value = fn(self._rank.worker, batch, *args, **kwargs)
+        return Handle(lambda: value)
+
+    def broadcast(self, fn: Callable, *args, **kwargs) -> Handle:
+        value = [fn(self._rank.worker, *args, **kwargs)]
+        return Handle(lambda: value)
+
+    def shutdown(self) -> None:
+        self._rank.worker = None
+
+
+class RayGroup:
+    """`spec.ranks` Ray actors, one process each, placed on the bundles of a placement group."""
+
+    def __init__(self, name: str, worker_cls: type, spec: GroupSpec, placement, *args, **kwargs):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.name, self.spec = name, spec
+        actor_cls = ray.remote(Rank)
+        threads = max(1, int(spec.cpus_per_rank))
+        self.actors = [
+            actor_cls.options(
+                name=f"{name}-{r}", num_cpus=spec.cpus_per_rank, num_gpus=spec.gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=placement,
+                                                                     placement_group_bundle_index=r),
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+            ).remote(r, spec.ranks, spec.tp_size, threads)
+            for r in range(spec.ranks)
+        ]
+        master = ray.get(self.actors[0].address.remote())
+        self.info = ray.get([a.setup.remote(master, worker_cls, args, kwargs) for a in self.actors])
+        self.dp_of_rank = _dp_layout(spec.ranks, spec.tp_size)
+
+    def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
+        import ray
+
+        parts = split_batch(batch, self.spec.ranks // self.spec.tp_size)
+        refs = [a.execute.remote(fn, (parts[self.dp_of_rank[r]], *args), kwargs) for r, a in enumerate(self.actors)]
+        # TP peers return the same result; keep the first rank of each data-parallel slot.
+        keep = [r for r in range(self.spec.ranks) if r % self.spec.tp_size == 0]
+        return Handle(lambda: merge_outputs([v for r, v in enumerate(ray.get(refs)) if r in keep]))
+
+    def broadcast(self, fn: Callable, *args, **kwargs) -> Handle:
+        import ray
+
+        refs = [a.execute.remote(fn, args, kwargs) for a in self.actors]
+        return Handle(lambda: ray.get(refs))
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []

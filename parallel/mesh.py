@@ -1,0 +1,113 @@
+"""Process groups of one worker group: the world of its ranks, split tensor-parallel × data-parallel.
+
+The sole caller of Megatron-core's `parallel_state`. Ranks 0..tp-1 form the first tensor-parallel
+group (Megatron's default order), so TP peers sit on adjacent ranks, i.e. on the same node.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Mesh:
+    world_size: int
+    rank: int
+    tp_size: int
+    device: torch.device
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp_size
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.tp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp_size
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def tp_group(self):
+        from megatron.core import parallel_state
+
+        return parallel_state.get_tensor_model_parallel_group() if self.tp_size > 1 else None
+
+    def dp_group(self):
+        if not self.distributed:
+            return None
+        from megatron.core import parallel_state
+
+        return parallel_state.get_data_parallel_group() if parallel_state.model_parallel_is_initialized() \
+            else dist.group.WORLD
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_mesh(rank: int, world_size: int, tp_size: int, master_addr: str, master_port: int,
+              timeout_s: int = 600) -> Mesh:
+    """Join this process's group (gloo on CPU, NCCL on GPU) and set up Megatron's TP × DP groups."""
+    if world_size % tp_size:
+        raise ValueError(f"world size {world_size} is not divisible by tensor-parallel size {tp_size}")
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        # The launcher gives each rank exactly one GPU (Ray num_gpus=1), visible as device 0.
+        device = torch.device("cuda", 0)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", master_addr)
+        os.environ.setdefault("MASTER_PORT", str(master_port))
+        dist.init_process_group(default_backend(), init_method=f"tcp://{master_addr}:{master_port}",
+                                rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp_size,
+                                                 create_gloo_process_groups=False)
+    return Mesh(world_size, rank, tp_size, device)
+
+
+def tp_slice(param: torch.Tensor, full: torch.Tensor, mesh: Mesh) -> torch.Tensor:
+    """This rank's slice of a full tensor along the parameter's Megatron partition_dim
+    (0 for column-parallel layers and the vocabulary embedding, 1 for row-parallel layers)."""
+    if mesh.tp_size == 1 or not getattr(param, "tensor_model_parallel", False):
+        return full
+    return full.chunk(mesh.tp_size, dim=param.partition_dim)[mesh.tp_rank].contiguous()
+
+
+class MegatronMPU:
+    """The `mpu` object DeepSpeed asks for, answering from the mesh's Megatron groups."""
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+
+    def get_model_parallel_rank(self) -> int:
+        return self.mesh.tp_rank
+
+    def get_model_parallel_world_size(self) -> int:
+        return self.mesh.tp_size
+
+    def get_model_parallel_group(self):
+        from megatron.core import parallel_state
+
+        return parallel_state.get_tensor_model_parallel_group()
+
+    def get_data_parallel_rank(self) -> int:
+        return self.mesh.dp_rank
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.mesh.dp_size
+
+    def get_data_parallel_group(self):
+        return self.mesh.dp_group()

@@ -1,0 +1,151 @@
+"""DeepSpeed ZeRO engine (stages 1-3, CPU offload). The only file that imports deepspeed.
+
+DeepSpeed picks its accelerator itself: CUDA + NCCL on a GPU node, its CPU accelerator + gloo here.
+Tensor parallelism reaches DeepSpeed through `MegatronMPU`, so ZeRO shards over the data-parallel
+group only and gradient clipping counts each TP shard once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from parallel.engine import EngineConfig, OptimConfig, make_scheduler, param_groups, rng_state, set_rng_state
+from parallel.mesh import MegatronMPU, Mesh, tp_slice
+
+
+def deepspeed_config(cfg: EngineConfig, optim: OptimConfig | None, micro_batch: int, mesh: Mesh) -> dict:
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if cfg.offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    if cfg.param_persistence_threshold is not None:
+        zero["stage3_param_persistence_threshold"] = cfg.param_persistence_threshold
+    accum = optim.grad_accum if optim else 1
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": optim.grad_clip if optim else 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.dtype() == torch.bfloat16},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _ensure_env(mesh: Mesh) -> None:
+    # DeepSpeed reads these even when the process group already exists.
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("RANK", str(mesh.rank))
+    os.environ.setdefault("WORLD_SIZE", str(mesh.world_size))
+
+
+class ZeroEngine:
+    """A model wrapped by `deepspeed.initialize`. Without an OptimConfig it is inference-only
+    (ZeRO-3 then still partitions the parameters: the reference and reward models' memory saver)."""
+
+    def __init__(self, build_model: Callable[[], nn.Module], init_state: dict[str, torch.Tensor] | None,
+                 cfg: EngineConfig, optim: OptimConfig | None, mesh: Mesh, total_steps: int = 1,
+                 micro_batch: int = 1):
+        import deepspeed
+
+        _ensure_env(mesh)
+        self.cfg, self.optim_cfg, self.mesh = cfg, optim, mesh
+        ds_config = deepspeed_config(cfg, optim, micro_batch, mesh)
+        mpu = MegatronMPU(mesh) if mesh.tp_size > 1 else None
+        if cfg.zero_stage == 3:
+            # Parameters are partitioned as each layer is built: no rank ever holds the whole model.
+            with deepspeed.zero.Init(config_dict_or_path=ds_config, mpu=mpu):
+                model = build_model()
+            tied = getattr(getattr(model, "body", None), "embed", None)
+            if getattr(model, "lm_head", "absent") is None and tied is not None:
+                deepspeed.zero.register_external_parameter(model, tied.weight)  # used by the tied LM head
+        else:
+            model = build_model()
+        model = model.to(cfg.dtype())
+        if init_state is not None:
+            load_into(model, init_state, cfg.zero_stage == 3, mesh)
+        optimizer = scheduler = None
+        if optim is not None:
+            groups = param_groups(model, optim.weight_decay)
+            if cfg.offload_optimizer:
+                from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+                optimizer = DeepSpeedCPUAdam(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, adamw_mode=True)
+            else:
+                optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+            scheduler = lambda opt: make_scheduler(opt, optim, total_steps)  # noqa: E731
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu)
+        self.module = self.engine.module
+        self.micro_steps = 0
+
+    @property
+    def global_steps(self) -> int:
+        return self.engine.global_steps
+
+    def __call__(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps itself
+        self.micro_steps += 1
+
+    def step(self) -> dict[str, float] | None:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        lr = self.scheduler.get_last_lr()[0] if boundary else None
+        self.engine.step()
+        if not boundary:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        return {"lr": lr, "grad_norm": float(norm) if norm is not None else float("nan")}
+
+    def save(self, directory: str | Path, client_state: dict) -> None:
+        self.engine.save_checkpoint(str(directory), tag="state",
+                                    client_state={"client": client_state, "rng": rng_state(),
+                                                  "micro_steps": self.micro_steps})
+
+    def load(self, directory: str | Path) -> dict:
+        _, state = self.engine.load_checkpoint(str(directory), tag="state")
+        if state is None:
+            raise FileNotFoundError(f"{directory}: no DeepSpeed checkpoint")
+        set_rng_state(state["rng"])
+        self.micro_steps = state["micro_steps"]
+        return state["client"]
+
+    def local_state_dict(self) -> dict[str, torch.Tensor]:
+        """This rank's TP shard of every weight, gathered across the ZeRO-3 data-parallel partition."""
+        import deepspeed
+
+        params = dict(self.module.named_parameters())
+        out = {}
+        for name, p in params.items():
+            with deepspeed.zero.GatheredParameters([p], enabled=self.cfg.zero_stage == 3):
+                out[name] = p.detach().clone().float()
+        return out
+
+    def partitioned_numel(self) -> int:
+        """Elements this rank stores: its ZeRO-3 partition, or the whole (TP-sharded) parameters."""
+        if self.cfg.zero_stage == 3:
+            return sum(p.ds_tensor.numel() for p in self.module.parameters())
+        return sum(p.numel() for p in self.module.parameters())
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], partitioned: bool, mesh: Mesh) -> None:
+    """Copy a full state dict into this rank's TP shards, whose parameters may be ZeRO-3 partitions."""
+    import deepspeed
+
+    params = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise ValueError(f"weights for unknown parameters: {unknown[:5]}")
+    for name, p in params.items():
+        if name not in state:
+            continue  # e.g. a fresh reward head on an LM checkpoint
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=0, enabled=partitioned), torch.no_grad():
+            p.copy_(tp_slice(p, state[name], mesh).to(p.dtype))
