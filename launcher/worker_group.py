@@ -115,9 +115,13 @@ class Rank:
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def setup(self, master: tuple[str, int], worker_cls: type, args: tuple, kwargs: dict) -> dict:
+        import ray
+
         mesh = init_mesh(self.rank, self.world_size, self.tp_size, *master)
         self.worker = worker_cls(mesh, *args, **kwargs)
-        return {"pid": os.getpid(), "rank": self.rank, "node": socket.gethostname()}
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "rank": self.rank, "node_id": ctx.get_node_id(),
+                "placement_group": ctx.get_placement_group_id()}
 
     def execute(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
         return fn(self.worker, *args, **kwargs)
@@ -135,10 +139,11 @@ class LocalGroup:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        init_mesh(0, 1, 1, "127.0.0.1", port)  # no-op when this process already has its world of one
+        mesh = init_mesh(0, 1, 1, "127.0.0.1", port)  # joins nothing if this process already has its world
         self.spec = GroupSpec()
         self._rank = Rank(0, 1, 1, torch.get_num_threads())
-        self.info = [self._rank.setup(("127.0.0.1", port), worker_cls, args, kwargs)]
+        self._rank.worker = worker_cls(mesh, *args, **kwargs)
+        self.info = [{"pid": os.getpid(), "rank": 0}]
 
     def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
         value = fn(self._rank.worker, batch, *args, **kwargs)
@@ -159,7 +164,7 @@ class RayGroup:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        self.name, self.spec = name, spec
+        self.name, self.spec, self.placement = name, spec, placement
         actor_cls = ray.remote(Rank)
         threads = max(1, int(spec.cpus_per_rank))
         self.actors = [
@@ -196,3 +201,41 @@ class RayGroup:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+
+
+def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_prefix: str = "") -> dict[str, RayGroup]:
+    """Place and start one RayGroup per role. A role with `colocate_with` shares the bundles of the
+    named role (rank i on bundle i), so colocated roles split each bundle's CPUs/GPUs between them."""
+    from launcher.cluster import make_placement
+
+    anchors = {}
+    for role, (_, spec, _, _) in roles.items():
+        anchor = spec.colocate_with or role
+        if anchor not in roles:
+            raise ValueError(f"{role}.colocate_with names unknown role {anchor!r}")
+        if roles[anchor][1].colocate_with:
+            raise ValueError(f"{role} colocates with {anchor}, which itself colocates with another role")
+        if roles[anchor][1].ranks != spec.ranks:
+            raise ValueError(f"{role} ({spec.ranks} ranks) cannot share bundles with {anchor} "
+                             f"({roles[anchor][1].ranks} ranks)")
+        anchors[role] = anchor
+    placements = {}
+    for anchor in dict.fromkeys(anchors.values()):
+        members = [roles[r][1] for r in roles if anchors[r] == anchor]
+        spec = roles[anchor][1]
+        placements[anchor] = make_placement(spec.ranks, sum(m.cpus_per_rank for m in members),
+                                            sum(m.gpus_per_rank for m in members), spec.strategy)
+    groups = {}
+    for role, (cls, spec, args, kwargs) in roles.items():
+        groups[role] = RayGroup(f"{name_prefix}{role}", cls, spec, placements[anchors[role]], *args, **kwargs)
+    return groups
+
+
+def shutdown_groups(groups: dict[str, RayGroup]) -> None:
+    """Kill every rank, then free the placement groups (once each, colocated or not)."""
+    from launcher.cluster import release
+
+    for g in groups.values():
+        g.shutdown()
+    for pg in {id(g.placement): g.placement for g in groups.values()}.values():
+        release(pg)

@@ -9,8 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from launcher.cluster import make_placement, release
-from launcher.worker_group import GroupSpec, LocalGroup, RayGroup
+from launcher.worker_group import GroupSpec, LocalGroup, RayGroup, build_groups, shutdown_groups
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource
 from rlhf.batching import Encoded, collate_lm
@@ -44,16 +43,11 @@ def batches(n: int, seed: int = 0):
 
 def ray_group(ranks, tp, *args, **kwargs) -> RayGroup:
     spec = GroupSpec(ranks=ranks, tp_size=tp, cpus_per_rank=1.0)
-    pg = make_placement(ranks, 1.0, 0, "PACK")
-    group = RayGroup(f"policy-{id(pg)}", PolicyWorker, spec, pg, *args, **kwargs)
-    group.placement = pg
-    return group
+    return build_groups({"policy": (PolicyWorker, spec, args, kwargs)})["policy"]
 
 
 def close(group):
-    group.shutdown()
-    if hasattr(group, "placement"):
-        release(group.placement)
+    shutdown_groups({"g": group})
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -87,12 +81,16 @@ def test_zero_stages_match_plain_adamw_and_zero3_halves_memory(ray_cluster, tmp_
     src = ModelSource(path=str(checkpoint(tmp_path, "llama")))
     data = batches(3)
     losses, numel = {}, {}
+    exported = {}
     for stage in (0, 2, 3):
         engine = EngineConfig(zero_stage=stage, param_persistence_threshold=0)
         group = ray_group(2, 1, src, engine, OPTIM, 10, 2)
         try:
             losses[stage] = train_losses(group, data)
             numel[stage] = [i["numel"] for i in group.broadcast(PolicyWorker.describe).get()]
+            if stage in (0, 3):
+                exported[stage] = group.broadcast(PolicyWorker.export, str(tmp_path / f"zero{stage}")).get()[0]
+                expected_logits = group.map(PolicyWorker.logits, data[0]).get()
         finally:
             close(group)
     # fp32 on CPU; ZeRO reduces gradients in buckets, so sums differ from plain all-reduce in rounding only
@@ -102,6 +100,56 @@ def test_zero_stages_match_plain_adamw_and_zero3_halves_memory(ray_cluster, tmp_
     full = numel[0][0]
     for per_rank in numel[3]:
         assert abs(per_rank / full - 0.5) < 0.02, (per_rank, full)
+    # ZeRO-3 export is consolidated: transformers reproduces the group's own logits after training
+    hf = AutoModelForCausalLM.from_pretrained(exported[3]).eval()
+    with torch.no_grad():
+        theirs = hf(input_ids=data[0].input_ids, attention_mask=data[0].attention_mask.long()).logits
+    real = data[0].attention_mask
+    torch.testing.assert_close(theirs[real], expected_logits[real], atol=1e-5, rtol=0)
+    ref = AutoModelForCausalLM.from_pretrained(exported[0])
+    for (name, a), b in zip(hf.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_tp2_x_dp2_zero2_matches_dp2_plain_adamw(ray_cluster, tmp_path):
+    src = ModelSource(path=str(checkpoint(tmp_path, "llama")))
+    data = batches(2, seed=2)
+    losses = {}
+    for ranks, tp, stage in ((2, 1, 0), (4, 2, 2)):
+        group = ray_group(ranks, tp, src, EngineConfig(zero_stage=stage), OPTIM, 10, 2)
+        try:
+            losses[tp] = train_losses(group, data)
+            info = group.broadcast(PolicyWorker.describe).get()
+        finally:
+            close(group)
+    assert [(i["tp_rank"], i["dp_rank"]) for i in info] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    torch.testing.assert_close(torch.tensor(losses[2]), torch.tensor(losses[1]), atol=1e-5, rtol=1e-5)
+
+
+def test_colocated_groups_share_bundles(ray_cluster, tmp_path):
+    src = ModelSource(path=str(checkpoint(tmp_path, "gpt2")))
+    spec = GroupSpec(ranks=2, cpus_per_rank=0.5)
+    groups = build_groups({
+        "policy": (PolicyWorker, spec, (src, EngineConfig()), {}),
+        "reference": (PolicyWorker, spec.model_copy(update={"colocate_with": "policy"}), (src, EngineConfig()), {}),
+    })
+    try:
+        a, b = (groups[r].map(PolicyWorker.logits, batches(1)[0]) for r in ("policy", "reference"))
+        torch.testing.assert_close(a.get(), b.get())  # both handles were in flight together
+        info = groups["policy"].info + groups["reference"].info
+    finally:
+        shutdown_groups(groups)
+    assert len({i["pid"] for i in info}) == 4  # four processes ...
+    assert len({i["placement_group"] for i in info}) == 1  # ... on one placement group's bundles
+
+
+def test_local_group_runs_zero3_in_process(tmp_path):
+    src = ModelSource(path=str(checkpoint(tmp_path, "gpt2")))
+    data = batches(2)
+    plain = LocalGroup(PolicyWorker, src, EngineConfig(), OPTIM, 10, 4)
+    zero3 = LocalGroup(PolicyWorker, src, EngineConfig(zero_stage=3), OPTIM, 10, 4)
+    torch.testing.assert_close(torch.tensor(train_losses(zero3, data)), torch.tensor(train_losses(plain, data)),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_save_resume_gives_the_same_next_loss(ray_cluster, tmp_path):
@@ -127,3 +175,13 @@ def test_save_resume_gives_the_same_next_loss(ray_cluster, tmp_path):
         close(group)
     assert first == straight[:2]
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(straight[2:]), atol=0, rtol=0)
+
+
+def test_zero_offload_cpu_adam_matches_plain_adamw(tmp_path):
+    """ZeRO-Offload steps with DeepSpeed's CPU Adam (a C++ op, compiled once per machine)."""
+    src = ModelSource(path=str(checkpoint(tmp_path, "llama")))
+    data = batches(3)
+    plain = LocalGroup(PolicyWorker, src, EngineConfig(), OPTIM, 10, 4)
+    offload = LocalGroup(PolicyWorker, src, EngineConfig(zero_stage=2, offload_optimizer=True), OPTIM, 10, 4)
+    torch.testing.assert_close(torch.tensor(train_losses(offload, data)), torch.tensor(train_losses(plain, data)),
+                               atol=1e-5, rtol=1e-5)
