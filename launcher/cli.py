@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     help_cfg = "preset name in configs/ or a YAML file"
     for name, text in [("demo", "embedded default task end to end"),
                        ("sft", "step 1: supervised fine-tuning"),
+                       ("rm", "step 2: reward model on ranked comparisons"),
                        ("data", "write the embedded task's data sets as JSONL")]:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", default="demo" if name == "demo" else None, help=help_cfg)
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             stages.run_demo(cfg)
         elif args.command == "sft":
-            stages.run_sft(cfg)
+            print(stages.run_sft(cfg))
+        elif args.command == "rm":
+            print(stages.run_rm(cfg))
         elif args.command == "data":
             for name, path in stages.prepare_data(cfg).items():
                 print(f"{name}: {path}")

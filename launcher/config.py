@@ -7,13 +7,14 @@ Each package owns its sub-config next to its code; this file composes the root, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from launcher.tracking import WandbConfig
 from models.config import PRESETS
+from rlhf.reward_model import RMConfig
 from rlhf.sft import SFTConfig
 from rlhf.task import TaskConfig
 
@@ -30,6 +31,8 @@ class RunConfig(BaseModel):
     name: str = "demo"
     out_dir: str = "runs"
     seed: int = 0
+    backend: Literal["ray", "local"] = "ray"  # local: every group is one rank in the driver process
+    ray_address: str | None = None  # join this cluster (else RAY_ADDRESS, else start a local one)
 
     @property
     def dir(self) -> Path:
@@ -44,7 +47,8 @@ class ModelSpec(BaseModel):
     pretrained: str | None = None
     preset: str = "tiny"
     shape: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields over the preset
-    tokenizer: str | None = None  # None: the pretrained directory's, or the embedded task's
+    tokenizer: str | None = None  # None: the pretrained directory's, a trained BPE, or the embedded task's
+    bpe_vocab: int | None = Field(None, ge=300)  # train a byte-level BPE of this size on the run's data
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -69,19 +73,24 @@ class Config(BaseModel):
     model: ModelSpec = ModelSpec()
     task: TaskConfig = TaskConfig()
     sft: SFTConfig = SFTConfig()
+    rm: RMConfig = RMConfig()
     evaluation: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
-        user_data = self.sft.train_data is not None
-        if user_data and not (self.model.tokenizer or self.model.pretrained):
-            raise ValueError("sft.train_data is a user data set: set model.tokenizer or model.pretrained "
+        user_data = self.sft.train_data is not None or self.rm.train_data is not None
+        if user_data and not (self.model.tokenizer or self.model.pretrained or self.model.bpe_vocab):
+            raise ValueError("a user data set needs model.tokenizer, model.pretrained or model.bpe_vocab "
                              "(the embedded word tokenizer only knows the embedded task)")
+        if self.run.backend == "local":
+            for stage in ("sft", "rm"):
+                if getattr(self, stage).group.ranks != 1:
+                    raise ValueError(f"run.backend=local runs one rank per group; {stage}.group.ranks must be 1")
         return self
 
     @property
     def uses_embedded_task(self) -> bool:
-        return self.sft.train_data is None
+        return self.sft.train_data is None and self.rm.train_data is None
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -1,112 +1,171 @@
-"""Stage runners behind the CLI: resolve data, tokenizer and models from the config, run, report.
-
-Each stage reads only its own sub-config and writes into <run.out_dir>/<run.name>/<stage>.
+"""Stage runners behind the CLI: resolve data, tokenizer and models from the config, start the
+worker groups, run, report. Each stage writes into <run.out_dir>/<run.name>/<stage>.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-
-import torch
 
 from launcher.config import Config, save_config
 from launcher.tracking import Tracker
+from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
 from models.config import preset
 from models.generation import SamplingParams
-from models.heads import CausalLM
-from models.hf import load_pretrained
-from models.tokenizer import build_word_tokenizer, load_tokenizer
-from rlhf.data import load_prompts, load_sft
+from models.tokenizer import build_word_tokenizer, load_tokenizer, train_bpe_tokenizer
+from parallel.host import ModelSource
+from parallel.mesh import GroupSpec
+from rlhf.data import load_comparisons, load_prompts, load_sft
 from rlhf.evaluate import gold_eval
-from rlhf.sft import train_sft
+from rlhf.reward_model import read_reward_stats, train_reward_model
+from rlhf.sft import total_steps, train_sft
 from rlhf.task import WORDS, EmbeddedTask, gold_score
+from rlhf.workers import PolicyWorker, RewardWorker
 
 log = logging.getLogger("instructrl")
 
 
 def prepare_data(cfg: Config) -> dict[str, Path]:
-    """Paths of the data sets: the embedded task's (written once per run) or the user's."""
-    if cfg.uses_embedded_task:
-        data_dir = cfg.run.dir / "data"
-        return EmbeddedTask(cfg.task).write(data_dir)
-    paths = {"sft_train": Path(cfg.sft.train_data)}
-    if cfg.sft.eval_data:
-        paths["sft_eval"] = Path(cfg.sft.eval_data)
+    """Data set paths by name: the user's where given, the embedded task's (written once) otherwise."""
+    paths = EmbeddedTask(cfg.task).write(cfg.run.dir / "data") if cfg.uses_embedded_task else {}
+    for key, value in [("sft_train", cfg.sft.train_data), ("sft_eval", cfg.sft.eval_data),
+                       ("comparisons_train", cfg.rm.train_data), ("comparisons_eval", cfg.rm.eval_data)]:
+        if value:
+            paths[key] = Path(value)
     return paths
 
 
-def build_tokenizer(cfg: Config):
-    if cfg.model.tokenizer:
-        return load_tokenizer(cfg.model.tokenizer)
-    if cfg.model.pretrained:
-        return load_tokenizer(cfg.model.pretrained)
-    return build_word_tokenizer(WORDS)
+def build_tokenizer(cfg: Config, data: dict[str, Path]):
+    """The tokenizer, saved under the run directory so every stage reuses the same one."""
+    saved = cfg.run.dir / "tokenizer"
+    if cfg.model.tokenizer or cfg.model.pretrained:
+        tok = load_tokenizer(cfg.model.tokenizer or cfg.model.pretrained)
+    elif cfg.model.bpe_vocab and (saved / "tokenizer.json").exists():
+        return load_tokenizer(saved)  # trained by an earlier stage of this run
+    elif cfg.model.bpe_vocab:
+        texts = [r.prompt + r.response for r in load_sft(data["sft_train"])] if "sft_train" in data else []
+        if "comparisons_train" in data:
+            texts += [c.prompt + r for c in load_comparisons(data["comparisons_train"]) for r in c.responses]
+        tok = train_bpe_tokenizer(texts, cfg.model.bpe_vocab)
+    else:
+        tok = build_word_tokenizer(WORDS)
+    tok.save_pretrained(saved)
+    return tok
 
 
-def build_policy(cfg: Config, tok) -> CausalLM:
-    torch.manual_seed(cfg.run.seed)
+def policy_source(cfg: Config, tok) -> ModelSource:
     if cfg.model.pretrained:
-        return load_pretrained(cfg.model.pretrained, "lm")
+        return ModelSource(path=cfg.model.pretrained, seed=cfg.run.seed)
     shape = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
              **cfg.model.shape}
-    return CausalLM(preset(cfg.model.preset, **shape))
+    return ModelSource(config=preset(cfg.model.preset, **shape), seed=cfg.run.seed)
 
 
-@dataclass
-class SFTResult:
-    model: CausalLM
-    tokenizer: object
-    out_dir: Path
-    metrics: dict[str, float]
+@contextmanager
+def worker_group(cfg: Config, role: str, worker_cls: type, spec: GroupSpec, *args):
+    """One role's group for the duration of a stage: Ray actors, or one in-process rank."""
+    if cfg.run.backend == "local":
+        group = LocalGroup(worker_cls, *args)
+        try:
+            yield group
+        finally:
+            group.shutdown()
+        return
+    from launcher.cluster import init_ray
+
+    init_ray(cfg.run.ray_address)
+    groups = build_groups({role: (worker_cls, spec, args, {})}, name_prefix=f"{cfg.run.name}-")
+    try:
+        yield groups[role]
+    finally:
+        shutdown_groups(groups)
 
 
-def run_sft(cfg: Config, data: dict[str, Path] | None = None) -> SFTResult:
+def split_eval(records: list, share: int = 20) -> tuple[list, list]:
+    """Hold out the last 1/share of records when no eval file is given."""
+    n = max(1, len(records) // share)
+    return records[:-n], records[-n:]
+
+
+def run_sft(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
+    """Step 1 on the policy group; returns eval metrics (+ held-out gold score on the embedded task)."""
     data = data or prepare_data(cfg)
     save_config(cfg, cfg.run.dir)
-    tok = build_tokenizer(cfg)
-    model = build_policy(cfg, tok)
+    tok = tok or build_tokenizer(cfg, data)
     train = load_sft(data["sft_train"])
-    evals = load_sft(data["sft_eval"]) if "sft_eval" in data else train[-max(1, len(train) // 20):]
-    if "sft_eval" not in data:
-        train = train[: len(train) - len(evals)]  # hold out the last 5% when no eval file is given
+    evals = load_sft(data["sft_eval"]) if "sft_eval" in data else None
+    if evals is None:
+        train, evals = split_eval(train)
     out_dir = cfg.run.dir / "sft"
     tracker = Tracker(out_dir, f"{cfg.run.name}-sft", cfg.wandb, cfg.model_dump(mode="json"), "sft")
-    log.info("SFT: %d train / %d eval demonstrations, %.2fM parameters", len(train), len(evals),
-             sum(p.numel() for p in model.parameters()) / 1e6)
-    metrics = train_sft(model, tok, train, evals, cfg.sft, out_dir, tracker.log)
+    steps = total_steps(len(train), cfg.sft)
+    log.info("SFT: %d train / %d eval demonstrations, %d steps on %d rank(s)", len(train), len(evals), steps,
+             cfg.sft.group.ranks)
+    with worker_group(cfg, "policy-sft", PolicyWorker, cfg.sft.group, policy_source(cfg, tok), cfg.sft.engine,
+                      cfg.sft.optim, steps, cfg.sft.batch_size) as group:
+        metrics = train_sft(group, tok, train, evals, cfg.sft, out_dir, tracker.log)
+        if "ppo_eval" in data:
+            metrics["gold_score"], rows = evaluate_gold(cfg, group, tok, data["ppo_eval"])
+            tracker.log({"eval/gold_score": metrics["gold_score"]}, steps)
+            tracker.table("samples", ["prompt", "response", "gold"], [list(r) for r in rows[:32]], steps)
     tracker.finish()
-    return SFTResult(model, tok, out_dir, metrics)
+    return {**metrics, "model": str(out_dir), "metrics_file": str(tracker.metrics_path)}
 
 
-def evaluate_gold(cfg: Config, model: CausalLM, tok, prompts_path: Path) -> tuple[float, list]:
-    """Held-out gold score of a policy on the embedded task (sampled at the eval temperature)."""
+def run_rm(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
+    """Step 2 on the reward group, initialised from this run's SFT model unless rm.init says otherwise."""
+    data = data or prepare_data(cfg)
+    save_config(cfg, cfg.run.dir)
+    tok = tok or build_tokenizer(cfg, data)
+    init = Path(cfg.rm.init) if cfg.rm.init else cfg.run.dir / "sft"
+    if not (init / "config.json").exists():
+        raise FileNotFoundError(f"{init}: no model to initialise the reward model from (run `instructrl sft` "
+                                f"first or set rm.init)")
+    train = load_comparisons(data["comparisons_train"])
+    evals = load_comparisons(data["comparisons_eval"]) if "comparisons_eval" in data else None
+    if evals is None:
+        train, evals = split_eval(train)
+    out_dir = cfg.run.dir / "rm"
+    tracker = Tracker(out_dir, f"{cfg.run.name}-rm", cfg.wandb, cfg.model_dump(mode="json"), "reward_model")
+    steps = -(-len(train) // (cfg.rm.batch_size * cfg.rm.optim.grad_accum)) * cfg.rm.epochs
+    log.info("RM: %d train / %d eval rankings from %s, %d steps", len(train), len(evals), init, steps)
+    with worker_group(cfg, "reward-train", RewardWorker, cfg.rm.group, ModelSource(path=str(init), seed=cfg.run.seed),
+                      cfg.rm.engine, cfg.rm.optim, steps, cfg.rm.batch_size) as group:
+        metrics = train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log)
+    tracker.finish()
+    return {**metrics, "reward_stats": read_reward_stats(out_dir), "model": str(out_dir),
+            "metrics_file": str(tracker.metrics_path)}
+
+
+def evaluate_gold(cfg: Config, group, tok, prompts_path: Path) -> tuple[float, list]:
+    """Held-out gold score of the policy group on the embedded task (sampled at the eval temperature)."""
     ev = cfg.evaluation
     params = SamplingParams(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature)
-    return gold_eval(model, tok, load_prompts(prompts_path), gold_score, params, ev.max_prompt_len, cfg.run.seed)
+    return gold_eval(group, tok, load_prompts(prompts_path), gold_score, params, ev.max_prompt_len, cfg.run.seed)
 
 
 def run_demo(cfg: Config) -> dict:
-    """What `make demo` runs: embedded data → SFT → held-out gold score of the SFT policy."""
+    """What `make demo` runs on the embedded task: SFT → reward model, with held-out metrics."""
     if not cfg.uses_embedded_task:
-        raise ValueError("the demo runs on the embedded task; use `instructrl sft` for user data")
+        raise ValueError("the demo runs on the embedded task; use `instructrl sft` / `rm` for user data")
     data = prepare_data(cfg)
-    sft = run_sft(cfg, data)
-    gold, rows = evaluate_gold(cfg, sft.model, sft.tokenizer, data["ppo_eval"])
-    summary = {"sft_eval_loss": sft.metrics["eval/loss"], "sft_gold_score": gold,
-               "n_eval_prompts": len(rows), "sft_model": str(sft.out_dir),
-               "metrics": str(sft.out_dir / "metrics.jsonl")}
+    tok = build_tokenizer(cfg, data)
+    sft = run_sft(cfg, data, tok)
+    rm = run_rm(cfg, data, tok)
+    summary = {"sft_gold_score": sft["gold_score"], "sft_eval_loss": sft["eval/loss"],
+               "rm_eval_accuracy": rm["eval/accuracy"], "sft_model": sft["model"], "reward_model": rm["model"],
+               "metrics": [sft["metrics_file"], rm["metrics_file"]]}
     (cfg.run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print_summary(summary, rows[:5])
+    print_summary(summary)
     return summary
 
 
-def print_summary(summary: dict, samples: list[tuple[str, str, float]]) -> None:
+def print_summary(summary: dict) -> None:
     print("\n== instructrl demo summary ==")
-    for prompt, response, score in samples:
-        print(f"  {prompt!r:36} -> {response!r:24} gold {score:.2f}")
-    print(f"SFT policy gold score on {summary['n_eval_prompts']} held-out prompts: {summary['sft_gold_score']:.3f}")
+    print(f"SFT policy gold score on held-out prompts: {summary['sft_gold_score']:.3f}")
     print(f"SFT eval loss: {summary['sft_eval_loss']:.3f}")
-    print(f"model (HF format): {summary['sft_model']}\nmetrics: {summary['metrics']}")
+    print(f"reward model held-out pair accuracy: {summary['rm_eval_accuracy']:.3f}")
+    print(f"models (HF format): {summary['sft_model']}, {summary['reward_model']}")
+    print(f"metrics: {', '.join(summary['metrics'])}")

@@ -29,7 +29,7 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._file = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in finish)
+        self._file = open(self.metrics_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in finish)
         mode = os.environ.get("WANDB_MODE", cfg.mode)
         self.run = wandb.init(project=cfg.project, name=name, group=cfg.group or name, job_type=job_type,
                               config=config, dir=str(self.run_dir), mode=mode, reinit="create_new",

@@ -17,31 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from parallel.mesh import init_mesh
-
-
-class GroupSpec(BaseModel):
-    """Size and placement of one role's group."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ranks: int = Field(1, ge=1)
-    tp_size: int = Field(1, ge=1)
-    cpus_per_rank: float = Field(0.5, gt=0)
-    gpus_per_rank: float = Field(0.0, ge=0)  # > 0 on GPU clusters; a fraction when roles share a GPU
-    strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (Ray placement strategies)
-    colocate_with: str | None = None  # another role's name: share its placement-group bundles
-
-    @model_validator(mode="after")
-    def _check(self) -> GroupSpec:
-        if self.ranks % self.tp_size:
-            raise ValueError(f"ranks={self.ranks} is not divisible by tp_size={self.tp_size}")
-        if self.strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-            raise ValueError(f"unknown placement strategy {self.strategy!r}")
-        return self
-
+from parallel.mesh import GroupSpec, init_mesh
 
 # ---------------------------------------------------------------- batches across data-parallel ranks
 
@@ -71,6 +48,8 @@ def merge_outputs(outputs: list[Any]) -> Any:
     if isinstance(first, torch.Tensor):
         return torch.cat(outputs)
     if isinstance(first, int | float):
+        if all(o == first for o in outputs):
+            return first  # e.g. a shared shape such as prompt_len
         return sum(outputs) / len(outputs)
     if isinstance(first, list):
         return [x for out in outputs for x in out]

@@ -41,6 +41,23 @@ class Generation:
     def responses(self) -> torch.Tensor:  # (B, R)
         return self.sequences[:, self.prompt_len:]
 
+    def to(self, device) -> Generation:
+        return Generation(self.sequences.to(device), self.attention_mask.to(device), self.response_mask.to(device),
+                          self.logprobs.to(device), self.prompt_len)
+
+
+def pad_generation(g: Generation, width: int, pad_id: int) -> Generation:
+    """Right-pad the response part to `width` tokens (all rows stopped early) with masked padding."""
+    extra = width - g.response_mask.shape[1]
+    if extra <= 0:
+        return g
+    B = g.sequences.shape[0]
+    pad = g.sequences.new_full((B, extra), pad_id)
+    off = g.response_mask.new_zeros((B, extra))
+    return Generation(torch.cat([g.sequences, pad], 1), torch.cat([g.attention_mask, off], 1),
+                      torch.cat([g.response_mask, off], 1), torch.cat([g.logprobs, g.logprobs.new_zeros(B, extra)], 1),
+                      g.prompt_len)
+
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Top-k then nucleus (top-p) filtering of (B, V) logits, the order transformers applies them."""

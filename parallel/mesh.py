@@ -12,6 +12,28 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class GroupSpec(BaseModel):
+    """Size and placement of one role's group."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ranks: int = Field(1, ge=1)
+    tp_size: int = Field(1, ge=1)
+    cpus_per_rank: float = Field(0.5, gt=0)
+    gpus_per_rank: float = Field(0.0, ge=0)  # > 0 on GPU clusters; a fraction when roles share a GPU
+    strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (Ray placement strategies)
+    colocate_with: str | None = None  # another role's name: share its placement-group bundles
+
+    @model_validator(mode="after")
+    def _check(self) -> GroupSpec:
+        if self.ranks % self.tp_size:
+            raise ValueError(f"ranks={self.ranks} is not divisible by tp_size={self.tp_size}")
+        if self.strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ValueError(f"unknown placement strategy {self.strategy!r}")
+        return self
 
 
 @dataclass(frozen=True)

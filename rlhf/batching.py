@@ -77,9 +77,10 @@ def collate_ranked(tok, comparisons: list[Comparison], max_len: int) -> tuple[Ra
     return batch, sum(e.truncated for e in encoded)
 
 
-def collate_prompts(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt batch for generation: input_ids (B, P) long, attention_mask (B, P) bool."""
-    P = max(len(p) for p in prompts)
+def collate_prompts(prompts: list[list[int]], pad_id: int, width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt batch for generation: input_ids (B, P) long, attention_mask (B, P) bool,
+    P = max(width, longest prompt)."""
+    P = max(width, *(len(p) for p in prompts))
     ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), P, dtype=torch.bool)
     for b, p in enumerate(prompts):

@@ -127,7 +127,17 @@ def _validate(model: type[_Record], where: str, row: dict) -> _Record:
 
 
 def load_sft(path: str | Path) -> list[SFTRecord]:
-    return [_validate(SFTRecord, where, row) for where, row in read_rows(path)]
+    """Demonstrations. A comparisons file also serves: each ranking's best response (the `chosen` one)
+    becomes the demonstration, as when SFT runs on HH-RLHF's chosen dialogues."""
+    out = []
+    for where, row in read_rows(path):
+        if "response" in row or not ({"responses", "chosen"} & set(row)):
+            out.append(_validate(SFTRecord, where, row))
+        else:
+            c = comparison_from_row(where, row)
+            if c is not None:
+                out.append(SFTRecord(prompt=c.prompt, response=c.responses[0]))
+    return out
 
 
 def load_prompts(path: str | Path) -> list[str]:
@@ -143,6 +153,26 @@ def split_hh_dialogue(text: str, where: str, field: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+def comparison_from_row(where: str, row: dict) -> Comparison | None:
+    """One record in any comparison format; None (logged) for an unusable HH-RLHF pair."""
+    if "responses" in row:
+        rec = _validate(RankedRecord, where, row)
+        return Comparison(rec.prompt, tuple(rec.responses))
+    if "prompt" in row:
+        rec = _validate(PairRecord, where, row)
+        return Comparison(rec.prompt, (rec.chosen, rec.rejected))
+    rec = _validate(HHRecord, where, row)
+    prompt, chosen = split_hh_dialogue(rec.chosen, where, "chosen")
+    prompt_r, rejected = split_hh_dialogue(rec.rejected, where, "rejected")
+    if prompt != prompt_r:
+        log.warning("%s: skipped: 'chosen' and 'rejected' differ before the last assistant turn", where)
+    elif not chosen.strip() or not rejected.strip():
+        log.warning("%s: skipped: an empty final assistant turn", where)
+    else:
+        return Comparison(prompt, (chosen, rejected))
+    return None
+
+
 def load_comparisons(path: str | Path) -> list[Comparison]:
     """Any of the three comparison formats, detected per record.
 
@@ -150,24 +180,7 @@ def load_comparisons(path: str | Path) -> list[Comparison]:
     prompts) or whose final assistant turn is empty cannot train a ranking; the public data has a
     few of each, so they are skipped and each is logged with its line and reason.
     """
-    out = []
-    for where, row in read_rows(path):
-        if "responses" in row:
-            rec = _validate(RankedRecord, where, row)
-            out.append(Comparison(rec.prompt, tuple(rec.responses)))
-        elif "prompt" in row:
-            rec = _validate(PairRecord, where, row)
-            out.append(Comparison(rec.prompt, (rec.chosen, rec.rejected)))
-        else:
-            rec = _validate(HHRecord, where, row)
-            prompt, chosen = split_hh_dialogue(rec.chosen, where, "chosen")
-            prompt_r, rejected = split_hh_dialogue(rec.rejected, where, "rejected")
-            if prompt != prompt_r:
-                log.warning("%s: skipped: 'chosen' and 'rejected' differ before the last assistant turn", where)
-            elif not chosen.strip() or not rejected.strip():
-                log.warning("%s: skipped: an empty final assistant turn", where)
-            else:
-                out.append(Comparison(prompt, (chosen, rejected)))
+    out = [c for where, row in read_rows(path) if (c := comparison_from_row(where, row)) is not None]
     if not out:
         raise DataError(f"{path}: no usable comparisons")
     return out

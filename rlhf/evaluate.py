@@ -1,41 +1,41 @@
-"""Policy evaluation on held-out prompts: sample responses, score them with a labeller.
+"""Policy evaluation on held-out prompts: the policy group samples, a labeller scores.
 
-Must not import ray, deepspeed or megatron.
+Must not import ray: `group` is any policy worker group.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
-from models.generation import SamplingParams, generate
-from models.heads import CausalLM
-from rlhf.batching import collate_prompts, encode_prompt
+from models.generation import Generation, SamplingParams
+from rlhf.batching import encode_prompt
+from rlhf.workers import PolicyWorker
 
 
-@torch.no_grad()
-def sample_responses(model: CausalLM, tok, prompts: list[str], params: SamplingParams, max_prompt_len: int,
-                     batch_size: int = 64, seed: int = 0) -> list[str]:
-    """Decoded responses (EOS and padding stripped), one per prompt, in order."""
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    out: list[str] = []
+def sample(group, tok, prompts: list[str], params: SamplingParams, max_prompt_len: int, seed: int = 0,
+           batch_size: int = 256) -> list[Generation]:
+    """Generations of the policy group for text prompts, batch by batch (in order)."""
+    out = []
     for i in range(0, len(prompts), batch_size):
-        ids, mask = collate_prompts([encode_prompt(tok, p, max_prompt_len) for p in prompts[i:i + batch_size]],
-                                    tok.pad_token_id)
-        g = generate(model, ids, mask, params, tok.eos_token_id, tok.pad_token_id, gen)
-        for row, keep in zip(g.responses, g.response_mask, strict=True):
-            tokens = [t for t in row[keep].tolist() if t != tok.eos_token_id]
-            out.append(tok.decode(tokens, skip_special_tokens=True))
-    model.train(was_training)
+        ids = [encode_prompt(tok, p, max_prompt_len) for p in prompts[i:i + batch_size]]
+        width = max(len(x) for x in ids)
+        out.append(group.map(PolicyWorker.generate, ids, width, params, tok.eos_token_id, tok.pad_token_id,
+                             seed + i).get())
     return out
 
 
-def gold_eval(model: CausalLM, tok, prompts: list[str], scorer: Callable[[str, str], float],
-              params: SamplingParams, max_prompt_len: int, seed: int = 0) -> tuple[float, list[tuple[str, str, float]]]:
-    """Mean labeller score over prompts, and (prompt, response, score) samples."""
-    responses = sample_responses(model, tok, prompts, params, max_prompt_len, seed=seed)
+def decode_responses(tok, g: Generation) -> list[str]:
+    """Response texts without EOS and padding."""
+    texts = []
+    for row, keep in zip(g.responses, g.response_mask, strict=True):
+        tokens = [t for t in row[keep].tolist() if t != tok.eos_token_id]
+        texts.append(tok.decode(tokens, skip_special_tokens=True))
+    return texts
+
+
+def gold_eval(group, tok, prompts: list[str], scorer: Callable[[str, str], float], params: SamplingParams,
+              max_prompt_len: int, seed: int = 0) -> tuple[float, list[tuple[str, str, float]]]:
+    """Mean labeller score over prompts, and (prompt, response, score) rows."""
+    responses = [r for g in sample(group, tok, prompts, params, max_prompt_len, seed) for r in decode_responses(tok, g)]
     rows = [(p, r, scorer(p, r)) for p, r in zip(prompts, responses, strict=True)]
     return sum(s for _, _, s in rows) / len(rows), rows

@@ -27,7 +27,7 @@ def test_bad_config_names_the_key(override, message):
 
 
 def test_user_data_needs_a_tokenizer():
-    with pytest.raises(ConfigError, match="set model.tokenizer or model.pretrained"):
+    with pytest.raises(ConfigError, match="a user data set needs model.tokenizer, model.pretrained or model.bpe_vocab"):
         load_config(None, ["sft.train_data=x.jsonl"])
 
 

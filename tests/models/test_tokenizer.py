@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.tokenizer import build_word_tokenizer, load_tokenizer
+from models.tokenizer import build_word_tokenizer, load_tokenizer, train_bpe_tokenizer
 from rlhf.task import WORDS
 
 
@@ -23,3 +23,13 @@ def test_word_tokenizer_round_trip(tmp_path):
 def test_missing_tokenizer_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer directory not found"):
         load_tokenizer(tmp_path / "nope")
+
+
+def test_bpe_tokenizer_trained_locally_round_trips(tmp_path):
+    texts = ["\n\nHuman: how do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast."] * 20
+    tok = train_bpe_tokenizer(texts, vocab_size=300)
+    ids = tok(texts[0], add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == texts[0] and len(ids) < len(texts[0]) / 2
+    assert tok("ünïcode ✓", add_special_tokens=False)["input_ids"]  # bytes never fall out of the vocabulary
+    tok.save_pretrained(tmp_path)
+    assert load_tokenizer(tmp_path)(texts[0], add_special_tokens=False)["input_ids"] == ids

@@ -6,13 +6,15 @@ import math
 
 import torch
 
+from launcher.worker_group import LocalGroup
 from models.config import ModelConfig
-from models.heads import CausalLM
 from models.tokenizer import build_word_tokenizer
+from parallel.host import ModelSource
 from rlhf.batching import Encoded, collate_lm, encode_pair
 from rlhf.data import load_sft
-from rlhf.sft import SFTConfig, evaluate_nll, sft_loss, train_sft
+from rlhf.sft import SFTConfig, evaluate_nll, total_steps, train_sft
 from rlhf.task import WORDS, EmbeddedTask, TaskConfig
+from rlhf.workers import PolicyWorker, sft_loss
 
 
 def test_loss_is_response_only_mean_nll():
@@ -47,12 +49,13 @@ def test_sft_improves_held_out_loss(tmp_path):
     files = EmbeddedTask(TaskConfig(n_sft=1200, n_eval=50)).write(tmp_path / "data")
     train, evals = load_sft(files["sft_train"]), load_sft(files["sft_eval"])
     cfg = ModelConfig(vocab_size=len(tok), max_seq_len=32, d_model=64, n_layers=2, n_heads=4)
-    model = CausalLM(cfg)
     sft_cfg = SFTConfig(max_len=32, batch_size=16, epochs=3, eval_every=1000)
+    group = LocalGroup(PolicyWorker, ModelSource(config=cfg), sft_cfg.engine, sft_cfg.optim,
+                       total_steps(len(train), sft_cfg))
     encoded = [encode_pair(tok, r.prompt, r.response, 32) for r in evals]
-    before = evaluate_nll(model, encoded, tok.pad_token_id, 64)["eval/loss"]
+    before = evaluate_nll(group, encoded, tok.pad_token_id, 64)["eval/loss"]
     logged = []
-    after = train_sft(model, tok, train, evals, sft_cfg, tmp_path / "out", lambda m, s: logged.append((s, m)))
+    after = train_sft(group, tok, train, evals, sft_cfg, tmp_path / "out", lambda m, s: logged.append((s, m)))
     assert after["eval/loss"] < 0.5 * before, (before, after)
     assert math.isclose(after["eval/perplexity"], math.exp(after["eval/loss"]), rel_tol=1e-9)
     assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "tokenizer.json").exists()

@@ -1,0 +1,115 @@
+"""InstructGPT step 2: the reward model, trained on K-way rankings with the pairwise ranking loss.
+
+Why a prompt's K responses are one batch element (Ouyang et al. 2022, §3.5): the C(K, 2) pairs of one
+prompt are highly correlated. Shuffled into the data set as independent pairs, each response would
+be seen in K-1 separate gradient steps per epoch, and the reward model overfits within one epoch.
+Kept together, each response is forwarded once per batch and all its pairs share that forward
+pass: one forward per response instead of K-1, and one gradient step per ranking.
+Must not import ray: `group` is any worker group with map/broadcast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from parallel.engine import EngineConfig, OptimConfig
+from parallel.mesh import GroupSpec
+from rlhf.batching import Encoded, encode_pair
+from rlhf.data import Comparison
+from rlhf.workers import RewardWorker
+
+LogFn = Callable[[dict[str, float], int], None]
+STATS_FILE = "reward_stats.json"
+
+
+class RMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_data: str | None = None  # None: the embedded task's ranked comparisons
+    eval_data: str | None = None
+    init: str | None = None  # HF checkpoint to start from; None: the SFT model of this run (§3.5)
+    max_len: int = Field(64, ge=2)
+    batch_size: int = Field(16, ge=1)  # prompts (rankings) per step, each with all its K responses
+    epochs: int = Field(1, ge=1)  # InstructGPT trains the RM for a single epoch
+    eval_every: int = Field(50, ge=1)
+    seed: int = 0
+    optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=10, weight_decay=0.0)
+    engine: EngineConfig = EngineConfig()
+    group: GroupSpec = GroupSpec()
+
+
+def encode_rankings(tok, comparisons: list[Comparison], max_len: int) -> list[list[Encoded]]:
+    return [[encode_pair(tok, c.prompt, r, max_len) for r in c.responses] for c in comparisons]
+
+
+def evaluate_rm(group, rankings: list[list[Encoded]], pad_id: int, batch_size: int) -> tuple[dict, torch.Tensor]:
+    """Held-out ranking loss, pair accuracy, mean margin, and the rewards of every response."""
+    sums = {"loss_sum": 0.0, "accuracy_sum": 0.0, "margin_sum": 0.0, "prompts": 0.0}
+    rewards = []
+    for i in range(0, len(rankings), batch_size):
+        out = group.map(RewardWorker.rm_eval, rankings[i:i + batch_size], pad_id).get()
+        for k in sums:
+            sums[k] += out[k]  # averages over ranks: ratios of sums stay exact
+        rewards.append(out["rewards"])
+    r = torch.cat(rewards)
+    n = sums["prompts"]
+    return {"eval/loss": sums["loss_sum"] / n, "eval/accuracy": sums["accuracy_sum"] / n,
+            "eval/margin": sums["margin_sum"] / n, "eval/reward_mean": float(r.mean()),
+            "eval/reward_std": float(r.std())}, r
+
+
+def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparison], cfg: RMConfig,
+                       out_dir: str | Path, log: LogFn) -> dict[str, float]:
+    """Train the reward group's model; writes an HF sequence-classification checkpoint with
+    reward_stats.json (mean and std of held-out rewards, for PPO's reward normalisation)."""
+    out_dir = Path(out_dir)
+    train_r = encode_rankings(tok, train, cfg.max_len)
+    eval_r = encode_rankings(tok, evals, cfg.max_len)
+    total = math.ceil(len(train_r) / (cfg.batch_size * cfg.optim.grad_accum)) * cfg.epochs
+    rng = random.Random(cfg.seed)
+    metrics, _ = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
+    log(metrics, 0)
+    step = evaluated = 0
+    bar = tqdm(total=total, desc="reward model", unit="step", mininterval=1.0)
+    for _ in range(cfg.epochs):
+        order = list(range(len(train_r)))
+        rng.shuffle(order)
+        for i in range(0, len(order), cfg.batch_size):
+            out = group.map(RewardWorker.rm_step, [train_r[j] for j in order[i:i + cfg.batch_size]],
+                            tok.pad_token_id).get()
+            if "lr" not in out:
+                continue
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['accuracy']:.2f}")
+            log({f"train/{k}": out[k] for k in ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm")},
+                step)
+            if step % cfg.eval_every == 0:
+                metrics, _ = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
+                log(metrics, evaluated := step)
+    bar.close()
+    metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
+    if evaluated != step:
+        log(metrics, step)
+    group.broadcast(RewardWorker.export, str(out_dir)).get()
+    tok.save_pretrained(out_dir)
+    write_reward_stats(out_dir, rewards)
+    return metrics
+
+
+def write_reward_stats(out_dir: Path, rewards: torch.Tensor) -> None:
+    stats = {"mean": float(rewards.mean()), "std": float(rewards.std()), "n": int(rewards.numel())}
+    (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2))
+
+
+def read_reward_stats(model_dir: str | Path) -> dict[str, float] | None:
+    path = Path(model_dir) / STATS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
