@@ -15,9 +15,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="instructrl", description="RLHF the InstructGPT way: SFT → RM → PPO.")
     sub = p.add_subparsers(dest="command", required=True)
     help_cfg = "preset name in configs/ or a YAML file"
-    for name, text in [("demo", "embedded default task end to end"),
+    for name, text in [("demo", "the pipeline on the embedded default task (config 'demo')"),
+                       ("pipeline", "SFT → reward model → PPO"),
                        ("sft", "step 1: supervised fine-tuning"),
                        ("rm", "step 2: reward model on ranked comparisons"),
+                       ("ppo", "step 3: PPO against the reward model"),
                        ("data", "write the embedded task's data sets as JSONL")]:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", default="demo" if name == "demo" else None, help=help_cfg)
@@ -39,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(dump_config(cfg), end="")
             return 0
-        from launcher import stages  # heavy imports only once the config is known to be valid
+        from launcher import pipeline, stages  # heavy imports only once the config is known to be valid
 
-        if args.command == "demo":
-            stages.run_demo(cfg)
+        if args.command in ("demo", "pipeline"):
+            if args.command == "demo" and not cfg.uses_embedded_task:
+                raise ConfigError("the demo runs on the embedded task; use `instructrl pipeline` for your data")
+            pipeline.run_pipeline(cfg)
+        elif args.command == "ppo":
+            pipeline.run_ppo(cfg)
         elif args.command == "sft":
             print(stages.run_sft(cfg))
         elif args.command == "rm":
@@ -50,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             for name, path in stages.prepare_data(cfg).items():
                 print(f"{name}: {path}")
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"instructrl: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from launcher.tracking import WandbConfig
 from models.config import PRESETS
+from rlhf.ppo_config import PPOConfig
 from rlhf.reward_model import RMConfig
 from rlhf.sft import SFTConfig
 from rlhf.task import TaskConfig
@@ -74,23 +75,26 @@ class Config(BaseModel):
     task: TaskConfig = TaskConfig()
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()
+    ppo: PPOConfig = PPOConfig()
     evaluation: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
-        user_data = self.sft.train_data is not None or self.rm.train_data is not None
+        user_data = any(x is not None for x in (self.sft.train_data, self.rm.train_data, self.ppo.prompts))
         if user_data and not (self.model.tokenizer or self.model.pretrained or self.model.bpe_vocab):
             raise ValueError("a user data set needs model.tokenizer, model.pretrained or model.bpe_vocab "
                              "(the embedded word tokenizer only knows the embedded task)")
         if self.run.backend == "local":
-            for stage in ("sft", "rm"):
-                if getattr(self, stage).group.ranks != 1:
-                    raise ValueError(f"run.backend=local runs one rank per group; {stage}.group.ranks must be 1")
+            specs = {"sft": self.sft.group, "rm": self.rm.group,
+                     **{f"ppo.{r}": getattr(self.ppo, r).group for r in ("policy", "reference", "critic", "reward")}}
+            for name, spec in specs.items():
+                if spec.ranks != 1:
+                    raise ValueError(f"run.backend=local runs one rank per group; {name}.group.ranks must be 1")
         return self
 
     @property
     def uses_embedded_task(self) -> bool:
-        return self.sft.train_data is None and self.rm.train_data is None
+        return self.sft.train_data is None and self.rm.train_data is None and self.ppo.prompts is None
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -124,8 +128,21 @@ def find_preset(name_or_path: str) -> Path:
     return preset
 
 
+def deep_merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, section by section (a partial section keeps base's other keys)."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return out
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> Config:
-    """Read a preset or YAML file, apply overrides, validate the whole tree once."""
+    """Read a preset or YAML file, apply overrides, validate the whole tree once.
+
+    Everything is merged onto the dumped defaults, so `ppo.critic.optim.lr=1e-4` changes that one
+    value and keeps the critic's other default optimizer settings (not OptimConfig's generic ones).
+    """
     tree: dict = {}
     source = "defaults"
     if name_or_path:
@@ -138,7 +155,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> C
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
     try:
-        return Config.model_validate(tree)
+        return Config.model_validate(deep_merge(Config().model_dump(), tree))
     except ValidationError as e:
         lines = []
         for err in e.errors():

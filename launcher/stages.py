@@ -4,7 +4,6 @@ worker groups, run, report. Each stage writes into <run.out_dir>/<run.name>/<sta
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +16,8 @@ from models.generation import SamplingParams
 from models.tokenizer import build_word_tokenizer, load_tokenizer, train_bpe_tokenizer
 from parallel.host import ModelSource
 from parallel.mesh import GroupSpec
-from rlhf.data import load_comparisons, load_prompts, load_sft
-from rlhf.evaluate import gold_eval
+from rlhf.data import load_comparisons, load_prompts, load_sft, write_jsonl
+from rlhf.evaluate import decode_responses, gold_eval, sample
 from rlhf.reward_model import read_reward_stats, train_reward_model
 from rlhf.sft import total_steps, train_sft
 from rlhf.task import WORDS, EmbeddedTask, gold_score
@@ -31,7 +30,8 @@ def prepare_data(cfg: Config) -> dict[str, Path]:
     """Data set paths by name: the user's where given, the embedded task's (written once) otherwise."""
     paths = EmbeddedTask(cfg.task).write(cfg.run.dir / "data") if cfg.uses_embedded_task else {}
     for key, value in [("sft_train", cfg.sft.train_data), ("sft_eval", cfg.sft.eval_data),
-                       ("comparisons_train", cfg.rm.train_data), ("comparisons_eval", cfg.rm.eval_data)]:
+                       ("comparisons_train", cfg.rm.train_data), ("comparisons_eval", cfg.rm.eval_data),
+                       ("ppo_train", cfg.ppo.prompts), ("ppo_eval", cfg.ppo.eval_prompts)]:
         if value:
             paths[key] = Path(value)
     return paths
@@ -106,12 +106,34 @@ def run_sft(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
     with worker_group(cfg, "policy-sft", PolicyWorker, cfg.sft.group, policy_source(cfg, tok), cfg.sft.engine,
                       cfg.sft.optim, steps, cfg.sft.batch_size) as group:
         metrics = train_sft(group, tok, train, evals, cfg.sft, out_dir, tracker.log)
+        if cfg.uses_embedded_task and cfg.task.rm_candidates == "policy":
+            label_policy_samples(cfg, group, tok, data)
         if "ppo_eval" in data:
             metrics["gold_score"], rows = evaluate_gold(cfg, group, tok, data["ppo_eval"])
             tracker.log({"eval/gold_score": metrics["gold_score"]}, steps)
             tracker.table("samples", ["prompt", "response", "gold"], [list(r) for r in rows[:32]], steps)
     tracker.finish()
     return {**metrics, "model": str(out_dir), "metrics_file": str(tracker.metrics_path)}
+
+
+POLICY_COMPARISONS = {"comparisons_train": "comparisons_policy_train.jsonl",
+                      "comparisons_eval": "comparisons_policy_eval.jsonl"}
+
+
+def label_policy_samples(cfg: Config, group, tok, data: dict[str, Path]) -> None:
+    """The embedded task's comparison data from the SFT policy itself: K+2 samples per prompt, ranked
+    by the simulated labeller (InstructGPT §3.3), written next to the synthetic comparisons."""
+    task = EmbeddedTask(cfg.task)
+    k = cfg.task.k_responses + 2
+    params = SamplingParams(max_new_tokens=cfg.evaluation.max_new_tokens, temperature=1.0)
+    for split, name in POLICY_COMPARISONS.items():
+        prompts = [c.prompt for c in load_comparisons(data[split])]
+        gens = sample(group, tok, [p for p in prompts for _ in range(k)], params, cfg.evaluation.max_prompt_len,
+                      seed=cfg.run.seed + len(name))
+        texts = [t for g in gens for t in decode_responses(tok, g)]
+        rows = task.label(prompts, [texts[i * k:(i + 1) * k] for i in range(len(prompts))], cfg.run.seed)
+        write_jsonl(cfg.run.dir / "data" / name, rows)
+        log.info("labelled %d of %d %s prompts from SFT samples", len(rows), len(prompts), split)
 
 
 def run_rm(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
@@ -123,6 +145,10 @@ def run_rm(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
     if not (init / "config.json").exists():
         raise FileNotFoundError(f"{init}: no model to initialise the reward model from (run `instructrl sft` "
                                 f"first or set rm.init)")
+    if cfg.uses_embedded_task and cfg.task.rm_candidates == "policy":
+        data = {**data, **{k: cfg.run.dir / "data" / v for k, v in POLICY_COMPARISONS.items()}}
+        if not data["comparisons_train"].exists():
+            raise FileNotFoundError(f"{data['comparisons_train']}: no labelled SFT samples (run `instructrl sft`)")
     train = load_comparisons(data["comparisons_train"])
     evals = load_comparisons(data["comparisons_eval"]) if "comparisons_eval" in data else None
     if evals is None:
@@ -144,28 +170,3 @@ def evaluate_gold(cfg: Config, group, tok, prompts_path: Path) -> tuple[float, l
     ev = cfg.evaluation
     params = SamplingParams(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature)
     return gold_eval(group, tok, load_prompts(prompts_path), gold_score, params, ev.max_prompt_len, cfg.run.seed)
-
-
-def run_demo(cfg: Config) -> dict:
-    """What `make demo` runs on the embedded task: SFT → reward model, with held-out metrics."""
-    if not cfg.uses_embedded_task:
-        raise ValueError("the demo runs on the embedded task; use `instructrl sft` / `rm` for user data")
-    data = prepare_data(cfg)
-    tok = build_tokenizer(cfg, data)
-    sft = run_sft(cfg, data, tok)
-    rm = run_rm(cfg, data, tok)
-    summary = {"sft_gold_score": sft["gold_score"], "sft_eval_loss": sft["eval/loss"],
-               "rm_eval_accuracy": rm["eval/accuracy"], "sft_model": sft["model"], "reward_model": rm["model"],
-               "metrics": [sft["metrics_file"], rm["metrics_file"]]}
-    (cfg.run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print_summary(summary)
-    return summary
-
-
-def print_summary(summary: dict) -> None:
-    print("\n== instructrl demo summary ==")
-    print(f"SFT policy gold score on held-out prompts: {summary['sft_gold_score']:.3f}")
-    print(f"SFT eval loss: {summary['sft_eval_loss']:.3f}")
-    print(f"reward model held-out pair accuracy: {summary['rm_eval_accuracy']:.3f}")
-    print(f"models (HF format): {summary['sft_model']}, {summary['reward_model']}")
-    print(f"metrics: {', '.join(summary['metrics'])}")

@@ -24,8 +24,8 @@ from parallel.mesh import GroupSpec, init_mesh
 
 def split_batch(batch: Any, n: int) -> list[Any]:
     """Split along dim 0 into n near-equal parts: tensors, lists, dicts and dataclasses of those."""
-    if n == 1:
-        return [batch]
+    if n == 1 or batch is None or isinstance(batch, int | float | str):
+        return [batch] * n  # shared scalars (e.g. prompt_len) go to every rank as they are
     if isinstance(batch, torch.Tensor):
         return list(torch.tensor_split(batch, n))
     if isinstance(batch, list | tuple):
@@ -156,8 +156,19 @@ class RayGroup:
             for r in range(spec.ranks)
         ]
         master = ray.get(self.actors[0].address.remote())
-        self.info = ray.get([a.setup.remote(master, worker_cls, args, kwargs) for a in self.actors])
+        # Setup (joining the process group, building and loading the model) runs in the background,
+        # so several groups load at once; `info` or the first call waits for it.
+        self._setup = [a.setup.remote(master, worker_cls, args, kwargs) for a in self.actors]
+        self._info = None
         self.dp_of_rank = _dp_layout(spec.ranks, spec.tp_size)
+
+    @property
+    def info(self) -> list[dict]:
+        import ray
+
+        if self._info is None:
+            self._info = ray.get(self._setup)
+        return self._info
 
     def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
         import ray
@@ -185,7 +196,7 @@ class RayGroup:
 def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_prefix: str = "") -> dict[str, RayGroup]:
     """Place and start one RayGroup per role. A role with `colocate_with` shares the bundles of the
     named role (rank i on bundle i), so colocated roles split each bundle's CPUs/GPUs between them."""
-    from launcher.cluster import make_placement
+    from launcher.cluster import make_placement, release
 
     anchors = {}
     for role, (_, spec, _, _) in roles.items():
@@ -205,8 +216,17 @@ def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_pre
         placements[anchor] = make_placement(spec.ranks, sum(m.cpus_per_rank for m in members),
                                             sum(m.gpus_per_rank for m in members), spec.strategy)
     groups = {}
-    for role, (cls, spec, args, kwargs) in roles.items():
-        groups[role] = RayGroup(f"{name_prefix}{role}", cls, spec, placements[anchors[role]], *args, **kwargs)
+    try:
+        for role, (cls, spec, args, kwargs) in roles.items():
+            groups[role] = RayGroup(f"{name_prefix}{role}", cls, spec, placements[anchors[role]], *args, **kwargs)
+        for group in groups.values():
+            group.info  # noqa: B018 — wait until every group has loaded its model; errors surface here
+    except BaseException:
+        for g in groups.values():
+            g.shutdown()
+        for pg in placements.values():
+            release(pg)
+        raise
     return groups
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -39,6 +40,9 @@ class TaskConfig(BaseModel):
     k_responses: int = Field(4, ge=2)
     demo_error_rate: float = Field(0.3, ge=0, le=1)  # share of SFT demonstrations with one mistake
     label_noise: float = Field(0.05, ge=0)  # std of Gaussian noise on the labeller's scores when ranking
+    # Where the reward model's candidates come from: "policy" samples K responses per prompt from the
+    # SFT policy (InstructGPT §3.3: labellers rank model outputs); "synthetic" corrupts the answer.
+    rm_candidates: Literal["policy", "synthetic"] = "policy"
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
@@ -126,8 +130,23 @@ class EmbeddedTask:
         while len(candidates) < self.cfg.k_responses:
             source = rng.choice((answer, answer, target(rng.choice(OPS), items)))  # a wrong op sometimes
             candidates.add(" ".join(corrupt(source, rng, rng.choice((0, 1, 1, 2, 3)))) or items[0])
-        noisy = {c: gold_score(prompt, c) + rng.gauss(0, self.cfg.label_noise) for c in sorted(candidates)}
+        return self.rank(prompt, sorted(candidates), rng)
+
+    def rank(self, prompt: str, candidates: list[str], rng: random.Random) -> list[str]:
+        """The simulated labeller's ranking, best first: gold score plus Gaussian label noise."""
+        noisy = {c: gold_score(prompt, c) + rng.gauss(0, self.cfg.label_noise) for c in candidates}
         return sorted(noisy, key=noisy.get, reverse=True)
+
+    def label(self, prompts: list[str], samples: list[list[str]], seed: int) -> list[dict]:
+        """Ranked comparisons of model samples: distinct responses per prompt, prompts with fewer than
+        two distinct responses left out (nothing to rank), at most k_responses each."""
+        rng = random.Random(seed)
+        rows = []
+        for prompt, responses in zip(prompts, samples, strict=True):
+            distinct = list(dict.fromkeys(r for r in responses if r.strip()))[: self.cfg.k_responses]
+            if len(distinct) >= 2:
+                rows.append({"prompt": prompt, "responses": self.rank(prompt, distinct, rng)})
+        return rows
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write all data sets as JSONL under out_dir; returns their paths by name."""

@@ -9,21 +9,35 @@ Must not import ray.
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from models.generation import Generation, SamplingParams, generate, pad_generation
-from models.heads import gather_last
-from models.transformer import LayerBackend, LocalBackend
+from models.heads import CausalLM, gather_last
+from models.transformer import LayerBackend, LocalBackend, positions_from_mask
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource, build_engine, export_hf
 from parallel.mesh import Mesh
 from rlhf.algo.masked import masked_mean
+from rlhf.algo.ppo import ppo_policy_objective, value_loss
 from rlhf.algo.ranking import ranking_loss
+from rlhf.algo.rollout import Rollout
 from rlhf.batching import Encoded, LMBatch, collate_lm, collate_prompts
 
 LOCAL = LocalBackend()
+
+
+@dataclass(frozen=True)
+class PolicyStep:
+    """The scalars of one policy update (the coordinator passes these, not a config object)."""
+
+    clip_eps: float
+    entropy_coef: float
+    ptx_coef: float
+    temperature: float
 
 
 def sft_loss(logits: torch.Tensor, batch: LMBatch, backend: LayerBackend = LOCAL) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +48,19 @@ def sft_loss(logits: torch.Tensor, batch: LMBatch, backend: LayerBackend = LOCAL
     return -masked_mean(logprobs, mask), mask.sum()
 
 
+def response_logits(engine, rollout: Rollout) -> torch.Tensor:
+    """Logits (B, R, V) that predict each response token, with the position ids generation used."""
+    pos = positions_from_mask(rollout.attention_mask)
+    logits = engine(rollout.sequences, rollout.attention_mask, pos)  # (B, T, V)
+    return logits[:, rollout.prompt_len - 1:-1]
+
+
+def response_logprobs(engine, backend: LayerBackend, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """log π(response token) (B, R) under logits / temperature, 0 on padding."""
+    logits = response_logits(engine, rollout) / temperature
+    return backend.token_logprobs(logits, rollout.responses) * rollout.response_mask
+
+
 class ModelWorker:
     """One rank's model in an engine, with the calls every role shares."""
 
@@ -41,10 +68,13 @@ class ModelWorker:
 
     def __init__(self, mesh: Mesh, source: ModelSource, engine: EngineConfig, optim: OptimConfig | None = None,
                  total_steps: int = 1, micro_batch: int = 1):
-        self.mesh = mesh
+        self.mesh, self.engine_cfg = mesh, engine
         self.cfg, state = source.load()
         self.engine = build_engine(self.kind, self.cfg, state, engine, optim, mesh, total_steps, micro_batch)
         self.model = self.engine.module
+
+    def _on_device(self, rollout: Rollout) -> Rollout:
+        return rollout.to(self.mesh.device)
 
     def save_state(self, directory: str | Path, client_state: dict) -> None:
         self.engine.save(directory, client_state)
@@ -63,7 +93,35 @@ class ModelWorker:
 
 
 class PolicyWorker(ModelWorker):
-    """The policy (InstructGPT's π): SFT here; PPO generation and updates build on it."""
+    """The policy (InstructGPT's π): SFT, sampling, and PPO updates.
+
+    Generation runs on the training module itself for ZeRO stages 0-2 (the weights are whole on
+    every rank, so there is nothing to sync). Under ZeRO-3 the parameters are partitioned; decoding
+    token by token would gather every layer at every step, so the rank keeps a whole copy for
+    generation and `sync_generation` refreshes it after each update.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._gen_copy = None
+        if self.engine_cfg.zero_stage == 3:
+            self._gen_copy = CausalLM(self.cfg, self.model.backend).to(self.engine_cfg.dtype()).to(self.mesh.device)
+            self._gen_copy.requires_grad_(False)
+            self.sync_generation()
+
+    def sync_generation(self) -> float:
+        """Copy the trained weights into the generation path; returns the seconds it took."""
+        start = time.perf_counter()
+        if self._gen_copy is not None:
+            state = self.engine.local_state_dict()
+            with torch.no_grad():
+                for name, p in self._gen_copy.named_parameters():
+                    p.copy_(state[name])
+        return time.perf_counter() - start
+
+    @property
+    def _generation_model(self) -> CausalLM:
+        return self._gen_copy if self._gen_copy is not None else self.model
 
     def logits(self, batch: LMBatch) -> torch.Tensor:
         """Full-vocabulary logits (B, T, V), fp32 on CPU (a test and debugging view)."""
@@ -81,8 +139,36 @@ class PolicyWorker(ModelWorker):
         ids, mask = collate_prompts(prompts, pad_id, width)
         # TP peers share the seed (they must sample identical tokens); DP ranks differ.
         gen = torch.Generator(device=self.mesh.device).manual_seed(seed + 1_000_003 * self.mesh.dp_rank)
-        out = generate(self.model, ids.to(self.mesh.device), mask.to(self.mesh.device), params, eos_id, pad_id, gen)
+        out = generate(self._generation_model, ids.to(self.mesh.device), mask.to(self.mesh.device), params, eos_id,
+                       pad_id, gen)
         return pad_generation(out, params.max_new_tokens, pad_id).to("cpu")
+
+    def logprobs(self, rollout: Rollout, temperature: float) -> torch.Tensor:
+        """log π_old of the sampled tokens (B, R), recomputed by the training path."""
+        self.model.eval()
+        with torch.no_grad():
+            r = self._on_device(rollout)
+            return response_logprobs(self.engine, self.model.backend, r, temperature).float().cpu()
+
+    def ppo_step(self, batch: dict, hp: PolicyStep) -> dict[str, float]:
+        """One minibatch of the clipped PPO objective (+ entropy bonus, + γ_ptx × LM loss on pretraining
+        text). batch: {"rollout": Rollout, "ptx": LMBatch | None}, both split by data-parallel rank."""
+        self.model.train()
+        r, ptx = self._on_device(batch["rollout"]), batch["ptx"]
+        backend = self.model.backend
+        logits = response_logits(self.engine, r) / hp.temperature  # (B, R, V)
+        logprobs = backend.token_logprobs(logits, r.responses)
+        entropy = backend.entropy(logits)
+        ptx_loss = None
+        if ptx is not None and hp.ptx_coef:
+            b = ptx.to(self.mesh.device)
+            ptx_loss, _ = sft_loss(self.engine(b.input_ids, b.attention_mask), b, backend)
+        loss, metrics = ppo_policy_objective(logprobs, r.old_logprobs, r.advantages, r.response_mask, entropy,
+                                             hp.clip_eps, hp.entropy_coef, ptx_loss, hp.ptx_coef)
+        self.engine.backward(loss)
+        stepped = self.engine.step() or {}
+        return {**metrics, **{f"policy/{k}": v for k, v in stepped.items()}}
+
 
     def sft_step(self, batch: LMBatch) -> dict[str, float]:
         """One micro-batch of response-only NLL; the engine updates at accumulation boundaries."""
@@ -100,6 +186,42 @@ class PolicyWorker(ModelWorker):
             b = batch.to(self.mesh.device)
             loss, n = sft_loss(self.engine(b.input_ids, b.attention_mask), b, self.model.backend)
         return {"nll_sum": loss.item() * float(n), "tokens": float(n)}
+
+
+class ReferenceWorker(ModelWorker):
+    """The frozen SFT model π_SFT that the per-token KL penalty is measured against."""
+
+    def logprobs(self, rollout: Rollout, temperature: float) -> torch.Tensor:
+        """log π_SFT of the sampled tokens (B, R)."""
+        self.model.eval()
+        with torch.no_grad():
+            r = self._on_device(rollout)
+            return response_logprobs(self.engine, self.model.backend, r, temperature).float().cpu()
+
+
+class CriticWorker(ModelWorker):
+    """The value function V(state before each response token); initialised from the reward model."""
+
+    kind = "score"
+
+    def _values(self, r: Rollout) -> torch.Tensor:
+        pos = positions_from_mask(r.attention_mask)
+        values = self.engine(r.sequences, r.attention_mask, pos)  # (B, T)
+        return values[:, r.prompt_len - 1:-1] * r.response_mask  # (B, R)
+
+    def values(self, rollout: Rollout) -> torch.Tensor:
+        self.model.eval()
+        with torch.no_grad():
+            return self._values(self._on_device(rollout)).float().cpu()
+
+    def value_step(self, rollout: Rollout, value_clip: float | None) -> dict[str, float]:
+        """One minibatch of the clipped value loss against the GAE returns."""
+        self.model.train()
+        r = self._on_device(rollout)
+        loss, metrics = value_loss(self._values(r), r.values, r.returns, r.response_mask, value_clip)
+        self.engine.backward(loss)
+        stepped = self.engine.step() or {}
+        return {"critic/loss": loss.item(), **metrics, **{f"critic/{k}": v for k, v in stepped.items()}}
 
 
 class RewardWorker(ModelWorker):
@@ -132,9 +254,11 @@ class RewardWorker(ModelWorker):
         return {"loss_sum": loss.item() * n, "accuracy_sum": m["accuracy"] * n, "margin_sum": m["margin"] * n,
                 "prompts": n, "rewards": rewards.float().cpu()}
 
-    def scores(self, batch: LMBatch) -> torch.Tensor:
-        """Rewards (B,) of whole sequences, read at each row's last real token."""
+    def scores(self, rollout: Rollout) -> torch.Tensor:
+        """Rewards (B,) of prompt + response, read at each row's last real token (the EOS, or the last
+        sampled token of a truncated response), with the same position ids as generation."""
         self.model.eval()
         with torch.no_grad():
-            b = batch.to(self.mesh.device)
-            return gather_last(self.engine(b.input_ids, b.attention_mask), b.attention_mask).float().cpu()
+            r = self._on_device(rollout)
+            values = self.engine(r.sequences, r.attention_mask, positions_from_mask(r.attention_mask))
+            return gather_last(values, r.attention_mask).float().cpu()

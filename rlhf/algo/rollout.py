@@ -26,6 +26,13 @@ class Rollout:
     advantages: torch.Tensor | None = None  # (B, R) whitened GAE advantages
     returns: torch.Tensor | None = None  # (B, R) GAE returns, the critic's targets
 
+    @property
+    def responses(self) -> torch.Tensor:  # (B, R)
+        return self.sequences[:, self.prompt_len:]
+
+    def to(self, device) -> Rollout:
+        return replace(self, **{k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
+
     def select(self, index: torch.Tensor) -> Rollout:
         """Rows `index` of every tensor field (a minibatch)."""
         fields = {k: v[index] for k, v in vars(self).items() if isinstance(v, torch.Tensor)}

@@ -36,3 +36,9 @@ def test_config_show_and_cli_error(capsys):
     assert "epochs: 2" in capsys.readouterr().out
     assert main(["sft", "--config", "no-such-preset"]) == 2
     assert "no config file or preset named 'no-such-preset'" in capsys.readouterr().err
+
+
+def test_nested_override_keeps_the_sections_other_defaults():
+    cfg = load_config("demo", ["ppo.critic.optim.lr=0.001"])
+    assert cfg.ppo.critic.optim.lr == 0.001
+    assert cfg.ppo.critic.optim.warmup_steps == 0 and cfg.ppo.critic.optim.min_lr_ratio == 1.0  # PPO's defaults

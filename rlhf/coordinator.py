@@ -1,0 +1,173 @@
+"""InstructGPT step 3: the PPO loop, run by the driver. It holds no weights and imports no Ray:
+the four roles are worker groups it calls with `map`/`broadcast`.
+
+One step: generate → score (reference, critic, reward and the policy's own log-probs in parallel)
+→ shape rewards, GAE, whiten → minibatch updates of policy and critic → sync the generation path
+→ log, evaluate, checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from models.generation import Generation
+from rlhf.algo.masked import masked_mean, masked_whiten
+from rlhf.algo.ppo import KLController, compute_gae, kl_k1, kl_k3, normalize_scores, shape_rewards
+from rlhf.algo.rollout import Rollout
+from rlhf.batching import LMBatch, encode_prompt
+from rlhf.ppo_config import PPOConfig
+from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class Roles:
+    policy: object
+    reference: object
+    critic: object
+    reward: object
+
+
+class PhaseTimer:
+    """One flat wall-clock timer per phase of a step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def prompt_batch(prompts: list[list[int]], step: int, size: int, seed: int) -> list[list[int]]:
+    """The prompts of `step`: epochs of seeded shuffles, so a resumed run sees the same sequence."""
+    out, start = [], step * size
+    for i in range(start, start + size):
+        epoch, pos = divmod(i, len(prompts))
+        order = list(range(len(prompts)))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        out.append(prompts[order[pos]])
+    return out
+
+
+def generate(roles: Roles, tok, prompts: list[list[int]], cfg: PPOConfig, seed: int) -> Generation:
+    from models.generation import SamplingParams
+
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+    width = max(len(p) for p in prompts)
+    return roles.policy.map(PolicyWorker.generate, prompts, width, params, tok.eos_token_id, tok.pad_token_id,
+                            seed).get()
+
+
+def score(roles: Roles, gen: Generation, temperature: float) -> Rollout:
+    """Old and reference log-probs, values and scores of one rollout, computed by four groups at once."""
+    r = Rollout(gen.sequences, gen.attention_mask, gen.response_mask, gen.prompt_len, gen_logprobs=gen.logprobs)
+    handles = (roles.policy.map(PolicyWorker.logprobs, r, temperature),
+               roles.reference.map(ReferenceWorker.logprobs, r, temperature),
+               roles.critic.map(CriticWorker.values, r),
+               roles.reward.map(RewardWorker.scores, r))
+    r.old_logprobs, r.ref_logprobs, r.values, r.scores = (h.get() for h in handles)
+    return r
+
+
+def shape(r: Rollout, cfg: PPOConfig, kl_coef: float, stats: dict | None) -> dict[str, float]:
+    """Fill rewards, advantages and returns in place; return the rollout's metrics."""
+    mask = r.response_mask
+    kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(r.old_logprobs, r.ref_logprobs) * mask  # (B, R)
+    scores = r.scores
+    if cfg.normalize_scores and stats:
+        scores = normalize_scores(scores, stats["mean"], stats["std"], cfg.score_clip)
+    r.rewards = shape_rewards(scores, kl, mask, kl_coef)
+    advantages, r.returns = compute_gae(r.rewards, r.values, mask, cfg.gamma, cfg.lam)
+    # Whitened over every valid token of the whole rollout batch, not per minibatch.
+    r.advantages = masked_whiten(advantages, mask) if cfg.whiten_advantages else advantages
+    gap = (r.gen_logprobs - r.old_logprobs).abs()[mask]
+    return {"reward/score": float(r.scores.mean()), "reward/score_normalized": float(scores.mean()),
+            "reward/total": float(r.rewards.sum(-1).mean()), "kl/sequence": float(kl.sum(-1).mean()),
+            "kl/coef": kl_coef, "response/length": float(mask.sum(-1).float().mean()),
+            "critic/values": float(masked_mean(r.values, mask)),
+            "check/logprob_gap_max": float(gap.max()) if gap.numel() else 0.0}
+
+
+def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: Iterator[LMBatch] | None, step: int) -> dict[str, float]:
+    """ppo_epochs × minibatches updates; policy and critic train on each minibatch at the same time.
+    During the first critic_warmup_steps the policy stays fixed while the critic fits the returns:
+    a critic initialised from the reward model predicts scores, not values, and its early advantages
+    are noise that would push the policy at random."""
+    hp = PolicyStep(cfg.clip_eps, cfg.entropy_coef, cfg.ptx_coef, cfg.temperature)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    metrics: dict[str, list[float]] = {}
+    for _ in range(cfg.ppo_epochs):
+        for index in torch.randperm(r.sequences.shape[0], generator=gen).chunk(cfg.minibatches):
+            mb = r.select(index)
+            handles = [roles.critic.map(CriticWorker.value_step, mb, cfg.value_clip)]
+            if step >= cfg.critic_warmup_steps:
+                batch = {"rollout": mb, "ptx": next(ptx) if ptx else None}
+                handles.append(roles.policy.map(PolicyWorker.ppo_step, batch, hp))
+            for h in handles:
+                for k, v in h.get().items():
+                    metrics.setdefault(k, []).append(v)
+    return {k: sum(v) / len(v) for k, v in metrics.items()}
+
+
+def train_ppo(roles: Roles, tok, prompts: list[str], cfg: PPOConfig, log: LogFn, stats: dict | None,
+              evaluate: Callable[[int], None], checkpoint: Callable[[int, dict], None], start: dict | None = None
+              ) -> dict[str, float]:
+    """The loop. `evaluate(step)` and `checkpoint(step, state)` are the stage's hooks; `start` resumes."""
+    ids = [encode_prompt(tok, p, cfg.max_prompt_len) for p in prompts]
+    kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    first = 0
+    if start:
+        first = start["step"]
+        kl_ctl.load_state_dict(start["kl"])
+    ptx = ptx_batches(tok, cfg) if cfg.ptx_coef else None
+    metrics: dict[str, float] = {}
+    if first == 0:
+        evaluate(0)
+    for step in range(first, cfg.steps):
+        timer = PhaseTimer()
+        with timer("generate"):
+            gen = generate(roles, tok, prompt_batch(ids, step, cfg.prompts_per_step, cfg.seed), cfg, cfg.seed + step)
+        with timer("score"):
+            rollout = score(roles, gen, cfg.temperature)
+        metrics = shape(rollout, cfg, kl_ctl.value, stats)
+        with timer("train"):
+            metrics |= update(roles, rollout, cfg, ptx, step)
+        with timer("sync"):
+            roles.policy.broadcast(PolicyWorker.sync_generation).get()
+        kl_ctl.update(metrics["kl/sequence"], cfg.prompts_per_step)
+        total = sum(timer.seconds.values())
+        n_tokens = float(rollout.response_mask.sum())
+        metrics |= {f"time/{k}": v for k, v in timer.seconds.items()}
+        metrics |= {"perf/samples_per_s": cfg.prompts_per_step / total, "perf/tokens_per_s": n_tokens / total}
+        log(metrics, step + 1)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            evaluate(step + 1)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            checkpoint(step + 1, {"step": step + 1, "kl": kl_ctl.state_dict()})
+    return metrics
+
+
+def ptx_batches(tok, cfg: PPOConfig) -> Iterator[LMBatch]:
+    """Endless LM batches of the pretraining text: every token is a target (InstructGPT eq. 2, γ term)."""
+    from rlhf.data import load_text
+
+    ids = tok(load_text(cfg.ptx_data), add_special_tokens=False)["input_ids"]
+    n = cfg.ptx_max_len
+    chunks = [ids[i:i + n] for i in range(0, len(ids) - n + 1, n)]
+    if not chunks:
+        raise ValueError(f"{cfg.ptx_data}: fewer than ptx_max_len={n} tokens")
+    rng = random.Random(cfg.seed)
+    while True:
+        rows = torch.tensor([chunks[rng.randrange(len(chunks))] for _ in range(cfg.ptx_batch_size)])
+        mask = torch.ones_like(rows, dtype=torch.bool)
+        yield LMBatch(rows, mask, mask)

@@ -1,0 +1,80 @@
+"""Configuration of InstructGPT step 3 (PPO): the loop's hyperparameters and the four roles' layouts.
+
+Defaults follow InstructGPT (Ouyang et al. 2022, §3.5 and appendix C.4) where they apply to a small
+model: β = 0.02 per-token KL (k1, as in the paper), γ = 1, λ = 0.95, clip 0.2, score normalised
+with the reward model's held-out statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from parallel.engine import EngineConfig, OptimConfig
+from parallel.mesh import GroupSpec
+
+
+class RoleConfig(BaseModel):
+    """One role's group size, placement and engine; optim for the trained roles only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: GroupSpec = GroupSpec()
+    engine: EngineConfig = EngineConfig()
+    optim: OptimConfig = OptimConfig(lr=1e-5, warmup_steps=0, min_lr_ratio=1.0)
+
+
+class PPOConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompts: str | None = None  # None: the embedded task's PPO prompts
+    eval_prompts: str | None = None
+    policy_init: str | None = None  # HF checkpoints; None: this run's sft/ (policy and reference)
+    reward_init: str | None = None  # None: this run's rm/
+    critic_init: str | None = None  # None: the reward model (the InstructGPT choice)
+    steps: int = Field(40, ge=1)
+    prompts_per_step: int = Field(64, ge=1)
+    max_prompt_len: int = Field(48, ge=1)
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    ppo_epochs: int = Field(1, ge=1)
+    critic_warmup_steps: int = Field(0, ge=0)  # first steps update the critic only (its values start as rewards)
+    minibatches: int = Field(4, ge=1)
+    clip_eps: float = Field(0.2, gt=0)
+    value_clip: float | None = 0.2
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    kl_coef: float = Field(0.02, ge=0)
+    kl_target: float | None = None  # set → adaptive controller (Ziegler et al. 2019)
+    kl_horizon: int = Field(10000, ge=1)
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    entropy_coef: float = Field(0.0, ge=0)
+    normalize_scores: bool = True
+    score_clip: float | None = 5.0
+    whiten_advantages: bool = True
+    ptx_coef: float = Field(0.0, ge=0)  # InstructGPT's γ for PPO-ptx
+    ptx_data: str | None = None  # plain text for the pretraining mix
+    ptx_batch_size: int = Field(16, ge=1)
+    ptx_max_len: int = Field(64, ge=2)
+    eval_every: int = Field(10, ge=1)
+    save_every: int = Field(0, ge=0)
+    resume: str | None = None  # a checkpoint directory written by save_every
+    seed: int = 0
+    policy: RoleConfig = RoleConfig(optim=OptimConfig(lr=1e-5, warmup_steps=0, min_lr_ratio=1.0))
+    critic: RoleConfig = RoleConfig(optim=OptimConfig(lr=5e-5, warmup_steps=0, min_lr_ratio=1.0))
+    reward: RoleConfig = RoleConfig()
+    reference: RoleConfig = RoleConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> PPOConfig:
+        if self.ptx_coef and not self.ptx_data:
+            raise ValueError("ptx_coef > 0 needs ptx_data (a plain-text file for the pretraining mix)")
+        if self.minibatches > self.prompts_per_step:
+            raise ValueError(f"minibatches={self.minibatches} > prompts_per_step={self.prompts_per_step}")
+        for role in ("policy", "critic"):
+            if getattr(self, role).optim.grad_accum != 1:
+                raise ValueError(f"{role}.optim.grad_accum must be 1: each PPO minibatch is one update")
+        return self
