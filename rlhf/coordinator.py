@@ -18,7 +18,7 @@ import torch
 
 from models.generation import Generation
 from rlhf.algo.masked import masked_mean, masked_whiten
-from rlhf.algo.ppo import KLController, compute_gae, kl_k1, kl_k3, normalize_scores, shape_rewards
+from rlhf.algo.ppo import KLController, compute_gae, kl_k1, kl_k3, leave_one_out, normalize_scores, shape_rewards
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import LMBatch, encode_prompt
 from rlhf.ppo_config import PPOConfig
@@ -48,14 +48,15 @@ class PhaseTimer:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
-def prompt_batch(prompts: list[list[int]], step: int, size: int, seed: int) -> list[list[int]]:
-    """The prompts of `step`: epochs of seeded shuffles, so a resumed run sees the same sequence."""
+def prompt_batch(prompts: list[list[int]], step: int, size: int, seed: int, repeat: int = 1) -> list[list[int]]:
+    """The prompts of `step` (each `repeat` times in a row): epochs of seeded shuffles, so a resumed
+    run sees the same sequence."""
     out, start = [], step * size
     for i in range(start, start + size):
         epoch, pos = divmod(i, len(prompts))
         order = list(range(len(prompts)))
         random.Random(seed * 100_003 + epoch).shuffle(order)
-        out.append(prompts[order[pos]])
+        out += [prompts[order[pos]]] * repeat
     return out
 
 
@@ -86,6 +87,8 @@ def shape(r: Rollout, cfg: PPOConfig, kl_coef: float, stats: dict | None) -> dic
     scores = r.scores
     if cfg.normalize_scores and stats:
         scores = normalize_scores(scores, stats["mean"], stats["std"], cfg.score_clip)
+    if cfg.score_baseline == "leave_one_out":
+        scores = leave_one_out(scores, cfg.samples_per_prompt)
     r.rewards = shape_rewards(scores, kl, mask, kl_coef)
     advantages, r.returns = compute_gae(r.rewards, r.values, mask, cfg.gamma, cfg.lam)
     # Whitened over every valid token of the whole rollout batch, not per minibatch.
@@ -136,7 +139,9 @@ def train_ppo(roles: Roles, tok, prompts: list[str], cfg: PPOConfig, log: LogFn,
     for step in range(first, cfg.steps):
         timer = PhaseTimer()
         with timer("generate"):
-            gen = generate(roles, tok, prompt_batch(ids, step, cfg.prompts_per_step, cfg.seed), cfg, cfg.seed + step)
+            n = cfg.prompts_per_step // cfg.samples_per_prompt
+            batch = prompt_batch(ids, step, n, cfg.seed, cfg.samples_per_prompt)
+            gen = generate(roles, tok, batch, cfg, cfg.seed + step)
         with timer("score"):
             rollout = score(roles, gen, cfg.temperature)
         metrics = shape(rollout, cfg, kl_ctl.value, stats)

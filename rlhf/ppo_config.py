@@ -34,7 +34,13 @@ class PPOConfig(BaseModel):
     reward_init: str | None = None  # None: this run's rm/
     critic_init: str | None = None  # None: the reward model (the InstructGPT choice)
     steps: int = Field(40, ge=1)
-    prompts_per_step: int = Field(64, ge=1)
+    prompts_per_step: int = Field(64, ge=1)  # rollouts per step (prompts × samples_per_prompt)
+    samples_per_prompt: int = Field(1, ge=1)
+    # "leave_one_out": subtract from each score the mean score of the other samples of its prompt.
+    # A departure from InstructGPT (which relies on the critic alone): a learned reward's level varies
+    # far more across prompts than across responses to one prompt, and the critic learns that
+    # prompt-level baseline slowly; removing it leaves the within-prompt preference the RM was trained on.
+    score_baseline: Literal["none", "leave_one_out"] = "none"
     max_prompt_len: int = Field(48, ge=1)
     max_new_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -72,6 +78,11 @@ class PPOConfig(BaseModel):
     def _check(self) -> PPOConfig:
         if self.ptx_coef and not self.ptx_data:
             raise ValueError("ptx_coef > 0 needs ptx_data (a plain-text file for the pretraining mix)")
+        if self.prompts_per_step % self.samples_per_prompt:
+            raise ValueError(f"prompts_per_step={self.prompts_per_step} is not a multiple of "
+                             f"samples_per_prompt={self.samples_per_prompt}")
+        if self.score_baseline == "leave_one_out" and self.samples_per_prompt < 2:
+            raise ValueError("score_baseline=leave_one_out needs samples_per_prompt >= 2")
         if self.minibatches > self.prompts_per_step:
             raise ValueError(f"minibatches={self.minibatches} > prompts_per_step={self.prompts_per_step}")
         for role in ("policy", "critic"):

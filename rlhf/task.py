@@ -31,6 +31,7 @@ class TaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = 0
+    ops: tuple[Literal["copy", "reverse", "sort"], ...] = OPS  # instructions the prompts draw from
     min_items: int = Field(3, ge=1)
     max_items: int = Field(6, ge=1)
     n_sft: int = Field(4000, ge=1)
@@ -46,6 +47,8 @@ class TaskConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
+        if not self.ops:
+            raise ValueError("ops must name at least one instruction")
         if self.min_items > self.max_items:
             raise ValueError(f"min_items={self.min_items} > max_items={self.max_items}")
         return self
@@ -111,7 +114,7 @@ class EmbeddedTask:
     def _prompts(self, rng: random.Random, n: int, exclude: set[str]) -> list[tuple[str, list[str]]]:
         out: list[tuple[str, list[str]]] = []
         while len(out) < n:
-            op = rng.choice(OPS)
+            op = rng.choice(self.cfg.ops)
             items = [rng.choice(ITEMS) for _ in range(rng.randint(self.cfg.min_items, self.cfg.max_items))]
             if make_prompt(op, items) not in exclude:
                 out.append((op, items))

@@ -48,6 +48,14 @@ def normalize_scores(scores: torch.Tensor, mean: float, std: float, clip: float 
     return out.clamp(-clip, clip) if clip else out
 
 
+def leave_one_out(scores: torch.Tensor, group: int) -> torch.Tensor:
+    """scores (B,) in contiguous groups of `group` samples of one prompt → each minus the mean of the
+    other samples of its prompt (the RLOO baseline, Ahmadian et al. 2024)."""
+    s = scores.view(-1, group)
+    others = (s.sum(-1, keepdim=True) - s) / (group - 1)
+    return (s - others).view(-1)
+
+
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float,
                 lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE advantages and returns (B, R). The episode ends after the last response token: the value

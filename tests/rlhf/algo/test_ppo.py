@@ -12,6 +12,7 @@ from rlhf.algo.ppo import (
     compute_gae,
     kl_k1,
     kl_k3,
+    leave_one_out,
     normalize_scores,
     policy_loss,
     ppo_policy_objective,
@@ -136,3 +137,13 @@ def test_kl_controller_fixed_and_adaptive():
 def test_normalize_scores():
     out = normalize_scores(torch.tensor([1.0, 3.0, 11.0]), mean=1.0, std=2.0, clip=3.0)
     assert out.tolist() == [0.0, 1.0, 3.0]
+
+
+def test_leave_one_out_baseline_against_loop():
+    scores = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    got = leave_one_out(scores, 3)
+    expected = []
+    for g in range(2):
+        s = scores[3 * g:3 * g + 3].tolist()
+        expected += [s[i] - (sum(s) - s[i]) / 2 for i in range(3)]
+    assert got.tolist() == pytest.approx(expected)

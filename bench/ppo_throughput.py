@@ -1,0 +1,98 @@
+"""PPO throughput on the reference configuration (issue #5):
+
+GPT-2-style policy, critic, reward and reference models of 4 layers, width 256, 4 heads, vocabulary
+512, fp32; 32 prompts of 17-31 tokens per step; 32 new tokens at temperature 1.0; one PPO epoch of 4
+minibatches; 2 CPU threads. Prints samples/s and generated tokens/s at the median step, and the
+phase split (generate, score, train, sync).
+
+    python bench/ppo_throughput.py [--steps 8] [--backend local|ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    ap.add_argument("--backend", choices=("local", "ray"), default="local")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
+
+    from models.config import ModelConfig
+    from models.heads import CausalLM, ScoreModel
+    from models.hf import save_pretrained
+    from models.tokenizer import build_word_tokenizer
+    from parallel.engine import EngineConfig
+    from parallel.host import ModelSource
+    from parallel.mesh import GroupSpec
+    from rlhf.coordinator import Roles, train_ppo
+    from rlhf.ppo_config import PPOConfig
+    from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
+
+    tok = build_word_tokenizer([f"w{i}" for i in range(509)])  # 3 special tokens + 509 words = 512
+    cfg = ModelConfig(arch="gpt2", vocab_size=512, max_seq_len=128, d_model=256, n_layers=4, n_heads=4,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    assert len(tok) == 512
+    rng = random.Random(0)
+    prompts = [" ".join(f"w{rng.randrange(509)}" for _ in range(rng.randint(17, 31))) for _ in range(4096)]
+    ppo = PPOConfig(steps=args.steps, prompts_per_step=32, max_new_tokens=32, max_prompt_len=31, temperature=1.0,
+                    ppo_epochs=1, minibatches=4, normalize_scores=False, eval_every=10**9)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        save_pretrained(CausalLM(cfg), Path(tmp) / "lm")
+        save_pretrained(ScoreModel(cfg), Path(tmp) / "rm")
+        lm, rm = ModelSource(path=f"{tmp}/lm"), ModelSource(path=f"{tmp}/rm")
+        n_updates = args.steps * ppo.minibatches
+        specs = {"policy": (PolicyWorker, (lm, EngineConfig(), ppo.policy.optim, n_updates, 8)),
+                 "reference": (ReferenceWorker, (lm, EngineConfig())),
+                 "critic": (CriticWorker, (rm, EngineConfig(), ppo.critic.optim, n_updates, 8)),
+                 "reward": (RewardWorker, (rm, EngineConfig()))}
+        logged: dict[int, dict] = {}
+        if args.backend == "local":
+            from launcher.worker_group import LocalGroup
+
+            roles = Roles(**{r: LocalGroup(cls, *a) for r, (cls, a) in specs.items()})
+            train_ppo(roles, tok, prompts, ppo, lambda m, s: logged.__setitem__(s, m), None, lambda s: None,
+                      lambda s, st: None)
+        else:
+            from launcher.cluster import init_ray, shutdown_ray
+            from launcher.worker_group import build_groups, shutdown_groups
+
+            init_ray(num_cpus=args.threads)
+            spec = GroupSpec(ranks=1, cpus_per_rank=args.threads / 4)
+            groups = build_groups({r: (cls, spec, a, {}) for r, (cls, a) in specs.items()})
+            try:
+                train_ppo(Roles(**groups), tok, prompts, ppo, lambda m, s: logged.__setitem__(s, m), None,
+                          lambda s: None, lambda s, st: None)
+            finally:
+                shutdown_groups(groups)
+                shutdown_ray()
+    steps = [logged[s] for s in sorted(logged)][args.warmup:]
+    by_speed = sorted(steps, key=lambda m: m["perf/samples_per_s"])
+    median = by_speed[len(by_speed) // 2]
+    phases = ("generate", "score", "train", "sync")
+    total = sum(median[f"time/{p}"] for p in phases)
+    print(f"backend={args.backend} threads={args.threads} steps={len(steps)} (after {args.warmup} warm-up)")
+    print(f"median step: {median['perf/samples_per_s']:.2f} samples/s, {median['perf/tokens_per_s']:.1f} "
+          f"generated tokens/s, {total:.2f} s/step, {median['response/length']:.1f} tokens/response")
+    print("phase split: " + ", ".join(f"{p} {median[f'time/{p}']:.2f} s ({100 * median[f'time/{p}'] / total:.0f}%)"
+                                      for p in phases))
+    print(f"samples/s over all measured steps: mean {statistics.mean(m['perf/samples_per_s'] for m in steps):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
