@@ -8,6 +8,8 @@ Must not import ray, deepspeed or megatron.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -87,3 +89,13 @@ def collate_prompts(prompts: list[list[int]], pad_id: int, width: int = 0) -> tu
         ids[b, P - len(p):] = torch.tensor(p)
         mask[b, P - len(p):] = True
     return ids, mask
+
+
+def epoch_batches(items: list, batch_size: int, epochs: int, seed: int) -> Iterator[list]:
+    """Batches of `items` for `epochs` passes, each pass in a fresh seeded shuffle."""
+    rng = random.Random(seed)
+    for _ in range(epochs):
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for i in range(0, len(order), batch_size):
+            yield [items[j] for j in order[i:i + batch_size]]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
-from rlhf.batching import Encoded, encode_pair
+from rlhf.batching import Encoded, encode_pair, epoch_batches
 from rlhf.data import Comparison
 from rlhf.workers import RewardWorker
 
@@ -74,27 +73,21 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     train_r = encode_rankings(tok, train, cfg.max_len)
     eval_r = encode_rankings(tok, evals, cfg.max_len)
     total = math.ceil(len(train_r) / (cfg.batch_size * cfg.optim.grad_accum)) * cfg.epochs
-    rng = random.Random(cfg.seed)
     metrics, _ = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
     log(metrics, 0)
     step = evaluated = 0
     bar = tqdm(total=total, desc="reward model", unit="step", mininterval=1.0)
-    for _ in range(cfg.epochs):
-        order = list(range(len(train_r)))
-        rng.shuffle(order)
-        for i in range(0, len(order), cfg.batch_size):
-            out = group.map(RewardWorker.rm_step, [train_r[j] for j in order[i:i + cfg.batch_size]],
-                            tok.pad_token_id).get()
-            if "lr" not in out:
-                continue
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['accuracy']:.2f}")
-            log({f"train/{k}": out[k] for k in ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm")},
-                step)
-            if step % cfg.eval_every == 0:
-                metrics, _ = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
-                log(metrics, evaluated := step)
+    for rankings in epoch_batches(train_r, cfg.batch_size, cfg.epochs, cfg.seed):
+        out = group.map(RewardWorker.rm_step, rankings, tok.pad_token_id).get()
+        if "lr" not in out:
+            continue  # inside a gradient-accumulation window
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['accuracy']:.2f}")
+        log({f"train/{k}": out[k] for k in ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm")}, step)
+        if step % cfg.eval_every == 0:
+            metrics, evaluated = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)[0], step
+            log(metrics, step)
     bar.close()
     metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
     if evaluated != step:

@@ -8,7 +8,6 @@ worker group (Ray or local) with map/broadcast.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
-from rlhf.batching import Encoded, collate_lm, encode_pair
+from rlhf.batching import Encoded, collate_lm, encode_pair, epoch_batches
 from rlhf.data import SFTRecord
 from rlhf.workers import PolicyWorker
 
@@ -68,28 +67,23 @@ def train_sft(group, tok, train: list[SFTRecord], evals: list[SFTRecord], cfg: S
     if n_trunc:
         log({"data/truncated": float(n_trunc)}, 0)
     total = total_steps(len(train_ex), cfg)
-    rng = random.Random(cfg.seed)
     metrics = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size)
     log(metrics, 0)
     step = evaluated = 0
     bar = tqdm(total=total, desc="sft", unit="step", mininterval=1.0)
-    for _ in range(cfg.epochs):
-        order = list(range(len(train_ex)))
-        rng.shuffle(order)
-        for i in range(0, len(order), cfg.batch_size):
-            batch = collate_lm([train_ex[j] for j in order[i:i + cfg.batch_size]], tok.pad_token_id)
-            out = group.map(PolicyWorker.sft_step, batch).get()
-            if "lr" not in out:
-                continue  # inside a gradient-accumulation window
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{out['loss']:.3f}")
-            log({"train/loss": out["loss"], "train/lr": out["lr"], "train/grad_norm": out["grad_norm"]}, step)
-            if step % cfg.eval_every == 0:
-                metrics, evaluated = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size), step
-                log(metrics, step)
-            if cfg.save_every and step % cfg.save_every == 0:
-                save_checkpoint(group, tok, out_dir / f"checkpoint-{step}")
+    for examples in epoch_batches(train_ex, cfg.batch_size, cfg.epochs, cfg.seed):
+        out = group.map(PolicyWorker.sft_step, collate_lm(examples, tok.pad_token_id)).get()
+        if "lr" not in out:
+            continue  # inside a gradient-accumulation window
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['loss']:.3f}")
+        log({"train/loss": out["loss"], "train/lr": out["lr"], "train/grad_norm": out["grad_norm"]}, step)
+        if step % cfg.eval_every == 0:
+            metrics, evaluated = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size), step
+            log(metrics, step)
+        if cfg.save_every and step % cfg.save_every == 0:
+            save_checkpoint(group, tok, out_dir / f"checkpoint-{step}")
     bar.close()
     if evaluated != step:
         metrics = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size)
