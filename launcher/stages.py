@@ -19,6 +19,7 @@ from parallel.mesh import GroupSpec
 from rlhf.data import load_comparisons, load_prompts, load_sft, write_jsonl
 from rlhf.evaluate import decode_responses, gold_eval, sample
 from rlhf.reward_model import read_reward_stats, train_reward_model
+from rlhf.reward_model import total_steps as rm_total_steps
 from rlhf.sft import total_steps, train_sft
 from rlhf.task import WORDS, EmbeddedTask, gold_score
 from rlhf.workers import PolicyWorker, RewardWorker
@@ -83,10 +84,13 @@ def worker_group(cfg: Config, role: str, worker_cls: type, spec: GroupSpec, *arg
         shutdown_groups(groups)
 
 
-def split_eval(records: list, share: int = 20) -> tuple[list, list]:
-    """Hold out the last 1/share of records when no eval file is given."""
-    n = max(1, len(records) // share)
-    return records[:-n], records[-n:]
+def load_split(loader, data: dict[str, Path], train_key: str, eval_key: str, share: int = 20) -> tuple[list, list]:
+    """Train and eval records; without an eval file the last 1/share of the training file is held out."""
+    train = loader(data[train_key])
+    if eval_key in data:
+        return train, loader(data[eval_key])
+    n = max(1, len(train) // share)
+    return train[:-n], train[-n:]
 
 
 def run_sft(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
@@ -94,10 +98,7 @@ def run_sft(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
     data = data or prepare_data(cfg)
     save_config(cfg, cfg.run.dir)
     tok = tok or build_tokenizer(cfg, data)
-    train = load_sft(data["sft_train"])
-    evals = load_sft(data["sft_eval"]) if "sft_eval" in data else None
-    if evals is None:
-        train, evals = split_eval(train)
+    train, evals = load_split(load_sft, data, "sft_train", "sft_eval")
     out_dir = cfg.run.dir / "sft"
     tracker = Tracker(out_dir, f"{cfg.run.name}-sft", cfg.wandb, cfg.model_dump(mode="json"), "sft")
     steps = total_steps(len(train), cfg.sft)
@@ -149,13 +150,10 @@ def run_rm(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
         data = {**data, **{k: cfg.run.dir / "data" / v for k, v in POLICY_COMPARISONS.items()}}
         if not data["comparisons_train"].exists():
             raise FileNotFoundError(f"{data['comparisons_train']}: no labelled SFT samples (run `instructrl sft`)")
-    train = load_comparisons(data["comparisons_train"])
-    evals = load_comparisons(data["comparisons_eval"]) if "comparisons_eval" in data else None
-    if evals is None:
-        train, evals = split_eval(train)
+    train, evals = load_split(load_comparisons, data, "comparisons_train", "comparisons_eval")
     out_dir = cfg.run.dir / "rm"
     tracker = Tracker(out_dir, f"{cfg.run.name}-rm", cfg.wandb, cfg.model_dump(mode="json"), "reward_model")
-    steps = -(-len(train) // (cfg.rm.batch_size * cfg.rm.optim.grad_accum)) * cfg.rm.epochs
+    steps = rm_total_steps(len(train), cfg.rm)
     log.info("RM: %d train / %d eval rankings from %s, %d steps", len(train), len(evals), init, steps)
     with worker_group(cfg, "reward-train", RewardWorker, cfg.rm.group, ModelSource(path=str(init), seed=cfg.run.seed),
                       cfg.rm.engine, cfg.rm.optim, steps, cfg.rm.batch_size) as group:

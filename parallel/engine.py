@@ -136,10 +136,14 @@ class TorchEngine:
             return None
         params = [p for p in self.module.parameters() if p.grad is not None]
         if self.mesh.dp_size > 1:
-            group = self.mesh.dp_group()
+            # One flat buffer, one collective: a per-parameter all-reduce is a latency-bound loop.
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat, group=self.mesh.dp_group())
+            flat.div_(self.mesh.dp_size)
+            offset = 0
             for p in params:
-                dist.all_reduce(p.grad, group=group)
-                p.grad.div_(self.mesh.dp_size)
+                p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
+                offset += p.grad.numel()
         norm = tp_aware_grad_norm(params, self.mesh)
         if self.cfg.grad_clip and float(norm) > self.cfg.grad_clip:
             for p in params:

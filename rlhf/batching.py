@@ -8,6 +8,7 @@ Must not import ray, deepspeed or megatron.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,6 +90,11 @@ def collate_prompts(prompts: list[list[int]], pad_id: int, width: int = 0) -> tu
         ids[b, P - len(p):] = torch.tensor(p)
         mask[b, P - len(p):] = True
     return ids, mask
+
+
+def count_steps(n_items: int, batch_size: int, grad_accum: int, epochs: int) -> int:
+    """Optimizer steps of `epochs` passes over n_items in batches, grad_accum batches per step."""
+    return math.ceil(n_items / (batch_size * grad_accum)) * epochs
 
 
 def epoch_batches(items: list, batch_size: int, epochs: int, seed: int) -> Iterator[list]:

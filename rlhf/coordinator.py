@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.generation import Generation
+from models.generation import Generation, SamplingParams
 from rlhf.algo.masked import masked_mean, masked_whiten
 from rlhf.algo.ppo import KLController, compute_gae, kl_k1, kl_k3, leave_one_out, normalize_scores, shape_rewards
 from rlhf.algo.rollout import Rollout
@@ -61,8 +61,6 @@ def prompt_batch(prompts: list[list[int]], step: int, size: int, seed: int, repe
 
 
 def generate(roles: Roles, tok, prompts: list[list[int]], cfg: PPOConfig, seed: int) -> Generation:
-    from models.generation import SamplingParams
-
     params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
     width = max(len(p) for p in prompts)
     return roles.policy.map(PolicyWorker.generate, prompts, width, params, tok.eos_token_id, tok.pad_token_id,
@@ -70,7 +68,11 @@ def generate(roles: Roles, tok, prompts: list[list[int]], cfg: PPOConfig, seed: 
 
 
 def score(roles: Roles, gen: Generation, temperature: float) -> Rollout:
-    """Old and reference log-probs, values and scores of one rollout, computed by four groups at once."""
+    """Old and reference log-probs, values and scores of one rollout, computed by four groups at once.
+
+    old_logprobs are recomputed by the training path although sampling recorded them: the ratio in
+    the PPO loss must start at exactly 1 under the weights that will be trained, and comparing the two
+    (check/logprob_gap_max) catches any train/inference mismatch the moment it appears."""
     r = Rollout(gen.sequences, gen.attention_mask, gen.response_mask, gen.prompt_len, gen_logprobs=gen.logprobs)
     handles = (roles.policy.map(PolicyWorker.logprobs, r, temperature),
                roles.reference.map(ReferenceWorker.logprobs, r, temperature),

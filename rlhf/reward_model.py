@@ -11,7 +11,6 @@ Must not import ray: `group` is any worker group with map/broadcast.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
-from rlhf.batching import Encoded, encode_pair, epoch_batches
+from rlhf.batching import Encoded, count_steps, encode_pair, epoch_batches
 from rlhf.data import Comparison
 from rlhf.workers import RewardWorker
 
@@ -43,6 +42,10 @@ class RMConfig(BaseModel):
     optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=10, weight_decay=0.0)
     engine: EngineConfig = EngineConfig()
     group: GroupSpec = GroupSpec()
+
+
+def total_steps(n_rankings: int, cfg: RMConfig) -> int:
+    return count_steps(n_rankings, cfg.batch_size, cfg.optim.grad_accum, cfg.epochs)
 
 
 def encode_rankings(tok, comparisons: list[Comparison], max_len: int) -> list[list[Encoded]]:
@@ -72,7 +75,7 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     out_dir = Path(out_dir)
     train_r = encode_rankings(tok, train, cfg.max_len)
     eval_r = encode_rankings(tok, evals, cfg.max_len)
-    total = math.ceil(len(train_r) / (cfg.batch_size * cfg.optim.grad_accum)) * cfg.epochs
+    total = total_steps(len(train_r), cfg)
     metrics, _ = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
     log(metrics, 0)
     step = evaluated = 0

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
-from rlhf.batching import Encoded, collate_lm, encode_pair, epoch_batches
+from rlhf.batching import Encoded, collate_lm, count_steps, encode_pair, epoch_batches
 from rlhf.data import SFTRecord
 from rlhf.workers import PolicyWorker
 
@@ -45,7 +45,7 @@ def encode_all(tok, records: list[SFTRecord], max_len: int) -> tuple[list[Encode
 
 
 def total_steps(n_examples: int, cfg: SFTConfig) -> int:
-    return math.ceil(n_examples / (cfg.batch_size * cfg.optim.grad_accum)) * cfg.epochs
+    return count_steps(n_examples, cfg.batch_size, cfg.optim.grad_accum, cfg.epochs)
 
 
 def evaluate_nll(group, examples: list[Encoded], pad_id: int, batch_size: int) -> dict[str, float]:

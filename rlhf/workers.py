@@ -92,7 +92,18 @@ class ModelWorker:
                 "dp_rank": self.mesh.dp_rank, "numel": self.engine.partitioned_numel()}
 
 
-class PolicyWorker(ModelWorker):
+class LMWorker(ModelWorker):
+    """A causal LM rank: the policy and the reference share how they score sampled tokens."""
+
+    def logprobs(self, rollout: Rollout, temperature: float) -> torch.Tensor:
+        """log π(sampled token) (B, R) under this rank's weights, through the training forward path."""
+        self.model.eval()
+        with torch.no_grad():
+            r = self._on_device(rollout)
+            return response_logprobs(self.engine, self.model.backend, r, temperature).float().cpu()
+
+
+class PolicyWorker(LMWorker):
     """The policy (InstructGPT's π): SFT, sampling, and PPO updates.
 
     Generation runs on the training module itself for ZeRO stages 0-2 (the weights are whole on
@@ -143,13 +154,6 @@ class PolicyWorker(ModelWorker):
                        pad_id, gen)
         return pad_generation(out, params.max_new_tokens, pad_id).to("cpu")
 
-    def logprobs(self, rollout: Rollout, temperature: float) -> torch.Tensor:
-        """log π_old of the sampled tokens (B, R), recomputed by the training path."""
-        self.model.eval()
-        with torch.no_grad():
-            r = self._on_device(rollout)
-            return response_logprobs(self.engine, self.model.backend, r, temperature).float().cpu()
-
     def ppo_step(self, batch: dict, hp: PolicyStep) -> dict[str, float]:
         """One minibatch of the clipped PPO objective (+ entropy bonus, + γ_ptx × LM loss on pretraining
         text). batch: {"rollout": Rollout, "ptx": LMBatch | None}, both split by data-parallel rank."""
@@ -188,15 +192,8 @@ class PolicyWorker(ModelWorker):
         return {"nll_sum": loss.item() * float(n), "tokens": float(n)}
 
 
-class ReferenceWorker(ModelWorker):
+class ReferenceWorker(LMWorker):
     """The frozen SFT model π_SFT that the per-token KL penalty is measured against."""
-
-    def logprobs(self, rollout: Rollout, temperature: float) -> torch.Tensor:
-        """log π_SFT of the sampled tokens (B, R)."""
-        self.model.eval()
-        with torch.no_grad():
-            r = self._on_device(rollout)
-            return response_logprobs(self.engine, self.model.backend, r, temperature).float().cpu()
 
 
 class CriticWorker(ModelWorker):
