@@ -50,6 +50,7 @@ class ModelSpec(BaseModel):
     shape: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields over the preset
     tokenizer: str | None = None  # None: the pretrained directory's, a trained BPE, or the embedded task's
     bpe_vocab: int | None = Field(None, ge=300)  # train a byte-level BPE of this size on the run's data
+    attention: Literal["auto", "sdpa", "triton"] = "auto"  # auto: the Triton kernel on GPUs, SDPA on CPUs
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:

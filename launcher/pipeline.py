@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from launcher.config import Config, save_config
-from launcher.stages import build_tokenizer, prepare_data, run_rm, run_sft
+from launcher.stages import build_tokenizer, checkpoint_source, prepare_data, run_rm, run_sft
 from launcher.tracking import Tracker
 from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
 from models.generation import SamplingParams
-from parallel.host import ModelSource
 from rlhf.coordinator import Roles, train_ppo
 from rlhf.data import load_prompts
 from rlhf.evaluate import gold_eval
@@ -27,7 +27,7 @@ ROLES = ("policy", "reference", "critic", "reward")
 def role_specs(cfg: Config, policy: Path, reward: Path, critic: Path, n_updates: int) -> dict:
     """(worker class, group spec, constructor args) of each role."""
     p = cfg.ppo
-    src = lambda path: ModelSource(path=str(path), seed=cfg.run.seed)  # noqa: E731
+    src = partial(checkpoint_source, cfg)
     micro = max(1, p.prompts_per_step // p.minibatches)
     return {
         "policy": (PolicyWorker, p.policy.group, (src(policy), p.policy.engine, p.policy.optim, n_updates, micro), {}),

@@ -58,10 +58,15 @@ def build_tokenizer(cfg: Config, data: dict[str, Path]):
 
 def policy_source(cfg: Config, tok) -> ModelSource:
     if cfg.model.pretrained:
-        return ModelSource(path=cfg.model.pretrained, seed=cfg.run.seed)
+        return checkpoint_source(cfg, cfg.model.pretrained)
     shape = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
              **cfg.model.shape}
-    return ModelSource(config=preset(cfg.model.preset, **shape), seed=cfg.run.seed)
+    return ModelSource(config=preset(cfg.model.preset, **shape), seed=cfg.run.seed, attention=cfg.model.attention)
+
+
+def checkpoint_source(cfg: Config, path: str | Path) -> ModelSource:
+    """A model loaded from an HF checkpoint directory, run with the configured attention path."""
+    return ModelSource(path=str(path), seed=cfg.run.seed, attention=cfg.model.attention)
 
 
 @contextmanager
@@ -155,7 +160,7 @@ def run_rm(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
     tracker = Tracker(out_dir, f"{cfg.run.name}-rm", cfg.wandb, cfg.model_dump(mode="json"), "reward_model")
     steps = rm_total_steps(len(train), cfg.rm)
     log.info("RM: %d train / %d eval rankings from %s, %d steps", len(train), len(evals), init, steps)
-    with worker_group(cfg, "reward-train", RewardWorker, cfg.rm.group, ModelSource(path=str(init), seed=cfg.run.seed),
+    with worker_group(cfg, "reward-train", RewardWorker, cfg.rm.group, checkpoint_source(cfg, init),
                       cfg.rm.engine, cfg.rm.optim, steps, cfg.rm.batch_size) as group:
         metrics = train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log)
     tracker.finish()

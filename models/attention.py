@@ -1,14 +1,20 @@
 """The one attention entry point every layer calls, and its reference (PyTorch SDPA) path.
 
 Callers describe masking by meaning — causal or not, a key-padding mask or packed-sequence offsets —
-never by a prebuilt bias tensor, so a fused kernel can take the same arguments and skip the mask.
-Must not import torch.distributed, deepspeed, megatron or ray.
+never by a prebuilt bias tensor, so the fused Triton kernel (models/kernels) takes the same arguments
+and never builds the mask. `impl` picks the path: "auto" is the kernel on CUDA when Triton imports,
+SDPA otherwise. Must not import torch.distributed, deepspeed, megatron or ray.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+
+AttentionImpl = Literal["auto", "sdpa", "triton"]
 
 
 def build_attention_mask(
@@ -75,6 +81,7 @@ def attention(
     key_padding_mask: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     scale: float | None = None,
+    impl: AttentionImpl = "auto",
 ) -> torch.Tensor:
     """Masked multi-head attention.
 
@@ -86,6 +93,16 @@ def attention(
         raise ValueError(f"packed sequences (cu_seqlens) need batch size 1, got {q.shape[0]}")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} key/value heads")
-    return sdpa_attention(
-        q, k, v, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, scale=scale
-    )
+    path = sdpa_attention
+    if resolve_impl(impl, q) == "triton":
+        from models.kernels.flash_attention import flash_attention as path
+    return path(q, k, v, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, scale=scale)
+
+
+def resolve_impl(impl: AttentionImpl, q: torch.Tensor) -> Literal["sdpa", "triton"]:
+    """The path `attention` takes for `q`: forced by `impl`, or the kernel for CUDA tensors when possible."""
+    if impl != "auto":
+        return impl
+    if q.is_cuda and q.shape[-1] <= 256 and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "sdpa"

@@ -36,6 +36,9 @@ class ModelConfig(BaseModel):
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    # How attention runs, not what it computes (never exported to HF): "auto" = the Triton kernel on
+    # CUDA when triton imports, SDPA otherwise; "sdpa" or "triton" force one path.
+    attention: Literal["auto", "sdpa", "triton"] = "auto"
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:

@@ -9,12 +9,14 @@ Must not import torch.distributed, deepspeed, megatron or ray.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from models.attention import AttentionImpl, attention
 from models.config import ModelConfig
 from models.heads import CausalLM, ScoreModel
 
@@ -206,3 +208,39 @@ def save_pretrained(model: CausalLM | ScoreModel, path: str | Path, state: dict 
     hf_state = to_hf_state_dict(model.cfg, state)
     save_file({k: v.cpu() for k, v in hf_state.items()}, path / "model.safetensors", metadata={"format": "pt"})
     return path
+
+
+HF_ATTENTION = "instructrl"
+
+
+def hf_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                         impl: AttentionImpl = "auto", **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature over our entry point (the Triton kernel on CUDA).
+
+    query (B, Hq, T, D), key/value (B, Hkv, S, D); attention_mask is the 2-D key-padding mask (B, S) or
+    None, because we register the flash-attention mask builder alongside. Returns (B, T, Hq, D).
+    """
+    if dropout:
+        raise ValueError(f"attn_implementation={HF_ATTENTION!r} has no attention dropout; "
+                         f"set the model's attention dropout to 0 (got {dropout})")
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(f"attn_implementation={HF_ATTENTION!r} takes a 2-D padding mask, got shape "
+                         f"{tuple(attention_mask.shape)}")
+    kpm = attention_mask.bool() if attention_mask is not None else None
+    out = attention(query, key, value, causal=getattr(module, "is_causal", True), key_padding_mask=kpm,
+                    scale=scaling, impl=impl)  # (B, Hq, T, D)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_hf_attention(impl: AttentionImpl = "auto") -> str:
+    """Make `attn_implementation="instructrl"` available to transformers models; returns that name.
+
+    impl="auto" runs the Triton kernel on CUDA and SDPA on CPU; "triton" forces the kernel.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(HF_ATTENTION, partial(hf_attention_forward, impl=impl))
+    AttentionMaskInterface.register(HF_ATTENTION, flash_attention_mask)  # hands us the 2-D padding mask
+    return HF_ATTENTION

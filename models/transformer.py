@@ -162,7 +162,8 @@ class SelfAttention(nn.Module):
             q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
-        y = attention(q, k, v, causal=True, key_padding_mask=ctx.key_padding_mask, cu_seqlens=ctx.cu_seqlens)
+        y = attention(q, k, v, causal=True, key_padding_mask=ctx.key_padding_mask, cu_seqlens=ctx.cu_seqlens,
+                      impl=self.cfg.attention)  # (B, Hq, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * hd))  # (B, T, d)
 
 

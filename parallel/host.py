@@ -6,6 +6,7 @@ Workers (rlhf/workers.py) compose this instead of inheriting shared machinery.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,8 @@ class ModelSource(BaseModel):
     path: str | None = None
     config: ModelConfig | None = None
     seed: int = 0
+    attention: Literal["auto", "sdpa", "triton"] | None = None  # None: the checkpoint's / config's own
+
 
     @model_validator(mode="after")
     def _check(self) -> ModelSource:
@@ -38,7 +41,10 @@ class ModelSource(BaseModel):
 
     def load(self) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
         torch.manual_seed(self.seed)  # fresh models: every rank draws the same full weights, then slices
-        return read_checkpoint(self.path) if self.path else (self.config, None)
+        cfg, state = read_checkpoint(self.path) if self.path else (self.config, None)
+        if self.attention is not None:
+            cfg = cfg.model_copy(update={"attention": self.attention})
+        return cfg, state
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -29,3 +29,19 @@ def test_import_boundaries(package):
         if bad:
             offenders.append(f"{path.relative_to(ROOT)}: {sorted(bad)}")
     assert not offenders, offenders
+
+
+# STYLE rule 2; megatron has two: mesh.py owns its process-group state, tensor_parallel.py its layers.
+WRAPPERS = {"deepspeed": {"parallel/zero.py"}, "megatron": {"parallel/mesh.py", "parallel/tensor_parallel.py"},
+            "triton": {"models/kernels/flash_attention.py"}}
+
+
+@pytest.mark.parametrize("library", sorted(WRAPPERS))
+def test_each_heavy_library_is_wrapped_by_one_file(library):
+    importers = {
+        str(path.relative_to(ROOT))
+        for package in ("launcher", "models", "parallel", "rlhf")
+        for path in (ROOT / package).rglob("*.py")
+        if library in {m.split(".")[0] for m in IMPORT.findall(path.read_text())}
+    }
+    assert importers == WRAPPERS[library]
