@@ -8,6 +8,7 @@ import os
 import sys
 
 from launcher.config import ConfigError, dump_config, load_config
+from launcher.reference import config_reference
 from rlhf.data import DataError
 
 
@@ -23,21 +24,29 @@ def _parser() -> argparse.ArgumentParser:
                        ("data", "write the embedded task's data sets as JSONL")]:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", default="demo" if name == "demo" else None, help=help_cfg)
+        s.add_argument("--ray-address", default=None,
+                       help="join this Ray cluster (same as run.ray_address=...; else RAY_ADDRESS, else start one)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.batch_size=16")
     show = sub.add_parser("config", help="print a resolved config").add_subparsers(dest="action", required=True)
     s = show.add_parser("show", help="print the resolved config of a preset")
     s.add_argument("config", nargs="?", default=None, help=help_cfg)
     s.add_argument("overrides", nargs="*")
+    show.add_parser("reference", help="print the config reference (Markdown) generated from the config tree")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        cfg = load_config(args.config, args.overrides)
+        if args.command == "config" and args.action == "reference":
+            print(config_reference(), end="")
+            return 0
+        overrides = list(args.overrides)
+        if getattr(args, "ray_address", None):
+            overrides.append(f"run.ray_address={args.ray_address}")
+        cfg = load_config(args.config, overrides)
         if args.command == "config":
             print(dump_config(cfg), end="")
             return 0

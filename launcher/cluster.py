@@ -26,6 +26,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
     return ray.cluster_resources()
 
 
+def check_capacity(requests: dict[str, tuple[int, float, float]]) -> None:
+    """Fail at once, naming the groups, when {name: (bundles, cpus, gpus per bundle)} cannot fit the
+    cluster at all (in total, or one bundle on its largest node) — rather than after a placement timeout."""
+    from launcher.config import ConfigError
+
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    have = {k: sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
+    need = {"CPU": sum(b * c for b, c, _ in requests.values()), "GPU": sum(b * g for b, _, g in requests.values())}
+    largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in ("CPU", "GPU")}
+    detail = ", ".join(f"{name}: {b} × ({c:g} CPU, {g:g} GPU)" for name, (b, c, g) in requests.items())
+    for k in ("CPU", "GPU"):
+        if need[k] > have[k] + 1e-9:
+            raise ConfigError(f"the groups need {need[k]:g} {k}s but the Ray cluster has {have[k]:g} "
+                              f"on {len(nodes)} node(s) [{detail}]")
+        for name, (_, c, g) in requests.items():
+            if (c if k == "CPU" else g) > largest[k] + 1e-9:
+                raise ConfigError(f"{name}: one rank needs {c if k == 'CPU' else g:g} {k}s but the largest "
+                                  f"node has {largest[k]:g}")
+
+
 def make_placement(bundles: int, cpus: float, gpus: float, strategy: str, timeout_s: float = 60.0):
     """A ready placement group of `bundles` × {CPU: cpus, GPU: gpus}; a clear error if it cannot fit."""
     shape = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from launcher.tracking import WandbConfig
-from models.config import PRESETS
+from models.config import PRESETS, check_tp_shape, preset
 from rlhf.ppo_config import PPOConfig
 from rlhf.reward_model import RMConfig
 from rlhf.sft import SFTConfig
@@ -29,9 +29,9 @@ class ConfigError(ValueError):
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = "demo"
-    out_dir: str = "runs"
-    seed: int = 0
+    name: str = "demo"  # run name: the directory under out_dir, the W&B run/group name
+    out_dir: str = "runs"  # where runs are written
+    seed: int = 0  # seed of model initialisation and data order
     backend: Literal["ray", "local"] = "ray"  # local: every group is one rank in the driver process
     ray_address: str | None = None  # join this cluster (else RAY_ADDRESS, else start a local one)
 
@@ -45,8 +45,8 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pretrained: str | None = None
-    preset: str = "tiny"
+    pretrained: str | None = None  # HF checkpoint directory to start from; None: a fresh model
+    preset: str = "tiny"  # model shape preset (models/config.py PRESETS) for a fresh model
     shape: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields over the preset
     tokenizer: str | None = None  # None: the pretrained directory's, a trained BPE, or the embedded task's
     bpe_vocab: int | None = Field(None, ge=300)  # train a byte-level BPE of this size on the run's data
@@ -62,11 +62,9 @@ class ModelSpec(BaseModel):
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_new_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0)
-    max_prompt_len: int = Field(48, ge=1)
-
-
+    max_new_tokens: int = Field(16, ge=1)  # response length of held-out evaluations
+    temperature: float = Field(1.0, ge=0)  # sampling temperature of held-out evaluations (0: greedy)
+    max_prompt_len: int = Field(48, ge=1)  # prompt truncation of held-out evaluations
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -91,7 +89,30 @@ class Config(BaseModel):
             for name, spec in specs.items():
                 if spec.ranks != 1:
                     raise ValueError(f"run.backend=local runs one rank per group; {name}.group.ranks must be 1")
+        self._check_tensor_parallel()
         return self
+
+    def _check_tensor_parallel(self) -> None:
+        """TP degrees against the model's heads and MLP width, before any process starts (the
+        vocabulary is checked when the model is built: the tokenizer may not exist yet)."""
+        groups = {"sft": self.sft.group, "rm": self.rm.group,
+                  **{f"ppo.{r}": getattr(self.ppo, r).group for r in ("policy", "reference", "critic", "reward")}}
+        tp = {name: g.tp_size for name, g in groups.items() if g.tp_size > 1}
+        if not tp:
+            return
+        if self.model.pretrained:
+            if not (Path(self.model.pretrained) / "config.json").exists():
+                return  # reported by the stage that loads it, with the path
+            from models.hf import read_hf_config
+
+            shape = read_hf_config(self.model.pretrained)
+        else:
+            shape = preset(self.model.preset, **self.model.shape)
+        for name, size in tp.items():
+            try:
+                check_tp_shape(shape, size, vocab=False)
+            except ValueError as e:
+                raise ValueError(f"{name}.group.tp_size={size}: {e}") from None
 
     @property
     def uses_embedded_task(self) -> bool:

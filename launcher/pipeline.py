@@ -78,7 +78,8 @@ def run_ppo(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
     eval_prompts = load_prompts(data["ppo_eval"]) if "ppo_eval" in data else []
     has_gold = cfg.uses_embedded_task
     out_dir = run_dir / "ppo"
-    tracker = Tracker(out_dir, f"{cfg.run.name}-ppo", cfg.wandb, cfg.model_dump(mode="json"), "ppo")
+    tracker = Tracker(out_dir, f"{cfg.run.name}-ppo", cfg.wandb, cfg.model_dump(mode="json"), "ppo",
+                      group=cfg.run.name)
     stats = read_reward_stats(reward_dir) if p.normalize_scores else None
     n_updates = p.steps * p.ppo_epochs * p.minibatches
     gold: dict[int, float] = {}

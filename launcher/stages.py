@@ -105,7 +105,8 @@ def run_sft(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
     tok = tok or build_tokenizer(cfg, data)
     train, evals = load_split(load_sft, data, "sft_train", "sft_eval")
     out_dir = cfg.run.dir / "sft"
-    tracker = Tracker(out_dir, f"{cfg.run.name}-sft", cfg.wandb, cfg.model_dump(mode="json"), "sft")
+    tracker = Tracker(out_dir, f"{cfg.run.name}-sft", cfg.wandb, cfg.model_dump(mode="json"), "sft",
+                      group=cfg.run.name)
     steps = total_steps(len(train), cfg.sft)
     log.info("SFT: %d train / %d eval demonstrations, %d steps on %d rank(s)", len(train), len(evals), steps,
              cfg.sft.group.ranks)
@@ -157,7 +158,8 @@ def run_rm(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
             raise FileNotFoundError(f"{data['comparisons_train']}: no labelled SFT samples (run `instructrl sft`)")
     train, evals = load_split(load_comparisons, data, "comparisons_train", "comparisons_eval")
     out_dir = cfg.run.dir / "rm"
-    tracker = Tracker(out_dir, f"{cfg.run.name}-rm", cfg.wandb, cfg.model_dump(mode="json"), "reward_model")
+    tracker = Tracker(out_dir, f"{cfg.run.name}-rm", cfg.wandb, cfg.model_dump(mode="json"), "reward_model",
+                      group=cfg.run.name)
     steps = rm_total_steps(len(train), cfg.rm)
     log.info("RM: %d train / %d eval rankings from %s, %d steps", len(train), len(evals), init, steps)
     with worker_group(cfg, "reward-train", RewardWorker, cfg.rm.group, checkpoint_source(cfg, init),

@@ -8,6 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -15,24 +16,37 @@ from pydantic import BaseModel, ConfigDict
 class WandbConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    project: str = "instructrl"
-    group: str | None = None  # one group per pipeline, so its stages sit together in the UI
-    mode: str = "offline"  # offline | online | disabled; WANDB_MODE overrides
+    project: str = "instructrl"  # W&B project
+    group: str | None = None  # None: run.name, so one pipeline's stages (sft, rm, ppo) sit together
+    entity: str | None = None  # W&B team or user; None: the key's default entity
+    # auto: online when a W&B key is configured (WANDB_API_KEY or `wandb login`), else offline.
+    # The WANDB_MODE environment variable overrides this.
+    mode: Literal["auto", "offline", "online", "disabled"] = "auto"
+
+    def resolved_mode(self) -> str:
+        if os.environ.get("WANDB_MODE"):
+            return os.environ["WANDB_MODE"]
+        if self.mode != "auto":
+            return self.mode
+        netrc = Path.home() / ".netrc"
+        logged_in = netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+        return "online" if os.environ.get("WANDB_API_KEY") or logged_in else "offline"
 
 
 class Tracker:
     """Logs flat metric dicts at a step to W&B and to <run_dir>/metrics.jsonl."""
 
-    def __init__(self, run_dir: str | Path, name: str, cfg: WandbConfig, config: dict, job_type: str):
+    def __init__(self, run_dir: str | Path, name: str, cfg: WandbConfig, config: dict, job_type: str,
+                 group: str | None = None):
         import wandb
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._file = open(self.metrics_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in finish)
-        mode = os.environ.get("WANDB_MODE", cfg.mode)
-        self.run = wandb.init(project=cfg.project, name=name, group=cfg.group or name, job_type=job_type,
-                              config=config, dir=str(self.run_dir), mode=mode, reinit="create_new",
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=name, group=cfg.group or group or name,
+                              job_type=job_type, config=config, dir=str(self.run_dir), mode=cfg.resolved_mode(),
+                              reinit="create_new",
                               settings=wandb.Settings(silent=True, console="off"))
 
     def log(self, metrics: dict[str, float], step: int) -> None:

@@ -80,8 +80,8 @@ class Handle:
 class Rank:
     """The body of every rank: joins the group's mesh, then hosts one worker object."""
 
-    def __init__(self, rank: int, world_size: int, tp_size: int, num_threads: int):
-        self.rank, self.world_size, self.tp_size = rank, world_size, tp_size
+    def __init__(self, rank: int, world_size: int, tp_size: int, num_threads: int, use_gpu: bool = False):
+        self.rank, self.world_size, self.tp_size, self.use_gpu = rank, world_size, tp_size, use_gpu
         torch.set_num_threads(max(1, num_threads))
         self.worker = None
 
@@ -96,11 +96,12 @@ class Rank:
     def setup(self, master: tuple[str, int], worker_cls: type, args: tuple, kwargs: dict) -> dict:
         import ray
 
-        mesh = init_mesh(self.rank, self.world_size, self.tp_size, *master)
+        mesh = init_mesh(self.rank, self.world_size, self.tp_size, *master, use_gpu=self.use_gpu)
         self.worker = worker_cls(mesh, *args, **kwargs)
         ctx = ray.get_runtime_context()
         return {"pid": os.getpid(), "rank": self.rank, "node_id": ctx.get_node_id(),
-                "placement_group": ctx.get_placement_group_id()}
+                "node_ip": ray.util.get_node_ip_address(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "device": str(mesh.device), "placement_group": ctx.get_placement_group_id()}
 
     def execute(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
         return fn(self.worker, *args, **kwargs)
@@ -118,7 +119,8 @@ class LocalGroup:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        mesh = init_mesh(0, 1, 1, "127.0.0.1", port)  # joins nothing if this process already has its world
+        # Joins nothing if this process already has its world; one in-process rank uses a GPU if it sees one.
+        mesh = init_mesh(0, 1, 1, "127.0.0.1", port, use_gpu=torch.cuda.is_available())
         self.spec = GroupSpec()
         self._rank = Rank(0, 1, 1, torch.get_num_threads())
         self._rank.worker = worker_cls(mesh, *args, **kwargs)
@@ -152,7 +154,7 @@ class RayGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=placement,
                                                                      placement_group_bundle_index=r),
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
-            ).remote(r, spec.ranks, spec.tp_size, threads)
+            ).remote(r, spec.ranks, spec.tp_size, threads, spec.gpus_per_rank > 0)
             for r in range(spec.ranks)
         ]
         master = ray.get(self.actors[0].address.remote())
@@ -196,7 +198,7 @@ class RayGroup:
 def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_prefix: str = "") -> dict[str, RayGroup]:
     """Place and start one RayGroup per role. A role with `colocate_with` shares the bundles of the
     named role (rank i on bundle i), so colocated roles split each bundle's CPUs/GPUs between them."""
-    from launcher.cluster import make_placement, release
+    from launcher.cluster import check_capacity, make_placement, release
 
     anchors = {}
     for role, (_, spec, _, _) in roles.items():
@@ -209,12 +211,13 @@ def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_pre
             raise ValueError(f"{role} ({spec.ranks} ranks) cannot share bundles with {anchor} "
                              f"({roles[anchor][1].ranks} ranks)")
         anchors[role] = anchor
-    placements = {}
+    bundles = {}  # anchor role → (bundles, CPUs, GPUs per bundle), colocated members summed
     for anchor in dict.fromkeys(anchors.values()):
         members = [roles[r][1] for r in roles if anchors[r] == anchor]
-        spec = roles[anchor][1]
-        placements[anchor] = make_placement(spec.ranks, sum(m.cpus_per_rank for m in members),
-                                            sum(m.gpus_per_rank for m in members), spec.strategy)
+        bundles[anchor] = (roles[anchor][1].ranks, sum(m.cpus_per_rank for m in members),
+                           sum(m.gpus_per_rank for m in members))
+    check_capacity({f"{name_prefix}{a}": b for a, b in bundles.items()})
+    placements = {a: make_placement(*b, roles[a][1].strategy) for a, b in bundles.items()}
     groups = {}
     try:
         for role, (cls, spec, args, kwargs) in roles.items():

@@ -116,3 +116,12 @@ def preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def check_tp_shape(cfg: ModelConfig, tp_size: int, vocab: bool = True) -> None:
+    """Shapes a tensor-parallel degree must divide; raised before any layer is built. vocab=False
+    when the vocabulary is not known yet (the launcher's config check, before the tokenizer exists)."""
+    sizes = [("n_heads", cfg.n_heads), ("n_kv_heads", cfg.kv_heads), ("ffn_dim", cfg.ffn_dim)]
+    for name, value in sizes + ([("vocab_size", cfg.vocab_size)] if vocab else []):
+        if value % tp_size:
+            raise ValueError(f"model {name}={value} is not divisible by tensor-parallel size {tp_size}")

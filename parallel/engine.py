@@ -26,22 +26,20 @@ class OptimConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lr: float = Field(3e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_steps: int = Field(20, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    lr: float = Field(3e-4, gt=0)  # peak learning rate (AdamW)
+    weight_decay: float = Field(0.0, ge=0)  # decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.95)  # Adam β1, β2
+    eps: float = 1e-8  # Adam ε
+    warmup_steps: int = Field(20, ge=0)  # linear warm-up steps, then cosine decay
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # final learning rate as a share of lr (1.0: constant)
     grad_clip: float = Field(1.0, ge=0)  # 0 → off
-    grad_accum: int = Field(1, ge=1)
-
-
+    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
 class EngineConfig(BaseModel):
     """How one worker group shards and updates its model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    zero_stage: Literal[0, 1, 2, 3] = 0
+    zero_stage: Literal[0, 1, 2, 3] = 0  # DeepSpeed ZeRO stage; 0: plain AdamW with data-parallel all-reduce
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the CPU (stages 1-3)
     offload_params: bool = False  # ZeRO-Infinity style parameter offload (stage 3 only)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU

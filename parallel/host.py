@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from models.config import ModelConfig
+from models.config import ModelConfig, check_tp_shape
 from models.heads import CausalLM, ScoreModel
 from models.hf import from_hf_state_dict, read_hf_config, read_hf_weights, save_pretrained
 from models.transformer import LocalBackend
@@ -56,7 +56,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
 def make_backend(cfg: ModelConfig, mesh: Mesh, dtype: torch.dtype):
     if mesh.tp_size == 1:
         return LocalBackend()
-    from parallel.tensor_parallel import MegatronBackend, check_tp_shape
+    from parallel.tensor_parallel import MegatronBackend
 
     check_tp_shape(cfg, mesh.tp_size)
     return MegatronBackend(mesh.tp_size, dtype)

@@ -20,9 +20,9 @@ class GroupSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ranks: int = Field(1, ge=1)
-    tp_size: int = Field(1, ge=1)
-    cpus_per_rank: float = Field(0.5, gt=0)
+    ranks: int = Field(1, ge=1)  # processes in the group (TP × DP)
+    tp_size: int = Field(1, ge=1)  # Megatron tensor-parallel degree; must divide heads, MLP width, vocabulary
+    cpus_per_rank: float = Field(0.5, gt=0)  # Ray CPUs reserved per rank (fractions share cores)
     gpus_per_rank: float = Field(0.0, ge=0)  # > 0 on GPU clusters; a fraction when roles share a GPU
     strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (Ray placement strategies)
     colocate_with: str | None = None  # another role's name: share its placement-group bundles
@@ -73,24 +73,25 @@ class Mesh:
             else dist.group.WORLD
 
 
-def default_backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
-
-
 def init_mesh(rank: int, world_size: int, tp_size: int, master_addr: str, master_port: int,
-              timeout_s: int = 600) -> Mesh:
-    """Join this process's group (gloo on CPU, NCCL on GPU) and set up Megatron's TP × DP groups."""
+              use_gpu: bool = False, timeout_s: int = 600) -> Mesh:
+    """Join this process's group (gloo on CPU, NCCL on GPU) and set up Megatron's TP × DP groups.
+
+    use_gpu comes from the group's spec (gpus_per_rank > 0), never from what the process can see:
+    Ray assigns each such rank its GPU(s) and exposes them as devices 0.., so the rank uses cuda:0.
+    """
     if world_size % tp_size:
         raise ValueError(f"world size {world_size} is not divisible by tensor-parallel size {tp_size}")
     device = torch.device("cpu")
-    if torch.cuda.is_available():
-        # The launcher gives each rank exactly one GPU (Ray num_gpus=1), visible as device 0.
+    if use_gpu:
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"rank {rank} was given a GPU (gpus_per_rank > 0) but CUDA is not available")
         device = torch.device("cuda", 0)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", master_addr)
         os.environ.setdefault("MASTER_PORT", str(master_port))
-        dist.init_process_group(default_backend(), init_method=f"tcp://{master_addr}:{master_port}",
+        dist.init_process_group("nccl" if use_gpu else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
                                 rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
     from megatron.core import parallel_state
 

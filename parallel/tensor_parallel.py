@@ -23,8 +23,6 @@ from megatron.core.tensor_parallel import (
     vocab_parallel_cross_entropy,
 )
 
-from models.config import ModelConfig
-
 
 def _init_normal(weight: torch.Tensor) -> None:
     nn.init.normal_(weight, std=0.02)  # GPT-2 initialisation, as the local backend
@@ -40,14 +38,6 @@ class _Column(ColumnParallelLinear):
 class _Row(RowParallelLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return super().forward(x)[0]
-
-
-def check_tp_shape(cfg: ModelConfig, tp_size: int) -> None:
-    """Shapes a TP degree must divide; raised before any layer is built."""
-    for name, value in [("n_heads", cfg.n_heads), ("n_kv_heads", cfg.kv_heads), ("vocab_size", cfg.vocab_size),
-                        ("ffn_dim", cfg.ffn_dim)]:
-        if value % tp_size:
-            raise ValueError(f"model {name}={value} is not divisible by tensor-parallel size {tp_size}")
 
 
 class MegatronBackend:

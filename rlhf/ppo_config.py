@@ -29,46 +29,46 @@ class PPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompts: str | None = None  # None: the embedded task's PPO prompts
-    eval_prompts: str | None = None
+    eval_prompts: str | None = None  # held-out prompts for the gold/reward eval; None: the embedded task's
     policy_init: str | None = None  # HF checkpoints; None: this run's sft/ (policy and reference)
     reward_init: str | None = None  # None: this run's rm/
     critic_init: str | None = None  # None: the reward model (the InstructGPT choice)
-    steps: int = Field(40, ge=1)
+    steps: int = Field(40, ge=1)  # PPO iterations (generate → score → update → sync)
     prompts_per_step: int = Field(64, ge=1)  # rollouts per step (prompts × samples_per_prompt)
-    samples_per_prompt: int = Field(1, ge=1)
+    samples_per_prompt: int = Field(1, ge=1)  # responses sampled per prompt (> 1 for the leave-one-out baseline)
     # "leave_one_out": subtract from each score the mean score of the other samples of its prompt.
     # A departure from InstructGPT (which relies on the critic alone): a learned reward's level varies
     # far more across prompts than across responses to one prompt, and the critic learns that
     # prompt-level baseline slowly; removing it leaves the within-prompt preference the RM was trained on.
     score_baseline: Literal["none", "leave_one_out"] = "none"
-    max_prompt_len: int = Field(48, ge=1)
-    max_new_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    ppo_epochs: int = Field(1, ge=1)
+    max_prompt_len: int = Field(48, ge=1)  # prompts are left-truncated to this many tokens
+    max_new_tokens: int = Field(16, ge=1)  # response length limit
+    temperature: float = Field(1.0, gt=0)  # sampling temperature of rollouts
+    top_k: int = Field(0, ge=0)  # 0: off
+    top_p: float = Field(1.0, gt=0, le=1)  # 1.0: off (nucleus sampling otherwise)
+    ppo_epochs: int = Field(1, ge=1)  # passes over each rollout batch
     critic_warmup_steps: int = Field(0, ge=0)  # first steps update the critic only (its values start as rewards)
-    minibatches: int = Field(4, ge=1)
-    clip_eps: float = Field(0.2, gt=0)
-    value_clip: float | None = 0.2
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    kl_coef: float = Field(0.02, ge=0)
+    minibatches: int = Field(4, ge=1)  # minibatches per PPO epoch (policy and critic)
+    clip_eps: float = Field(0.2, gt=0)  # PPO ratio clip ε (Schulman et al. 2017)
+    value_clip: float | None = 0.2  # clip of the value update around the old values; null: unclipped
+    gamma: float = Field(1.0, ge=0, le=1)  # GAE discount γ
+    lam: float = Field(0.95, ge=0, le=1)  # GAE λ
+    kl_coef: float = Field(0.02, ge=0)  # β of the per-token KL penalty (the start value if kl_target is set)
     kl_target: float | None = None  # set → adaptive controller (Ziegler et al. 2019)
-    kl_horizon: int = Field(10000, ge=1)
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    entropy_coef: float = Field(0.0, ge=0)
-    normalize_scores: bool = True
-    score_clip: float | None = 5.0
-    whiten_advantages: bool = True
+    kl_horizon: int = Field(10000, ge=1)  # horizon of the adaptive controller, in rollouts
+    kl_estimator: Literal["k1", "k3"] = "k1"  # k1 = log-ratio, k3 = Schulman's low-variance unbiased estimator
+    entropy_coef: float = Field(0.0, ge=0)  # entropy bonus in the policy loss
+    normalize_scores: bool = True  # normalise reward-model scores with the RM's saved mean/std
+    score_clip: float | None = 5.0  # clip normalised scores to ±this; null: no clip
+    whiten_advantages: bool = True  # whiten advantages over the valid tokens of the whole rollout batch
     ptx_coef: float = Field(0.0, ge=0)  # InstructGPT's γ for PPO-ptx
     ptx_data: str | None = None  # plain text for the pretraining mix
-    ptx_batch_size: int = Field(16, ge=1)
-    ptx_max_len: int = Field(64, ge=2)
-    eval_every: int = Field(10, ge=1)
-    save_every: int = Field(0, ge=0)
+    ptx_batch_size: int = Field(16, ge=1)  # pretraining sequences per policy minibatch
+    ptx_max_len: int = Field(64, ge=2)  # tokens per pretraining sequence
+    eval_every: int = Field(10, ge=1)  # steps between held-out evaluations
+    save_every: int = Field(0, ge=0)  # steps between checkpoints; 0: only at the end
     resume: str | None = None  # a checkpoint directory written by save_every
-    seed: int = 0
+    seed: int = 0  # sampling and shuffling seed
     policy: RoleConfig = RoleConfig(optim=OptimConfig(lr=1e-5, warmup_steps=0, min_lr_ratio=1.0))
     critic: RoleConfig = RoleConfig(optim=OptimConfig(lr=5e-5, warmup_steps=0, min_lr_ratio=1.0))
     reward: RoleConfig = RoleConfig()

@@ -32,18 +32,16 @@ class RMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     train_data: str | None = None  # None: the embedded task's ranked comparisons
-    eval_data: str | None = None
+    eval_data: str | None = None  # held-out comparisons; None: the last 5% of train_data
     init: str | None = None  # HF checkpoint to start from; None: the SFT model of this run (§3.5)
-    max_len: int = Field(64, ge=2)
+    max_len: int = Field(64, ge=2)  # tokens per prompt + response
     batch_size: int = Field(16, ge=1)  # prompts (rankings) per step, each with all its K responses
     epochs: int = Field(1, ge=1)  # InstructGPT trains the RM for a single epoch
-    eval_every: int = Field(50, ge=1)
-    seed: int = 0
-    optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=10, weight_decay=0.0)
-    engine: EngineConfig = EngineConfig()
-    group: GroupSpec = GroupSpec()
-
-
+    eval_every: int = Field(50, ge=1)  # steps between held-out evaluations
+    seed: int = 0  # shuffling seed
+    optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=10, weight_decay=0.0)  # optimizer and schedule
+    engine: EngineConfig = EngineConfig()  # ZeRO stage, offload, precision
+    group: GroupSpec = GroupSpec()  # ranks, TP, placement
 def total_steps(n_rankings: int, cfg: RMConfig) -> int:
     return count_steps(n_rankings, cfg.batch_size, cfg.optim.grad_accum, cfg.epochs)
 

@@ -27,18 +27,16 @@ class SFTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     train_data: str | None = None  # None: the embedded task's demonstrations
-    eval_data: str | None = None
-    max_len: int = Field(64, ge=2)
+    eval_data: str | None = None  # held-out demonstrations; None: the last 5% of train_data
+    max_len: int = Field(64, ge=2)  # tokens per prompt + response (longer are truncated)
     batch_size: int = Field(32, ge=1)  # sequences per micro-batch, split over data-parallel ranks
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(4, ge=1)  # passes over the demonstrations
     eval_every: int = Field(50, ge=1)  # optimizer steps
     save_every: int = Field(0, ge=0)  # optimizer steps; 0: final checkpoint only
-    seed: int = 0
-    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=30, weight_decay=0.01)
-    engine: EngineConfig = EngineConfig()
-    group: GroupSpec = GroupSpec()
-
-
+    seed: int = 0  # shuffling seed
+    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=30, weight_decay=0.01)  # optimizer and schedule
+    engine: EngineConfig = EngineConfig()  # ZeRO stage, offload, precision
+    group: GroupSpec = GroupSpec()  # ranks, TP, placement
 def encode_all(tok, records: list[SFTRecord], max_len: int) -> tuple[list[Encoded], int]:
     encoded = [encode_pair(tok, r.prompt, r.response, max_len) for r in records]
     return encoded, sum(e.truncated for e in encoded)

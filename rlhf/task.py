@@ -30,15 +30,15 @@ class TaskConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seed: int = 0
+    seed: int = 0  # seed of the generated data sets
     ops: tuple[Literal["copy", "reverse", "sort"], ...] = OPS  # instructions the prompts draw from
-    min_items: int = Field(3, ge=1)
-    max_items: int = Field(6, ge=1)
-    n_sft: int = Field(4000, ge=1)
-    n_comparisons: int = Field(3000, ge=1)
-    n_ppo: int = Field(2000, ge=1)
+    min_items: int = Field(3, ge=1)  # shortest list in a prompt
+    max_items: int = Field(6, ge=1)  # longest list in a prompt
+    n_sft: int = Field(4000, ge=1)  # demonstrations
+    n_comparisons: int = Field(3000, ge=1)  # prompts ranked for the reward model
+    n_ppo: int = Field(2000, ge=1)  # PPO prompts
     n_eval: int = Field(200, ge=1)  # held out, for each of SFT, comparisons and PPO
-    k_responses: int = Field(4, ge=2)
+    k_responses: int = Field(4, ge=2)  # responses ranked per comparison prompt (K; InstructGPT used 4–9)
     demo_error_rate: float = Field(0.3, ge=0, le=1)  # share of SFT demonstrations with one mistake
     label_noise: float = Field(0.05, ge=0)  # std of Gaussian noise on the labeller's scores when ranking
     # Where the reward model's candidates come from: "policy" samples K responses per prompt from the
