@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from launcher.config import Config, save_config
-from launcher.stages import build_tokenizer, checkpoint_source, prepare_data, run_rm, run_sft
+from launcher.stages import build_tokenizer, checkpoint_source, prepare_data, record_placement, run_rm, run_sft
 from launcher.tracking import Tracker
 from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
 from models.generation import SamplingParams
@@ -86,6 +86,7 @@ def run_ppo(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
     log.info("PPO: %d steps × %d prompts; policy %s, reward %s, critic %s", p.steps, p.prompts_per_step,
              policy_dir, reward_dir, critic_dir)
     with start_roles(cfg, role_specs(cfg, policy_dir, reward_dir, critic_dir, n_updates)) as roles:
+        record_placement(out_dir, {r: getattr(roles, r) for r in ("policy", "reference", "critic", "reward")})
 
         def evaluate(step: int) -> None:
             if not (has_gold and eval_prompts):

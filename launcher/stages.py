@@ -4,6 +4,7 @@ worker groups, run, report. Each stage writes into <run.out_dir>/<run.name>/<sta
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +90,17 @@ def worker_group(cfg: Config, role: str, worker_cls: type, spec: GroupSpec, *arg
         shutdown_groups(groups)
 
 
+def record_placement(out_dir: Path, groups: dict) -> None:
+    """Where every rank of every group runs (node, IP, device, Ray GPU ids, pid): logged and saved as
+    <stage>/placement.json, so a multi-node run can be checked after the fact."""
+    placement = {role: group.info for role, group in groups.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "placement.json").write_text(json.dumps(placement, indent=1))
+    for role, ranks in placement.items():
+        where = ", ".join(f"rank {r['rank']}@{r.get('node_ip', 'local')}/{r.get('device', 'cpu')}" for r in ranks)
+        log.info("placement of %s: %s", role, where)
+
+
 def load_split(loader, data: dict[str, Path], train_key: str, eval_key: str, share: int = 20) -> tuple[list, list]:
     """Train and eval records; without an eval file the last 1/share of the training file is held out."""
     train = loader(data[train_key])
@@ -112,6 +124,7 @@ def run_sft(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
              cfg.sft.group.ranks)
     with worker_group(cfg, "policy-sft", PolicyWorker, cfg.sft.group, policy_source(cfg, tok), cfg.sft.engine,
                       cfg.sft.optim, steps, cfg.sft.batch_size) as group:
+        record_placement(out_dir, {"policy": group})
         metrics = train_sft(group, tok, train, evals, cfg.sft, out_dir, tracker.log)
         if cfg.uses_embedded_task and cfg.task.rm_candidates == "policy":
             label_policy_samples(cfg, group, tok, data)
@@ -164,6 +177,7 @@ def run_rm(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
     log.info("RM: %d train / %d eval rankings from %s, %d steps", len(train), len(evals), init, steps)
     with worker_group(cfg, "reward-train", RewardWorker, cfg.rm.group, checkpoint_source(cfg, init),
                       cfg.rm.engine, cfg.rm.optim, steps, cfg.rm.batch_size) as group:
+        record_placement(out_dir, {"reward": group})
         metrics = train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log)
     tracker.finish()
     return {**metrics, "reward_stats": read_reward_stats(out_dir), "model": str(out_dir),
