@@ -22,7 +22,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            # "local": a fresh cluster for this job; without it Ray would join whatever cluster a past
+            # `ray start` on this machine left recorded (even a dead one), which is not what was asked.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     return ray.cluster_resources()
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from models.generation import Generation, SamplingParams
 from rlhf.algo.masked import masked_mean, masked_whiten
@@ -138,7 +139,8 @@ def train_ppo(roles: Roles, tok, prompts: list[str], cfg: PPOConfig, log: LogFn,
     metrics: dict[str, float] = {}
     if first == 0:
         evaluate(0)
-    for step in range(first, cfg.steps):
+    bar = tqdm(range(first, cfg.steps), desc="ppo", unit="step", initial=first, total=cfg.steps, mininterval=1.0)
+    for step in bar:
         timer = PhaseTimer()
         with timer("generate"):
             n = cfg.prompts_per_step // cfg.samples_per_prompt
@@ -157,6 +159,7 @@ def train_ppo(roles: Roles, tok, prompts: list[str], cfg: PPOConfig, log: LogFn,
         metrics |= {f"time/{k}": v for k, v in timer.seconds.items()}
         metrics |= {"perf/samples_per_s": cfg.prompts_per_step / total, "perf/tokens_per_s": n_tokens / total}
         log(metrics, step + 1)
+        bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/sequence']:.3f}", refresh=False)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             evaluate(step + 1)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:

@@ -59,6 +59,10 @@ def two_node_cluster(tmp_path):
     finally:
         for pgid in reversed(groups):
             stop(pgid)
+        # `ray start --head` records its address for later `ray.init()` calls; a killed head leaves it behind.
+        record = Path("/tmp/ray/ray_current_cluster")
+        if record.exists() and record.read_text().strip().endswith(f":{gcs}"):
+            record.unlink()
 
 
 def test_group_spreads_across_two_nodes_via_ray_job_submit(two_node_cluster, tmp_path):
