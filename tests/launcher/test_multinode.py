@@ -25,9 +25,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def own_ports() -> list[str]:
+    """Free ports for a node's agents: the defaults are fixed numbers, which another Ray cluster on this
+    machine (the test session's own) already holds, and a raylet that cannot bind them dies."""
+    flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+    return [f"--{flag}={free_port()}" for flag in flags]
+
+
 def ray_start(env: dict, *args: str) -> int:
     """`ray start` in its own session; returns its process group (all daemons it spawns)."""
-    proc = subprocess.Popen([str(BIN / "ray"), "start", *args], env=env, start_new_session=True,
+    proc = subprocess.Popen([str(BIN / "ray"), "start", *args, *own_ports()], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
