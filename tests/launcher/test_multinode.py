@@ -38,7 +38,9 @@ def ray_start(env: dict, *args: str) -> int:
     proc = subprocess.Popen([str(BIN / "ray"), "start", *args, *own_ports()], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    if proc.returncode != 0:
+        stop(proc.pid)  # a failed start can leave gcs_server running in its process group
+        pytest.fail(f"ray start failed:\n{out[-3000:]}")
     return proc.pid
 
 
