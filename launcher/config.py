@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from launcher.tracking import WandbConfig
 from models.config import PRESETS, check_tp_shape, preset
+from parallel.mesh import GroupSpec
 from rlhf.ppo_config import PPOConfig
 from rlhf.reward_model import RMConfig
 from rlhf.sft import SFTConfig
@@ -84,9 +85,7 @@ class Config(BaseModel):
             raise ValueError("a user data set needs model.tokenizer, model.pretrained or model.bpe_vocab "
                              "(the embedded word tokenizer only knows the embedded task)")
         if self.run.backend == "local":
-            specs = {"sft": self.sft.group, "rm": self.rm.group,
-                     **{f"ppo.{r}": getattr(self.ppo, r).group for r in ("policy", "reference", "critic", "reward")}}
-            for name, spec in specs.items():
+            for name, spec in self.groups.items():
                 if spec.ranks != 1:
                     raise ValueError(f"run.backend=local runs one rank per group; {name}.group.ranks must be 1")
         self._check_tensor_parallel()
@@ -95,9 +94,7 @@ class Config(BaseModel):
     def _check_tensor_parallel(self) -> None:
         """TP degrees against the model's heads and MLP width, before any process starts (the
         vocabulary is checked when the model is built: the tokenizer may not exist yet)."""
-        groups = {"sft": self.sft.group, "rm": self.rm.group,
-                  **{f"ppo.{r}": getattr(self.ppo, r).group for r in ("policy", "reference", "critic", "reward")}}
-        tp = {name: g.tp_size for name, g in groups.items() if g.tp_size > 1}
+        tp = {name: g.tp_size for name, g in self.groups.items() if g.tp_size > 1}
         if not tp:
             return
         if self.model.pretrained:
@@ -113,6 +110,12 @@ class Config(BaseModel):
                 check_tp_shape(shape, size, vocab=False)
             except ValueError as e:
                 raise ValueError(f"{name}.group.tp_size={size}: {e}") from None
+
+    @property
+    def groups(self) -> dict[str, GroupSpec]:
+        """Every worker group's spec, by its config path."""
+        return {"sft": self.sft.group, "rm": self.rm.group,
+                **{f"ppo.{r}": getattr(self.ppo, r).group for r in ("policy", "reference", "critic", "reward")}}
 
     @property
     def uses_embedded_task(self) -> bool:

@@ -17,6 +17,13 @@ import torch.nn.functional as F
 AttentionImpl = Literal["auto", "sdpa", "triton"]
 
 
+def segment_ids(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
+    """(length,) int32: which packed sequence each position belongs to; -1 on slots past the last one."""
+    pos = torch.arange(length, device=cu_seqlens.device)
+    seg = torch.bucketize(pos, cu_seqlens[1:], right=True)
+    return torch.where(pos < cu_seqlens[-1], seg, -1).to(torch.int32)
+
+
 def build_attention_mask(
     q_len: int,
     k_len: int,
@@ -38,9 +45,8 @@ def build_attention_mask(
         allowed = k_pos[None, :] <= q_pos[:, None]
     if cu_seqlens is not None:
         # Packed sequences: a token sees only its own segment; slots past the last offset are padding.
-        segment = torch.bucketize(k_pos, cu_seqlens[1:].to(device), right=True)  # (S,)
-        valid_k = k_pos < cu_seqlens[-1]
-        allowed = allowed & (segment[q_pos][:, None] == segment[None, :]) & valid_k[None, :]
+        segment = segment_ids(cu_seqlens.to(device), k_len)  # (S,), -1 past the last sequence
+        allowed = allowed & (segment[q_pos][:, None] == segment[None, :]) & (segment >= 0)[None, :]
     allowed = allowed[None]  # (1, T, S)
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask.bool()[:, None, :]  # (B, T, S)

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from models.attention import segment_ids
+
 LOG2E = 1.4426950408889634
 
 
@@ -258,13 +260,6 @@ class _FlashAttention(torch.autograd.Function):
         _bwd_dq_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), B * H)](
             q, k, v, do, lse, delta, dq, kpm, seg, *strides, H, H // HKV, T, S, *scales, **common)
         return dq, dk, dv, None, None, None, None, None, None
-
-
-def segment_ids(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
-    """(length,) int32: which packed sequence each position belongs to; -1 on slots past the last one."""
-    pos = torch.arange(length, device=cu_seqlens.device)
-    seg = torch.bucketize(pos, cu_seqlens[1:], right=True)
-    return torch.where(pos < cu_seqlens[-1], seg, -1).to(torch.int32)
 
 
 def flash_attention(
