@@ -66,6 +66,9 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(16, ge=1)  # response length of held-out evaluations
     temperature: float = Field(1.0, ge=0)  # sampling temperature of held-out evaluations (0: greedy)
     max_prompt_len: int = Field(48, ge=1)  # prompt truncation of held-out evaluations
+    samples_per_prompt: int = Field(1, ge=1)  # responses sampled per held-out prompt (more: a smaller standard error)
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 from launcher.config import Config, save_config
-from launcher.stages import build_tokenizer, checkpoint_source, prepare_data, record_placement, run_rm, run_sft
+from launcher.stages import (
+    build_tokenizer,
+    checkpoint_source,
+    evaluate_gold,
+    prepare_data,
+    record_placement,
+    run_rm,
+    run_sft,
+)
 from launcher.tracking import Tracker
 from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
-from models.generation import SamplingParams
 from rlhf.coordinator import Roles, train_ppo
 from rlhf.data import load_prompts
-from rlhf.evaluate import gold_eval
+from rlhf.evaluate import GoldEval
 from rlhf.reward_model import read_reward_stats
-from rlhf.task import gold_score
 from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
 
 log = logging.getLogger("instructrl")
@@ -82,20 +89,15 @@ def run_ppo(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
                       group=cfg.run.name)
     stats = read_reward_stats(reward_dir) if p.normalize_scores else None
     n_updates = p.steps * p.ppo_epochs * p.minibatches
-    gold: dict[int, float] = {}
+    gold: dict[int, GoldEval] = {}
     log.info("PPO: %d steps × %d prompts; policy %s, reward %s, critic %s", p.steps, p.prompts_per_step,
              policy_dir, reward_dir, critic_dir)
     with start_roles(cfg, role_specs(cfg, policy_dir, reward_dir, critic_dir, n_updates)) as roles:
         record_placement(out_dir, {r: getattr(roles, r) for r in ("policy", "reference", "critic", "reward")})
 
         def evaluate(step: int) -> None:
-            if not (has_gold and eval_prompts):
-                return
-            params = SamplingParams(cfg.evaluation.max_new_tokens, cfg.evaluation.temperature)
-            gold[step], rows = gold_eval(roles.policy, tok, eval_prompts, gold_score, params, p.max_prompt_len,
-                                         cfg.run.seed)
-            tracker.log({"eval/gold_score": gold[step]}, step)
-            tracker.table("samples", ["prompt", "response", "gold"], [list(r) for r in rows[:32]], step)
+            if has_gold and eval_prompts:
+                gold[step] = evaluate_gold(cfg, roles.policy, tok, eval_prompts, tracker, step)
 
         def checkpoint(step: int, state: dict) -> None:
             paths = checkpoint_paths(out_dir / f"checkpoint-{step}")
@@ -129,8 +131,10 @@ def run_pipeline(cfg: Config) -> dict:
     rm = run_rm(cfg, data, tok)
     ppo = run_ppo(cfg, data, tok)
     gold = ppo["gold"]
+    first, last = gold.get(0), gold[max(gold)] if gold else None
     summary = {
-        "sft_gold_score": gold.get(0), "ppo_gold_score": gold[max(gold)] if gold else None,
+        "sft_gold_score": first.mean if first else None, "sft_gold_stderr": first.stderr if first else None,
+        "ppo_gold_score": last.mean if last else None, "ppo_gold_stderr": last.stderr if last else None,
         "final_kl": ppo["final_kl"], "sft_eval_loss": sft["eval/loss"], "rm_eval_accuracy": rm["eval/accuracy"],
         "models": {"sft": sft["model"], "reward": rm["model"], "policy": ppo["policy_model"]},
         "metrics": [sft["metrics_file"], rm["metrics_file"], ppo["metrics_file"]],
@@ -144,7 +148,11 @@ def run_pipeline(cfg: Config) -> dict:
 def print_summary(s: dict) -> None:
     print("\n== instructrl pipeline summary ==")
     if s["sft_gold_score"] is not None:
-        print(f"held-out gold score   SFT policy: {s['sft_gold_score']:.3f}   PPO policy: {s['ppo_gold_score']:.3f}")
+        gain = s["ppo_gold_score"] - s["sft_gold_score"]
+        noise = math.hypot(s["sft_gold_stderr"], s["ppo_gold_stderr"])
+        print(f"held-out gold score   SFT policy: {s['sft_gold_score']:.3f} ± {s['sft_gold_stderr']:.3f}   "
+              f"PPO policy: {s['ppo_gold_score']:.3f} ± {s['ppo_gold_stderr']:.3f}   "
+              f"gain {gain:+.3f} ({gain / noise if noise else float('inf'):.1f} standard errors)")
     print(f"final KL(PPO ‖ SFT) per sequence: {s['final_kl']:.3f}")
     print(f"SFT eval loss: {s['sft_eval_loss']:.3f}   reward model held-out pair accuracy: {s['rm_eval_accuracy']:.3f}")
     for name, path in s["models"].items():

@@ -18,7 +18,7 @@ from models.tokenizer import build_word_tokenizer, load_tokenizer, train_bpe_tok
 from parallel.host import ModelSource
 from parallel.mesh import GroupSpec
 from rlhf.data import load_comparisons, load_prompts, load_sft, write_jsonl
-from rlhf.evaluate import decode_responses, gold_eval, sample
+from rlhf.evaluate import GoldEval, decode_responses, gold_eval, sample
 from rlhf.reward_model import read_reward_stats, train_reward_model
 from rlhf.reward_model import total_steps as rm_total_steps
 from rlhf.sft import total_steps, train_sft
@@ -129,9 +129,8 @@ def run_sft(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
         if cfg.uses_embedded_task and cfg.task.rm_candidates == "policy":
             label_policy_samples(cfg, group, tok, data)
         if "ppo_eval" in data:
-            metrics["gold_score"], rows = evaluate_gold(cfg, group, tok, data["ppo_eval"])
-            tracker.log({"eval/gold_score": metrics["gold_score"]}, steps)
-            tracker.table("samples", ["prompt", "response", "gold"], [list(r) for r in rows[:32]], steps)
+            gold = evaluate_gold(cfg, group, tok, load_prompts(data["ppo_eval"]), tracker, steps)
+            metrics["gold_score"] = gold.mean
     tracker.finish()
     return {**metrics, "model": str(out_dir), "metrics_file": str(tracker.metrics_path)}
 
@@ -184,8 +183,12 @@ def run_rm(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
             "metrics_file": str(tracker.metrics_path)}
 
 
-def evaluate_gold(cfg: Config, group, tok, prompts_path: Path) -> tuple[float, list]:
-    """Held-out gold score of the policy group on the embedded task (sampled at the eval temperature)."""
+def evaluate_gold(cfg: Config, group, tok, prompts: list[str], tracker: Tracker, step: int) -> GoldEval:
+    """Held-out gold score of the policy group on the embedded task (sampled at the eval temperature),
+    logged with its standard error and a table of samples."""
     ev = cfg.evaluation
     params = SamplingParams(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature)
-    return gold_eval(group, tok, load_prompts(prompts_path), gold_score, params, ev.max_prompt_len, cfg.run.seed)
+    gold = gold_eval(group, tok, prompts, gold_score, params, ev.max_prompt_len, cfg.run.seed, ev.samples_per_prompt)
+    tracker.log({"eval/gold_score": gold.mean, "eval/gold_stderr": gold.stderr}, step)
+    tracker.table("samples", ["prompt", "response", "gold"], [list(r) for r in gold.rows[:32]], step)
+    return gold

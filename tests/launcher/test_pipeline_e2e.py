@@ -1,9 +1,11 @@
-"""`instructrl pipeline` end to end on Ray, shrunk for CI: SFT → labelled SFT samples → reward model →
-PPO with four groups in four distinct processes; the summary, HF models and metrics are written."""
+"""`instructrl pipeline` end to end on Ray: SFT → labelled SFT samples → reward model → PPO with four
+groups in four distinct processes; PPO raises the held-out gold score well beyond its noise at a
+bounded KL; the summary, HF models and metrics are written."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from transformers import AutoModelForCausalLM
@@ -14,25 +16,30 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def test_pipeline_on_ray(ray_cluster, tmp_path, capsys):
-    rc = main(["pipeline", "--config", "demo", f"run.out_dir={tmp_path}", "run.name=ci",
-               "task.n_sft=1500", "task.n_comparisons=600", "task.n_ppo=400", "task.n_eval=60",
-               "sft.epochs=2", "rm.epochs=1", "ppo.steps=6", "ppo.prompts_per_step=32", "ppo.eval_every=3",
-               "ppo.critic_warmup_steps=1"])
+    """The demo's data, SFT and reward model; PPO cut from 100 to 60 steps for CI time."""
+    steps = 60
+    rc = main(["pipeline", "--config", "demo", f"run.out_dir={tmp_path}", "run.name=ci", f"ppo.steps={steps}",
+               "ppo.eval_every=30"])
     assert rc == 0
     run = tmp_path / "ci"
     summary = json.loads((run / "summary.json").read_text())
-    assert 0 <= summary["sft_gold_score"] <= 1 and 0 <= summary["ppo_gold_score"] <= 1
-    assert 0 <= summary["final_kl"] < 5.0  # bounded by the KL penalty
+    # The gold score is the simulated labeller's, on 200 held-out prompts × 4 samples: one standard
+    # error is about 0.01, and PPO runs of this config gain 0.05-0.09 by step 60 (docs/ppo.md).
+    gain = summary["ppo_gold_score"] - summary["sft_gold_score"]
+    noise = math.hypot(summary["sft_gold_stderr"], summary["ppo_gold_stderr"])
+    assert 0.005 < noise < 0.02, summary
+    assert gain > 0.04 and gain > 3 * noise, summary
+    assert 0 <= summary["final_kl"] < 2.0, summary  # bounded by the KL penalty
     assert AutoModelForCausalLM.from_pretrained(summary["models"]["policy"]) is not None
     metrics = [json.loads(x) for x in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    steps = [m for m in metrics if "reward/score" in m]
-    assert [m["step"] for m in steps] == list(range(1, 7))
-    for m in steps:
+    rows = [m for m in metrics if "reward/score" in m]
+    assert [m["step"] for m in rows] == list(range(1, steps + 1))
+    for m in rows:
         for key in ("kl/sequence", "policy/entropy", "critic/value_error", "response/length", "time/generate",
                     "time/score", "time/train", "time/sync", "perf/samples_per_s", "perf/tokens_per_s"):
-            assert key in m or (key.startswith("policy/") and m["step"] == 1), (m["step"], key)
+            assert key in m or (key.startswith("policy/") and m["step"] <= 4), (m["step"], key)  # critic warm-up
         assert m["check/logprob_gap_max"] < 1e-5  # generation and training paths agree after each sync
-    assert sum("eval/gold_score" in m for m in metrics) == 3  # steps 0, 3, 6
+    assert sum("eval/gold_score" in m for m in metrics) == 3  # steps 0, 30, 60
     assert "held-out gold score" in capsys.readouterr().out
 
 
