@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
 
@@ -31,10 +29,8 @@ def main() -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
 
-    from models.config import ModelConfig
-    from models.heads import CausalLM, ScoreModel
-    from models.hf import save_pretrained
-    from models.tokenizer import build_word_tokenizer
+    from ppo_reference import MINIBATCHES, NEW_TOKENS, ROLLOUTS, reference_setup
+
     from parallel.engine import EngineConfig
     from parallel.host import ModelSource
     from parallel.mesh import GroupSpec
@@ -42,19 +38,11 @@ def main() -> int:
     from rlhf.ppo_config import PPOConfig
     from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
 
-    tok = build_word_tokenizer([f"w{i}" for i in range(509)])  # 3 special tokens + 509 words = 512
-    cfg = ModelConfig(arch="gpt2", vocab_size=512, max_seq_len=128, d_model=256, n_layers=4, n_heads=4,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    assert len(tok) == 512
-    rng = random.Random(0)
-    prompts = [" ".join(f"w{rng.randrange(509)}" for _ in range(rng.randint(17, 31))) for _ in range(4096)]
-    ppo = PPOConfig(steps=args.steps, prompts_per_step=32, max_new_tokens=32, max_prompt_len=31, temperature=1.0,
-                    ppo_epochs=1, minibatches=4, normalize_scores=False, eval_every=10**9)
+    ppo = PPOConfig(steps=args.steps, prompts_per_step=ROLLOUTS, max_new_tokens=NEW_TOKENS, max_prompt_len=31,
+                    temperature=1.0, ppo_epochs=1, minibatches=MINIBATCHES, normalize_scores=False, eval_every=10**9)
     with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        save_pretrained(CausalLM(cfg), Path(tmp) / "lm")
-        save_pretrained(ScoreModel(cfg), Path(tmp) / "rm")
-        lm, rm = ModelSource(path=f"{tmp}/lm"), ModelSource(path=f"{tmp}/rm")
+        tok, prompts, lm_dir, rm_dir = reference_setup(tmp)
+        lm, rm = ModelSource(path=str(lm_dir)), ModelSource(path=str(rm_dir))
         n_updates = args.steps * ppo.minibatches
         specs = {"policy": (PolicyWorker, (lm, EngineConfig(), ppo.policy.optim, n_updates, 8)),
                  "reference": (ReferenceWorker, (lm, EngineConfig())),
