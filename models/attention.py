@@ -31,18 +31,22 @@ def build_attention_mask(
     causal: bool,
     key_padding_mask: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    window: int | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor:
     """Boolean mask (B or 1, 1, T, S): True where query t may attend to key s.
 
     Queries are the last `q_len` of the `k_len` positions, which is what decoding against a KV cache
-    needs (T new tokens after S - T cached ones).
+    needs (T new tokens after S - T cached ones). `window`: a query sees only the keys less than
+    `window` positions behind it (Mistral's sliding window, as transformers' `sliding_window_overlay`).
     """
     q_pos = torch.arange(k_len - q_len, k_len, device=device)  # (T,)
     k_pos = torch.arange(k_len, device=device)  # (S,)
     allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)  # (T, S)
     if causal:
         allowed = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
     if cu_seqlens is not None:
         # Packed sequences: a token sees only its own segment; slots past the last offset are padding.
         segment = segment_ids(cu_seqlens.to(device), k_len)  # (S,), -1 past the last sequence
@@ -61,13 +65,15 @@ def sdpa_attention(
     causal: bool,
     key_padding_mask: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    window: int | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
     """Reference path: an explicit boolean mask through `F.scaled_dot_product_attention`."""
     B, Hq, T, D = q.shape
     S = k.shape[2]
     mask = build_attention_mask(
-        T, S, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, device=q.device
+        T, S, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, window=window,
+        device=q.device
     )  # (B|1, 1, T, S)
     # A query row that sees no key (a left-pad token) would softmax over nothing and give NaN; open
     # the row up for SDPA and zero its output afterwards, the convention the fused kernel follows too.
@@ -86,6 +92,7 @@ def attention(
     causal: bool = True,
     key_padding_mask: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    window: int | None = None,
     scale: float | None = None,
     impl: AttentionImpl = "auto",
 ) -> torch.Tensor:
@@ -93,12 +100,19 @@ def attention(
 
     q: (B, Hq, T, D); k, v: (B, Hkv, S, D) with Hq a multiple of Hkv (grouped-query) and S >= T.
     key_padding_mask: (B, S) bool, True on real tokens. cu_seqlens: (N + 1,) int offsets of N
-    sequences packed along one row (B == 1). Returns (B, Hq, T, D); rows with no visible key are 0.
+    sequences packed along one row (B == 1). window: sliding-window size (causal only). Returns
+    (B, Hq, T, D); rows with no visible key are 0.
     """
     if cu_seqlens is not None and q.shape[0] != 1:
         raise ValueError(f"packed sequences (cu_seqlens) need batch size 1, got {q.shape[0]}")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} key/value heads")
+    if window is not None and window >= k.shape[2]:
+        window = None  # no key is that far behind: the window cuts nothing
+    if window is not None:
+        # The fused kernel has no sliding window; the reference path applies it exactly.
+        return sdpa_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
+                              window=window, scale=scale)
     path = sdpa_attention
     if resolve_impl(impl, q) == "triton":
         from models.kernels.flash_attention import flash_attention as path

@@ -6,33 +6,45 @@ Must not import torch.distributed, deepspeed, megatron or ray.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Arch = Literal["gpt2", "llama", "qwen2", "qwen3", "mistral"]
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 class ModelConfig(BaseModel):
     """Decoder-only transformer shape.
 
     `arch="gpt2"`: learned positions, LayerNorm, GELU MLP, biases, tied embeddings (GPT-1/2/3).
-    `arch="llama"`: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, untied LM head.
+    `arch="llama"`: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, untied LM head. The other
+    families are Llama-style blocks with one difference each: `qwen2` has biases on the q/k/v
+    projections, `qwen3` an RMSNorm on every query and key head (and a free head_dim), `mistral` a
+    sliding attention window. `arch` also names the transformers class a checkpoint is exported as.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    arch: Literal["gpt2", "llama"] = "gpt2"
-    vocab_size: int = 512
-    max_seq_len: int = 256
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int | None = None  # None: as many as n_heads (multi-head attention)
-    d_ff: int | None = None  # None: 4 * d_model (gpt2) or the Llama 8/3 rule rounded to 64
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
+    arch: Arch = "gpt2"
+    vocab_size: int = Field(512, ge=1)
+    max_seq_len: int = Field(256, ge=1)
+    d_model: int = Field(256, ge=1)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_kv_heads: int | None = Field(None, ge=1)  # None: as many as n_heads (multi-head attention)
+    d_head: int | None = Field(None, ge=1)  # None: d_model // n_heads (Qwen3 sets its own)
+    d_ff: int | None = Field(None, ge=1)  # None: 4 * d_model (gpt2) or the Llama 8/3 rule rounded to 64
+    norm_eps: float = Field(1e-5, gt=0)
+    rope_theta: float = Field(10000.0, gt=0)
+    # RoPE frequency scaling as in the HF config: {"rope_type": "linear", "factor": f} or Llama 3's
+    # {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}; None: plain RoPE.
+    rope_scaling: dict[str, Any] | None = None
     activation: Literal["gelu_new", "gelu", "relu", "silu"] | None = None  # None: arch default
-    tie_embeddings: bool | None = None  # None: arch default (gpt2 tied, llama untied)
-    bias: bool | None = None  # None: arch default (gpt2 biased, llama not)
+    tie_embeddings: bool | None = None  # None: arch default (gpt2 tied, the others untied)
+    bias: bool | None = None  # biases of the linear layers; None: arch default (gpt2 biased, the others not)
+    sliding_window: int | None = Field(None, ge=1)  # mistral: a token attends to at most this many
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
@@ -42,12 +54,29 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
-        if self.d_model % self.n_heads:
+        if self.d_head is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.kv_heads}")
-        if self.arch == "gpt2" and self.kv_heads != self.n_heads:
-            raise ValueError("grouped-query attention (n_kv_heads < n_heads) needs arch='llama'")
+        if self.arch == "gpt2":
+            extras = {"n_kv_heads < n_heads": self.kv_heads != self.n_heads, "d_head": self.d_head,
+                      "rope_scaling": self.rope_scaling}
+            used = [k for k, v in extras.items() if v]
+            if used:
+                raise ValueError(f"{', '.join(used)} need a Llama-style arch (llama, qwen2, qwen3, mistral), "
+                                 f"not gpt2")
+            if not self.use_bias:
+                raise ValueError("arch=gpt2 has biases (transformers' GPT-2 has no bias switch); use arch=llama")
+        if self.arch in ("qwen2", "qwen3", "mistral") and self.use_bias:
+            raise ValueError(f"arch={self.arch} has no biases on its o_proj and MLP (bias must be false)")
+        if self.sliding_window is not None and self.arch != "mistral":
+            raise ValueError(f"sliding_window is a Mistral feature (arch=mistral), not {self.arch}'s")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+            if kind not in ROPE_TYPES:
+                raise ValueError(f"rope_scaling type {kind!r} is not supported (one of {list(ROPE_TYPES)})")
+            if self.rope_scaling.get("partial_rotary_factor", 1.0) != 1.0:
+                raise ValueError("rope_scaling.partial_rotary_factor other than 1.0 is not supported")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
@@ -57,7 +86,12 @@ class ModelConfig(BaseModel):
     # Derived values are properties, never mutated fields.
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.d_head or self.d_model // self.n_heads
+
+    @property
+    def llama_style(self) -> bool:
+        """RoPE, RMSNorm, SwiGLU, grouped-query attention: every arch but gpt2."""
+        return self.arch != "gpt2"
 
     @property
     def kv_heads(self) -> int:
@@ -67,13 +101,13 @@ class ModelConfig(BaseModel):
     def ffn_dim(self) -> int:
         if self.d_ff is not None:
             return self.d_ff
-        if self.arch == "gpt2":
+        if not self.llama_style:
             return 4 * self.d_model
         return 64 * ((int(8 * self.d_model / 3) + 63) // 64)  # Llama: 2/3 of 4d, rounded up to 64
 
     @property
     def act(self) -> str:
-        return self.activation or ("gelu_new" if self.arch == "gpt2" else "silu")
+        return self.activation or ("silu" if self.llama_style else "gelu_new")
 
     @property
     def tied(self) -> bool:
@@ -83,15 +117,26 @@ class ModelConfig(BaseModel):
     def use_bias(self) -> bool:
         return self.arch == "gpt2" if self.bias is None else self.bias
 
+    @property
+    def use_qkv_bias(self) -> bool:
+        """Biases on the q/k/v projections: Qwen2 has them (and no others)."""
+        return self.arch == "qwen2" or self.use_bias
+
+    @property
+    def use_qk_norm(self) -> bool:
+        """Qwen3's RMSNorm over every query and key head, before RoPE."""
+        return self.arch == "qwen3"
+
     def num_params(self) -> int:
         """Parameter count of the LM (embeddings included once when tied)."""
-        d, f, kv = self.d_model, self.ffn_dim, self.kv_heads * self.head_dim
-        attn = d * (d + 2 * kv) + d * d
-        mlp = (3 if self.arch == "llama" else 2) * d * f
-        per_norm = 2 * d if self.arch == "gpt2" else d
-        biases = (d + 2 * kv + d + f + d) if self.use_bias else 0
-        layer = attn + mlp + 2 * per_norm + biases
-        emb = self.vocab_size * d + (self.max_seq_len * d if self.arch == "gpt2" else 0)
+        d, f, q, kv = self.d_model, self.ffn_dim, self.n_heads * self.head_dim, self.kv_heads * self.head_dim
+        attn = d * (q + 2 * kv) + q * d
+        mlp = (3 if self.llama_style else 2) * d * f
+        per_norm = d if self.llama_style else 2 * d
+        biases = (q + 2 * kv) * self.use_qkv_bias + (d + f * (1 + self.llama_style) + d) * self.use_bias
+        qk_norms = 2 * self.head_dim if self.use_qk_norm else 0
+        layer = attn + mlp + 2 * per_norm + biases + qk_norms
+        emb = self.vocab_size * d + (0 if self.llama_style else self.max_seq_len * d)
         head = 0 if self.tied else self.vocab_size * d
         return self.n_layers * layer + emb + head + per_norm
 

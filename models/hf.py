@@ -1,8 +1,8 @@
 """Hugging Face interop: read and write transformers checkpoint directories (config.json + safetensors).
 
-LMs round-trip as GPT2LMHeadModel / LlamaForCausalLM; scalar models (reward, critic) as
-GPT2ForSequenceClassification / LlamaForSequenceClassification with num_labels=1, so
-AutoModelForSequenceClassification returns the same score.
+LMs round-trip in their own family (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM,
+Qwen3ForCausalLM, MistralForCausalLM); scalar models (reward, critic) as that family's
+*ForSequenceClassification with num_labels=1, so AutoModelForSequenceClassification returns the same score.
 Must not import torch.distributed, deepspeed, megatron or ray.
 """
 
@@ -20,7 +20,24 @@ from models.attention import AttentionImpl, attention
 from models.config import ModelConfig
 from models.heads import CausalLM, ScoreModel
 
-_PREFIX = {"gpt2": "transformer.", "llama": "model."}
+# transformers class-name prefix of each Llama-style family (XForCausalLM, XForSequenceClassification).
+LLAMA_STYLE = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
+
+
+def _prefix(arch: str) -> str:
+    return "transformer." if arch == "gpt2" else "model."
+
+
+def _rope_from_hf(hf: dict, source: str) -> tuple[float, dict | None]:
+    """(theta, scaling or None) from transformers 5's `rope_parameters` or the older `rope_scaling`."""
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 1e4))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind not in ("linear", "llama3"):
+        raise ValueError(f"{source}: rope type {kind!r} is not supported (default, linear or llama3)")
+    return theta, {"rope_type": kind, **{k: v for k, v in rope.items() if k not in ("type", "rope_type")}}
 
 
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
@@ -38,46 +55,61 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
             norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=hf.get("activation_function", "gelu_new"),
             tie_embeddings=hf.get("tie_word_embeddings", True), bias=True, **special,
         )
+    if kind not in LLAMA_STYLE:
+        raise ValueError(f"{source}: model_type {kind!r} is not supported "
+                         f"(gpt2, {', '.join(LLAMA_STYLE)})")
+    bias = False
     if kind == "llama":
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise ValueError(f"{source}: rope type {rope.get('rope_type')!r} is not supported (only 'default')")
         if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
             raise ValueError(f"{source}: attention_bias and mlp_bias must agree")
-        head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
-        if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
-            raise ValueError(f"{source}: head_dim * num_attention_heads must equal hidden_size")
-        return ModelConfig(
-            arch="llama", vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
-            d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-            n_kv_heads=hf.get("num_key_value_heads"), d_ff=hf["intermediate_size"],
-            norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=rope.get("rope_theta", hf.get("rope_theta", 1e4)),
-            activation=hf.get("hidden_act", "silu"), tie_embeddings=hf.get("tie_word_embeddings", False),
-            bias=hf.get("attention_bias", False), **special,
-        )
-    raise ValueError(f"{source}: model_type {kind!r} is not supported (gpt2 or llama)")
+        bias = bool(hf.get("attention_bias", False))
+    if kind == "qwen3" and hf.get("attention_bias", False):
+        raise ValueError(f"{source}: Qwen3 with attention_bias=true is not supported")
+    layer_types = set(hf.get("layer_types") or ["full_attention"])
+    if kind in ("qwen2", "qwen3") and (hf.get("use_sliding_window") or layer_types != {"full_attention"}):
+        raise ValueError(f"{source}: {kind} sliding-window layers (use_sliding_window=true) are not supported")
+    theta, scaling = _rope_from_hf(hf, source)
+    return ModelConfig(
+        arch=kind, vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
+        d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+        n_kv_heads=hf.get("num_key_value_heads"), d_ff=hf["intermediate_size"], d_head=hf.get("head_dim"),
+        norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
+        activation=hf.get("hidden_act", "silu"), tie_embeddings=hf.get("tie_word_embeddings", False), bias=bias,
+        sliding_window=hf.get("sliding_window") if kind == "mistral" else None, **special,
+    )
 
 
 def config_to_hf(cfg: ModelConfig, scalar: bool):
-    """A transformers config object for `cfg`; scalar=True gives the sequence-classification form."""
-    from transformers import GPT2Config, LlamaConfig
+    """A transformers config object for `cfg` in its own family; scalar=True gives the
+    sequence-classification form."""
+    import transformers
 
     tokens = dict(pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id)
     if cfg.arch == "gpt2":
         arch = "GPT2ForSequenceClassification" if scalar else "GPT2LMHeadModel"
-        hf = GPT2Config(
+        hf = transformers.GPT2Config(
             vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layers,
             n_head=cfg.n_heads, n_inner=cfg.ffn_dim, activation_function=cfg.act, layer_norm_epsilon=cfg.norm_eps,
             tie_word_embeddings=cfg.tied, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **tokens,
         )
     else:
-        arch = "LlamaForSequenceClassification" if scalar else "LlamaForCausalLM"
-        hf = LlamaConfig(
+        family = LLAMA_STYLE[cfg.arch]
+        arch = f"{family}ForSequenceClassification" if scalar else f"{family}ForCausalLM"
+        extra = {
+            "llama": dict(head_dim=cfg.head_dim, attention_bias=cfg.use_bias, mlp_bias=cfg.use_bias),
+            "qwen2": dict(use_sliding_window=False),
+            "qwen3": dict(head_dim=cfg.head_dim, attention_bias=False, use_sliding_window=False),
+            "mistral": dict(head_dim=cfg.head_dim, sliding_window=cfg.sliding_window),
+        }[cfg.arch]
+        if cfg.arch == "qwen2" and cfg.head_dim * cfg.n_heads != cfg.d_model:
+            raise ValueError("transformers' Qwen2 derives head_dim from hidden_size; d_head must be d_model // n_heads")
+        hf = getattr(transformers, f"{family}Config")(
             vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
             num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
-            head_dim=cfg.head_dim, hidden_act=cfg.act, max_position_embeddings=cfg.max_seq_len,
-            rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tied, attention_bias=cfg.use_bias,
-            mlp_bias=cfg.use_bias, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, **tokens,
+            hidden_act=cfg.act, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+            tie_word_embeddings=cfg.tied,
+            rope_parameters={"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta},
+            **extra, **tokens,
         )
     hf.architectures = [arch]
     if scalar:
@@ -93,6 +125,7 @@ def _layer_names(arch: str, i: int) -> dict[str, str]:
                 "mlp.up_proj": h + "mlp.c_fc", "mlp.down_proj": h + "mlp.c_proj"}
     h = f"layers.{i}."
     return {"attn_norm": h + "input_layernorm", "mlp_norm": h + "post_attention_layernorm",
+            "attn.q_norm": h + "self_attn.q_norm", "attn.k_norm": h + "self_attn.k_norm",
             **{f"attn.{p}_proj": f"{h}self_attn.{p}_proj" for p in "qkvo"},
             **{f"mlp.{p}_proj": f"{h}mlp.{p}_proj" for p in ("gate", "up", "down")}}
 
@@ -105,7 +138,7 @@ def _global_names(arch: str) -> dict[str, str]:
 
 def to_hf_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our full (unsharded) state dict → HF names and layouts."""
-    pre, out = _PREFIX[cfg.arch], {}
+    pre, out = _prefix(cfg.arch), {}
     conv1d = cfg.arch == "gpt2"  # GPT-2 stores Linear weights transposed (Conv1D, (in, out))
     for ours, theirs in _global_names(cfg.arch).items():
         for suffix in ("weight", "bias"):
@@ -131,7 +164,7 @@ def to_hf_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[s
 
 def from_hf_state_dict(cfg: ModelConfig, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF names and layouts → our state dict. Accepts keys with or without the model prefix."""
-    pre = _PREFIX[cfg.arch]
+    pre = _prefix(cfg.arch)
     hf_state = {k.removeprefix(pre): v for k, v in hf_state.items()}
     conv1d = cfg.arch == "gpt2"
     out = {}

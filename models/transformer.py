@@ -26,6 +26,8 @@ class LayerBackend(Protocol):
     column: output features split across tensor-parallel ranks (no gather).
     row: input features split across ranks, output all-reduced.
     The vocabulary ops take logits that may be split over the vocabulary (the last dim).
+    replicated: a weight every rank holds whole but applies to its own shard of the work (the
+    per-head q/k norms): identity forward, gradient summed over the tensor-parallel ranks.
     """
 
     tp_size: int
@@ -37,6 +39,7 @@ class LayerBackend(Protocol):
     def gather_vocab(self, logits: torch.Tensor) -> torch.Tensor: ...
     def token_logprobs(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
     def entropy(self, logits: torch.Tensor) -> torch.Tensor: ...
+    def replicated(self, weight: torch.Tensor) -> torch.Tensor: ...
 
 
 class LocalBackend:
@@ -69,24 +72,27 @@ class LocalBackend:
         logp = logits.float().log_softmax(-1)
         return -(logp.exp() * logp).sum(-1)
 
+    def replicated(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, backend: LayerBackend | None = None):
         super().__init__()
-        self.eps = eps
+        self.eps, self.backend = eps, backend or LocalBackend()
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 as Llama does, then cast back before the gain.
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.backend.replicated(self.weight) * x32.to(x.dtype)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.arch == "gpt2":
-        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-    return RMSNorm(cfg.d_model, cfg.norm_eps)
+    if cfg.llama_style:
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
 
 def activate(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -95,12 +101,33 @@ def activate(x: torch.Tensor, name: str) -> torch.Tensor:
     return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}[name](x)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None, device=None) -> torch.Tensor:
+    """RoPE frequencies (D/2,): plain (Su et al. 2021), linearly scaled (position interpolation,
+    Chen et al. 2023), or Llama 3's: long wavelengths divided by `factor`, short ones kept, a smooth
+    ramp between (Meta's Llama 3.1 reference code, as transformers' `_compute_llama3_parameters`)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.int64).float() / head_dim)
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        ramp = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, ramp, scaled)
+    return inv_freq
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
+                 scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE tables for `positions` (B, T): cos, sin of shape (B, 1, T, head_dim), fp32.
 
     Half-split layout (rotate_half), as in Hugging Face's Llama, so imported weights match.
     """
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, positions.device)
     freqs = positions.float()[..., None] * inv_freq  # (B, T, D/2)
     emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, D)
     return emb.cos(), emb.sin()
@@ -144,33 +171,40 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, backend: LayerBackend, layer_idx: int):
         super().__init__()
         self.cfg, self.layer_idx = cfg, layer_idx
-        d, hd, bias = cfg.d_model, cfg.head_dim, cfg.use_bias
+        d, hd, qkv_bias = cfg.d_model, cfg.head_dim, cfg.use_qkv_bias
         self.n_heads = cfg.n_heads // backend.tp_size  # heads held by this rank
         self.n_kv = cfg.kv_heads // backend.tp_size
-        self.q_proj = backend.column_linear(d, cfg.n_heads * hd, bias)
-        self.k_proj = backend.column_linear(d, cfg.kv_heads * hd, bias)
-        self.v_proj = backend.column_linear(d, cfg.kv_heads * hd, bias)
-        self.o_proj = backend.row_linear(cfg.n_heads * hd, d, bias)
+        self.q_proj = backend.column_linear(d, cfg.n_heads * hd, qkv_bias)
+        self.k_proj = backend.column_linear(d, cfg.kv_heads * hd, qkv_bias)
+        self.v_proj = backend.column_linear(d, cfg.kv_heads * hd, qkv_bias)
+        self.o_proj = backend.row_linear(cfg.n_heads * hd, d, cfg.use_bias)
+        # Qwen3: RMSNorm over each head's D features; the gains are shared by all heads, so under
+        # tensor parallelism each rank's heads contribute a part of their gradient.
+        self.q_norm = RMSNorm(hd, cfg.norm_eps, backend) if cfg.use_qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps, backend) if cfg.use_qk_norm else None
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         B, T, _ = x.shape
         hd = self.cfg.head_dim
-        q = self.q_proj(x).view(B, T, self.n_heads, hd).transpose(1, 2)  # (B, Hq, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv, hd).transpose(1, 2)  # (B, Hkv, T, D)
+        q = self.q_proj(x).view(B, T, self.n_heads, hd)  # (B, T, Hq, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, hd)  # (B, T, Hkv, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv, hd).transpose(1, 2)  # (B, Hkv, T, D)
         if ctx.rope is not None:
             q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
         y = attention(q, k, v, causal=True, key_padding_mask=ctx.key_padding_mask, cu_seqlens=ctx.cu_seqlens,
-                      impl=self.cfg.attention)  # (B, Hq, T, D)
+                      window=self.cfg.sliding_window, impl=self.cfg.attention)  # (B, Hq, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * hd))  # (B, T, d)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, backend: LayerBackend):
         super().__init__()
-        self.act, self.gated = cfg.act, cfg.arch == "llama"
+        self.act, self.gated = cfg.act, cfg.llama_style
         d, f, bias = cfg.d_model, cfg.ffn_dim, cfg.use_bias
         self.up_proj = backend.column_linear(d, f, bias)
         if self.gated:  # SwiGLU (Shazeer 2020): down(act(gate(x)) * up(x))
@@ -236,7 +270,7 @@ class Transformer(nn.Module):
         backend = backend or LocalBackend()
         self.cfg = cfg
         self.embed = backend.vocab_embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.arch == "gpt2" else None
+        self.pos_embed = None if cfg.llama_style else nn.Embedding(cfg.max_seq_len, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, backend, i) for i in range(cfg.n_layers))
         self.norm = make_norm(cfg)
         self.apply(init_gpt2_weights)
@@ -272,7 +306,7 @@ class Transformer(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids)
         else:
-            rope = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
+            rope = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
         kpm = attention_mask.bool() if attention_mask is not None else None
         ctx = ForwardContext(kpm, cu_seqlens, cache, rope)
         for block in self.blocks:

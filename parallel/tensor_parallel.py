@@ -65,6 +65,10 @@ class MegatronBackend:
     def gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         return _GatherLastDim.apply(logits)
 
+    def replicated(self, weight: torch.Tensor) -> torch.Tensor:
+        # Identity forward, all-reduce backward: the q/k norm gains see only this rank's heads.
+        return copy_to_tensor_model_parallel_region(weight)
+
     def token_logprobs(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Megatron's fused vocab-parallel cross-entropy is -log p(label); it modifies its input in place.
         return -vocab_parallel_cross_entropy(logits.float().clone(), labels)

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
 from models.config import ModelConfig
 from models.generation import SamplingParams, filter_logits, generate
 from models.heads import CausalLM
 from models.hf import load_pretrained
-from tests.models.test_hf_interop import PAD, batch, hf_config
+from tests.models.test_hf_interop import PAD, batch, hf_class, hf_config
 
 EOS = 1
 
 
 def pair(tmp_path, arch):
-    hf = (GPT2LMHeadModel if arch == "gpt2" else LlamaForCausalLM)(hf_config(arch)).eval()
+    hf = hf_class(arch, "ForCausalLM")(hf_config(arch)).eval()
     hf.save_pretrained(tmp_path)
     return hf, load_pretrained(tmp_path).eval()
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen3", "mistral"])
 def test_greedy_equals_transformers_generate(tmp_path, arch):
     hf, ours = pair(tmp_path, arch)
     ids, mask = batch(left_pad=(0, 3, 5))
@@ -55,7 +54,7 @@ def test_early_eos_is_masked_and_padded():
     assert (out.logprobs[~out.response_mask] == 0).all()
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral"])  # mistral: the window cuts the cache
 def test_cached_and_uncached_sampling_agree(tmp_path, arch):
     _, ours = pair(tmp_path, arch)
     ids, mask = batch(left_pad=(0, 2, 6))

@@ -4,32 +4,44 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
-)
+import transformers
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 from models.config import ModelConfig
 from models.heads import CausalLM, ScoreModel
 from models.hf import load_pretrained, save_pretrained
 
 PAD = 0
+# Each family with the setting that makes it differ from Llama exercised: Qwen3's head_dim (16) is
+# not hidden / heads (8); Mistral's window (5) is shorter than the test sequences (12); the Llama 3
+# RoPE frequencies fall in all three of its regimes (kept, ramped, divided) at head_dim 8.
+FAMILIES = {
+    "gpt2": ("GPT2", {}),
+    "llama": ("Llama", {}),
+    "llama3-rope": ("Llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0,
+                                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                  "original_max_position_embeddings": 64}}),
+    "qwen2": ("Qwen2", {}),
+    "qwen3": ("Qwen3", {"head_dim": 16}),
+    "mistral": ("Mistral", {"head_dim": 8, "sliding_window": 5}),
+}
 
 
-def hf_config(arch: str, **kw):
-    if arch == "gpt2":
+def hf_config(family: str, **kw):
+    prefix, extra = FAMILIES[family]
+    if prefix == "GPT2":
         return GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, pad_token_id=PAD,
                           resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, bos_token_id=1, eos_token_id=1, **kw)
-    return LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=80, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                       pad_token_id=PAD, bos_token_id=1, eos_token_id=1,
-                       rope_parameters={"rope_type": "default", "rope_theta": 500.0}, **kw)
+    extra = {"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}, **extra}
+    return getattr(transformers, f"{prefix}Config")(
+        vocab_size=97, hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=PAD, bos_token_id=1, eos_token_id=1,
+        **extra, **kw)
+
+
+def hf_class(family: str, head: str):
+    prefix = FAMILIES[family][0]
+    return getattr(transformers, "GPT2LMHeadModel" if (prefix, head) == ("GPT2", "ForCausalLM") else prefix + head)
 
 
 def batch(B=3, T=12, left_pad=(0, 3, 5)):
@@ -48,9 +60,9 @@ def perturb(model):
                 p.add_(0.1 * torch.randn_like(p))
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_lm_import_matches_transformers(tmp_path, arch):
-    hf = (GPT2LMHeadModel if arch == "gpt2" else LlamaForCausalLM)(hf_config(arch)).eval()
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_lm_import_matches_transformers(tmp_path, family):
+    hf = hf_class(family, "ForCausalLM")(hf_config(family)).eval()
     perturb(hf)
     hf.save_pretrained(tmp_path)
     ours = load_pretrained(tmp_path, "lm").eval()
@@ -67,31 +79,33 @@ def test_lm_import_matches_transformers(tmp_path, arch):
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_lm_export_loads_in_transformers(tmp_path, arch):
-    cfg = ModelConfig(arch=arch, vocab_size=97, max_seq_len=64, d_model=32, n_layers=2, n_heads=4,
-                      n_kv_heads=2 if arch == "llama" else None, pad_token_id=PAD, eos_token_id=1)
-    ours = CausalLM(cfg).eval()
+def our_config(family: str) -> ModelConfig:
+    """The family's test shape in our config, read from the transformers config (the import path)."""
+    from models.hf import config_from_hf
+
+    return config_from_hf(hf_config(family).to_dict())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_lm_export_loads_in_transformers(tmp_path, family):
+    ours = CausalLM(our_config(family)).eval()
     perturb(ours)
     save_pretrained(ours, tmp_path)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(hf).__name__ == ("GPT2LMHeadModel" if arch == "gpt2" else "LlamaForCausalLM")
+    assert type(hf) is hf_class(family, "ForCausalLM")  # exported in its own family, not as Llama
     ids, mask = batch()
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(input_ids=ids).logits, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_score_model_round_trip_through_sequence_classification(tmp_path, arch):
-    cfg = ModelConfig(arch=arch, vocab_size=97, max_seq_len=64, d_model=32, n_layers=2, n_heads=4,
-                      pad_token_id=PAD, eos_token_id=1)
-    ours = ScoreModel(cfg).eval()
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_score_model_round_trip_through_sequence_classification(tmp_path, family):
+    ours = ScoreModel(our_config(family)).eval()
     perturb(ours)
     save_pretrained(ours, tmp_path / "out")
     hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     assert hf.config.num_labels == 1
-    assert type(hf).__name__ == ("GPT2ForSequenceClassification" if arch == "gpt2"
-                                 else "LlamaForSequenceClassification")
+    assert type(hf) is hf_class(family, "ForSequenceClassification")
     ids, mask = batch(left_pad=(0, 0, 0))
     ids[1, -4:], mask[1, -4:] = PAD, 0  # right padding: HF reads the last non-pad token, so do we
     with torch.no_grad():
@@ -99,8 +113,7 @@ def test_score_model_round_trip_through_sequence_classification(tmp_path, arch):
         got = ours.scores(ids, mask.bool())
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     # ...and back: HF's own sequence-classification checkpoint loads into ours.
-    hf_cls = GPT2ForSequenceClassification if arch == "gpt2" else LlamaForSequenceClassification
-    theirs = hf_cls(hf_config(arch, num_labels=1)).eval()
+    theirs = hf_class(family, "ForSequenceClassification")(hf_config(family, num_labels=1)).eval()
     theirs.save_pretrained(tmp_path / "theirs")
     ours = load_pretrained(tmp_path / "theirs", "score").eval()
     with torch.no_grad():

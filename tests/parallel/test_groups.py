@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+import transformers
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from launcher.worker_group import GroupSpec, LocalGroup, RayGroup, build_groups, shutdown_groups
 from parallel.engine import EngineConfig, OptimConfig
@@ -20,11 +21,21 @@ OPTIM = OptimConfig(lr=1e-2, warmup_steps=0, grad_clip=1.0, weight_decay=0.01)
 
 
 def checkpoint(tmp_path, arch: str):
+    """gpt2, llama, qwen2 (q/k/v biases: column-parallel biases under TP) or qwen3 (per-head q/k norms,
+    whose gains are replicated while the heads are split)."""
     if arch == "gpt2":
         hf = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4))
     else:
-        hf = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32))
+        family = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
+        extra = {"head_dim": 16} if arch == "qwen3" else {}
+        hf_cfg = getattr(transformers, f"{family}Config")(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=32, **extra)
+        hf = getattr(transformers, f"{family}ForCausalLM")(hf_cfg)
+        with torch.no_grad():  # non-trivial norm gains and biases, so a mis-sharded one shows
+            for name, p in hf.named_parameters():
+                if "norm" in name or name.endswith("bias"):
+                    p.add_(0.2 * torch.randn_like(p))
     path = tmp_path / arch
     hf.save_pretrained(path)
     return path
@@ -50,7 +61,7 @@ def close(group):
     shutdown_groups({"g": group})
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
 def test_tp2_logits_equal_tp1_and_export_merges(ray_cluster, tmp_path, arch):
     path = checkpoint(tmp_path, arch)
     src = ModelSource(path=str(path))
@@ -112,7 +123,7 @@ def test_zero_stages_match_plain_adamw_and_zero3_halves_memory(ray_cluster, tmp_
 
 
 def test_tp2_x_dp2_zero2_matches_dp2_plain_adamw(ray_cluster, tmp_path):
-    src = ModelSource(path=str(checkpoint(tmp_path, "llama")))
+    src = ModelSource(path=str(checkpoint(tmp_path, "qwen3")))
     data = batches(2, seed=2)
     losses = {}
     for ranks, tp, stage in ((2, 1, 0), (4, 2, 2)):
