@@ -9,7 +9,7 @@ import sys
 
 from launcher.config import ConfigError, dump_config, load_config
 from launcher.reference import config_reference
-from rlhf.data import DataError
+from models.errors import InputError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             for name, path in stages.prepare_data(cfg).items():
                 print(f"{name}: {path}")
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:
         print(f"instructrl: error: {e}", file=sys.stderr)
         return 2
     return 0

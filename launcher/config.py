@@ -6,14 +6,18 @@ Each package owns its sub-config next to its code; this file composes the root, 
 
 from __future__ import annotations
 
+import difflib
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from launcher.tracking import WandbConfig
-from models.config import PRESETS, check_tp_shape, preset
+from models.config import PRESETS, ModelConfig, check_tp_shape, preset
+from models.errors import InputError
 from parallel.mesh import GroupSpec
 from rlhf.ppo_config import PPOConfig
 from rlhf.reward_model import RMConfig
@@ -23,8 +27,8 @@ from rlhf.task import TaskConfig
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the key."""
+class ConfigError(InputError):
+    """A config file or override is wrong; the message names the key and where it was set."""
 
 
 class RunConfig(BaseModel):
@@ -35,6 +39,15 @@ class RunConfig(BaseModel):
     seed: int = 0  # seed of model initialisation and data order
     backend: Literal["ray", "local"] = "ray"  # local: every group is one rank in the driver process
     ray_address: str | None = None  # join this cluster (else RAY_ADDRESS, else start a local one)
+    # A stage refuses to replace a finished stage's output in the run directory unless this is true.
+    overwrite: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+            raise ValueError(f"{name!r} is not a run name: it must be a non-empty directory name without '/'")
+        return name
 
     @property
     def dir(self) -> Path:
@@ -57,7 +70,24 @@ class ModelSpec(BaseModel):
     def _check(self) -> ModelSpec:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        self.fresh_config()  # a shape that cannot be built fails here, with its key
         return self
+
+    def fresh_config(self) -> ModelConfig:
+        """The shape of a fresh model (preset + shape); its vocabulary is set when the tokenizer exists."""
+        unknown = sorted(set(self.shape) - set(ModelConfig.model_fields))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(ModelConfig.model_fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(ModelConfig.model_fields)}"
+            raise ValueError(f"shape.{unknown[0]}: not a model shape field{hint}")
+        try:
+            return preset(self.preset, **self.shape)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ValueError(f"shape.{field}: {msg}" if field else f"shape: {msg} (preset {self.preset!r} + shape)") \
+                from None
 
 
 class EvalConfig(BaseModel):
@@ -83,16 +113,39 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
-        user_data = any(x is not None for x in (self.sft.train_data, self.rm.train_data, self.ppo.prompts))
-        if user_data and not (self.model.tokenizer or self.model.pretrained or self.model.bpe_vocab):
-            raise ValueError("a user data set needs model.tokenizer, model.pretrained or model.bpe_vocab "
-                             "(the embedded word tokenizer only knows the embedded task)")
+        user_text = {k: v for k, v in self.user_files.items() if v is not None}
+        if user_text and not (self.model.tokenizer or self.model.pretrained or self.model.bpe_vocab):
+            raise ValueError(f"{next(iter(user_text))} is your own text, which needs a tokenizer that knows it: set "
+                             f"model.pretrained (a checkpoint with its tokenizer), model.tokenizer, or "
+                             f"model.bpe_vocab (train a BPE on your data); the embedded word tokenizer only "
+                             f"knows the embedded task's words")
         if self.run.backend == "local":
             for name, spec in self.groups.items():
                 if spec.ranks != 1:
                     raise ValueError(f"run.backend=local runs one rank per group; {name}.group.ranks must be 1")
+        self._check_colocation()
         self._check_tensor_parallel()
         return self
+
+    def _check_colocation(self) -> None:
+        roles = ("policy", "reference", "critic", "reward")
+        for name, spec in self.groups.items():
+            target = spec.colocate_with
+            if target is None:
+                continue
+            if not name.startswith("ppo."):
+                raise ValueError(f"{name}.group.colocate_with: the {name} stage runs one group; colocation is "
+                                 f"for the PPO roles")
+            if target not in roles or target == name.removeprefix("ppo."):
+                raise ValueError(f"{name}.group.colocate_with={target!r}: name another PPO role "
+                                 f"({', '.join(r for r in roles if r != name.removeprefix('ppo.'))})")
+            anchor = getattr(self.ppo, target).group
+            if anchor.colocate_with:
+                raise ValueError(f"{name}.group.colocate_with={target!r}, which itself colocates with "
+                                 f"{anchor.colocate_with!r}: colocate both with the same role")
+            if anchor.ranks != spec.ranks:
+                raise ValueError(f"{name}.group.colocate_with={target!r}: {name} has {spec.ranks} ranks and "
+                                 f"ppo.{target} {anchor.ranks}; colocated roles share bundles rank by rank")
 
     def _check_tensor_parallel(self) -> None:
         """TP degrees against the model's heads and MLP width, before any process starts (the
@@ -124,36 +177,81 @@ class Config(BaseModel):
     def uses_embedded_task(self) -> bool:
         return self.sft.train_data is None and self.rm.train_data is None and self.ppo.prompts is None
 
+    @property
+    def user_files(self) -> dict[str, str | None]:
+        """Every text input a user may give, by config key."""
+        return {"sft.train_data": self.sft.train_data, "sft.eval_data": self.sft.eval_data,
+                "rm.train_data": self.rm.train_data, "rm.eval_data": self.rm.eval_data,
+                "ppo.prompts": self.ppo.prompts, "ppo.eval_prompts": self.ppo.eval_prompts,
+                "ppo.ptx_data": self.ppo.ptx_data}
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+
+def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+            raise ConfigError(f"{source}: {key!r} is not a section, so {dotted!r} cannot be set")
     node[keys[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'ppo.kl_coef=0.02' → ('ppo.kl_coef', 0.02); the value is read as YAML (numbers, lists, null)."""
     key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} is not of the form section.key=value")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form section.key=value (e.g. sft.epochs=2)")
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({getattr(e, 'problem', e)}); "
+                          f"quote it, e.g. {key.strip()}='\"...\"'") from None
 
 
 def find_preset(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
         return path
     preset = CONFIG_DIR / f"{name_or_path}.yaml"
     if not preset.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"no config file or preset named {name_or_path!r} (presets: {known})")
     return preset
+
+
+def read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
+    """A YAML config file's tree and, for every dotted key in it, "file:line" where it is set."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        root = yaml.compose(text)
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}. Check the indentation "
+                          f"and quoting on that line (nested keys are indented under their section).") from None
+    if tree is None:
+        return {}, {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run:, model:, sft:, ...)")
+    lines: dict[str, str] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                dotted = f"{prefix}{key.value}"
+                lines[dotted] = f"{path}:{key.start_mark.line + 1}"
+                walk(value, dotted + ".")
+
+    walk(root, "")
+    return tree, lines
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -165,32 +263,102 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
+def _source_of(dotted: str, sources: dict[str, str]) -> str:
+    """Where the user set `dotted`: for a section, the keys set under it (overrides first, since they
+    win); for a key, the key itself or the section that set it."""
+    if not dotted:
+        return "defaults"
+    below = list(dict.fromkeys(v for k, v in sources.items() if k.startswith(dotted + ".")))
+    if below:
+        overrides = [v for v in below if v.startswith("override")]
+        shown = overrides or below
+        return ", ".join(shown[:3]) + (", ..." if len(shown) > 3 else "")
+    probe = dotted
+    while probe:
+        if probe in sources:
+            return sources[probe]
+        probe = probe.rpartition(".")[0]
+    return "defaults"
+
+
+# A validator's message may open with the key it is about: "shape.n_layers: ..." (that key is the
+# place) or "min_items=9 > ..." (a key of the section, which stays the place).
+LEADING_KEY = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*)(: |=)")
+DOTTED_KEY = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)+)")  # a root check's message names its key
+
+
+def _describe(err: dict, sources: dict[str, str]) -> str:
+    """One line for one pydantic error: where it was set, the dotted key, what is wrong."""
+    where = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else
+                               f"; known keys here: {', '.join(known)}" if known else "")
+    m = LEADING_KEY.match(msg)
+    if m and m.group(2) == ": ":
+        key = f"{where}.{m.group(1)}" if where else m.group(1)
+        return f"{_source_of(key, sources)}: {key}: {msg[m.end():]}"
+    if where:
+        return f"{_source_of(where, sources)}: {where}: {msg}"
+    key = DOTTED_KEY.match(msg)
+    return f"{_source_of(key.group(1) if key else '', sources)}: {msg}"
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _non_finite(tree: Any, prefix: str = "") -> str | None:
+    """The first key whose value is NaN or ±inf (a learning rate of `.inf` is never meant)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if (found := _non_finite(v, f"{prefix}{k}.")) is not None:
+                return found
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        return prefix.rstrip(".")
+    return None
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> Config:
     """Read a preset or YAML file, apply overrides, validate the whole tree once.
 
     Everything is merged onto the dumped defaults, so `ppo.critic.optim.lr=1e-4` changes that one
     value and keeps the critic's other default optimizer settings (not OptimConfig's generic ones).
+    Each error names where the bad value was set: the file and line, or the override.
     """
     tree: dict = {}
-    source = "defaults"
+    sources: dict[str, str] = {}
     if name_or_path:
-        path = find_preset(name_or_path)
-        source = str(path)
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        tree = loaded
+        tree, sources = read_yaml(find_preset(name_or_path))
     for text in overrides:
-        _set_dotted(tree, *parse_override(text))
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value, f"override {text!r}")
+        sources = {k: v for k, v in sources.items() if k != key and not k.startswith(key + ".")}
+        sources[key] = f"override {text!r}"
+        if isinstance(value, dict):
+            sources.update({f"{key}.{k}": f"override {text!r}" for k in value})
+    bad = _non_finite(tree)
+    if bad is not None:
+        raise ConfigError(f"{_source_of(bad, sources)}: {bad}: must be a finite number, not {_lookup(tree, bad)}")
     try:
         return Config.model_validate(deep_merge(Config().model_dump(), tree))
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(root)"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {where}: {msg}")
-        raise ConfigError(f"invalid config ({source}):\n" + "\n".join(lines)) from None
+        lines = ["  " + _describe(err, sources) for err in e.errors()]
+        raise ConfigError("invalid config:\n" + "\n".join(dict.fromkeys(lines))) from None
+
+
+def _lookup(tree: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
 
 
 def dump_config(cfg: Config) -> str:

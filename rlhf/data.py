@@ -24,12 +24,14 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from models.errors import InputError
+
 log = logging.getLogger(__name__)
 
 HH_ASSISTANT = "\n\nAssistant:"
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A user's data file is malformed; the message names file, line and field."""
 
 

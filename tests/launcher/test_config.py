@@ -15,22 +15,61 @@ def test_preset_and_overrides():
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("sft.bach_size=8", r"sft\.bach_size: unknown key"),
+    ("sft.bach_size=8", r"sft\.bach_size: unknown key \(did you mean 'batch_size'\?\)"),
     ("sft.batch_size=many", r"sft\.batch_size: Input should be a valid integer"),
     ("model.preset=huge", r"model: unknown preset 'huge'"),
     ("task.min_items=9", r"task: min_items=9 > max_items=6"),
     ("nonsense", r"is not of the form"),
     ("ppo.critic.group.tp_size=3", r"ppo\.critic\.group: ranks=1 is not divisible by tp_size=3"),
     ("model.attention=flash", r"model\.attention: Input should be 'auto', 'sdpa' or 'triton'"),
+    ("model.shape.n_layers=-1", r"model\.shape\.n_layers: Input should be greater than or equal to 1"),
+    ("model.shape.n_layer=2", r"model\.shape\.n_layer: not a model shape field \(did you mean 'n_layers'\?\)"),
+    ("model.shape.d_model=130", r"model\.shape: d_model=130 is not divisible by n_heads=4"),
+    ("model.shape.sliding_window=8", r"model\.shape: sliding_window is a Mistral feature"),
+    ("run.name=", r"run\.name: '' is not a run name"),
+    ("run.name=a/b", r"run\.name: 'a/b' is not a run name"),
+    ("run.name=..", r"run\.name: '\.\.' is not a run name"),
+    ("ppo.policy.optim.lr=.inf", r"ppo\.policy\.optim\.lr: must be a finite number, not inf"),
+    ("sft.optim.lr=.nan", r"sft\.optim\.lr: must be a finite number, not nan"),
+    ("ppo.critic.group.colocate_with=nobody", r"colocate_with='nobody': name another PPO role"),
+    ("ppo.critic.group.colocate_with=critic", r"colocate_with='critic': name another PPO role"),
+    ("sft.group.colocate_with=policy", r"sft\.group\.colocate_with: the sft stage runs one group"),
+    ("ppo.critic.group={colocate_with: policy, ranks: 2}", r"ppo\.critic has 2 ranks and ppo\.policy 1"),
 ])
-def test_bad_config_names_the_key(override, message):
-    with pytest.raises(ConfigError, match=message):
+def test_bad_config_names_the_key_and_the_override(override, message):
+    with pytest.raises(ConfigError, match=message) as e:
         load_config("demo", [override])
+    if "=" in override:  # every error names the override that caused it, not the preset file
+        assert f"override {override!r}" in str(e.value), str(e.value)
 
 
-def test_user_data_needs_a_tokenizer():
-    with pytest.raises(ConfigError, match="a user data set needs model.tokenizer, model.pretrained or model.bpe_vocab"):
-        load_config(None, ["sft.train_data=x.jsonl"])
+def test_errors_in_a_file_name_its_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft:\n  epochs: 2\n   batch_size: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3:14: YAML syntax error: mapping values are not allowed"):
+        load_config(str(bad))
+    bad.write_text("run:\n  name: x\nsft:\n  epochs: -2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad), ["sft.batch_size=0"])
+    assert "bad.yaml:4: sft.epochs: Input should be greater than or equal to 1" in str(e.value)
+    assert "override 'sft.batch_size=0': sft.batch_size: Input should be greater than or equal to 1" in str(e.value)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: the top level must be a mapping of sections"):
+        load_config(str(bad))
+    bad.write_bytes(b"run:\n  name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8 text"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match=r"override 'sft\.epochs=\[': the value is not valid YAML"):
+        load_config(None, ["sft.epochs=["])
+    with pytest.raises(ConfigError, match=r"override 'run\.name\.x=1': run\.name: Input should be a valid string"):
+        load_config(None, ["run.name.x=1"])
+
+
+@pytest.mark.parametrize("key", ["sft.train_data", "rm.eval_data", "ppo.prompts", "ppo.eval_prompts"])
+def test_user_text_needs_a_tokenizer(key):
+    with pytest.raises(ConfigError, match=f"override '{key}=x.jsonl': {key} is your own text, which needs a "
+                                          f"tokenizer that knows it: set model.pretrained"):
+        load_config(None, [f"{key}=x.jsonl"])
 
 
 def test_config_show_and_cli_error(capsys):
