@@ -35,13 +35,15 @@ def main() -> int:
     from parallel.host import ModelSource
     from parallel.mesh import GroupSpec
     from rlhf.coordinator import Roles, train_ppo
+    from rlhf.data import Prompt
     from rlhf.ppo_config import PPOConfig
     from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
 
     ppo = PPOConfig(steps=args.steps, prompts_per_step=ROLLOUTS, max_new_tokens=NEW_TOKENS, max_prompt_len=31,
                     temperature=1.0, ppo_epochs=1, minibatches=MINIBATCHES, normalize_scores=False, eval_every=10**9)
     with tempfile.TemporaryDirectory() as tmp:
-        tok, prompts, lm_dir, rm_dir = reference_setup(tmp)
+        tok, texts, lm_dir, rm_dir = reference_setup(tmp)
+        prompts = [Prompt(t) for t in texts]
         lm, rm = ModelSource(path=str(lm_dir)), ModelSource(path=str(rm_dir))
         n_updates = args.steps * ppo.minibatches
         specs = {"policy": (PolicyWorker, (lm, EngineConfig(), ppo.policy.optim, n_updates, 8)),

@@ -1,4 +1,9 @@
-"""`instructrl` command line: one config system shared by every subcommand."""
+"""`instructrl` command line: one config system shared by every subcommand.
+
+Every command reads and checks all its inputs (launcher/preflight.py) before it writes anything or
+starts a process. A user's mistake ends as one paragraph on stderr and exit status 2; with
+--verbose, workers' output and every library's log reach the terminal too.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,14 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from launcher.config import ConfigError, dump_config, load_config
 from launcher.reference import config_reference
 from models.errors import InputError
+
+QUIET = ("DeepSpeed", "deepspeed", "megatron", "ray", "transformers", "datasets", "wandb", "torch.distributed",
+         "urllib3", "filelock", "fsspec", "matplotlib", "PIL")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,15 +26,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     help_cfg = "preset name in configs/ or a YAML file"
     for name, text in [("demo", "the pipeline on the embedded default task (config 'demo')"),
-                       ("pipeline", "SFT → reward model → PPO"),
+                       ("pipeline", "SFT → reward model → PPO (the steps the config has data for)"),
                        ("sft", "step 1: supervised fine-tuning"),
                        ("rm", "step 2: reward model on ranked comparisons"),
-                       ("ppo", "step 3: PPO against the reward model"),
+                       ("ppo", "step 3: PPO against the reward model and reward functions"),
+                       ("check", "read and check every input of the pipeline; run nothing"),
                        ("data", "write the embedded task's data sets as JSONL")]:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", default="demo" if name == "demo" else None, help=help_cfg)
         s.add_argument("--ray-address", default=None,
                        help="join this Ray cluster (same as run.ray_address=...; else RAY_ADDRESS, else start one)")
+        s.add_argument("-v", "--verbose", action="store_true",
+                       help="show every rank's output and every library's log (else: in <run>/logs/)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.batch_size=16")
     show = sub.add_parser("config", help="print a resolved config").add_subparsers(dest="action", required=True)
     s = show.add_parser("show", help="print the resolved config of a preset")
@@ -35,10 +47,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def configure_logging(verbose: bool) -> None:
+    """Our progress at INFO; other libraries' at WARNING unless --verbose."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verbose:
+        os.environ["INSTRUCTRL_VERBOSE"] = "1"
+        logging.getLogger().setLevel(logging.DEBUG)
+        return
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Megatron-core's notice that it uses its own kernels: harmless, and said once per process.
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(getattr(args, "verbose", False))
     try:
         if args.command == "config" and args.action == "reference":
             print(config_reference(), end="")
@@ -50,25 +75,69 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(dump_config(cfg), end="")
             return 0
-        from launcher import pipeline, stages  # heavy imports only once the config is known to be valid
-
-        if args.command in ("demo", "pipeline"):
-            if args.command == "demo" and not cfg.uses_embedded_task:
-                raise ConfigError("the demo runs on the embedded task; use `instructrl pipeline` for your data")
-            pipeline.run_pipeline(cfg)
-        elif args.command == "ppo":
-            pipeline.run_ppo(cfg)
-        elif args.command == "sft":
-            print(stages.run_sft(cfg))
-        elif args.command == "rm":
-            print(stages.run_rm(cfg))
-        elif args.command == "data":
-            for name, path in stages.prepare_data(cfg).items():
-                print(f"{name}: {path}")
-    except (InputError, FileNotFoundError) as e:
+        run(args.command, cfg)
+    except InputError as e:
         print(f"instructrl: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("instructrl: interrupted", file=sys.stderr)
+        return 130
     return 0
+
+
+def run(command: str, cfg) -> None:
+    # Heavy imports only once the config is known to be valid.
+    from launcher import pipeline, preflight, stages
+    from rlhf.task import EmbeddedTask
+
+    if command == "demo" and not cfg.uses_embedded_task:
+        raise ConfigError("the demo runs on the embedded task; use `instructrl pipeline` for your data")
+    if command == "data":
+        if not cfg.uses_embedded_task:
+            raise ConfigError("`instructrl data` writes the embedded task; your config names your own files "
+                              "(check them with `instructrl check`)")
+        for name, path in EmbeddedTask(cfg.task).write(cfg.run.dir / "data").items():
+            print(f"{name}: {path}")
+        return
+    stage_list = preflight.stages_of("pipeline" if command == "check" else command, cfg)
+    inputs = preflight.check_inputs(cfg, stage_list)
+    if command == "check":
+        print(describe(cfg, inputs, stage_list))
+        return
+    stages.prepare_run(cfg, inputs, stage_list)
+    if command in ("demo", "pipeline"):
+        pipeline.run_pipeline(cfg, inputs, stage_list)
+    elif command == "ppo":
+        pipeline.print_summary(pipeline.summarize(cfg, pipeline.run_ppo(cfg, inputs)))
+    elif command == "sft":
+        out = stages.run_sft(cfg, inputs)
+        print("\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()))
+    elif command == "rm":
+        out = stages.run_rm(cfg, inputs)
+        print("\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()))
+
+
+def describe(cfg, inputs, stage_list: tuple[str, ...]) -> str:
+    """What `instructrl check` found: the steps, the data, the models, the functions."""
+    lines = [f"all inputs are readable and consistent; `instructrl pipeline` would run: {' → '.join(stage_list)}"]
+    if inputs.sft:
+        lines.append(f"  SFT: {len(inputs.sft[0])} train / {len(inputs.sft[1])} held-out demonstrations")
+    if inputs.rm:
+        lines.append(f"  RM: {len(inputs.rm[0])} train / {len(inputs.rm[1])} held-out rankings")
+    if inputs.prompts is not None:
+        fields = sorted({k for p in inputs.prompts for k in p.fields})
+        lines.append(f"  PPO: {len(inputs.prompts)} prompts (fields: {', '.join(fields) or 'none'}), "
+                     f"{len(inputs.eval_prompts)} held out for evaluation")
+    for role, path in inputs.models.items():
+        if path is not None:
+            lines.append(f"  {role}: {path}")
+    functions = [f.function for f in cfg.ppo.reward_functions]
+    lines.append(f"  reward: {'reward model ' + str(inputs.models['reward']) if inputs.models['reward'] else ''}"
+                 f"{' + ' if inputs.models['reward'] and functions else ''}{', '.join(functions)}")
+    gold = cfg.evaluation.gold_function
+    lines.append(f"  gold function: {gold.function if gold else 'none (no gold score)'}")
+    lines.append(f"  tokenizer: {type(inputs.tok).__name__}, {len(inputs.tok)} tokens")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,23 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
-    """Connect to (or start) Ray; returns the cluster's total resources."""
+    """Connect to (or start) Ray; returns the cluster's total resources.
+
+    Workers' output reaches the driver's terminal only with INSTRUCTRL_VERBOSE=1 (`--verbose`): the
+    ranks write it to their log files under the run directory (launcher/worker_group.py `Rank`).
+    """
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
+    verbose = os.environ.get("INSTRUCTRL_VERBOSE") == "1"
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=verbose, logging_level="INFO" if verbose else "WARNING")
         else:
             # "local": a fresh cluster for this job; without it Ray would join whatever cluster a past
             # `ray start` on this machine left recorded (even a dead one), which is not what was asked.
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose,
+                     logging_level="INFO" if verbose else "WARNING")
     return ray.cluster_resources()
 
 

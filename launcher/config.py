@@ -19,6 +19,8 @@ from launcher.tracking import WandbConfig
 from models.config import PRESETS, ModelConfig, check_tp_shape, preset
 from models.errors import InputError
 from parallel.mesh import GroupSpec
+from rlhf.data import DataConfig
+from rlhf.evaluate import EvalConfig
 from rlhf.ppo_config import PPOConfig
 from rlhf.reward_model import RMConfig
 from rlhf.sft import SFTConfig
@@ -90,21 +92,13 @@ class ModelSpec(BaseModel):
                 from None
 
 
-class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_new_tokens: int = Field(16, ge=1)  # response length of held-out evaluations
-    temperature: float = Field(1.0, ge=0)  # sampling temperature of held-out evaluations (0: greedy)
-    max_prompt_len: int = Field(48, ge=1)  # prompt truncation of held-out evaluations
-    samples_per_prompt: int = Field(1, ge=1)  # responses sampled per held-out prompt (more: a smaller standard error)
-
-
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run: RunConfig = RunConfig()
     wandb: WandbConfig = WandbConfig()
     model: ModelSpec = ModelSpec()
+    data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()
@@ -119,6 +113,10 @@ class Config(BaseModel):
                              f"model.pretrained (a checkpoint with its tokenizer), model.tokenizer, or "
                              f"model.bpe_vocab (train a BPE on your data); the embedded word tokenizer only "
                              f"knows the embedded task's words")
+        if self.ppo.reward_model == "auto" and not self.uses_embedded_task and self.rm.train_data is None:
+            raise ValueError("ppo.reward_model: 'auto' is this run's reward model, and there is no rm.train_data to "
+                             "train one: give comparisons (rm.train_data), a reward model checkpoint "
+                             "(ppo.reward_model=<dir>), or ppo.reward_model=null with ppo.reward_functions")
         if self.run.backend == "local":
             for name, spec in self.groups.items():
                 if spec.ranks != 1:
@@ -176,6 +174,16 @@ class Config(BaseModel):
     @property
     def uses_embedded_task(self) -> bool:
         return self.sft.train_data is None and self.rm.train_data is None and self.ppo.prompts is None
+
+    @property
+    def runs_sft(self) -> bool:
+        """This run fine-tunes its policy (step 1): it has demonstrations, the embedded task's or the user's."""
+        return self.uses_embedded_task or self.sft.train_data is not None
+
+    @property
+    def trains_rm(self) -> bool:
+        """This run trains its reward model (step 2): PPO uses ppo.reward_model=auto."""
+        return self.ppo.reward_model == "auto"
 
     @property
     def user_files(self) -> dict[str, str | None]:

@@ -1,4 +1,10 @@
-"""Step 3 (PPO) with its four worker groups, and the whole pipeline SFT → RM → PPO (`make demo`)."""
+"""Step 3 (PPO) with its four worker groups, and the whole pipeline SFT → RM → PPO (`make demo`).
+
+Every evaluation measures the policy on the held-out prompts with what the run has: the gold
+function, the reward role (the score PPO optimises and its parts), the reference (KL). With a gold
+function the proxy and gold scores are also drawn against √KL after each evaluation (Gao et al.
+2022): the curves that show when the policy starts to exploit its reward.
+"""
 
 from __future__ import annotations
 
@@ -9,38 +15,36 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from launcher.config import Config, save_config
-from launcher.stages import (
-    build_tokenizer,
-    checkpoint_source,
-    evaluate_gold,
-    prepare_data,
-    record_placement,
-    run_rm,
-    run_sft,
-)
+from launcher.config import Config
+from launcher.plots import plot_overoptimization
+from launcher.preflight import Inputs, read_stats
+from launcher.stages import checkpoint_source, log_evaluation, record_placement, run_rm, run_sft
 from launcher.tracking import Tracker
 from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
 from rlhf.coordinator import Roles, train_ppo
-from rlhf.data import load_prompts
-from rlhf.evaluate import GoldEval
-from rlhf.reward_model import read_reward_stats
+from rlhf.evaluate import Judges, evaluate_policy
 from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
 
 log = logging.getLogger("instructrl")
 ROLES = ("policy", "reference", "critic", "reward")
 
 
-def role_specs(cfg: Config, policy: Path, reward: Path, critic: Path, n_updates: int) -> dict:
-    """(worker class, group spec, constructor args) of each role."""
+def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> dict:
+    """(worker class, group spec, constructor args, kwargs) of each role. Without a reward model the
+    reward ranks only run the reward functions: they ask for no GPU."""
     p = cfg.ppo
     src = partial(checkpoint_source, cfg)
     micro = max(1, p.prompts_per_step // p.minibatches)
+    functions = tuple(f.resolved(Path.cwd()) for f in p.reward_functions)
+    reward_group = p.reward.group if models["reward"] else p.reward.group.model_copy(update={"gpus_per_rank": 0.0})
+    reward_source = src(models["reward"]) if models["reward"] else None
     return {
-        "policy": (PolicyWorker, p.policy.group, (src(policy), p.policy.engine, p.policy.optim, n_updates, micro), {}),
-        "reference": (ReferenceWorker, p.reference.group, (src(policy), p.reference.engine), {}),
-        "critic": (CriticWorker, p.critic.group, (src(critic), p.critic.engine, p.critic.optim, n_updates, micro), {}),
-        "reward": (RewardWorker, p.reward.group, (src(reward), p.reward.engine), {}),
+        "policy": (PolicyWorker, p.policy.group, (src(models["policy"]), p.policy.engine, p.policy.optim, n_updates,
+                                                  micro), {}),
+        "reference": (ReferenceWorker, p.reference.group, (src(models["policy"]), p.reference.engine), {}),
+        "critic": (CriticWorker, p.critic.group, (src(models["critic"]), p.critic.engine, p.critic.optim, n_updates,
+                                                  micro), {}),
+        "reward": (RewardWorker, reward_group, (reward_source, p.reward.engine, functions, str(Path.cwd())), {}),
     }
 
 
@@ -57,7 +61,7 @@ def start_roles(cfg: Config, specs: dict):
     from launcher.cluster import init_ray
 
     init_ray(cfg.run.ray_address)
-    groups = build_groups(specs, name_prefix=f"{cfg.run.name}-")
+    groups = build_groups(specs, name_prefix=f"{cfg.run.name}-", log_dir=cfg.run.dir / "logs")
     try:
         yield Roles(**groups)
     finally:
@@ -68,36 +72,36 @@ def checkpoint_paths(root: Path) -> dict[str, Path]:
     return {"policy": root / "policy", "critic": root / "critic", "state": root / "coordinator.json"}
 
 
-def run_ppo(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
-    """Step 3 on four groups. Returns the held-out gold scores of the SFT and PPO policies (embedded
-    task), the final KL, and where the models and logs are."""
-    data = data or prepare_data(cfg)
-    save_config(cfg, cfg.run.dir)
-    tok = tok or build_tokenizer(cfg, data)
-    p, run_dir = cfg.ppo, cfg.run.dir
-    policy_dir = Path(p.policy_init) if p.policy_init else run_dir / "sft"
-    reward_dir = Path(p.reward_init) if p.reward_init else run_dir / "rm"
-    critic_dir = Path(p.critic_init) if p.critic_init else reward_dir
-    for what, path in (("policy", policy_dir), ("reward", reward_dir), ("critic", critic_dir)):
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path}: no {what} model (run the earlier stages or set ppo.{what}_init)")
-    prompts = load_prompts(data["ppo_train"])
-    eval_prompts = load_prompts(data["ppo_eval"]) if "ppo_eval" in data else []
-    has_gold = cfg.uses_embedded_task
+def run_ppo(cfg: Config, inputs: Inputs) -> dict:
+    """Step 3 on four groups. Returns every evaluation's metrics by step, the final training metrics,
+    and where the models, logs and plots are."""
+    p, run_dir, tok, models = cfg.ppo, cfg.run.dir, inputs.tok, inputs.models
+    stats = inputs.reward_stats
+    if stats is None and models["reward"] is not None and p.normalize_scores:  # trained by this run's step 2
+        stats = read_stats(models["reward"])
     out_dir = run_dir / "ppo"
     tracker = Tracker(out_dir, f"{cfg.run.name}-ppo", cfg.wandb, cfg.model_dump(mode="json"), "ppo",
-                      group=cfg.run.name)
-    stats = read_reward_stats(reward_dir) if p.normalize_scores else None
+                      group=cfg.run.name, resume=inputs.resume is not None)
     n_updates = p.steps * p.ppo_epochs * p.minibatches
-    gold: dict[int, GoldEval] = {}
-    log.info("PPO: %d steps × %d prompts; policy %s, reward %s, critic %s", p.steps, p.prompts_per_step,
-             policy_dir, reward_dir, critic_dir)
-    with start_roles(cfg, role_specs(cfg, policy_dir, reward_dir, critic_dir, n_updates)) as roles:
-        record_placement(out_dir, {r: getattr(roles, r) for r in ("policy", "reference", "critic", "reward")})
+    evaluations: dict[int, dict] = {}
+    log.info("PPO: %d steps × %d rollouts; policy %s, reward %s (+ %d function(s)), critic %s", p.steps,
+             p.prompts_per_step, models["policy"], models["reward"], len(p.reward_functions), models["critic"])
+    with start_roles(cfg, role_specs(cfg, models, n_updates)) as roles:
+        record_placement(out_dir, {r: getattr(roles, r) for r in ROLES})
+        judges = Judges(gold=inputs.gold, reward=roles.reward, reference=roles.reference, weights=p.score_weights,
+                        rm_stats=stats if p.normalize_scores else None, clip=p.score_clip)
 
         def evaluate(step: int) -> None:
-            if has_gold and eval_prompts:
-                gold[step] = evaluate_gold(cfg, roles.policy, tok, eval_prompts, tracker, step)
+            if not inputs.eval_prompts:
+                return
+            ev = evaluate_policy(roles.policy, tok, inputs.eval_prompts, cfg.evaluation, judges, cfg.run.seed)
+            if "eval/kl" in ev.metrics:
+                ev.metrics["eval/sqrt_kl"] = math.sqrt(max(ev.metrics["eval/kl"], 0.0))
+            log_evaluation(tracker, ev, step)
+            evaluations[step] = ev.metrics
+            if inputs.gold is not None and len(evaluations) > 1:
+                plot = plot_overoptimization(evaluations, out_dir / "overoptimization.png")
+                tracker.image("eval/overoptimization", plot, step)
 
         def checkpoint(step: int, state: dict) -> None:
             paths = checkpoint_paths(out_dir / f"checkpoint-{step}")
@@ -105,56 +109,80 @@ def run_ppo(cfg: Config, data: dict[str, Path] | None = None, tok=None) -> dict:
             roles.critic.broadcast(CriticWorker.save_state, str(paths["critic"]), state).get()
             paths["state"].write_text(json.dumps(state))
 
-        start = None
-        if p.resume:
+        if inputs.resume:
             paths = checkpoint_paths(Path(p.resume))
-            start = json.loads(paths["state"].read_text())
             roles.policy.broadcast(PolicyWorker.load_state, str(paths["policy"])).get()
             roles.critic.broadcast(CriticWorker.load_state, str(paths["critic"])).get()
             roles.policy.broadcast(PolicyWorker.sync_generation).get()
-            log.info("PPO: resumed from %s at step %d", p.resume, start["step"])
-        metrics = train_ppo(roles, tok, prompts, p, tracker.log, stats, evaluate, checkpoint, start)
+            log.info("PPO: resumed from %s at step %d", p.resume, inputs.resume["step"])
+        metrics = train_ppo(roles, tok, inputs.prompts, p, tracker.log, stats, evaluate, checkpoint, inputs.resume)
         roles.policy.broadcast(PolicyWorker.export, str(out_dir / "policy")).get()
         tok.save_pretrained(out_dir / "policy")
         info = {role: getattr(roles, role).info for role in ROLES}
     tracker.finish()
-    return {"gold": gold, "final_kl": metrics.get("kl/sequence"), "final_metrics": metrics,
+    plot = out_dir / "overoptimization.png"
+    return {"evaluations": evaluations, "final_kl": metrics.get("kl/sequence"), "final_metrics": metrics,
             "policy_model": str(out_dir / "policy"), "metrics_file": str(tracker.metrics_path),
-            "wandb_dir": str(out_dir / "wandb"), "ranks": info}
+            "plot": str(plot) if plot.exists() else None, "wandb_dir": str(out_dir / "wandb"), "ranks": info}
 
 
-def run_pipeline(cfg: Config) -> dict:
-    """SFT → reward model → PPO in one run directory; ends with a summary."""
-    data = prepare_data(cfg)
-    tok = build_tokenizer(cfg, data)
-    sft = run_sft(cfg, data, tok)
-    rm = run_rm(cfg, data, tok)
-    ppo = run_ppo(cfg, data, tok)
-    gold = ppo["gold"]
-    first, last = gold.get(0), gold[max(gold)] if gold else None
-    summary = {
-        "sft_gold_score": first.mean if first else None, "sft_gold_stderr": first.stderr if first else None,
-        "ppo_gold_score": last.mean if last else None, "ppo_gold_stderr": last.stderr if last else None,
-        "final_kl": ppo["final_kl"], "sft_eval_loss": sft["eval/loss"], "rm_eval_accuracy": rm["eval/accuracy"],
-        "models": {"sft": sft["model"], "reward": rm["model"], "policy": ppo["policy_model"]},
-        "metrics": [sft["metrics_file"], rm["metrics_file"], ppo["metrics_file"]],
-        "wandb": f"wandb sync {cfg.run.dir}/*/wandb/offline-run-*",
-    }
+def run_pipeline(cfg: Config, inputs: Inputs, stages: tuple[str, ...]) -> dict:
+    """SFT → reward model → PPO in one run directory (the steps this config has); ends with a summary."""
+    sft = run_sft(cfg, inputs) if "sft" in stages else None
+    rm = run_rm(cfg, inputs) if "rm" in stages else None
+    ppo = run_ppo(cfg, inputs)
+    summary = summarize(cfg, ppo, sft, rm)
     (cfg.run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     return summary
 
 
+def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None = None) -> dict:
+    """The start (PPO step 0: the SFT policy) against the final policy on every evaluation metric."""
+    evals = ppo["evaluations"]
+    first, last = (evals[min(evals)], evals[max(evals)]) if evals else ({}, {})
+    models = {"sft": sft["model"] if sft else None, "reward": rm["model"] if rm else cfg.ppo.reward_model,
+              "policy": ppo["policy_model"]}
+    return {
+        "start": first, "final": last, "final_step": max(evals) if evals else None,
+        "sft_gold_score": first.get("eval/gold_score"), "sft_gold_stderr": first.get("eval/gold_stderr"),
+        "ppo_gold_score": last.get("eval/gold_score"), "ppo_gold_stderr": last.get("eval/gold_stderr"),
+        "final_kl": ppo["final_kl"], "sft_eval_loss": sft["eval/loss"] if sft else None,
+        "rm_eval_accuracy": rm["eval/accuracy"] if rm else None,
+        "models": models, "plot": ppo["plot"],
+        "metrics": [x["metrics_file"] for x in (sft, rm, ppo) if x],
+        "wandb": f"wandb sync {cfg.run.dir}/*/wandb/offline-run-*",
+    }
+
+
 def print_summary(s: dict) -> None:
-    print("\n== instructrl pipeline summary ==")
-    if s["sft_gold_score"] is not None:
-        gain = s["ppo_gold_score"] - s["sft_gold_score"]
-        noise = math.hypot(s["sft_gold_stderr"], s["ppo_gold_stderr"])
-        print(f"held-out gold score   SFT policy: {s['sft_gold_score']:.3f} ± {s['sft_gold_stderr']:.3f}   "
-              f"PPO policy: {s['ppo_gold_score']:.3f} ± {s['ppo_gold_stderr']:.3f}   "
-              f"gain {gain:+.3f} ({gain / noise if noise else float('inf'):.1f} standard errors)")
-    print(f"final KL(PPO ‖ SFT) per sequence: {s['final_kl']:.3f}")
-    print(f"SFT eval loss: {s['sft_eval_loss']:.3f}   reward model held-out pair accuracy: {s['rm_eval_accuracy']:.3f}")
+    print("\n== instructrl summary ==")
+    start, final = s["start"], s["final"]
+    if not final:
+        print("no held-out evaluation (give ppo.eval_prompts, or enough ppo.prompts to hold some out)")
+    else:
+        print(f"held-out evaluation, start policy (PPO step 0) → final policy (step {s['final_step']}):")
+        for key in final:
+            if key in ("eval/gold_stderr", "eval/sqrt_kl"):
+                continue
+            name = key.removeprefix("eval/")
+            if key == "eval/gold_score":
+                a, b = start[key], final[key]
+                sa, sb = start["eval/gold_stderr"], final["eval/gold_stderr"]
+                noise = math.hypot(sa, sb)
+                gain = f"gain {b - a:+.3f} ({(b - a) / noise if noise else float('inf'):.1f} standard errors)"
+                print(f"  held-out gold score  {a:.3f} ± {sa:.3f}  →  {b:.3f} ± {sb:.3f}   {gain}")
+            elif key in start:
+                print(f"  {name:<20}  {start[key]:.4g}  →  {final[key]:.4g}")
+    if s["final_kl"] is not None:
+        print(f"final KL(PPO ‖ SFT) per sequence, training batch: {s['final_kl']:.3f}")
+    if s["sft_eval_loss"] is not None:
+        print(f"SFT eval loss: {s['sft_eval_loss']:.3f}")
+    if s["rm_eval_accuracy"] is not None:
+        print(f"reward model held-out pair accuracy: {s['rm_eval_accuracy']:.3f}")
     for name, path in s["models"].items():
-        print(f"{name} model (HF format): {path}")
+        if path:
+            print(f"{name} model: {path}")
+    if s["plot"]:
+        print(f"over-optimisation plot (gold and proxy score against √KL): {s['plot']}")
     print(f"metrics: {', '.join(s['metrics'])}\nW&B (offline): {s['wandb']}")

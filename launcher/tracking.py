@@ -37,13 +37,14 @@ class Tracker:
     """Logs flat metric dicts at a step to W&B and to <run_dir>/metrics.jsonl."""
 
     def __init__(self, run_dir: str | Path, name: str, cfg: WandbConfig, config: dict, job_type: str,
-                 group: str | None = None):
+                 group: str | None = None, resume: bool = False):
         import wandb
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._file = open(self.metrics_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in finish)
+        # A resumed stage appends: the history before the checkpoint stays in the file.
+        self._file = open(self.metrics_path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115 (finish)
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=name, group=cfg.group or group or name,
                               job_type=job_type, config=config, dir=str(self.run_dir), mode=cfg.resolved_mode(),
                               reinit="create_new",
@@ -58,6 +59,11 @@ class Tracker:
         import wandb
 
         self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def image(self, key: str, path: Path, step: int) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Image(str(path))}, step=step)
 
     @property
     def wandb_dir(self) -> str | None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.errors import InputError
 from parallel.mesh import GroupSpec, init_mesh
 
 # ---------------------------------------------------------------- batches across data-parallel ranks
@@ -63,6 +66,19 @@ def merge_outputs(outputs: list[Any]) -> Any:
     raise TypeError(f"cannot merge outputs of type {type(first).__name__}")
 
 
+def ray_get(refs):
+    """ray.get that hands a user's error from a rank (a failing reward function, a bad checkpoint) to
+    the caller as itself, so the CLI prints its one paragraph instead of a remote traceback."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(getattr(e, "cause", None), InputError):
+            raise e.cause from None
+        raise
+
+
 class Handle:
     """A pending group call; `get()` waits and returns the merged result (map) or one per rank (broadcast)."""
 
@@ -78,9 +94,22 @@ class Handle:
 # ---------------------------------------------------------------- one rank
 
 class Rank:
-    """The body of every rank: joins the group's mesh, then hosts one worker object."""
+    """The body of every rank: joins the group's mesh, then hosts one worker object.
 
-    def __init__(self, rank: int, world_size: int, tp_size: int, num_threads: int, use_gpu: bool = False):
+    With a log file, everything the process prints (Python and C++ alike: DeepSpeed's and Megatron's
+    notices, warnings, NCCL/gloo messages) goes there instead of the driver's terminal, where N ranks
+    would repeat each line N times.
+    """
+
+    def __init__(self, rank: int, world_size: int, tp_size: int, num_threads: int, use_gpu: bool = False,
+                 log_file: str | None = None):
+        if log_file:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+                os.dup2(fd, stream.fileno())
+            os.close(fd)
         self.rank, self.world_size, self.tp_size, self.use_gpu = rank, world_size, tp_size, use_gpu
         torch.set_num_threads(max(1, num_threads))
         self.worker = None
@@ -141,7 +170,8 @@ class LocalGroup:
 class RayGroup:
     """`spec.ranks` Ray actors, one process each, placed on the bundles of a placement group."""
 
-    def __init__(self, name: str, worker_cls: type, spec: GroupSpec, placement, *args, **kwargs):
+    def __init__(self, name: str, worker_cls: type, spec: GroupSpec, placement, args: tuple = (),
+                 kwargs: dict | None = None, log_dir: str | Path | None = None):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -154,38 +184,33 @@ class RayGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=placement,
                                                                      placement_group_bundle_index=r),
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
-            ).remote(r, spec.ranks, spec.tp_size, threads, spec.gpus_per_rank > 0)
+            ).remote(r, spec.ranks, spec.tp_size, threads, spec.gpus_per_rank > 0,
+                     str(Path(log_dir).resolve() / f"{name}-rank{r}.log") if log_dir else None)
             for r in range(spec.ranks)
         ]
         master = ray.get(self.actors[0].address.remote())
         # Setup (joining the process group, building and loading the model) runs in the background,
         # so several groups load at once; `info` or the first call waits for it.
-        self._setup = [a.setup.remote(master, worker_cls, args, kwargs) for a in self.actors]
+        self._setup = [a.setup.remote(master, worker_cls, args, kwargs or {}) for a in self.actors]
         self._info = None
         self.dp_of_rank = _dp_layout(spec.ranks, spec.tp_size)
 
     @property
     def info(self) -> list[dict]:
-        import ray
-
         if self._info is None:
-            self._info = ray.get(self._setup)
+            self._info = ray_get(self._setup)
         return self._info
 
     def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
-        import ray
-
         parts = split_batch(batch, self.spec.ranks // self.spec.tp_size)
         refs = [a.execute.remote(fn, (parts[self.dp_of_rank[r]], *args), kwargs) for r, a in enumerate(self.actors)]
         # TP peers return the same result; keep the first rank of each data-parallel slot.
         keep = [r for r in range(self.spec.ranks) if r % self.spec.tp_size == 0]
-        return Handle(lambda: merge_outputs([v for r, v in enumerate(ray.get(refs)) if r in keep]))
+        return Handle(lambda: merge_outputs([v for r, v in enumerate(ray_get(refs)) if r in keep]))
 
     def broadcast(self, fn: Callable, *args, **kwargs) -> Handle:
-        import ray
-
         refs = [a.execute.remote(fn, args, kwargs) for a in self.actors]
-        return Handle(lambda: ray.get(refs))
+        return Handle(lambda: ray_get(refs))
 
     def shutdown(self) -> None:
         import ray
@@ -195,9 +220,11 @@ class RayGroup:
         self.actors = []
 
 
-def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_prefix: str = "") -> dict[str, RayGroup]:
+def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_prefix: str = "",
+                 log_dir: str | Path | None = None) -> dict[str, RayGroup]:
     """Place and start one RayGroup per role. A role with `colocate_with` shares the bundles of the
-    named role (rank i on bundle i), so colocated roles split each bundle's CPUs/GPUs between them."""
+    named role (rank i on bundle i), so colocated roles split each bundle's CPUs/GPUs between them.
+    With log_dir, each rank writes its output to <log_dir>/<name>-rank<i>.log."""
     from launcher.cluster import check_capacity, make_placement, release
 
     anchors = {}
@@ -221,7 +248,7 @@ def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_pre
     groups = {}
     try:
         for role, (cls, spec, args, kwargs) in roles.items():
-            groups[role] = RayGroup(f"{name_prefix}{role}", cls, spec, placements[anchors[role]], *args, **kwargs)
+            groups[role] = RayGroup(f"{name_prefix}{role}", cls, spec, placements[anchors[role]], args, kwargs, log_dir)
         for group in groups.values():
             group.info  # noqa: B018 — wait until every group has loaded its model; errors surface here
     except BaseException:

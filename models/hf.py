@@ -14,11 +14,20 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from pydantic import ValidationError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from models.attention import AttentionImpl, attention
 from models.config import ModelConfig
+from models.errors import InputError
 from models.heads import CausalLM, ScoreModel
+
+HEADS = ("lm_head.weight", "score.weight")  # the LM head and the scalar (reward/value) head
+
+
+class CheckpointError(InputError):
+    """A checkpoint directory cannot be used; the message names the file and what is wrong with it."""
 
 # transformers class-name prefix of each Llama-style family (XForCausalLM, XForSequenceClassification).
 LLAMA_STYLE = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
@@ -206,10 +215,88 @@ def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_hf_config(path: str | Path) -> ModelConfig:
-    file = Path(path) / "config.json"
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: not found; expected a transformers checkpoint directory")
-    return config_from_hf(json.loads(file.read_text()), str(file))
+    """The model config of a checkpoint directory; every problem a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: {'not a directory' if path.exists() else 'no such directory'}; expected a "
+                              f"transformers checkpoint directory (config.json + model.safetensors)")
+    file = path / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: not found; expected a transformers checkpoint directory "
+                              f"(config.json + model.safetensors)")
+    try:
+        hf = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        line = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise CheckpointError(f"{file}{line}: not valid JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{file}: expected a JSON object of config fields")
+    try:
+        return config_from_hf(hf, str(file))
+    except KeyError as e:
+        raise CheckpointError(f"{file}: field {e} is missing") from None
+    except (ValidationError, ValueError, TypeError) as e:
+        detail = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e).removeprefix(f"{file}: ")
+        raise CheckpointError(f"{file}: {detail}") from None
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape of every weight file of a checkpoint, from the safetensors headers alone."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
+    elif (path / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    elif (path / "pytorch_model.bin").exists():
+        try:
+            state = torch.load(path / "pytorch_model.bin", map_location="meta", weights_only=True, mmap=True)
+        except Exception as e:  # a damaged zip or pickle raises one of many types
+            raise CheckpointError(f"{path / 'pytorch_model.bin'}: cannot be read ({type(e).__name__}: {e})") from None
+        return {k: tuple(v.shape) for k, v in state.items()}
+    else:
+        raise CheckpointError(f"{path}: no model.safetensors, sharded index or pytorch_model.bin")
+    shapes = {}
+    for name in files:
+        try:
+            with safe_open(path / name, "pt") as f:
+                shapes |= {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path / name}: a truncated or corrupt safetensors file ({e})") from None
+    return shapes
+
+
+def inspect_checkpoint(path: str | Path) -> tuple[ModelConfig, set[str]]:
+    """Config and heads ("lm_head.weight", "score.weight") of a checkpoint, checked tensor by tensor
+    against its config from the file headers alone: a missing, unexpected or misshapen weight is a
+    CheckpointError naming it, raised before any process loads the model."""
+    path = Path(path)
+    cfg = read_hf_config(path)
+    pre = _prefix(cfg.arch)
+    found = {k.removeprefix(pre): v for k, v in _weight_shapes(path).items()}
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+    expected = {k.removeprefix(pre): tuple(v.shape) for k, v in
+                to_hf_state_dict(cfg, dict(model.state_dict())).items() if k not in HEADS}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected) - set(HEADS))
+    wrong = [f"{k} {found[k]} (config: {expected[k]})" for k in sorted(set(expected) & set(found))
+             if found[k] != expected[k]]
+    heads = {k for k in HEADS if k in found}
+    if "score.weight" in heads and found["score.weight"] != (1, cfg.d_model):
+        wrong.append(f"score.weight {found['score.weight']} (a scalar head needs (1, {cfg.d_model}))")
+    if "lm_head.weight" in heads and found["lm_head.weight"] != (cfg.vocab_size, cfg.d_model):
+        wrong.append(f"lm_head.weight {found['lm_head.weight']} (config: {(cfg.vocab_size, cfg.d_model)})")
+    problems = [f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"] * bool(
+        missing) + [f"wrong shapes: {'; '.join(wrong[:3])}"] * bool(wrong) + [
+        f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"] * bool(
+        unexpected)
+    if problems:
+        raise CheckpointError(f"{path}: the weights do not fit its config.json: {'; '.join(problems)}")
+    return cfg, heads
+
 
 
 def load_pretrained(path: str | Path, kind: str = "lm", dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -224,8 +311,8 @@ def load_pretrained(path: str | Path, kind: str = "lm", dtype: torch.dtype = tor
     if kind == "lm" and not cfg.tied and "lm_head.weight" not in state:
         raise ValueError(f"{path}: untied model has no lm_head.weight (is it a sequence-classification checkpoint?)")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    unexpected = [k for k in unexpected if k not in ("lm_head.weight", "score.weight")]
-    missing = [k for k in missing if k not in ("score.weight", "lm_head.weight")]
+    unexpected = [k for k in unexpected if k not in HEADS]
+    missing = [k for k in missing if k not in HEADS]
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not fit the config: missing {missing}, unexpected {unexpected}")
     return model.to(dtype)

@@ -6,10 +6,13 @@ deepspeed, megatron or ray.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from models.errors import InputError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
@@ -46,15 +49,41 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenize
     return tok
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """A tokenizer saved with `save_pretrained`, from disk only. Ensures a pad token (EOS if none)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: tokenizer directory not found")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    if tok.eos_token is None:
-        raise ValueError(f"{path}: tokenizer has no EOS token; responses could never end")
+        raise InputError(f"{path}: tokenizer directory {'is not a directory' if path.exists() else 'not found'}")
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise InputError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json, ...); "
+                         f"save one with tokenizer.save_pretrained({str(path)!r})")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # transformers and tokenizers raise many types for one cause: unreadable files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path}: the tokenizer cannot be loaded ({type(e).__name__}: {first}); the files are "
+                         f"damaged or from an unsupported tokenizer") from None
+    if tok.eos_token is None or tok.eos_token_id is None:
+        raise InputError(f"{path}: the tokenizer has no EOS token, so a response could never end; set "
+                         f"eos_token in its tokenizer_config.json (or special_tokens_map.json)")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
+
+
+def chat_prompt(tok: PreTrainedTokenizerBase, prompt: str) -> str:
+    """`prompt` as the model's chat template renders a user turn plus the assistant's opening; an
+    Anthropic HH-RLHF transcript ("\n\nHuman: ... \n\nAssistant: ...") becomes its turns."""
+    turns = re.split(r"\n\n(Human|Assistant):", prompt) if prompt.startswith("\n\nHuman:") else None
+    if turns:
+        roles = {"Human": "user", "Assistant": "assistant"}
+        messages = [{"role": roles[r], "content": c.strip()} for r, c in zip(turns[1::2], turns[2::2], strict=True)]
+        if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+            messages.pop()  # the transcript ends with the assistant's turn to speak
+    else:
+        messages = [{"role": "user", "content": prompt}]
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -14,12 +14,10 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from models.config import ModelConfig, check_tp_shape
 from models.heads import CausalLM, ScoreModel
-from models.hf import from_hf_state_dict, read_hf_config, read_hf_weights, save_pretrained
+from models.hf import HEADS, from_hf_state_dict, read_hf_config, read_hf_weights, save_pretrained
 from models.transformer import LocalBackend
 from parallel.engine import EngineConfig, OptimConfig, TorchEngine
 from parallel.mesh import Mesh, tp_slice
-
-HEADS = ("lm_head.weight", "score.weight")
 
 
 class ModelSource(BaseModel):

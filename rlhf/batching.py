@@ -41,6 +41,15 @@ def encode_prompt(tok, prompt: str, max_len: int) -> list[int]:
     return tok(prompt, add_special_tokens=False)["input_ids"][-max_len:]
 
 
+def decode_responses(tok, responses: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Response texts (B,) from token ids (B, R), without EOS and padding."""
+    texts = []
+    for row, keep in zip(responses, response_mask, strict=True):
+        tokens = [t for t in row[keep].tolist() if t != tok.eos_token_id]
+        texts.append(tok.decode(tokens, skip_special_tokens=True))
+    return texts
+
+
 @dataclass
 class LMBatch:
     input_ids: torch.Tensor  # (B, T) long, right-padded

@@ -3,7 +3,8 @@ the four roles are worker groups it calls with `map`/`broadcast`.
 
 One step: generate → score (reference, critic, reward and the policy's own log-probs in parallel)
 → shape rewards, GAE, whiten → minibatch updates of policy and critic → sync the generation path
-→ log, evaluate, checkpoint.
+→ log, evaluate, checkpoint. The reward role returns the score's parts (reward model, each reward
+function); they are weighed and summed here, with the rest of the reward shaping.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from models.generation import Generation, SamplingParams
 from rlhf.algo.masked import masked_mean, masked_whiten
-from rlhf.algo.ppo import KLController, compute_gae, kl_k1, kl_k3, leave_one_out, normalize_scores, shape_rewards
+from rlhf.algo.ppo import KLController, combine_scores, compute_gae, kl_k1, kl_k3, leave_one_out, shape_rewards
 from rlhf.algo.rollout import Rollout
-from rlhf.batching import LMBatch, encode_prompt
+from rlhf.batching import LMBatch, decode_responses, encode_prompt
+from rlhf.data import Prompt, fields_of
+from rlhf.guards import check_finite
 from rlhf.ppo_config import PPOConfig
-from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker
+from rlhf.progress import progress
+from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker, ScoreBatch
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -49,15 +52,15 @@ class PhaseTimer:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
-def prompt_batch(prompts: list[list[int]], step: int, size: int, seed: int, repeat: int = 1) -> list[list[int]]:
-    """The prompts of `step` (each `repeat` times in a row): epochs of seeded shuffles, so a resumed
-    run sees the same sequence."""
+def prompt_batch(n_prompts: int, step: int, size: int, seed: int, repeat: int = 1) -> list[int]:
+    """Indices of the prompts of `step` (each `repeat` times in a row): epochs of seeded shuffles, so a
+    resumed run sees the same sequence."""
     out, start = [], step * size
     for i in range(start, start + size):
-        epoch, pos = divmod(i, len(prompts))
-        order = list(range(len(prompts)))
+        epoch, pos = divmod(i, n_prompts)
+        order = list(range(n_prompts))
         random.Random(seed * 100_003 + epoch).shuffle(order)
-        out += [prompts[order[pos]]] * repeat
+        out += [order[pos]] * repeat
     return out
 
 
@@ -68,28 +71,39 @@ def generate(roles: Roles, tok, prompts: list[list[int]], cfg: PPOConfig, seed: 
                             seed).get()
 
 
-def score(roles: Roles, gen: Generation, temperature: float) -> Rollout:
-    """Old and reference log-probs, values and scores of one rollout, computed by four groups at once.
+def score_batch(tok, gen: Generation, prompts: list[Prompt], with_text: bool) -> ScoreBatch:
+    """The reward role's input: sequences for the reward model, and (with_text: for reward functions)
+    the prompts' and responses' text and the prompts' fields."""
+    r = Rollout(gen.sequences, gen.attention_mask, gen.response_mask, gen.prompt_len, gen_logprobs=gen.logprobs)
+    if not with_text:
+        return ScoreBatch(r, [], [])
+    return ScoreBatch(r, [p.text for p in prompts], decode_responses(tok, gen.responses, gen.response_mask),
+                      fields_of(prompts))
+
+
+def score(roles: Roles, batch: ScoreBatch, temperature: float) -> tuple[Rollout, dict[str, torch.Tensor]]:
+    """Old and reference log-probs, values and the score's parts of one rollout, from four groups at once.
 
     old_logprobs are recomputed by the training path although sampling recorded them: the ratio in
     the PPO loss must start at exactly 1 under the weights that will be trained, and comparing the two
     (check/logprob_gap_max) catches any train/inference mismatch the moment it appears."""
-    r = Rollout(gen.sequences, gen.attention_mask, gen.response_mask, gen.prompt_len, gen_logprobs=gen.logprobs)
+    r = batch.rollout
     handles = (roles.policy.map(PolicyWorker.logprobs, r, temperature),
                roles.reference.map(ReferenceWorker.logprobs, r, temperature),
                roles.critic.map(CriticWorker.values, r),
-               roles.reward.map(RewardWorker.scores, r))
-    r.old_logprobs, r.ref_logprobs, r.values, r.scores = (h.get() for h in handles)
-    return r
+               roles.reward.map(RewardWorker.scores, batch))
+    r.old_logprobs, r.ref_logprobs, r.values, components = (h.get() for h in handles)
+    return r, components
 
 
-def shape(r: Rollout, cfg: PPOConfig, kl_coef: float, stats: dict | None) -> dict[str, float]:
-    """Fill rewards, advantages and returns in place; return the rollout's metrics."""
+def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_coef: float,
+          stats: dict | None) -> dict[str, float]:
+    """Fill scores, rewards, advantages and returns in place; return the rollout's metrics."""
     mask = r.response_mask
     kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(r.old_logprobs, r.ref_logprobs) * mask  # (B, R)
+    r.scores = combine_scores(components, cfg.score_weights, stats if cfg.normalize_scores else None,
+                              cfg.score_clip)
     scores = r.scores
-    if cfg.normalize_scores and stats:
-        scores = normalize_scores(scores, stats["mean"], stats["std"], cfg.score_clip)
     if cfg.score_baseline == "leave_one_out":
         scores = leave_one_out(scores, cfg.samples_per_prompt)
     r.rewards = shape_rewards(scores, kl, mask, kl_coef)
@@ -97,7 +111,8 @@ def shape(r: Rollout, cfg: PPOConfig, kl_coef: float, stats: dict | None) -> dic
     # Whitened over every valid token of the whole rollout batch, not per minibatch.
     r.advantages = masked_whiten(advantages, mask) if cfg.whiten_advantages else advantages
     gap = (r.gen_logprobs - r.old_logprobs).abs()[mask]
-    return {"reward/score": float(r.scores.mean()), "reward/score_normalized": float(scores.mean()),
+    parts = {f"reward/{'rm_score' if k == 'rm' else 'fn/' + k}": float(v.mean()) for k, v in components.items()}
+    return {"reward/score": float(r.scores.mean()), **parts, "reward/score_baselined": float(scores.mean()),
             "reward/total": float(r.rewards.sum(-1).mean()), "kl/sequence": float(kl.sum(-1).mean()),
             "kl/coef": kl_coef, "response/length": float(mask.sum(-1).float().mean()),
             "critic/values": float(masked_mean(r.values, mask)),
@@ -125,11 +140,11 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: Iterator[LMBatch] | No
     return {k: sum(v) / len(v) for k, v in metrics.items()}
 
 
-def train_ppo(roles: Roles, tok, prompts: list[str], cfg: PPOConfig, log: LogFn, stats: dict | None,
+def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: LogFn, stats: dict | None,
               evaluate: Callable[[int], None], checkpoint: Callable[[int, dict], None], start: dict | None = None
               ) -> dict[str, float]:
     """The loop. `evaluate(step)` and `checkpoint(step, state)` are the stage's hooks; `start` resumes."""
-    ids = [encode_prompt(tok, p, cfg.max_prompt_len) for p in prompts]
+    ids = [encode_prompt(tok, p.model_text, cfg.max_prompt_len) for p in prompts]
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     first = 0
     if start:
@@ -139,18 +154,20 @@ def train_ppo(roles: Roles, tok, prompts: list[str], cfg: PPOConfig, log: LogFn,
     metrics: dict[str, float] = {}
     if first == 0:
         evaluate(0)
-    bar = tqdm(range(first, cfg.steps), desc="ppo", unit="step", initial=first, total=cfg.steps, mininterval=1.0)
+    bar = progress(range(first, cfg.steps), desc="ppo", unit="step", initial=first, total=cfg.steps)
     for step in bar:
         timer = PhaseTimer()
         with timer("generate"):
             n = cfg.prompts_per_step // cfg.samples_per_prompt
-            batch = prompt_batch(ids, step, n, cfg.seed, cfg.samples_per_prompt)
-            gen = generate(roles, tok, batch, cfg, cfg.seed + step)
+            index = prompt_batch(len(prompts), step, n, cfg.seed, cfg.samples_per_prompt)
+            gen = generate(roles, tok, [ids[i] for i in index], cfg, cfg.seed + step)
         with timer("score"):
-            rollout = score(roles, gen, cfg.temperature)
-        metrics = shape(rollout, cfg, kl_ctl.value, stats)
+            batch = score_batch(tok, gen, [prompts[i] for i in index], bool(cfg.reward_functions))
+            rollout, components = score(roles, batch, cfg.temperature)
+        metrics = shape(rollout, components, cfg, kl_ctl.value, stats)
         with timer("train"):
             metrics |= update(roles, rollout, cfg, ptx, step)
+        check_finite(metrics, f"PPO step {step + 1}", "ppo.policy.optim.lr / ppo.critic.optim.lr")
         with timer("sync"):
             roles.policy.broadcast(PolicyWorker.sync_generation).get()
         kl_ctl.update(metrics["kl/sequence"], cfg.prompts_per_step)

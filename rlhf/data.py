@@ -1,38 +1,58 @@
-"""User data formats and loaders for the three InstructGPT data sets and the pretraining mix.
+"""The records of the three InstructGPT data sets and the pretraining mix, and their loaders.
 
-Formats (one JSON object a line in .jsonl / .jsonl.gz, a row in .parquet, or a `datasets` directory
-saved with `save_to_disk`):
+Records (field names are mapped by DataConfig, e.g. `data.prompt_key=question`):
   SFT          {"prompt": str, "response": str}
-  comparisons  {"prompt": str, "responses": [best, ..., worst]}  (K >= 2, ranked)
+  comparisons  {"prompt": str, "responses": [best, ..., worst]}  (K >= 2, ranked, all different)
                {"prompt": str, "chosen": str, "rejected": str}    (the K = 2 case)
                {"chosen": str, "rejected": str}                   (Anthropic HH-RLHF dialogues)
-  PPO prompts  {"prompt": str}
+  PPO prompts  {"prompt": str, ...}: every other field travels with the prompt to reward functions
   pretraining  plain text (.txt or .txt.gz)
-A bad record raises DataError naming the file, the line (or row) and the field.
-Must not import ray, deepspeed or megatron.
+Files: JSONL, JSON, CSV/TSV, Parquet, `datasets` directories, Hub names (rlhf/files.py). A bad record
+raises DataError naming the file, the line (or row) and the field. Must not import ray, deepspeed or megatron.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.errors import InputError
+from rlhf.files import DataError, read_rows, read_text
+
+__all__ = ["DataError", "DataConfig", "Prompt", "Comparison", "load_sft", "load_comparisons", "load_prompts",
+           "load_text", "write_jsonl", "split_hh_dialogue", "fields_of"]
 
 log = logging.getLogger(__name__)
 
 HH_ASSISTANT = "\n\nAssistant:"
+RESERVED_FIELDS = ("prompts", "responses")  # the reward functions' own arguments
 
 
-class DataError(InputError):
-    """A user's data file is malformed; the message names file, line and field."""
+class DataConfig(BaseModel):
+    """How records are read from user files: which field holds what, and the chat template."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_key: str = "prompt"  # field with the prompt (SFT, comparisons, PPO prompts)
+    response_key: str = "response"  # field with the demonstration (SFT)
+    responses_key: str = "responses"  # field with the ranked responses, best first (comparisons)
+    chosen_key: str = "chosen"  # field with the preferred response (pairwise comparisons, HH-RLHF)
+    rejected_key: str = "rejected"  # field with the other response (pairwise comparisons, HH-RLHF)
+    # Wrap every prompt in the tokenizer's chat template as a user turn (an HH-RLHF transcript as
+    # its turns), with the generation prompt; reward and gold functions still see the plain prompt.
+    chat_template: bool = False
+
+    def names(self) -> dict[str, str]:
+        """Our field name → the user's."""
+        return {"prompt": self.prompt_key, "response": self.response_key, "responses": self.responses_key,
+                "chosen": self.chosen_key, "rejected": self.rejected_key}
+
+
+DEFAULT_KEYS = DataConfig()  # frozen: safe as a shared default
 
 
 def _non_blank(value: str) -> str:
@@ -57,20 +77,32 @@ class RankedRecord(_Record):
     prompt: Text
     responses: list[Text] = Field(min_length=2)
 
+    @model_validator(mode="after")
+    def _distinct(self) -> RankedRecord:
+        seen: dict[str, int] = {}
+        for i, r in enumerate(self.responses):
+            if r.strip() in seen:
+                raise ValueError(f"responses.{i}: the same text as responses.{seen[r.strip()]}; a ranking "
+                                 f"orders different responses (remove the repeat)")
+            seen[r.strip()] = i
+        return self
+
 
 class PairRecord(_Record):
     prompt: Text
     chosen: Text
     rejected: Text
 
+    @model_validator(mode="after")
+    def _distinct(self) -> PairRecord:
+        if self.chosen.strip() == self.rejected.strip():
+            raise ValueError("rejected: the same text as chosen; a pair needs two different responses")
+        return self
+
 
 class HHRecord(_Record):
     chosen: Text
     rejected: Text
-
-
-class PromptRecord(_Record):
-    prompt: Text
 
 
 @dataclass(frozen=True)
@@ -81,123 +113,139 @@ class Comparison:
     responses: tuple[str, ...]
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(where, row) for every record: where is "file:line" for JSONL, "file:row N" otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    if path.is_dir() or path.suffix == ".parquet":
-        yield from _read_table(path)
-        return
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            yield f"{path}:{line_no}", row
+@dataclass(frozen=True)
+class Prompt:
+    """A PPO or evaluation prompt with the rest of its record."""
+
+    text: str  # the prompt as in the file: what reward and gold functions see
+    fields: dict[str, Any] = field(default_factory=dict)  # the record's other fields, by name
+    query: str = ""  # what the policy reads (chat template applied); "" means `text`
+
+    @property
+    def model_text(self) -> str:
+        return self.query or self.text
 
 
-def _read_table(path: Path) -> Iterator[tuple[str, dict]]:
-    import datasets
-
-    if path.is_dir():
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            if "train" not in ds:
-                raise DataError(f"{path}: a DatasetDict without a 'train' split (has {list(ds)})")
-            ds = ds["train"]
-    else:
-        ds = datasets.Dataset.from_parquet(str(path))
-    for i, row in enumerate(ds):
-        yield f"{path}:row {i}", row
+def fields_of(prompts: list[Prompt]) -> dict[str, list]:
+    """Column view of the prompts' extra fields: name → one value per prompt (None where a record lacks it)."""
+    names = dict.fromkeys(k for p in prompts for k in p.fields)
+    return {k: [p.fields.get(k) for p in prompts] for k in names}
 
 
-def _validate(model: type[_Record], where: str, row: dict) -> _Record:
+def _validate(model: type[_Record], where: str, row: dict, cfg: DataConfig) -> _Record:
+    """Validate a row under our field names; errors name the user's field."""
+    names = cfg.names()
+    ours = {k: row[v] for k, v in names.items() if v in row}
     try:
-        return model.model_validate(row)
+        return model.model_validate(ours)
     except ValidationError as e:
         err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(record)"
-        msg = "missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
-        raise DataError(f"{where}: field '{field}': {msg}") from None
+        loc = [str(p) for p in err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc and ": " in msg:  # a record-level check names its field first
+            head, msg = msg.split(": ", 1)
+            loc = head.split(".")
+        if loc:
+            loc[0] = names.get(loc[0], loc[0])
+        field_name = ".".join(loc) or "(record)"
+        msg = "missing" if err["type"] == "missing" else msg
+        raise DataError(f"{where}: field '{field_name}': {msg}") from None
 
 
-def load_sft(path: str | Path) -> list[SFTRecord]:
+Source = str | Path | list[tuple[str, dict]]  # a file, or records in memory as (where, row)
+
+
+def _records(source: Source, kind: str) -> list[tuple[str, dict]]:
+    rows = source if isinstance(source, list) else list(read_rows(source))
+    if not rows:
+        raise DataError(f"{source}: no records (an empty or blank file); expected {kind}")
+    return rows
+
+
+def load_sft(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[SFTRecord]:
     """Demonstrations. A comparisons file also serves: each ranking's best response (the `chosen` one)
     becomes the demonstration, as when SFT runs on HH-RLHF's chosen dialogues."""
     out = []
-    for where, row in read_rows(path):
-        if "response" in row or not ({"responses", "chosen"} & set(row)):
-            out.append(_validate(SFTRecord, where, row))
+    for where, row in _records(path, f"demonstrations with '{cfg.prompt_key}' and '{cfg.response_key}'"):
+        if cfg.response_key in row or not ({cfg.responses_key, cfg.chosen_key} & set(row)):
+            out.append(_validate(SFTRecord, where, row, cfg))
         else:
-            c = comparison_from_row(where, row)
+            c = comparison_from_row(where, row, cfg)
             if c is not None:
                 out.append(SFTRecord(prompt=c.prompt, response=c.responses[0]))
     return out
 
 
-def load_prompts(path: str | Path) -> list[str]:
-    return [_validate(PromptRecord, where, row).prompt for where, row in read_rows(path)]
+def load_prompts(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Prompt]:
+    """Prompts, each with its record's other fields (e.g. the `answer` a reward function checks)."""
+    out = []
+    for where, row in _records(path, f"prompts in a '{cfg.prompt_key}' field"):
+        prompt = _validate(PromptRecord, where, row, cfg).prompt
+        fields = {k: v for k, v in row.items() if k != cfg.prompt_key}
+        clash = [k for k in RESERVED_FIELDS if k in fields]
+        if clash:
+            raise DataError(f"{where}: field '{clash[0]}' has the name of a reward function's own argument "
+                            f"(fn(prompts, responses, **fields)); rename the field")
+        out.append(Prompt(prompt, fields))
+    return out
 
 
-def split_hh_dialogue(text: str, where: str, field: str) -> tuple[str, str]:
+class PromptRecord(_Record):
+    prompt: Text
+
+
+def split_hh_dialogue(text: str, where: str, field_name: str) -> tuple[str, str]:
     """Split an HH-RLHF dialogue after its last "\\n\\nAssistant:" into (prompt, response)."""
     cut = text.rfind(HH_ASSISTANT)
     if cut < 0:
-        raise DataError(f"{where}: field '{field}': no '\\n\\nAssistant:' turn to split at")
+        raise DataError(f"{where}: field '{field_name}': no '\\n\\nAssistant:' turn to split at (an HH-RLHF "
+                        f"dialogue; for plain pairs give a '{'prompt'}' field too)")
     cut += len(HH_ASSISTANT)
     return text[:cut], text[cut:]
 
 
-def comparison_from_row(where: str, row: dict) -> Comparison | None:
+def comparison_from_row(where: str, row: dict, cfg: DataConfig = DEFAULT_KEYS) -> Comparison | None:
     """One record in any comparison format; None (logged) for an unusable HH-RLHF pair."""
-    if "responses" in row:
-        rec = _validate(RankedRecord, where, row)
+    if cfg.responses_key in row:
+        rec = _validate(RankedRecord, where, row, cfg)
         return Comparison(rec.prompt, tuple(rec.responses))
-    if "prompt" in row:
-        rec = _validate(PairRecord, where, row)
+    if cfg.prompt_key in row:
+        rec = _validate(PairRecord, where, row, cfg)
         return Comparison(rec.prompt, (rec.chosen, rec.rejected))
-    rec = _validate(HHRecord, where, row)
-    prompt, chosen = split_hh_dialogue(rec.chosen, where, "chosen")
-    prompt_r, rejected = split_hh_dialogue(rec.rejected, where, "rejected")
+    rec = _validate(HHRecord, where, row, cfg)
+    prompt, chosen = split_hh_dialogue(rec.chosen, where, cfg.chosen_key)
+    prompt_r, rejected = split_hh_dialogue(rec.rejected, where, cfg.rejected_key)
     if prompt != prompt_r:
         log.warning("%s: skipped: 'chosen' and 'rejected' differ before the last assistant turn", where)
     elif not chosen.strip() or not rejected.strip():
         log.warning("%s: skipped: an empty final assistant turn", where)
+    elif chosen.strip() == rejected.strip():
+        log.warning("%s: skipped: 'chosen' and 'rejected' end in the same assistant turn", where)
     else:
         return Comparison(prompt, (chosen, rejected))
     return None
 
 
-def load_comparisons(path: str | Path) -> list[Comparison]:
+def load_comparisons(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Comparison]:
     """Any of the three comparison formats, detected per record.
 
     HH-RLHF pairs whose two dialogues differ before the final assistant turn (answers to different
-    prompts) or whose final assistant turn is empty cannot train a ranking; the public data has a
-    few of each, so they are skipped and each is logged with its line and reason.
+    prompts), or whose final turns are empty or the same, cannot train a ranking; the public data has
+    a few, so they are skipped and each is logged with its line and reason.
     """
-    out = [c for where, row in read_rows(path) if (c := comparison_from_row(where, row)) is not None]
+    rows = _records(path, "ranked comparisons")
+    out = [c for where, row in rows if (c := comparison_from_row(where, row, cfg)) is not None]
     if not out:
-        raise DataError(f"{path}: no usable comparisons")
+        raise DataError(f"{path}: none of its {len(rows)} records is a usable comparison (see the warnings)")
     return out
 
 
-def load_text(path: str | Path) -> str:
+def load_text(path: str | Path, min_chars: int = 1) -> str:
     """Plain text for the pretraining mix (PPO-ptx)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    if not text.strip():
-        raise DataError(f"{path}: empty text file")
+    text = read_text(path)
+    if len(text.strip()) < min_chars:
+        raise DataError(f"{path}: {'empty' if not text.strip() else f'only {len(text.strip())} characters of'} "
+                        f"text; the pretraining mix needs at least {min_chars}")
     return text
 
 

@@ -1,63 +1,130 @@
-"""Policy evaluation on held-out prompts: the policy group samples, a labeller scores.
+"""Policy evaluation on held-out prompts, for any task: the policy group samples; the gold function,
+the reward role and the reference say how good, how rewarded and how far from the start it is.
 
-Must not import ray: `group` is any policy worker group.
+Metrics (each present when its source is): eval/gold_score and eval/gold_stderr (the gold function,
+standard error over prompts), eval/score (the PPO score as trained: weighted reward model and
+functions) with eval/rm_score and eval/fn/<name>, eval/kl (Σ log π/π_ref over sampled tokens per
+sequence: an unbiased estimate of KL(π‖π_ref) at the sampling temperature), eval/response_length.
+Must not import ray: every group is any worker group with map/broadcast.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
 from models.generation import Generation, SamplingParams
-from rlhf.batching import encode_prompt
-from rlhf.workers import PolicyWorker
+from rlhf.algo.ppo import combine_scores
+from rlhf.algo.rollout import Rollout
+from rlhf.batching import decode_responses, encode_prompt
+from rlhf.data import Prompt, fields_of
+from rlhf.functions import FunctionSpec, TaskFunction
+from rlhf.workers import PolicyWorker, ReferenceWorker, RewardWorker, ScoreBatch
 
 
-def sample(group, tok, prompts: list[str], params: SamplingParams, max_prompt_len: int, seed: int = 0,
+class EvalConfig(BaseModel):
+    """Held-out evaluation of the policy (SFT stage, and every ppo.eval_every steps)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(16, ge=1)  # response length of held-out evaluations
+    temperature: float = Field(1.0, ge=0)  # sampling temperature of held-out evaluations (0: greedy)
+    max_prompt_len: int = Field(48, ge=1)  # prompt truncation of held-out evaluations
+    samples_per_prompt: int = Field(1, ge=1)  # responses sampled per held-out prompt (more: a smaller standard error)
+    # The task's own measure of quality, fn(prompts, responses, **fields) -> list[float], as
+    # "module:name" or "file.py:name" (or {function, timeout_s}); the embedded task's is
+    # "rlhf.task:gold_scores". None: no gold score.
+    gold_function: FunctionSpec | None = None
+
+
+def sample(group, tok, prompts: list[Prompt], params: SamplingParams, max_prompt_len: int, seed: int = 0,
            batch_size: int = 256) -> list[Generation]:
-    """Generations of the policy group for text prompts, batch by batch (in order)."""
+    """Generations of the policy group for prompts, batch by batch (in order)."""
     out = []
     for i in range(0, len(prompts), batch_size):
-        ids = [encode_prompt(tok, p, max_prompt_len) for p in prompts[i:i + batch_size]]
+        ids = [encode_prompt(tok, p.model_text, max_prompt_len) for p in prompts[i:i + batch_size]]
         width = max(len(x) for x in ids)
         out.append(group.map(PolicyWorker.generate, ids, width, params, tok.eos_token_id, tok.pad_token_id,
                              seed + i).get())
     return out
 
 
-def decode_responses(tok, g: Generation) -> list[str]:
-    """Response texts without EOS and padding."""
-    texts = []
-    for row, keep in zip(g.responses, g.response_mask, strict=True):
-        tokens = [t for t in row[keep].tolist() if t != tok.eos_token_id]
-        texts.append(tok.decode(tokens, skip_special_tokens=True))
-    return texts
+@dataclass(frozen=True)
+class GoldEval:
+    mean: float  # mean gold score over prompts (each prompt's samples averaged first)
+    stderr: float  # standard error of that mean over prompts: the yardstick for "beyond noise"
+
+
+def summarize_gold(scores: list[float], samples: int = 1) -> GoldEval:
+    """Mean and standard error over prompts of `samples` consecutive scores per prompt."""
+    if len(scores) % samples:
+        raise ValueError(f"{len(scores)} scores are not whole groups of {samples} samples")
+    per_prompt = [statistics.fmean(scores[i:i + samples]) for i in range(0, len(scores), samples)]
+    stderr = statistics.stdev(per_prompt) / math.sqrt(len(per_prompt)) if len(per_prompt) > 1 else 0.0
+    return GoldEval(statistics.fmean(per_prompt), stderr)
 
 
 @dataclass(frozen=True)
-class GoldEval:
-    mean: float  # mean labeller score over prompts (each prompt's samples averaged first)
-    stderr: float  # standard error of that mean over prompts: the yardstick for "beyond noise"
-    rows: list[tuple[str, str, float]]  # (prompt, response, score) per sample, prompt by prompt
+class Evaluation:
+    metrics: dict[str, float]  # eval/... (see the module docstring)
+    gold: GoldEval | None
+    rows: list[dict]  # per sample: prompt, response, and gold / score where measured
 
 
-def summarize_gold(prompts: list[str], responses: list[str], scorer: Callable[[str, str], float],
-                   samples: int = 1) -> GoldEval:
-    """Score `samples` consecutive responses per prompt; mean and standard error over prompts."""
-    repeated = [p for p in prompts for _ in range(samples)]
-    if len(responses) != len(repeated):
-        raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts × {samples} samples")
-    rows = [(p, r, scorer(p, r)) for p, r in zip(repeated, responses, strict=True)]
-    per_prompt = [statistics.fmean(s for _, _, s in rows[i:i + samples]) for i in range(0, len(rows), samples)]
-    stderr = statistics.stdev(per_prompt) / math.sqrt(len(per_prompt)) if len(per_prompt) > 1 else 0.0
-    return GoldEval(statistics.fmean(per_prompt), stderr, rows)
+@dataclass
+class Judges:
+    """Who scores the samples; each is optional. weights/rm_stats/clip combine the reward role's parts
+    exactly as PPO does (rlhf.algo.ppo.combine_scores)."""
+
+    gold: TaskFunction | None = None
+    reward: object | None = None  # the PPO reward group
+    reference: object | None = None  # the reference group
+    weights: dict[str, float] | None = None
+    rm_stats: dict[str, float] | None = None
+    clip: float | None = None
 
 
-def gold_eval(group, tok, prompts: list[str], scorer: Callable[[str, str], float], params: SamplingParams,
-              max_prompt_len: int, seed: int = 0, samples: int = 1) -> GoldEval:
-    """The policy group's held-out labeller score: `samples` responses per prompt."""
-    repeated = [p for p in prompts for _ in range(samples)]
-    gens = sample(group, tok, repeated, params, max_prompt_len, seed)
-    return summarize_gold(prompts, [r for g in gens for r in decode_responses(tok, g)], scorer, samples)
+def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges: Judges, seed: int = 0,
+                    batch_size: int = 256) -> Evaluation:
+    """Sample cfg.samples_per_prompt responses per prompt and measure them with every judge given."""
+    repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    metrics: dict[str, float] = {}
+    texts, lengths, kls, scores, parts = [], [], [], [], {}
+    for i, gen in enumerate(sample(policy, tok, repeated, params, cfg.max_prompt_len, seed, batch_size)):
+        chunk = repeated[i * batch_size:(i + 1) * batch_size]
+        texts += decode_responses(tok, gen.responses, gen.response_mask)
+        lengths += gen.response_mask.sum(-1).tolist()
+        r = Rollout(gen.sequences, gen.attention_mask, gen.response_mask, gen.prompt_len)
+        if judges.reference is not None:
+            # Greedy samples have log-probs under the untempered logits; score the reference the same way.
+            ref = judges.reference.map(ReferenceWorker.logprobs, r, cfg.temperature or 1.0).get()
+            kls += ((gen.logprobs - ref) * gen.response_mask).sum(-1).tolist()
+        if judges.reward is not None:
+            batch = ScoreBatch(r, [p.text for p in chunk], texts[-len(chunk):], fields_of(chunk))
+            components = judges.reward.map(RewardWorker.scores, batch).get()
+            scores += combine_scores(components, judges.weights, judges.rm_stats, judges.clip).tolist()
+            for k, v in components.items():
+                parts.setdefault(k, []).append(v)
+    metrics["eval/response_length"] = statistics.fmean(lengths)
+    rows = [{"prompt": p.text, "response": t} for p, t in zip(repeated, texts, strict=True)]
+    gold = None
+    if judges.gold is not None:
+        values = judges.gold([p.text for p in repeated], texts, fields_of(repeated))
+        gold = summarize_gold(values, cfg.samples_per_prompt)
+        metrics |= {"eval/gold_score": gold.mean, "eval/gold_stderr": gold.stderr}
+        for row, v in zip(rows, values, strict=True):
+            row["gold"] = v
+    if kls:
+        metrics["eval/kl"] = statistics.fmean(kls)
+    if scores:
+        metrics["eval/score"] = statistics.fmean(scores)
+        for k, v in parts.items():
+            metrics["eval/rm_score" if k == "rm" else f"eval/fn/{k}"] = float(torch.cat(v).mean())
+        for row, v in zip(rows, scores, strict=True):
+            row["score"] = v
+    return Evaluation(metrics, gold, rows)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
+from rlhf.functions import FunctionSpec
 
 
 class RoleConfig(BaseModel):
@@ -29,10 +30,18 @@ class PPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompts: str | None = None  # None: the embedded task's PPO prompts
-    eval_prompts: str | None = None  # held-out prompts for the gold/reward eval; None: the embedded task's
-    policy_init: str | None = None  # HF checkpoints; None: this run's sft/ (policy and reference)
-    reward_init: str | None = None  # None: this run's rm/
-    critic_init: str | None = None  # None: the reward model (the InstructGPT choice)
+    eval_prompts: str | None = None  # held-out prompts of every evaluation; None: the last 1/20 of prompts (≤ 500)
+    policy_init: str | None = None  # policy and reference checkpoint; None: this run's sft/, else model.pretrained
+    # The learned reward: "auto" is this run's rm/ (trained by `instructrl rm`, or by the pipeline's
+    # step 2); a path is that HF checkpoint; null means none (the score is the reward functions'
+    # alone, and no reward-model group is started).
+    reward_model: str | None = "auto"
+    reward_model_weight: float = 1.0  # weight of the (normalised) reward-model score in the PPO score
+    # Programmatic rewards: [{function: "module:name" or "file.py:name", weight, timeout_s}, ...],
+    # called batched as fn(prompts, responses, **fields) in the reward group's ranks. The PPO
+    # score is reward_model_weight × RM score + Σ weight × function score.
+    reward_functions: list[FunctionSpec] = []
+    critic_init: str | None = None  # None: the reward model (the InstructGPT choice), else the policy's start
     steps: int = Field(40, ge=1)  # PPO iterations (generate → score → update → sync)
     prompts_per_step: int = Field(64, ge=1)  # rollouts per step (prompts × samples_per_prompt)
     samples_per_prompt: int = Field(1, ge=1)  # responses sampled per prompt (> 1 for the leave-one-out baseline)
@@ -58,8 +67,8 @@ class PPOConfig(BaseModel):
     kl_horizon: int = Field(10000, ge=1)  # horizon of the adaptive controller, in rollouts
     kl_estimator: Literal["k1", "k3"] = "k1"  # k1 = log-ratio, k3 = Schulman's low-variance unbiased estimator
     entropy_coef: float = Field(0.0, ge=0)  # entropy bonus in the policy loss
-    normalize_scores: bool = True  # normalise reward-model scores with the RM's saved mean/std
-    score_clip: float | None = 5.0  # clip normalised scores to ±this; null: no clip
+    normalize_scores: bool = True  # normalise the reward model's score with its saved mean/std (reward_stats.json)
+    score_clip: float | None = 5.0  # clip the normalised reward-model score to ±this; null: no clip
     whiten_advantages: bool = True  # whiten advantages over the valid tokens of the whole rollout batch
     ptx_coef: float = Field(0.0, ge=0)  # InstructGPT's γ for PPO-ptx
     ptx_data: str | None = None  # plain text for the pretraining mix
@@ -74,8 +83,23 @@ class PPOConfig(BaseModel):
     reward: RoleConfig = RoleConfig()
     reference: RoleConfig = RoleConfig()
 
+    @property
+    def score_weights(self) -> dict[str, float]:
+        """Weight of each score component by name: "rm" for the reward model, then each function's name."""
+        weights = {"rm": self.reward_model_weight} if self.reward_model is not None else {}
+        return weights | {f.name: f.weight for f in self.reward_functions}
+
     @model_validator(mode="after")
     def _check(self) -> PPOConfig:
+        if self.reward_model is None and not self.reward_functions:
+            raise ValueError("reward_model: PPO needs a reward: a reward model (reward_model: auto or a path) "
+                             "or reward_functions, or both")
+        names = [f.name for f in self.reward_functions]
+        if "rm" in names:
+            raise ValueError("reward_functions: 'rm' names the reward model's score; rename the function")
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward_functions: two functions named {names}; each is logged by its name, so "
+                             f"give them different names")
         if self.ptx_coef and not self.ptx_data:
             raise ValueError("ptx_coef > 0 needs ptx_data (a plain-text file for the pretraining mix)")
         if self.prompts_per_step % self.samples_per_prompt:

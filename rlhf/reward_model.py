@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
 from rlhf.batching import Encoded, count_steps, encode_pair, epoch_batches
 from rlhf.data import Comparison
-from rlhf.workers import RewardWorker
+from rlhf.guards import check_finite
+from rlhf.progress import progress
+from rlhf.workers import RewardModelWorker
 
 LogFn = Callable[[dict[str, float], int], None]
 STATS_FILE = "reward_stats.json"
@@ -55,7 +56,7 @@ def evaluate_rm(group, rankings: list[list[Encoded]], pad_id: int, batch_size: i
     sums = {"loss_sum": 0.0, "accuracy_sum": 0.0, "margin_sum": 0.0, "prompts": 0.0}
     rewards = []
     for i in range(0, len(rankings), batch_size):
-        out = group.map(RewardWorker.rm_eval, rankings[i:i + batch_size], pad_id).get()
+        out = group.map(RewardModelWorker.rm_eval, rankings[i:i + batch_size], pad_id).get()
         for k in sums:
             sums[k] += out[k]  # averages over ranks: ratios of sums stay exact
         rewards.append(out["rewards"])
@@ -77,12 +78,13 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     metrics, _ = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
     log(metrics, 0)
     step = evaluated = 0
-    bar = tqdm(total=total, desc="reward model", unit="step", mininterval=1.0)
+    bar = progress(total=total, desc="reward model", unit="step")
     for rankings in epoch_batches(train_r, cfg.batch_size, cfg.epochs, cfg.seed):
-        out = group.map(RewardWorker.rm_step, rankings, tok.pad_token_id).get()
+        out = group.map(RewardModelWorker.rm_step, rankings, tok.pad_token_id).get()
         if "lr" not in out:
             continue  # inside a gradient-accumulation window
         step += 1
+        check_finite({"train/loss": out["loss"]}, f"reward-model step {step}", "rm.optim.lr")
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['accuracy']:.2f}")
         log({f"train/{k}": out[k] for k in ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm")}, step)
@@ -93,7 +95,8 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
     if evaluated != step:
         log(metrics, step)
-    group.broadcast(RewardWorker.export, str(out_dir)).get()
+    check_finite(metrics, f"reward model after step {step}", "rm.optim.lr")
+    group.broadcast(RewardModelWorker.export, str(out_dir)).get()
     tok.save_pretrained(out_dir)
     write_reward_stats(out_dir, rewards)
     return metrics

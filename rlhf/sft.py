@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
 from rlhf.batching import Encoded, collate_lm, count_steps, encode_pair, epoch_batches
 from rlhf.data import SFTRecord
+from rlhf.guards import check_finite
+from rlhf.progress import progress
 from rlhf.workers import PolicyWorker
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -68,12 +69,13 @@ def train_sft(group, tok, train: list[SFTRecord], evals: list[SFTRecord], cfg: S
     metrics = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size)
     log(metrics, 0)
     step = evaluated = 0
-    bar = tqdm(total=total, desc="sft", unit="step", mininterval=1.0)
+    bar = progress(total=total, desc="sft", unit="step")
     for examples in epoch_batches(train_ex, cfg.batch_size, cfg.epochs, cfg.seed):
         out = group.map(PolicyWorker.sft_step, collate_lm(examples, tok.pad_token_id)).get()
         if "lr" not in out:
             continue  # inside a gradient-accumulation window
         step += 1
+        check_finite({"train/loss": out["loss"]}, f"SFT step {step}", "sft.optim.lr")
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.3f}")
         log({"train/loss": out["loss"], "train/lr": out["lr"], "train/grad_norm": out["grad_norm"]}, step)
@@ -86,6 +88,7 @@ def train_sft(group, tok, train: list[SFTRecord], evals: list[SFTRecord], cfg: S
     if evaluated != step:
         metrics = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size)
         log(metrics, step)
+    check_finite(metrics, f"SFT after step {step}", "sft.optim.lr")
     save_checkpoint(group, tok, out_dir)
     return metrics
 

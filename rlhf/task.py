@@ -87,6 +87,11 @@ def gold_score(prompt: str, response: str) -> float:
     return hits / max(len(want), len(got))
 
 
+def gold_scores(prompts: list[str], responses: list[str], **fields) -> list[float]:
+    """The embedded task as a gold function (`evaluation.gold_function: rlhf.task:gold_scores`)."""
+    return [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]
+
+
 def corrupt(answer: list[str], rng: random.Random, n_edits: int) -> list[str]:
     """Apply n random edits (substitute, delete, insert, swap neighbours) — a policy's typical slips."""
     out = list(answer)
@@ -153,7 +158,11 @@ class EmbeddedTask:
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write all data sets as JSONL under out_dir; returns their paths by name."""
-        out_dir, cfg = Path(out_dir), self.cfg
+        return {name: write_jsonl(Path(out_dir) / f"{name}.jsonl", rows) for name, rows in self.generate().items()}
+
+    def generate(self) -> dict[str, list[dict]]:
+        """All data sets as records, by name (sft_train, sft_eval, comparisons_train, ..., ppo_eval)."""
+        cfg = self.cfg
         rng = random.Random(cfg.seed)
         # Held-out prompts first, then training prompts that avoid them.
         held_out = self._prompts(rng, 3 * cfg.n_eval, set())
@@ -171,10 +180,9 @@ class EmbeddedTask:
         def cmp_rows(ps):
             return [{"prompt": make_prompt(op, it), "responses": self._ranked(rng, op, it)} for op, it in ps]
 
-        files = {
+        return {
             "sft_train": sft_rows(sft, True), "sft_eval": sft_rows(ev_sft, False),
             "comparisons_train": cmp_rows(cmp), "comparisons_eval": cmp_rows(ev_cmp),
             "ppo_train": [{"prompt": make_prompt(op, it)} for op, it in ppo],
             "ppo_eval": [{"prompt": make_prompt(op, it)} for op, it in ev_ppo],
         }
-        return {name: write_jsonl(out_dir / f"{name}.jsonl", rows) for name, rows in files.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from rlhf.algo.ppo import ppo_policy_objective, value_loss
 from rlhf.algo.ranking import ranking_loss
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import Encoded, LMBatch, collate_lm, collate_prompts
+from rlhf.functions import FunctionSpec, TaskFunction
 
 LOCAL = LocalBackend()
 
@@ -221,7 +222,7 @@ class CriticWorker(ModelWorker):
         return {"critic/loss": loss.item(), **metrics, **{f"critic/{k}": v for k, v in stepped.items()}}
 
 
-class RewardWorker(ModelWorker):
+class RewardModelWorker(ModelWorker):
     """The reward model r(x, y): a scalar read at the last real token of prompt + response."""
 
     kind = "score"
@@ -259,3 +260,35 @@ class RewardWorker(ModelWorker):
             r = self._on_device(rollout)
             values = self.engine(r.sequences, r.attention_mask, positions_from_mask(r.attention_mask))
             return gather_last(values, r.attention_mask).float().cpu()
+
+
+@dataclass
+class ScoreBatch:
+    """What the reward role scores: the token sequences (for the reward model) and their text (for the
+    reward functions), row for row. Split by data-parallel rank like any batch."""
+
+    rollout: Rollout  # sequences, masks
+    prompts: list[str]  # (B,) each row's prompt as in the data file
+    responses: list[str]  # (B,) each row's decoded response, without EOS
+    fields: dict[str, list] = field(default_factory=dict)  # name → (B,) the prompt records' other fields
+
+
+class RewardWorker:
+    """The PPO reward role: an optional reward model and the task's reward functions, each scoring
+    every sequence; the coordinator weighs and sums the parts. Without a reward model the rank holds
+    no weights and only runs the functions, on its share of the batch."""
+
+    def __init__(self, mesh: Mesh, source: ModelSource | None, engine: EngineConfig,
+                 functions: tuple[FunctionSpec, ...] = (), search_path: str | None = None):
+        self.mesh = mesh
+        self.rm = RewardModelWorker(mesh, source, engine) if source is not None else None
+        self.functions = [TaskFunction(spec, search_path) for spec in functions]
+
+    def scores(self, batch: ScoreBatch) -> dict[str, torch.Tensor]:
+        """{"rm": (B,), "<function name>": (B,), ...}: every component of the score, unweighted."""
+        out = {}
+        if self.rm is not None:
+            out["rm"] = self.rm.scores(batch.rollout)
+        for fn in self.functions:
+            out[fn.name] = torch.tensor(fn(batch.prompts, batch.responses, batch.fields), dtype=torch.float32)
+        return out

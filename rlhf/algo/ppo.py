@@ -48,6 +48,21 @@ def normalize_scores(scores: torch.Tensor, mean: float, std: float, clip: float 
     return out.clamp(-clip, clip) if clip else out
 
 
+def combine_scores(components: dict[str, torch.Tensor], weights: dict[str, float],
+                   rm_stats: dict[str, float] | None = None, clip: float | None = None) -> torch.Tensor:
+    """The sequence score PPO optimises (B,): Σ weight × component. The reward model's component
+    ("rm") is first normalised by its held-out mean/std and clipped, when rm_stats are given; reward
+    functions' scores enter as they are (they carry their own scale, e.g. 0/1 for a right answer)."""
+    total = None
+    for name, weight in weights.items():
+        value = components[name].float()
+        if name == "rm" and rm_stats is not None:
+            value = normalize_scores(value, rm_stats["mean"], rm_stats["std"], clip)
+        total = weight * value if total is None else total + weight * value
+    assert total is not None, "at least one score component"
+    return total
+
+
 def leave_one_out(scores: torch.Tensor, group: int) -> torch.Tensor:
     """scores (B,) in contiguous groups of `group` samples of one prompt → each minus the mean of the
     other samples of its prompt (the RLOO baseline, Ahmadian et al. 2024)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.tokenizer import build_word_tokenizer, load_tokenizer, train_bpe_tokenizer
+from models.errors import InputError
+from models.tokenizer import build_word_tokenizer, chat_prompt, load_tokenizer, train_bpe_tokenizer
 from rlhf.task import WORDS
 
 
@@ -20,9 +21,31 @@ def test_word_tokenizer_round_trip(tmp_path):
     assert again.padding_side == "left" and again.pad_token_id == 0
 
 
-def test_missing_tokenizer_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer directory not found"):
+def test_bad_tokenizer_directories_are_named(tmp_path):
+    with pytest.raises(InputError, match=r"nope: tokenizer directory not found"):
         load_tokenizer(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no tokenizer files"):
+        load_tokenizer(tmp_path / "empty")
+    build_word_tokenizer(WORDS).save_pretrained(tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nonsense"}}')
+    with pytest.raises(InputError, match=r"corrupt: the tokenizer cannot be loaded"):
+        load_tokenizer(tmp_path / "corrupt")
+    tok = build_word_tokenizer(WORDS)
+    tok.eos_token = None
+    tok.save_pretrained(tmp_path / "no-eos")
+    with pytest.raises(InputError, match=r"no-eos: the tokenizer has no EOS token, so a response could never end"):
+        load_tokenizer(tmp_path / "no-eos")
+
+
+def test_chat_prompt_single_turn_and_hh_transcript():
+    tok = build_word_tokenizer(WORDS)
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert chat_prompt(tok, "copy : 1 =") == "<user>copy : 1 =</user><assistant>"
+    transcript = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: sort : 2 1 =\n\nAssistant:"
+    assert chat_prompt(tok, transcript) == ("<user>hi</user><assistant>hello</assistant>"
+                                            "<user>sort : 2 1 =</user><assistant>")
 
 
 def test_bpe_tokenizer_trained_locally_round_trips(tmp_path):

@@ -19,7 +19,7 @@ from rlhf.coordinator import Roles, train_ppo
 from rlhf.data import load_prompts
 from rlhf.ppo_config import PPOConfig
 from rlhf.task import WORDS, EmbeddedTask, TaskConfig
-from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
+from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardModelWorker, RewardWorker
 
 OPT = OptimConfig(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0)
 PLAIN = EngineConfig()
@@ -101,7 +101,7 @@ def test_training_path_reproduces_sampling_logprobs(setup, stage):
 
 def test_score_lands_on_the_last_real_token(setup):
     root, tok, _ = setup
-    reward = LocalGroup(RewardWorker, ModelSource(path=str(root / "reward")), EngineConfig())
+    reward = LocalGroup(RewardModelWorker, ModelSource(path=str(root / "reward")), EngineConfig())
     rm = reward.broadcast(lambda w: w.model).get()[0]
     pad, eos = tok.pad_token_id, tok.eos_token_id
     # left-padded prompts of 2 and 4 tokens; responses of 1 token + EOS and 3 tokens without EOS
@@ -110,7 +110,7 @@ def test_score_lands_on_the_last_real_token(setup):
     attn = seqs != pad
     resp = attn[:, 4:]
     r = Rollout(seqs, attn, resp, prompt_len=4)
-    got = reward.map(RewardWorker.scores, r).get()
+    got = reward.map(RewardModelWorker.scores, r).get()
     with torch.no_grad():
         expected = [rm.scores(seqs[0:1, 2:6], attn[0:1, 2:6])[0], rm.scores(seqs[1:2, :7], attn[1:2, :7])[0]]
     torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)

@@ -40,19 +40,20 @@ def test_writes_deterministic_valid_data(tmp_path):
     # ranked best first up to label noise: the first beats the last on gold score nearly always
     order_ok = sum(gold_score(c.prompt, c.responses[0]) >= gold_score(c.prompt, c.responses[-1]) for c in cmps)
     assert order_ok / len(cmps) > 0.95
-    train = set(load_prompts(a["ppo_train"])) | {r.prompt for r in sft} | {c.prompt for c in cmps}
-    held = set(load_prompts(a["ppo_eval"])) | {r.prompt for r in evals}
+    train = {p.text for p in load_prompts(a["ppo_train"])} | {r.prompt for r in sft} | {c.prompt for c in cmps}
+    held = {p.text for p in load_prompts(a["ppo_eval"])} | {r.prompt for r in evals}
     assert not train & held
 
 
 def test_gold_summary_by_hand():
     """Two prompts × two samples: per-prompt means 0.75 and 0.25 → mean 0.5, stderr = stdev/√2 = 0.25."""
     from rlhf.evaluate import summarize_gold
+    from rlhf.task import gold_scores
 
-    prompts = ["copy : 1 2 =", "reverse : 1 2 ="]
-    responses = ["1 2", "1 3", "2 9", "9 9"]  # scores 1, 0.5 | 0.5, 0
-    g = summarize_gold(prompts, responses, gold_score, samples=2)
-    assert [s for _, _, s in g.rows] == [1.0, 0.5, 0.5, 0.0]
+    prompts = ["copy : 1 2 =", "copy : 1 2 =", "reverse : 1 2 =", "reverse : 1 2 ="]
+    scores = gold_scores(prompts, ["1 2", "1 3", "2 9", "9 9"])
+    assert scores == [1.0, 0.5, 0.5, 0.0]
+    g = summarize_gold(scores, samples=2)
     assert g.mean == pytest.approx(0.5) and g.stderr == pytest.approx(0.25)
-    with pytest.raises(ValueError, match="3 responses for 2 prompts × 2 samples"):
-        summarize_gold(prompts, responses[:3], gold_score, samples=2)
+    with pytest.raises(ValueError, match="3 scores are not whole groups of 2 samples"):
+        summarize_gold(scores[:3], samples=2)

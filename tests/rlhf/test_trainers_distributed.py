@@ -13,7 +13,7 @@ from rlhf.data import load_comparisons, load_sft
 from rlhf.reward_model import RMConfig, encode_rankings, evaluate_rm, read_reward_stats, train_reward_model
 from rlhf.sft import SFTConfig, total_steps, train_sft
 from rlhf.task import WORDS, EmbeddedTask, TaskConfig
-from rlhf.workers import PolicyWorker, RewardWorker
+from rlhf.workers import PolicyWorker, RewardModelWorker
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -48,7 +48,7 @@ def test_sft_then_rm_on_two_ranks(ray_cluster, task):
                       optim=RMConfig().optim.model_copy(update={"lr": 3e-4}), group=spec)
     cmp_train, cmp_eval = load_comparisons(files["comparisons_train"]), load_comparisons(files["comparisons_eval"])
     steps = len(cmp_train) // rm_cfg.batch_size * rm_cfg.epochs + rm_cfg.epochs
-    groups = build_groups({"reward": (RewardWorker, spec, (ModelSource(path=str(root / "sft")), rm_cfg.engine,
+    groups = build_groups({"reward": (RewardModelWorker, spec, (ModelSource(path=str(root / "sft")), rm_cfg.engine,
                                                            rm_cfg.optim, steps), {})})
     try:
         before, _ = evaluate_rm(groups["reward"], encode_rankings(tok, cmp_eval, 32), tok.pad_token_id, 16)

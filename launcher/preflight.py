@@ -1,0 +1,413 @@
+"""Every input of a command, read and checked before anything is written or any process starts.
+
+A run that fails after an hour, or after rewriting sft/ beside an older run's rm/ and ppo/, is the
+failure users remember. `check_inputs` reads every file the command's stages will read (data,
+tokenizer, checkpoints, pretraining text, a resume checkpoint), imports the task functions, probes
+the output directory and the Ray address, and returns what it loaded; stages then only compute.
+Every problem is an InputError naming the file and line, or the config key, and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+from launcher.config import Config, ConfigError
+from models.errors import InputError
+from models.hf import inspect_checkpoint
+from models.tokenizer import build_word_tokenizer, chat_prompt, load_tokenizer, train_bpe_tokenizer
+from rlhf.data import Comparison, DataError, Prompt, load_comparisons, load_prompts, load_sft, load_text
+from rlhf.functions import FunctionError, FunctionSpec, TaskFunction
+from rlhf.reward_model import read_reward_stats
+from rlhf.task import WORDS, EmbeddedTask
+
+STAGE_DIRS = ("sft", "rm", "ppo")
+POLICY_COMPARISONS = {"comparisons_train": "comparisons_policy_train.jsonl",
+                      "comparisons_eval": "comparisons_policy_eval.jsonl"}
+MAX_UNKNOWN = 0.05  # share of <unk> tokens in a data file above which its text is not the tokenizer's
+
+
+@dataclass
+class Inputs:
+    """What a command's stages read, loaded and checked (chat template applied to model-facing text)."""
+
+    tok: object  # the tokenizer (saved under <run>/tokenizer by the first stage)
+    embedded: dict[str, list[dict]] | None  # the embedded task's data sets, written to <run>/data
+    sft: tuple[list, list] | None = None  # (train, eval) demonstrations
+    rm: tuple[list[Comparison], list[Comparison]] | None = None  # None with SFT-labelled comparisons
+    prompts: list[Prompt] | None = None  # PPO prompts
+    eval_prompts: list[Prompt] = field(default_factory=list)
+    gold: TaskFunction | None = None
+    reward_stats: dict | None = None
+    resume: dict | None = None  # the coordinator state of ppo.resume
+    models: dict[str, Path | None] = field(default_factory=dict)  # see model_paths
+
+
+def stages_of(command: str, cfg: Config) -> tuple[str, ...]:
+    if command in ("demo", "pipeline"):
+        return tuple(s for s, on in (("sft", cfg.runs_sft), ("rm", cfg.trains_rm), ("ppo", True)) if on)
+    return (command,) if command in STAGE_DIRS else ()
+
+
+def model_paths(cfg: Config) -> dict[str, Path | None]:
+    """Where each model starts. sft_init None: a fresh model of cfg.model's shape."""
+    run = cfg.run.dir
+    pretrained = Path(cfg.model.pretrained) if cfg.model.pretrained else None
+    after_sft = run / "sft" if cfg.runs_sft else pretrained
+    policy = Path(cfg.ppo.policy_init) if cfg.ppo.policy_init else after_sft
+    reward = None
+    if cfg.ppo.reward_model is not None:
+        reward = run / "rm" if cfg.ppo.reward_model == "auto" else Path(cfg.ppo.reward_model)
+    return {"sft_init": pretrained, "rm_init": Path(cfg.rm.init) if cfg.rm.init else after_sft, "policy": policy,
+            "reward": reward, "critic": Path(cfg.ppo.critic_init) if cfg.ppo.critic_init else reward or policy}
+
+
+def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
+    """Read and check everything `stages` will read; raise InputError on the first problem."""
+    check_output_dir(cfg, stages)
+    if cfg.run.backend == "ray" and stages:
+        check_ray_address(cfg.run.ray_address or os.environ.get("RAY_ADDRESS"))
+    embedded = EmbeddedTask(cfg.task).generate() if cfg.uses_embedded_task else None
+    sources = data_sources(cfg, embedded)
+    inputs = Inputs(tok=None, embedded=embedded, models=model_paths(cfg))
+    if "sft" in stages:
+        inputs.sft = load_split(load_sft, sources, "sft_train", "sft_eval", cfg)
+    if "rm" in stages and not (cfg.uses_embedded_task and cfg.task.rm_candidates == "policy" and "sft" in stages):
+        inputs.rm = load_split(load_comparisons, policy_comparisons(cfg, sources), "comparisons_train",
+                               "comparisons_eval", cfg)
+    if {"sft", "ppo"} & set(stages) and "ppo_train" in sources:
+        prompts, inputs.eval_prompts = split_prompts(cfg, sources)
+        inputs.prompts = prompts if "ppo" in stages else None
+    inputs.tok = tok = build_tokenizer(cfg, inputs)
+    check_models(cfg, stages, inputs)
+    check_text(cfg, tok, sources, inputs)
+    apply_chat_template(cfg, inputs)
+    check_functions(cfg, stages, inputs)
+    if "ppo" in stages:
+        check_ppo_inputs(cfg, inputs)
+    return inputs
+
+
+# ---------------------------------------------------------------- where things are written
+
+def check_output_dir(cfg: Config, stages: tuple[str, ...]) -> None:
+    """The run directory can be written, and holds no stage output this command would replace
+    (unless run.overwrite=true, or PPO resumes from its own checkpoint)."""
+    run = cfg.run.dir
+    probe = run
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{probe}: a file where the run directory {run} should go; set run.out_dir or run.name "
+                         f"to a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{probe}: not writable, so the run directory {run} cannot be made; set run.out_dir "
+                         f"to a directory you can write")
+    if cfg.run.overwrite:
+        return
+    for stage in stages:
+        out = run / stage
+        resuming = stage == "ppo" and cfg.ppo.resume and Path(cfg.ppo.resume).resolve().is_relative_to(out.resolve())
+        if out.is_dir() and any(out.iterdir()) and not resuming:
+            raise InputError(f"{out}: holds the {stage} stage of an earlier run, which this command would replace. "
+                             f"Choose another run.name, or pass run.overwrite=true to replace it.")
+
+
+def check_ray_address(address: str | None) -> None:
+    """Fail in seconds on an address nothing listens at: ray.init would retry it forever."""
+    if not address or address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"gcs://{address}")
+    if not parsed.hostname or not parsed.port:
+        raise ConfigError(f"run.ray_address={address!r}: expected host:port (the head's GCS port, e.g. "
+                          f"10.0.0.1:6379) or ray://host:port")
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"run.ray_address={address!r}: nothing answers there ({e.strerror or e}). Start the "
+                          f"cluster (`ray start --head`), check the address, or leave run.ray_address and "
+                          f"RAY_ADDRESS unset to start a local cluster.") from None
+
+
+# ---------------------------------------------------------------- data
+
+def data_sources(cfg: Config, embedded: dict[str, list[dict]] | None) -> dict[str, object]:
+    """Each data set: the user's file, or the embedded task's records in memory."""
+    sources: dict[str, object] = {}
+    if embedded is not None:
+        sources = {k: [(f"embedded task {k}, record {i}", row) for i, row in enumerate(rows)]
+                   for k, rows in embedded.items()}
+    for key, value in [("sft_train", cfg.sft.train_data), ("sft_eval", cfg.sft.eval_data),
+                       ("comparisons_train", cfg.rm.train_data), ("comparisons_eval", cfg.rm.eval_data),
+                       ("ppo_train", cfg.ppo.prompts), ("ppo_eval", cfg.ppo.eval_prompts)]:
+        if value:
+            sources[key] = Path(value)
+    return sources
+
+
+def policy_comparisons(cfg: Config, sources: dict) -> dict:
+    """The embedded task ranks the SFT policy's own samples (written by the SFT stage)."""
+    if not (cfg.uses_embedded_task and cfg.task.rm_candidates == "policy"):
+        return sources
+    paths = {k: cfg.run.dir / "data" / v for k, v in POLICY_COMPARISONS.items()}
+    if not paths["comparisons_train"].exists():
+        raise InputError(f"{paths['comparisons_train']}: no labelled SFT samples yet (run `instructrl sft` first)")
+    return {**sources, **paths}
+
+
+def load_split(loader, sources: dict, train_key: str, eval_key: str, cfg: Config) -> tuple[list, list]:
+    """Train and eval records; without an eval file the last 1/20 of the training file is held out."""
+    train = loader(sources[train_key], cfg.data)
+    if eval_key in sources:
+        return train, loader(sources[eval_key], cfg.data)
+    n = max(1, len(train) // 20)
+    if len(train) - n < 1:
+        key = {"sft_train": "sft", "comparisons_train": "rm"}[train_key]
+        raise DataError(f"{sources[train_key]}: {len(train)} usable record(s); training needs at least 2, since "
+                        f"the last 1/20 (at least one) is held out for evaluation. Add records or give "
+                        f"{key}.eval_data.")
+    return train[:-n], train[-n:]
+
+
+def split_prompts(cfg: Config, sources: dict) -> tuple[list[Prompt], list[Prompt]]:
+    """PPO prompts and held-out prompts: ppo.eval_prompts, or else the last 1/20 of ppo.prompts (at most
+    500), so that every run measures its policy on prompts it never trained on."""
+    prompts = load_prompts(sources["ppo_train"], cfg.data)
+    if "ppo_eval" in sources:
+        return prompts, load_prompts(sources["ppo_eval"], cfg.data)
+    n = min(500, max(1, len(prompts) // 20))
+    if len(prompts) - n < 1:
+        raise DataError(f"{sources['ppo_train']}: {len(prompts)} prompt(s); PPO needs at least 2, since the last "
+                        f"1/20 (at least one) is held out for evaluation. Add prompts or give ppo.eval_prompts.")
+    return prompts[:-n], prompts[-n:]
+
+
+def build_tokenizer(cfg: Config, inputs: Inputs):
+    """The run's tokenizer, in memory: the user's, the pretrained model's, a BPE trained on the data
+    (or the one an earlier stage of this run trained), or the embedded task's words."""
+    saved = cfg.run.dir / "tokenizer"
+    if cfg.model.tokenizer or cfg.model.pretrained:
+        return load_tokenizer(cfg.model.tokenizer or cfg.model.pretrained)
+    if cfg.model.bpe_vocab and (saved / "tokenizer.json").exists() and not cfg.run.overwrite:
+        return load_tokenizer(saved)
+    if cfg.model.bpe_vocab:
+        texts = [r.prompt + r.response for r in inputs.sft[0]] if inputs.sft else []
+        texts += [c.prompt + r for c in (inputs.rm[0] if inputs.rm else []) for r in c.responses]
+        texts += [p.text for p in inputs.prompts or []]
+        if not texts:
+            raise ConfigError("model.bpe_vocab: a BPE is trained on the run's data, and this command reads none; "
+                              "run `instructrl sft` first (it saves the tokenizer) or set model.tokenizer")
+        return train_bpe_tokenizer(texts, cfg.model.bpe_vocab)
+    return build_word_tokenizer(WORDS)
+
+
+def check_text(cfg: Config, tok, sources: dict, inputs: Inputs) -> None:
+    """Text the tokenizer does not know comes out as <unk> and trains nothing: refuse it."""
+    unk = tok.unk_token_id
+    if unk is None:
+        return
+    sets = {"sft_train": [r.prompt + " " + r.response for r in inputs.sft[0]] if inputs.sft else [],
+            "comparisons_train": [c.prompt + " " + c.responses[0] for c in inputs.rm[0]] if inputs.rm else [],
+            "ppo_train": [p.text for p in inputs.prompts or []], "ppo_eval": [p.text for p in inputs.eval_prompts]}
+    for key, texts in sets.items():
+        ids = [i for t in texts[:1000] for i in tok(t, add_special_tokens=False)["input_ids"]]
+        share = sum(i == unk for i in ids) / max(1, len(ids))
+        if share > MAX_UNKNOWN:
+            raise DataError(f"{sources[key] if not isinstance(sources[key], list) else key}: {share:.0%} of its "
+                            f"tokens are unknown to the tokenizer ({tok.unk_token}); the text is not what the "
+                            f"tokenizer was made for. Set model.pretrained or model.tokenizer to one that knows it, "
+                            f"or model.bpe_vocab to train one on your data.")
+
+
+def apply_chat_template(cfg: Config, inputs: Inputs) -> None:
+    if not cfg.data.chat_template:
+        return
+    tok = inputs.tok
+    if not getattr(tok, "chat_template", None):
+        source = cfg.model.tokenizer or cfg.model.pretrained or "built for this run"
+        raise ConfigError(f"data.chat_template=true, but the tokenizer ({source}) has no chat template; give a "
+                          f"tokenizer with one, or set data.chat_template=false")
+    if inputs.sft:
+        inputs.sft = tuple([r.model_copy(update={"prompt": chat_prompt(tok, r.prompt)}) for r in part]
+                           for part in inputs.sft)
+    if inputs.rm:
+        inputs.rm = tuple([replace(c, prompt=chat_prompt(tok, c.prompt)) for c in part] for part in inputs.rm)
+    if inputs.prompts:
+        inputs.prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.prompts]
+    inputs.eval_prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.eval_prompts]
+
+
+# ---------------------------------------------------------------- models
+
+def check_models(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
+    """Every checkpoint a stage starts from, read from its headers: config, tensor names and shapes,
+    the right head for its role, a vocabulary that covers the tokenizer, positions for every length."""
+    paths, run, tok = inputs.models, cfg.run.dir, inputs.tok
+    produced = {run / "sft"} if "sft" in stages else set()
+    produced |= {run / "rm"} if "rm" in stages else set()
+    needed = {"sft": [("sft_init", "model.pretrained")], "rm": [("rm_init", "rm.init")],
+              "ppo": [("policy", "ppo.policy_init"), ("reward", "ppo.reward_model"), ("critic", "ppo.critic_init")]}
+    shapes = [cfg.model.fresh_config()] if "sft" in stages and paths["sft_init"] is None else []
+    for stage in stages:
+        for role, key in needed[stage]:
+            path = paths[role]
+            if role in ("reward", "sft_init") and path is None:
+                continue  # no reward model (functions only); a fresh model (its shape is checked above)
+            if path is None:
+                raise ConfigError(f"{key}: no model to start from; set {key} or model.pretrained (or give SFT data, "
+                                  f"sft.train_data, so this run trains one)")
+            if path in produced:
+                continue
+            where = f"{key}={path}" if role != "rm_init" or cfg.rm.init else f"{path} (this run's SFT model)"
+            try:
+                model, heads = inspect_checkpoint(path)
+            except InputError as e:
+                raise type(e)(f"{where}: {e}") from None
+            if role in ("sft_init", "policy") and not ("lm_head.weight" in heads or model.tied):
+                raise InputError(f"{where}: a scalar (reward or value) model, not a causal LM: it has no LM head "
+                                 f"to generate with")
+            if role == "reward" and "score.weight" not in heads:
+                raise InputError(f"{where}: a causal LM, not a reward model: it has no scalar score head, so its "
+                                 f"scores would be random. Train one with `instructrl rm` (ppo.reward_model=auto) "
+                                 f"or give a *ForSequenceClassification checkpoint.")
+            if len(tok) > model.vocab_size:
+                raise InputError(f"{where}: its vocabulary ({model.vocab_size}) is smaller than the tokenizer's "
+                                 f"({len(tok)}); use the tokenizer the model was trained with")
+            shapes.append(model)
+    for model in shapes:
+        check_lengths(cfg, stages, model.max_seq_len)
+
+
+def check_lengths(cfg: Config, stages: tuple[str, ...], positions: int) -> None:
+    """Every configured sequence length fits the model's positions (else an index error deep in torch)."""
+    lengths = {"sft": [("sft.max_len", cfg.sft.max_len)], "rm": [("rm.max_len", cfg.rm.max_len)],
+               "ppo": [("ppo.max_prompt_len + ppo.max_new_tokens", cfg.ppo.max_prompt_len + cfg.ppo.max_new_tokens),
+                       ("ppo.ptx_max_len", cfg.ppo.ptx_max_len if cfg.ppo.ptx_coef else 0)]}
+    evals = ("evaluation.max_prompt_len + evaluation.max_new_tokens",
+             cfg.evaluation.max_prompt_len + cfg.evaluation.max_new_tokens)
+    for stage in stages:
+        for key, value in lengths[stage] + ([evals] if stage in ("sft", "ppo") else []):
+            if value > positions:
+                raise ConfigError(f"{key} = {value} is longer than the model's {positions} positions "
+                                  f"(max_seq_len / max_position_embeddings); lower it")
+
+
+# ---------------------------------------------------------------- functions, PPO
+
+def check_functions(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
+    """Import every task function here, where a mistake costs seconds, and check that each accepts the
+    fields of the prompts it will be called with."""
+    cwd = Path.cwd()
+    field_sets = {"ppo.prompts": _field_names(inputs.prompts or []),
+                  "ppo.eval_prompts": _field_names(inputs.eval_prompts)}
+    if "ppo" in stages:
+        for i, spec in enumerate(cfg.ppo.reward_functions):
+            fn = _load(spec, cwd, f"ppo.reward_functions.{i}")
+            for source, names in field_sets.items():
+                _check_signature(fn, names, source)
+    gold = cfg.evaluation.gold_function
+    if gold is not None and inputs.eval_prompts and {"sft", "ppo"} & set(stages):
+        inputs.gold = _load(gold, cwd, "evaluation.gold_function")
+        _check_signature(inputs.gold, field_sets["ppo.eval_prompts"], "ppo.eval_prompts")
+
+
+def _field_names(prompts: list[Prompt]) -> list[str]:
+    return list(dict.fromkeys(k for p in prompts for k in p.fields))
+
+
+def _load(spec: FunctionSpec, cwd: Path, key: str) -> TaskFunction:
+    try:
+        return TaskFunction(spec.resolved(cwd), cwd)
+    except FunctionError as e:
+        raise FunctionError(f"{key}: {e}") from None
+
+
+def _check_signature(fn: TaskFunction, names: list[str], source: str) -> None:
+    import inspect
+
+    try:
+        inspect.signature(fn.fn).bind(["prompt"], ["response"], **dict.fromkeys(names, [None]))
+    except TypeError as e:
+        fields = ", ".join(names) or "none"
+        raise FunctionError(f"{fn.spec.function} cannot be called as fn(prompts, responses, **fields) with the "
+                            f"fields of {source} ({fields}): {e}. Give it those parameters or **fields.") from None
+    except ValueError:
+        pass  # no signature to read (a builtin or C function): its first call will tell
+
+
+def check_ppo_inputs(cfg: Config, inputs: Inputs) -> None:
+    p = cfg.ppo
+    reward = inputs.models["reward"]
+    if reward is not None and p.normalize_scores:
+        stats_file = reward / "reward_stats.json"
+        if reward != cfg.run.dir / "rm" or stats_file.exists():
+            stats = read_stats(reward)
+            if stats["std"] <= 1e-6:
+                raise InputError(f"{stats_file}: std {stats['std']}: the reward model gives every held-out response "
+                                 f"the same score, so it cannot rank; check its training data (all responses "
+                                 f"identical?) or set ppo.normalize_scores=false")
+            inputs.reward_stats = stats
+    if p.ptx_coef:
+        text = load_text(p.ptx_data)
+        n = len(inputs.tok(text[:2_000_000], add_special_tokens=False)["input_ids"])
+        if n < p.ptx_max_len:
+            raise DataError(f"{p.ptx_data}: {n} tokens, fewer than ppo.ptx_max_len={p.ptx_max_len}: not one "
+                            f"pretraining sequence; give more text or lower ppo.ptx_max_len")
+    if p.resume:
+        inputs.resume = read_resume(Path(p.resume), p.steps)
+
+
+def read_stats(model_dir: Path) -> dict:
+    try:
+        stats = read_reward_stats(model_dir)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{model_dir / 'reward_stats.json'}: not valid JSON ({e})") from None
+    if stats is None:
+        raise InputError(f"{model_dir / 'reward_stats.json'}: not found. ppo.normalize_scores=true divides the "
+                         f"reward model's scores by their held-out mean and std, which `instructrl rm` writes there; "
+                         f"write {{\"mean\": m, \"std\": s}} yourself or set ppo.normalize_scores=false")
+    if not isinstance(stats, dict) or not all(isinstance(stats.get(k), int | float) for k in ("mean", "std")):
+        raise InputError(f"{model_dir / 'reward_stats.json'}: expected {{\"mean\": number, \"std\": number}}")
+    return stats
+
+
+def read_resume(path: Path, steps: int) -> dict:
+    """The coordinator state of a PPO checkpoint, after checking that its parts are there and whole."""
+    state_file = path / "coordinator.json"
+    if not path.is_dir():
+        raise InputError(f"ppo.resume={path}: no such checkpoint directory")
+    try:
+        state = json.loads(state_file.read_text())
+        step = int(state["step"])
+        state["kl"]["value"]  # noqa: B018 — the KL controller's state must be there
+    except FileNotFoundError:
+        raise InputError(f"{state_file}: missing; {path} is not a complete PPO checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{state_file}: damaged ({type(e).__name__}: {e}); resume from an earlier checkpoint") \
+            from None
+    if step >= steps:
+        raise InputError(f"ppo.resume={path}: the checkpoint is at step {step}, and ppo.steps={steps} leaves nothing "
+                         f"to do; raise ppo.steps to continue training")
+    for role in ("policy", "critic"):
+        files = sorted((path / role).rglob("*")) if (path / role).is_dir() else []
+        blobs = [f for f in files if f.is_file()]
+        if not blobs:
+            raise InputError(f"{path / role}: missing or empty; {path} is not a complete PPO checkpoint")
+        for f in blobs:
+            if f.suffix == ".pt" and (f.stat().st_size == 0 or not _whole_zip(f)):
+                raise InputError(f"{f}: truncated or corrupt; resume from an earlier checkpoint")
+    return state
+
+
+def _whole_zip(path: Path) -> bool:
+    """torch.save writes a zip archive: its CRCs tell a torn file from a whole one without unpickling."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
