@@ -63,6 +63,42 @@ def run(root, tok, prompts, cfg: PPOConfig, start=None, saved=None, engine=PLAIN
     return logged, getattr(checkpoint, "state", None)
 
 
+SEVENS = """
+def sevens(prompts, responses, op, **fields):
+    # the fields arrive aligned with their rows: each prompt starts with its own op
+    for p, o in zip(prompts, op, strict=True):
+        if p.split()[0] != o:
+            raise AssertionError(f"field op={o!r} arrived with prompt {p!r}")
+    return [r.split().count("7") / max(1, len(r.split())) for r in responses]
+"""
+
+
+def test_a_reward_function_alone_drives_the_policy(setup, tmp_path):
+    """No reward model: the reward ranks hold no weights; the function's score rises under PPO."""
+    from dataclasses import replace
+
+    from rlhf.functions import FunctionSpec
+
+    root, tok, prompts = setup
+    (tmp_path / "rewards.py").write_text(SEVENS)
+    spec = FunctionSpec(function="rewards.py:sevens").resolved(tmp_path)
+    prompts = [replace(p, fields={"op": p.text.split()[0]}) for p in prompts]
+    reward = LocalGroup(RewardWorker, None, EngineConfig(), (spec,), str(tmp_path))
+    assert reward.broadcast(lambda w: w.rm).get() == [None]
+    policy = ModelSource(path=str(root / "policy"))
+    r = Roles(LocalGroup(PolicyWorker, policy, PLAIN, OPT, 100, 4), LocalGroup(ReferenceWorker, policy, EngineConfig()),
+              LocalGroup(CriticWorker, policy, EngineConfig(), OPT, 100, 4), reward)  # critic: a fresh value head
+    cfg = base_cfg(steps=10, kl_coef=0.0, ppo_epochs=2, reward_model=None,
+                   reward_functions=[{"function": spec.function, "weight": 2.0}])
+    logged: dict[int, dict] = {}
+    train_ppo(r, tok, prompts, cfg, lambda m, s: logged.__setitem__(s, m), None, lambda s: None, lambda s, t: None)
+    first = sum(logged[s]["reward/fn/sevens"] for s in (1, 2)) / 2
+    last = sum(logged[s]["reward/fn/sevens"] for s in (9, 10)) / 2
+    assert last > first + 0.1, (first, last)
+    assert logged[10]["reward/score"] == pytest.approx(2.0 * logged[10]["reward/fn/sevens"])  # the weight
+    assert "reward/rm_score" not in logged[10]
+
+
 def base_cfg(**kw) -> PPOConfig:
     return PPOConfig(prompts_per_step=16, minibatches=2, max_new_tokens=6, max_prompt_len=12, normalize_scores=False,
                      eval_every=1000, **kw)

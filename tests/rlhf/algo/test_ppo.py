@@ -9,6 +9,7 @@ import torch
 
 from rlhf.algo.ppo import (
     KLController,
+    combine_scores,
     compute_gae,
     kl_k1,
     kl_k3,
@@ -147,3 +148,17 @@ def test_leave_one_out_baseline_against_loop():
         s = scores[3 * g:3 * g + 3].tolist()
         expected += [s[i] - (sum(s) - s[i]) / 2 for i in range(3)]
     assert got.tolist() == pytest.approx(expected)
+
+
+def test_combined_score_by_hand():
+    """0.5 × clip((rm − 1) / 2, ±1) + 2 × exact + (−1) × length: the RM part alone is normalised."""
+    parts = {"rm": torch.tensor([3.0, 1.0, 9.0]), "exact": torch.tensor([1.0, 0.0, 1.0]),
+             "length": torch.tensor([0.5, 0.25, 0.0])}
+    weights = {"rm": 0.5, "exact": 2.0, "length": -1.0}
+    got = combine_scores(parts, weights, {"mean": 1.0, "std": 2.0}, clip=1.0)
+    # rm normalised: (3-1)/2 = 1, (1-1)/2 = 0, (9-1)/2 = 4 → clipped to 1
+    expected = [0.5 * 1 + 2 * 1 - 0.5, 0.5 * 0 + 0 - 0.25, 0.5 * 1 + 2 * 1 - 0.0]
+    assert got.tolist() == pytest.approx(expected)
+    # without statistics the RM score enters raw; a function alone is its own score
+    assert combine_scores(parts, {"rm": 1.0}).tolist() == pytest.approx([3.0, 1.0, 9.0])
+    assert combine_scores(parts, {"exact": 1.0}, {"mean": 1.0, "std": 2.0}).tolist() == [1.0, 0.0, 1.0]

@@ -1,0 +1,109 @@
+"""A task this project has never seen, run as a user would: their files, their reward function, and a
+Hugging Face checkpoint of any supported family as the start. PPO's exported policy loads in
+transformers, in its own family's class, with our logits; the chat template reaches every stage's
+model-facing text; reward functions run in the reward group's ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from launcher.cli import main
+from models.hf import load_pretrained
+from tests.launcher.user_task import make_checkpoint, make_tokenizer, write_task
+
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+           "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    files = write_task(tmp_path_factory.mktemp("task"))
+    return files, make_tokenizer(files)
+
+
+def common(files, out) -> list[str]:
+    fn = f"{files['rewards']}:correct"
+    return [f"ppo.prompts={files['prompts']}", f"ppo.eval_prompts={files['eval']}", f"run.out_dir={out}", "run.name=t",
+            f"ppo.reward_functions=[{{function: '{fn}'}}]", f"evaluation.gold_function={fn}",
+            "ppo.steps=2", "ppo.prompts_per_step=8", "ppo.minibatches=2", "ppo.max_new_tokens=4",
+            "ppo.max_prompt_len=24", "evaluation.max_new_tokens=4", "evaluation.max_prompt_len=24", "ppo.eval_every=1",
+            "ppo.policy.optim.lr=1e-3"]
+
+
+@pytest.mark.parametrize("family", sorted(CLASSES))
+def test_ppo_from_any_family_exports_it_with_identical_logits(task, tmp_path, family, capsys):
+    files, tok = task
+    start = make_checkpoint(family, tok, tmp_path / family)
+    rc = main(["ppo", f"model.pretrained={start}", "ppo.reward_model=null", "run.backend=local",
+               *common(files, tmp_path / "runs")])
+    assert rc == 0, capsys.readouterr().err
+    out = tmp_path / "runs" / "t" / "ppo" / "policy"
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == CLASSES[family]
+    ours = load_pretrained(out).eval()
+    ids = torch.randint(0, len(tok), (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(input_ids=ids).logits, atol=1e-5, rtol=0)
+    before = AutoModelForCausalLM.from_pretrained(start).state_dict()
+    assert any(not torch.equal(v, before[k]) for k, v in hf.state_dict().items())  # PPO changed the weights
+    assert "held-out gold score" in capsys.readouterr().out
+
+
+def test_pipeline_from_a_qwen2_checkpoint_through_its_chat_template(task, tmp_path, capsys):
+    """SFT, reward model and PPO all start from the user's checkpoint; the RM's head is new."""
+    files, tok = task
+    start = make_checkpoint("qwen2", tok, tmp_path / "qwen2")
+    args = [f"model.pretrained={start}", "data.chat_template=true", f"sft.train_data={files['sft']}",
+            f"rm.train_data={files['comparisons']}", "sft.epochs=1", "sft.max_len=32", "rm.max_len=32",
+            "run.backend=local", "ppo.reward_model_weight=0.5", *common(files, tmp_path / "runs")]
+    from launcher.config import load_config
+    from launcher.preflight import check_inputs, stages_of
+
+    cfg = load_config(None, args)
+    inputs = check_inputs(cfg, stages_of("pipeline", cfg))
+    assert inputs.sft[0][0].prompt.startswith("<|user|>") and inputs.sft[0][0].prompt.endswith("<|assistant|>")
+    assert inputs.rm[0][0].prompt.startswith("<|user|>")
+    assert inputs.prompts[0].query.startswith("<|user|>") and not inputs.prompts[0].text.startswith("<|")
+    assert main(["pipeline", *args]) == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "t"
+    assert type(AutoModelForSequenceClassification.from_pretrained(run / "rm")).__name__ == \
+        "Qwen2ForSequenceClassification"
+    assert type(AutoModelForCausalLM.from_pretrained(run / "ppo" / "policy")).__name__ == "Qwen2ForCausalLM"
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("eval/gold_score", "eval/gold_stderr", "eval/score", "eval/rm_score", "eval/fn/correct", "eval/kl",
+                "eval/response_length"):
+        assert key in summary["start"] and key in summary["final"], key
+    assert summary["start"]["eval/kl"] == pytest.approx(0.0, abs=1e-4)
+    assert (run / "ppo" / "overoptimization.png").stat().st_size > 10_000
+
+
+PID_REWARD = '''
+import os
+
+def pid(prompts, responses, **fields):
+    with open({log!r}, "a") as f:
+        f.write(f"{{os.getpid()}} {{len(prompts)}}\\n")
+    return [0.0] * len(prompts)
+'''
+
+
+@pytest.mark.slow
+def test_reward_functions_run_in_the_reward_ranks(ray_cluster, task, tmp_path):
+    """Two reward ranks, no reward model: each rank scores its half of every batch, none runs in the driver."""
+    files, tok = task
+    start = make_checkpoint("llama", tok, tmp_path / "llama")
+    log = tmp_path / "pids.txt"
+    (tmp_path / "pid.py").write_text(PID_REWARD.format(log=str(log)))
+    args = ["ppo", f"model.pretrained={start}", "ppo.reward_model=null", *common(files, tmp_path / "runs"),
+            f"ppo.reward_functions=[{{function: '{tmp_path / 'pid.py'}:pid'}}]", "ppo.reward.group.ranks=2",
+            "evaluation.gold_function=null", "ppo.eval_every=100"]
+    assert main(args) == 0
+    ranks = json.loads((tmp_path / "runs" / "t" / "ppo" / "placement.json").read_text())["reward"]
+    calls = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    assert {p for p, _ in calls} == {r["pid"] for r in ranks} and os.getpid() not in {p for p, _ in calls}
+    assert {n for _, n in calls} == {4, 10}  # 8 rollouts a step and 20 eval prompts, split over 2 ranks
