@@ -263,12 +263,17 @@ def check_models(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
                                   f"sft.train_data, so this run trains one)")
             if path in produced:
                 continue
-            where = f"{key}={path}" if role != "rm_init" or cfg.rm.init else f"{path} (this run's SFT model)"
+            earlier = {run / "sft": ("SFT", "sft"), run / "rm": ("reward", "rm")}.get(path)
+            if earlier and not path.exists():
+                raise InputError(f"{path}: this run's {earlier[0]} model does not exist yet; run `instructrl "
+                                 f"{earlier[1]}` (or `instructrl pipeline`) first, or set {key}")
+            where = f"{key}={path}" if path not in (run / "sft", run / "rm") else f"{path} (this run's model)"
             try:
                 model, heads = inspect_checkpoint(path)
             except InputError as e:
                 raise type(e)(f"{where}: {e}") from None
-            if role in ("sft_init", "policy") and not ("lm_head.weight" in heads or model.tied):
+            if role in ("sft_init", "policy") and ("score.weight" in heads or not ("lm_head.weight" in heads or
+                                                                                  model.tied)):
                 raise InputError(f"{where}: a scalar (reward or value) model, not a causal LM: it has no LM head "
                                  f"to generate with")
             if role == "reward" and "score.weight" not in heads:

@@ -160,6 +160,8 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> Iterator[tuple[str, dict
 def _table_rows(source: str | Path, load, kind: str) -> Iterator[tuple[str, dict]]:
     import datasets
 
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # it logs the error it raises; we report it once
     try:
         ds = load(datasets)
     except InputError:
@@ -167,6 +169,8 @@ def _table_rows(source: str | Path, load, kind: str) -> Iterator[tuple[str, dict
     except Exception as e:  # pyarrow, fsspec and datasets raise many types for one cause: an unreadable file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{source}: not a readable {kind} ({first})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
             raise DataError(f"{source}: a DatasetDict without a 'train' split (has {list(ds)}); name the split "
