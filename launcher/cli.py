@@ -126,17 +126,23 @@ def describe(cfg, inputs, stage_list: tuple[str, ...]) -> str:
         lines.append(f"  RM: {len(inputs.rm[0])} train / {len(inputs.rm[1])} held-out rankings")
     if inputs.prompts is not None:
         fields = sorted({k for p in inputs.prompts for k in p.fields})
+        held = "held-out" if cfg.ppo.eval_prompts else "held out from them for"
         lines.append(f"  PPO: {len(inputs.prompts)} prompts (fields: {', '.join(fields) or 'none'}), "
-                     f"{len(inputs.eval_prompts)} held out for evaluation")
-    for role, path in inputs.models.items():
-        if path is not None:
-            lines.append(f"  {role}: {path}")
-    functions = [f.function for f in cfg.ppo.reward_functions]
-    lines.append(f"  reward: {'reward model ' + str(inputs.models['reward']) if inputs.models['reward'] else ''}"
-                 f"{' + ' if inputs.models['reward'] and functions else ''}{', '.join(functions)}")
+                     f"{len(inputs.eval_prompts)} {held} evaluation")
+    roles = {"sft": ("sft_init",), "rm": ("rm_init",), "ppo": ("policy", "critic")}
+    for role in dict.fromkeys(r for stage in stage_list for r in roles[stage]):
+        path = inputs.models[role]
+        lines.append(f"  {role} starts from: {path or f'a fresh {cfg.model.preset!r} model'}")
+    functions = [f"{f.function} (× {f.weight:g})" for f in cfg.ppo.reward_functions]
+    reward = inputs.models["reward"]
+    parts = ([f"reward model {reward} (× {cfg.ppo.reward_model_weight:g})"] if reward else []) + functions
+    lines.append(f"  PPO score: {' + '.join(parts)}")
     gold = cfg.evaluation.gold_function
     lines.append(f"  gold function: {gold.function if gold else 'none (no gold score)'}")
-    lines.append(f"  tokenizer: {type(inputs.tok).__name__}, {len(inputs.tok)} tokens")
+    source = cfg.model.tokenizer or cfg.model.pretrained or (
+        f"a byte-level BPE trained on the data (model.bpe_vocab={cfg.model.bpe_vocab})" if cfg.model.bpe_vocab
+        else "the embedded task's words")
+    lines.append(f"  tokenizer: {source}, {len(inputs.tok)} tokens")
     return "\n".join(lines)
 
 

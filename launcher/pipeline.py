@@ -155,6 +155,10 @@ def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None =
     }
 
 
+LABELS = {"eval/score": "PPO score (proxy)", "eval/rm_score": "reward model score", "eval/kl": "KL to start, nats",
+          "eval/response_length": "response length"}
+
+
 def print_summary(s: dict) -> None:
     print("\n== instructrl summary ==")
     start, final = s["start"], s["final"]
@@ -165,15 +169,15 @@ def print_summary(s: dict) -> None:
         for key in final:
             if key in ("eval/gold_stderr", "eval/sqrt_kl"):
                 continue
-            name = key.removeprefix("eval/")
+            name = LABELS.get(key, key.replace("eval/fn/", "reward function "))
             if key == "eval/gold_score":
                 a, b = start[key], final[key]
                 sa, sb = start["eval/gold_stderr"], final["eval/gold_stderr"]
                 noise = math.hypot(sa, sb)
                 gain = f"gain {b - a:+.3f} ({(b - a) / noise if noise else float('inf'):.1f} standard errors)"
-                print(f"  held-out gold score  {a:.3f} ± {sa:.3f}  →  {b:.3f} ± {sb:.3f}   {gain}")
+                print(f"  {'gold score':<24}  {a:.3f} ± {sa:.3f}  →  {b:.3f} ± {sb:.3f}   {gain}")
             elif key in start:
-                print(f"  {name:<20}  {start[key]:.4g}  →  {final[key]:.4g}")
+                print(f"  {name:<24}  {start[key]:.4f}  →  {final[key]:.4f}")
     if s["final_kl"] is not None:
         print(f"final KL(PPO ‖ SFT) per sequence, training batch: {s['final_kl']:.3f}")
     if s["sft_eval_loss"] is not None:

@@ -24,22 +24,23 @@ def plot_overoptimization(evaluations: dict[int, dict[str, float]], path: Path) 
     x = [math.sqrt(max(evaluations[s]["eval/kl"], 0.0)) for s in steps]
     gold = [evaluations[s]["eval/gold_score"] for s in steps]
     err = [evaluations[s].get("eval/gold_stderr", 0.0) for s in steps]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ax.errorbar(x, gold, yerr=err, color="tab:blue", marker="o", capsize=3, label="gold score (± 1 s.e.)")
-    ax.set_xlabel("√KL(policy ‖ start), nats^½ per sequence")
-    ax.set_ylabel("gold score", color="tab:blue")
-    for s, xi, yi in zip(steps, x, gold, strict=True):
-        ax.annotate(str(s), (xi, yi), textcoords="offset points", xytext=(3, 5), fontsize=7, color="tab:blue")
     proxy = [evaluations[s].get("eval/score") for s in steps]
-    lines = ax.get_legend_handles_labels()
-    if all(p is not None for p in proxy):
-        twin = ax.twinx()
-        twin.plot(x, proxy, color="tab:orange", marker="s", label="proxy score (what PPO optimises)")
-        twin.set_ylabel("proxy score", color="tab:orange")
-        extra = twin.get_legend_handles_labels()
-        lines = (lines[0] + extra[0], lines[1] + extra[1])
-    ax.legend(*lines, loc="lower right", fontsize=8)
-    ax.set_title("Over-optimisation: gold vs proxy (labels: PPO step)", fontsize=10)
+    # One panel each: the two scores have different units, and twin axes would suggest comparing levels.
+    rows = 2 if all(p is not None for p in proxy) else 1
+    fig, axes = plt.subplots(rows, 1, sharex=True, figsize=(6.4, 2.4 + 2.2 * rows), dpi=120, squeeze=False)
+    top = axes[0][0]
+    if rows == 2:
+        top.plot(x, proxy, color="tab:orange", marker="s")
+        top.set_ylabel("proxy score\n(what PPO optimises)")
+        for s, xi, yi in zip(steps, x, proxy, strict=True):
+            top.annotate(str(s), (xi, yi), textcoords="offset points", xytext=(3, 5), fontsize=7)
+    ax = axes[-1][0]
+    ax.errorbar(x, gold, yerr=err, color="tab:blue", marker="o", capsize=3)
+    ax.set_ylabel("gold score (± 1 s.e.)")
+    for s, xi, yi in zip(steps, x, gold, strict=True):
+        ax.annotate(str(s), (xi, yi), textcoords="offset points", xytext=(3, 5), fontsize=7)
+    ax.set_xlabel("√KL(policy ‖ start), nats^½ per sequence")
+    top.set_title("Over-optimisation: proxy and gold score against √KL (labels: PPO step)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

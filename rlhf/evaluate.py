@@ -124,7 +124,7 @@ def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges:
     if scores:
         metrics["eval/score"] = statistics.fmean(scores)
         for k, v in parts.items():
-            metrics["eval/rm_score" if k == "rm" else f"eval/fn/{k}"] = float(torch.cat(v).mean())
+            metrics["eval/rm_score" if k == "rm" else f"eval/fn/{k}"] = statistics.fmean(torch.cat(v).tolist())
         for row, v in zip(rows, scores, strict=True):
             row["score"] = v
     return Evaluation(metrics, gold, rows)
