@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
 	touch $(STAMP)
 
+# run.overwrite=true: a second `make demo` replaces runs/demo (the CLI alone refuses to).
 demo: $(STAMP)
-	$(BIN)/instructrl demo
+	$(BIN)/instructrl demo run.overwrite=true
 
 test: $(STAMP)
 	$(BIN)/ruff check .

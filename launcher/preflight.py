@@ -80,6 +80,9 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
     if "rm" in stages and not (cfg.uses_embedded_task and cfg.task.rm_candidates == "policy" and "sft" in stages):
         inputs.rm = load_split(load_comparisons, policy_comparisons(cfg, sources), "comparisons_train",
                                "comparisons_eval", cfg)
+    if "ppo" in stages and "ppo_train" not in sources:
+        raise ConfigError("ppo.prompts: PPO needs prompts (a file of {\"prompt\": ...} records, or comparisons "
+                          "or HH-RLHF pairs, whose prompts serve); set ppo.prompts")
     if {"sft", "ppo"} & set(stages) and "ppo_train" in sources:
         prompts, inputs.eval_prompts = split_prompts(cfg, sources)
         inputs.prompts = prompts if "ppo" in stages else None

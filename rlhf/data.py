@@ -6,6 +6,7 @@ Records (field names are mapped by DataConfig, e.g. `data.prompt_key=question`):
                {"prompt": str, "chosen": str, "rejected": str}    (the K = 2 case)
                {"chosen": str, "rejected": str}                   (Anthropic HH-RLHF dialogues)
   PPO prompts  {"prompt": str, ...}: every other field travels with the prompt to reward functions
+               (an HH-RLHF pair also serves: its dialogue up to the last assistant turn)
   pretraining  plain text (.txt or .txt.gz)
 Files: JSONL, JSON, CSV/TSV, Parquet, `datasets` directories, Hub names (rlhf/files.py). A bad record
 raises DataError naming the file, the line (or row) and the field. Must not import ray, deepspeed or megatron.
@@ -180,8 +181,12 @@ def load_prompts(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Prompt]:
     """Prompts, each with its record's other fields (e.g. the `answer` a reward function checks)."""
     out = []
     for where, row in _records(path, f"prompts in a '{cfg.prompt_key}' field"):
-        prompt = _validate(PromptRecord, where, row, cfg).prompt
-        fields = {k: v for k, v in row.items() if k != cfg.prompt_key}
+        if cfg.prompt_key not in row and cfg.chosen_key in row:  # an HH-RLHF pair: its dialogue so far
+            prompt = split_hh_dialogue(_validate(HHRecord, where, row, cfg).chosen, where, cfg.chosen_key)[0]
+            fields = {k: v for k, v in row.items() if k not in (cfg.chosen_key, cfg.rejected_key)}
+        else:
+            prompt = _validate(PromptRecord, where, row, cfg).prompt
+            fields = {k: v for k, v in row.items() if k != cfg.prompt_key}
         clash = [k for k in RESERVED_FIELDS if k in fields]
         if clash:
             raise DataError(f"{where}: field '{clash[0]}' has the name of a reward function's own argument "

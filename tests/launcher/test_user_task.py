@@ -107,3 +107,13 @@ def test_reward_functions_run_in_the_reward_ranks(ray_cluster, task, tmp_path):
     calls = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
     assert {p for p, _ in calls} == {r["pid"] for r in ranks} and os.getpid() not in {p for p, _ in calls}
     assert {n for _, n in calls} == {4, 10}  # 8 rollouts a step and 20 eval prompts, split over 2 ranks
+
+
+def test_hh_preset_checks_all_three_steps_on_the_real_file(shared_data, capsys, monkeypatch):
+    """configs/hh.yaml names ../shared/data relative to the repository root, where users run it."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    assert main(["check", "--config", "hh", "run.out_dir=/nonexistent-dir-for-check"]) == 0
+    out = capsys.readouterr().out
+    assert "would run: sft → rm → ppo" in out and "PPO: 1710 prompts" in out, out

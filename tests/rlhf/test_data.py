@@ -198,6 +198,9 @@ def test_pretraining_text(tmp_path):
 
 
 def test_hh_rlhf_harmless_real_file(shared_data, caplog):
+    prompts = load_prompts(shared_data / "hh_harmless_dev.jsonl.gz")  # each pair's dialogue so far
+    assert len(prompts) == 1800 and all(p.text.endswith("\n\nAssistant:") for p in prompts)
+    assert all("\n\nHuman:" in p.text and not p.fields for p in prompts)
     got = load_comparisons(shared_data / "hh_harmless_dev.jsonl.gz")
     skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
     assert len(got) + len(skipped) == 1800  # every record is either used or reported
