@@ -317,11 +317,11 @@ def check_functions(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> Non
         for i, spec in enumerate(cfg.ppo.reward_functions):
             fn = _load(spec, cwd, f"ppo.reward_functions.{i}")
             for source, names in field_sets.items():
-                _check_signature(fn, names, source)
+                fn.check_fields(names, source)
     gold = cfg.evaluation.gold_function
     if gold is not None and inputs.eval_prompts and {"sft", "ppo"} & set(stages):
         inputs.gold = _load(gold, cwd, "evaluation.gold_function")
-        _check_signature(inputs.gold, field_sets["ppo.eval_prompts"], "ppo.eval_prompts")
+        inputs.gold.check_fields(field_sets["ppo.eval_prompts"], "ppo.eval_prompts")
 
 
 def _field_names(prompts: list[Prompt]) -> list[str]:
@@ -333,19 +333,6 @@ def _load(spec: FunctionSpec, cwd: Path, key: str) -> TaskFunction:
         return TaskFunction(spec.resolved(cwd), cwd)
     except FunctionError as e:
         raise FunctionError(f"{key}: {e}") from None
-
-
-def _check_signature(fn: TaskFunction, names: list[str], source: str) -> None:
-    import inspect
-
-    try:
-        inspect.signature(fn.fn).bind(["prompt"], ["response"], **dict.fromkeys(names, [None]))
-    except TypeError as e:
-        fields = ", ".join(names) or "none"
-        raise FunctionError(f"{fn.spec.function} cannot be called as fn(prompts, responses, **fields) with the "
-                            f"fields of {source} ({fields}): {e}. Give it those parameters or **fields.") from None
-    except ValueError:
-        pass  # no signature to read (a builtin or C function): its first call will tell
 
 
 def check_ppo_inputs(cfg: Config, inputs: Inputs) -> None:

@@ -224,7 +224,10 @@ def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_pre
                  log_dir: str | Path | None = None) -> dict[str, RayGroup]:
     """Place and start one RayGroup per role. A role with `colocate_with` shares the bundles of the
     named role (rank i on bundle i), so colocated roles split each bundle's CPUs/GPUs between them.
-    With log_dir, each rank writes its output to <log_dir>/<name>-rank<i>.log."""
+    With log_dir, each rank writes its output to <log_dir>/<name>-rank<i>.log; with --verbose
+    (INSTRUCTRL_VERBOSE=1) it keeps Ray's streams, which Ray forwards to the driver's terminal."""
+    if os.environ.get("INSTRUCTRL_VERBOSE") == "1":
+        log_dir = None
     from launcher.cluster import check_capacity, make_placement, release
 
     anchors = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import numbers
 import sys
@@ -137,6 +138,18 @@ class TaskFunction:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def check_fields(self, names: list[str], source: str) -> None:
+        """Fail now, not after hours of generation, if fn(prompts, responses, **fields) cannot take the
+        fields of the records in `source`."""
+        try:
+            inspect.signature(self.fn).bind(["prompt"], ["response"], **dict.fromkeys(names, [None]))
+        except TypeError as e:
+            raise FunctionError(f"{self.spec.function} cannot be called as fn(prompts, responses, **fields) with the "
+                                f"fields of {source} ({', '.join(names) or 'none'}): {e}. Give it those parameters or "
+                                f"**fields.") from None
+        except ValueError:
+            pass  # no signature to read (a builtin or C function): its first call will tell
 
     def __call__(self, prompts: list[str], responses: list[str], fields: dict[str, list]) -> list[float]:
         """One score per (prompt, response); raises FunctionError naming the culprit."""
