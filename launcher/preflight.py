@@ -340,13 +340,8 @@ def check_ppo_inputs(cfg: Config, inputs: Inputs) -> None:
     reward = inputs.models["reward"]
     if reward is not None and p.normalize_scores:
         stats_file = reward / "reward_stats.json"
-        if reward != cfg.run.dir / "rm" or stats_file.exists():
-            stats = read_stats(reward)
-            if stats["std"] <= 1e-6:
-                raise InputError(f"{stats_file}: std {stats['std']}: the reward model gives every held-out response "
-                                 f"the same score, so it cannot rank; check its training data (all responses "
-                                 f"identical?) or set ppo.normalize_scores=false")
-            inputs.reward_stats = stats
+        if reward != cfg.run.dir / "rm" or stats_file.exists():  # else this run's step 2 writes it
+            inputs.reward_stats = read_stats(reward)
     if p.ptx_coef:
         text = load_text(p.ptx_data)
         n = len(inputs.tok(text[:2_000_000], add_special_tokens=False)["input_ids"])
@@ -368,6 +363,10 @@ def read_stats(model_dir: Path) -> dict:
                          f"write {{\"mean\": m, \"std\": s}} yourself or set ppo.normalize_scores=false")
     if not isinstance(stats, dict) or not all(isinstance(stats.get(k), int | float) for k in ("mean", "std")):
         raise InputError(f"{model_dir / 'reward_stats.json'}: expected {{\"mean\": number, \"std\": number}}")
+    if stats["std"] <= 1e-6:
+        raise InputError(f"{model_dir / 'reward_stats.json'}: std {stats['std']}: the reward model gives every "
+                         f"held-out response the same score, so it cannot rank; check its training data (all "
+                         f"responses identical?) or set ppo.normalize_scores=false")
     return stats
 
 

@@ -21,8 +21,8 @@ from models.generation import Generation, SamplingParams
 from rlhf.algo.masked import masked_mean, masked_whiten
 from rlhf.algo.ppo import KLController, combine_scores, compute_gae, kl_k1, kl_k3, leave_one_out, shape_rewards
 from rlhf.algo.rollout import Rollout
-from rlhf.batching import LMBatch, decode_responses, encode_prompt
-from rlhf.data import Prompt, fields_of
+from rlhf.batching import LMBatch, encode_prompt
+from rlhf.data import Prompt
 from rlhf.guards import check_finite
 from rlhf.ppo_config import PPOConfig
 from rlhf.progress import progress
@@ -69,16 +69,6 @@ def generate(roles: Roles, tok, prompts: list[list[int]], cfg: PPOConfig, seed: 
     width = max(len(p) for p in prompts)
     return roles.policy.map(PolicyWorker.generate, prompts, width, params, tok.eos_token_id, tok.pad_token_id,
                             seed).get()
-
-
-def score_batch(tok, gen: Generation, prompts: list[Prompt], with_text: bool) -> ScoreBatch:
-    """The reward role's input: sequences for the reward model, and (with_text: for reward functions)
-    the prompts' and responses' text and the prompts' fields."""
-    r = Rollout(gen.sequences, gen.attention_mask, gen.response_mask, gen.prompt_len, gen_logprobs=gen.logprobs)
-    if not with_text:
-        return ScoreBatch(r, [], [])
-    return ScoreBatch(r, [p.text for p in prompts], decode_responses(tok, gen.responses, gen.response_mask),
-                      fields_of(prompts))
 
 
 def score(roles: Roles, batch: ScoreBatch, temperature: float) -> tuple[Rollout, dict[str, torch.Tensor]]:
@@ -162,7 +152,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
             index = prompt_batch(len(prompts), step, n, cfg.seed, cfg.samples_per_prompt)
             gen = generate(roles, tok, [ids[i] for i in index], cfg, cfg.seed + step)
         with timer("score"):
-            batch = score_batch(tok, gen, [prompts[i] for i in index], bool(cfg.reward_functions))
+            batch = ScoreBatch.of(tok, gen, [prompts[i] for i in index], with_text=bool(cfg.reward_functions))
             rollout, components = score(roles, batch, cfg.temperature)
         metrics = shape(rollout, components, cfg, kl_ctl.value, stats)
         with timer("train"):

@@ -19,8 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.generation import Generation, SamplingParams
 from rlhf.algo.ppo import combine_scores
-from rlhf.algo.rollout import Rollout
-from rlhf.batching import decode_responses, encode_prompt
+from rlhf.batching import encode_prompt
 from rlhf.data import Prompt, fields_of
 from rlhf.functions import FunctionSpec, TaskFunction
 from rlhf.workers import PolicyWorker, ReferenceWorker, RewardWorker, ScoreBatch
@@ -96,16 +95,14 @@ def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges:
     metrics: dict[str, float] = {}
     texts, lengths, kls, scores, parts = [], [], [], [], {}
     for i, gen in enumerate(sample(policy, tok, repeated, params, cfg.max_prompt_len, seed, batch_size)):
-        chunk = repeated[i * batch_size:(i + 1) * batch_size]
-        texts += decode_responses(tok, gen.responses, gen.response_mask)
+        batch = ScoreBatch.of(tok, gen, repeated[i * batch_size:(i + 1) * batch_size])
+        texts += batch.responses
         lengths += gen.response_mask.sum(-1).tolist()
-        r = Rollout(gen.sequences, gen.attention_mask, gen.response_mask, gen.prompt_len)
         if judges.reference is not None:
             # Greedy samples have log-probs under the untempered logits; score the reference the same way.
-            ref = judges.reference.map(ReferenceWorker.logprobs, r, cfg.temperature or 1.0).get()
+            ref = judges.reference.map(ReferenceWorker.logprobs, batch.rollout, cfg.temperature or 1.0).get()
             kls += ((gen.logprobs - ref) * gen.response_mask).sum(-1).tolist()
         if judges.reward is not None:
-            batch = ScoreBatch(r, [p.text for p in chunk], texts[-len(chunk):], fields_of(chunk))
             components = judges.reward.map(RewardWorker.scores, batch).get()
             scores += combine_scores(components, judges.weights, judges.rm_stats, judges.clip).tolist()
             for k, v in components.items():

@@ -25,7 +25,8 @@ from rlhf.algo.masked import masked_mean
 from rlhf.algo.ppo import ppo_policy_objective, value_loss
 from rlhf.algo.ranking import ranking_loss
 from rlhf.algo.rollout import Rollout
-from rlhf.batching import Encoded, LMBatch, collate_lm, collate_prompts
+from rlhf.batching import Encoded, LMBatch, collate_lm, collate_prompts, decode_responses
+from rlhf.data import Prompt, fields_of
 from rlhf.functions import FunctionSpec, TaskFunction
 
 LOCAL = LocalBackend()
@@ -271,6 +272,16 @@ class ScoreBatch:
     prompts: list[str]  # (B,) each row's prompt as in the data file
     responses: list[str]  # (B,) each row's decoded response, without EOS
     fields: dict[str, list] = field(default_factory=dict)  # name → (B,) the prompt records' other fields
+
+    @classmethod
+    def of(cls, tok, gen: Generation, prompts: list[Prompt], with_text: bool = True) -> ScoreBatch:
+        """From sampled responses to `prompts` (one per row); with_text=False leaves the texts out (no
+        reward function to read them: the reward model reads tokens)."""
+        r = Rollout(gen.sequences, gen.attention_mask, gen.response_mask, gen.prompt_len, gen_logprobs=gen.logprobs)
+        if not with_text:
+            return cls(r, [], [])
+        return cls(r, [p.text for p in prompts], decode_responses(tok, gen.responses, gen.response_mask),
+                   fields_of(prompts))
 
 
 class RewardWorker:
