@@ -206,6 +206,12 @@ def _launch_config(T: int, D: int, device: torch.device) -> dict:
     return dict(BLOCK_M=block_m, BLOCK_N=64 if D <= 64 else 32, num_warps=4 if D <= 64 else 8, num_stages=2)
 
 
+def _block_d(D: int) -> int:
+    """The head dim padded to a power of two, and to at least 16: on a GPU tl.dot needs every dimension
+    >= 16 (the interpreter does not check), and the masked loads make the padding zeros."""
+    return max(16, triton.next_power_of_2(D))
+
+
 def _dot_flags(t: torch.Tensor) -> dict:
     # fp32 inputs keep full fp32 products ("ieee"); TF32 would cost the log-prob agreement PPO relies on.
     return dict(PRECISION="ieee" if t.dtype == torch.float32 else "tf32",
@@ -233,7 +239,7 @@ class _FlashAttention(torch.autograd.Function):
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), S,
             H, H // HKV, T, S, sm_scale * LOG2E,
             CAUSAL=causal, HAS_KPM=has_kpm, HAS_SEG=has_seg, **_dot_flags(q),
-            D=D, BLOCK_D=triton.next_power_of_2(D), **cfg,
+            D=D, BLOCK_D=_block_d(D), **cfg,
         )
         ctx.save_for_backward(q, k, v, o, lse, kpm, seg)
         ctx.causal, ctx.sm_scale, ctx.has_kpm, ctx.has_seg = causal, sm_scale, has_kpm, has_seg
@@ -251,7 +257,7 @@ class _FlashAttention(torch.autograd.Function):
         dv = torch.empty(B, HKV, S, D, device=q.device, dtype=v.dtype)
         cfg = _launch_config(T, D, q.device)
         common = dict(CAUSAL=ctx.causal, HAS_KPM=ctx.has_kpm, HAS_SEG=ctx.has_seg,
-                      **_dot_flags(q), D=D, BLOCK_D=triton.next_power_of_2(D), **cfg)
+                      **_dot_flags(q), D=D, BLOCK_D=_block_d(D), **cfg)
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                    v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
         scales = (ctx.sm_scale * LOG2E, ctx.sm_scale)

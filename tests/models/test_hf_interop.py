@@ -133,3 +133,27 @@ def test_unsupported_checkpoint_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "t5", "vocab_size": 10}')
     with pytest.raises(ValueError, match=r"config.json: model_type 't5' is not supported"):
         load_pretrained(tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_on_cuda_matches_transformers(tmp_path, family):
+    """On a GPU, attention="auto" runs the fused Triton kernel (SDPA where Mistral's window cuts); in
+    bf16 both models round alike but not identically, hence the tolerance."""
+    from models.attention import resolve_impl
+
+    hf = hf_class(family, "ForCausalLM")(hf_config(family)).eval()
+    perturb(hf)
+    hf.save_pretrained(tmp_path)
+    ids, mask = (t.cuda() for t in batch(T=24, left_pad=(0, 3, 5)))
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    real = mask.bool()
+    assert resolve_impl("auto", torch.empty(1, 1, 1, 16, device="cuda")) == "triton"
+    for dtype, atol in ((torch.float32, 2e-3), (torch.bfloat16, 6e-2)):
+        ours = load_pretrained(tmp_path, dtype=dtype).cuda().eval()
+        theirs = hf_class(family, "ForCausalLM").from_pretrained(tmp_path, dtype=dtype).cuda().eval()
+        with torch.no_grad():
+            got = ours(ids, real, pos).float()
+            want = theirs(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+        torch.testing.assert_close(got[real], want[real], atol=atol, rtol=0, msg=f"{family} {dtype}")
