@@ -18,6 +18,7 @@ import numbers
 import sys
 import threading
 import traceback
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,8 @@ def load_function(spec: FunctionSpec, search_path: str | Path | None = None) -> 
             path = Path(module_name)
             if not path.is_file():
                 raise FunctionError(f"{spec.function}: no file {path}")
-            mod_spec = importlib.util.spec_from_file_location(f"instructrl_user_{path.stem}_{abs(hash(path))}", path)
+            name_in_sys = f"instructrl_user_{path.stem}_{zlib.crc32(str(path.resolve()).encode()):08x}"
+            mod_spec = importlib.util.spec_from_file_location(name_in_sys, path)
             module = importlib.util.module_from_spec(mod_spec)
             sys.modules[mod_spec.name] = module
             mod_spec.loader.exec_module(module)
