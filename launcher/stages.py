@@ -18,6 +18,7 @@ from launcher.config import Config, save_config
 from launcher.preflight import POLICY_COMPARISONS, Inputs, load_split
 from launcher.tracking import Tracker
 from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
+from models.config import preset
 from models.generation import SamplingParams
 from parallel.host import ModelSource
 from parallel.mesh import GroupSpec
@@ -55,8 +56,7 @@ def fresh_source(cfg: Config, tok) -> ModelSource:
     """A new model of cfg.model's shape, sized to the tokenizer."""
     shape = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
              **cfg.model.shape}
-    return ModelSource(config=cfg.model.fresh_config().model_copy(update=shape), seed=cfg.run.seed,
-                       attention=cfg.model.attention)
+    return ModelSource(config=preset(cfg.model.preset, **shape), seed=cfg.run.seed, attention=cfg.model.attention)
 
 
 def checkpoint_source(cfg: Config, path: str | Path) -> ModelSource:
