@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(dump_config(cfg), end="")
             return 0
-        run(args.command, cfg)
+        return run(args.command, cfg)
     except InputError as e:
         print(f"instructrl: error: {e}", file=sys.stderr)
         return 2
@@ -85,7 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(command: str, cfg) -> None:
+def run(command: str, cfg) -> int:
+    """Run a command; its exit status: 0, or EXIT_PREEMPTED after a stop signal (the sbatch script
+    requeues the job), or 1 when a worker was lost more often than run.max_restarts allows."""
+    from launcher.recovery import EXIT_PREEMPTED, STOP
+    from launcher.worker_group import WorkerLost
+    from rlhf.coordinator import Preempted
+
+    try:
+        with STOP.installed():
+            _run(command, cfg)
+    except Preempted as e:
+        print(f"instructrl: preempted: {e}. Continue with the same command and run.resume=true.", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except WorkerLost as e:
+        print(f"instructrl: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(command: str, cfg) -> None:
     # Heavy imports only once the config is known to be valid.
     from launcher import pipeline, preflight, stages
     from rlhf.task import EmbeddedTask
@@ -108,12 +127,9 @@ def run(command: str, cfg) -> None:
     if command in ("demo", "pipeline"):
         pipeline.run_pipeline(cfg, inputs, stage_list)
     elif command == "ppo":
-        pipeline.print_summary(pipeline.summarize(cfg, pipeline.run_ppo(cfg, inputs)))
-    elif command == "sft":
-        out = stages.run_sft(cfg, inputs)
-        print("\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()))
-    elif command == "rm":
-        out = stages.run_rm(cfg, inputs)
+        pipeline.print_summary(pipeline.summarize(cfg, pipeline.run_stage(cfg, "ppo", inputs)))
+    else:
+        out = pipeline.run_stage(cfg, command, inputs)
         print("\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()))
 
 

@@ -43,6 +43,20 @@ class RunConfig(BaseModel):
     ray_address: str | None = None  # join this cluster (else RAY_ADDRESS, else start a local one)
     # A stage refuses to replace a finished stage's output in the run directory unless this is true.
     overwrite: bool = False
+    # Continue this run directory: finished stages are skipped, PPO goes on from its newest whole
+    # checkpoint (the Slurm script sets it when a preempted job is requeued).
+    resume: bool = False
+    max_restarts: int = Field(3, ge=0)  # times a stage is restarted after a lost or stalled worker
+    call_timeout_s: float = Field(900.0, gt=0)  # a group call or collective unanswered this long is a stall
+    max_bad_steps: int = Field(3, ge=1)  # consecutive steps with a skipped non-finite update before stopping
+    save_total_limit: int = Field(2, ge=0)  # PPO checkpoints kept (the newest); 0: all
+
+    @model_validator(mode="after")
+    def _check_run(self) -> RunConfig:
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: resume continues the run directory, "
+                             "overwrite replaces it")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -18,11 +19,15 @@ from pathlib import Path
 from launcher.config import Config
 from launcher.plots import plot_overoptimization
 from launcher.preflight import Inputs, read_stats
-from launcher.stages import checkpoint_source, log_evaluation, record_placement, run_rm, run_sft
+from launcher.recovery import STOP, with_restarts
+from launcher.stages import checkpoint_source, log_evaluation, note_restart, record_placement, run_rm, run_sft
 from launcher.tracking import Tracker
 from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
-from rlhf.coordinator import Roles, train_ppo
+from models.errors import InputError
+from parallel import checkpoint as checkpoints
+from rlhf.coordinator import LR_KEYS, Roles, train_ppo
 from rlhf.evaluate import Judges, evaluate_policy
+from rlhf.guards import BadSteps
 from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
 
 log = logging.getLogger("instructrl")
@@ -61,76 +66,128 @@ def start_roles(cfg: Config, specs: dict):
     from launcher.cluster import init_ray
 
     init_ray(cfg.run.ray_address)
-    groups = build_groups(specs, name_prefix=f"{cfg.run.name}-", log_dir=cfg.run.dir / "logs")
+    groups = build_groups(specs, name_prefix=f"{cfg.run.name}-", log_dir=cfg.run.dir / "logs",
+                          timeout_s=cfg.run.call_timeout_s)
     try:
         yield Roles(**groups)
     finally:
         shutdown_groups(groups)
 
 
-def checkpoint_paths(root: Path) -> dict[str, Path]:
-    return {"policy": root / "policy", "critic": root / "critic", "state": root / "coordinator.json"}
+def resume_point(cfg: Config, inputs: Inputs, out_dir: Path) -> Path | None:
+    """The checkpoint an attempt starts from: the newest whole one this stage wrote (after a restart,
+    or with run.resume), else ppo.resume, else none."""
+    own = checkpoints.latest(out_dir)
+    if own is not None:
+        return own
+    return Path(cfg.ppo.resume) if inputs.resume else None
+
+
+def load_checkpoint(roles: Roles, path: Path) -> dict:
+    """Load policy and critic from a verified checkpoint; every rank must report the manifest's step
+    (a role's files from another step would otherwise train on silently)."""
+    state = json.loads((path / checkpoints.STATE).read_text())
+    for role, worker in (("policy", PolicyWorker), ("critic", CriticWorker)):
+        reported = getattr(roles, role).broadcast(worker.load_state, str(path / role)).get()
+        wrong = [c.get("step") for c in reported if c.get("step") != state["step"]]
+        if wrong:
+            raise InputError(f"{path / role}: its ranks are at step {wrong[0]}, the checkpoint at step "
+                             f"{state['step']}: a mixed checkpoint; resume from another one")
+    roles.policy.broadcast(PolicyWorker.sync_generation).get()
+    return state
 
 
 def run_ppo(cfg: Config, inputs: Inputs) -> dict:
     """Step 3 on four groups. Returns every evaluation's metrics by step, the final training metrics,
-    and where the models, logs and plots are."""
+    and where the models, logs and plots are. A lost worker restarts the groups from the newest
+    checkpoint (launcher/recovery.py); a preemption signal saves at the end of the step."""
     p, run_dir, tok, models = cfg.ppo, cfg.run.dir, inputs.tok, inputs.models
     stats = inputs.reward_stats
     if stats is None and models["reward"] is not None and p.normalize_scores:  # trained by this run's step 2
         stats = read_stats(models["reward"])
     out_dir = run_dir / "ppo"
+    resuming = inputs.resume is not None or (cfg.run.resume and (out_dir / "metrics.jsonl").exists())
     tracker = Tracker(out_dir, f"{cfg.run.name}-ppo", cfg.wandb, cfg.model_dump(mode="json"), "ppo",
-                      group=cfg.run.name, resume=inputs.resume is not None)
+                      group=cfg.run.name, resume=resuming)
     n_updates = p.steps * p.ppo_epochs * p.minibatches
     evaluations: dict[int, dict] = {}
     log.info("PPO: %d steps × %d rollouts; policy %s, reward %s (+ %d function(s)), critic %s", p.steps,
              p.prompts_per_step, models["policy"], models["reward"], len(p.reward_functions), models["critic"])
-    with start_roles(cfg, role_specs(cfg, models, n_updates)) as roles:
-        record_placement(out_dir, {r: getattr(roles, r) for r in ROLES})
-        judges = Judges(gold=inputs.gold, reward=roles.reward, reference=roles.reference, weights=p.score_weights,
-                        rm_stats=stats if p.normalize_scores else None, clip=p.score_clip)
+    bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)
 
-        def evaluate(step: int) -> None:
-            if not inputs.eval_prompts:
-                return
-            ev = evaluate_policy(roles.policy, tok, inputs.eval_prompts, cfg.evaluation, judges, cfg.run.seed)
-            if "eval/kl" in ev.metrics:
-                ev.metrics["eval/sqrt_kl"] = math.sqrt(max(ev.metrics["eval/kl"], 0.0))
-            log_evaluation(tracker, ev, step)
-            evaluations[step] = ev.metrics
-            if inputs.gold is not None and len(evaluations) > 1:
-                plot = plot_overoptimization(evaluations, out_dir / "overoptimization.png")
-                tracker.image("eval/overoptimization", plot, step)
+    def attempt(restarts: int) -> tuple[dict, dict]:
+        start_dir = resume_point(cfg, inputs, out_dir)
+        with start_roles(cfg, role_specs(cfg, models, n_updates)) as roles:
+            record_placement(out_dir, {r: getattr(roles, r) for r in ROLES})
+            judges = Judges(gold=inputs.gold, reward=roles.reward, reference=roles.reference,
+                            weights=p.score_weights, rm_stats=stats if p.normalize_scores else None, clip=p.score_clip)
 
-        def checkpoint(step: int, state: dict) -> None:
-            paths = checkpoint_paths(out_dir / f"checkpoint-{step}")
-            roles.policy.broadcast(PolicyWorker.save_state, str(paths["policy"]), state).get()
-            roles.critic.broadcast(CriticWorker.save_state, str(paths["critic"]), state).get()
-            paths["state"].write_text(json.dumps(state))
+            def evaluate(step: int) -> None:
+                if not inputs.eval_prompts:
+                    return
+                ev = evaluate_policy(roles.policy, tok, inputs.eval_prompts, cfg.evaluation, judges, cfg.run.seed)
+                if "eval/kl" in ev.metrics:
+                    ev.metrics["eval/sqrt_kl"] = math.sqrt(max(ev.metrics["eval/kl"], 0.0))
+                log_evaluation(tracker, ev, step)
+                evaluations[step] = ev.metrics
+                if inputs.gold is not None and len(evaluations) > 1:
+                    plot = plot_overoptimization(evaluations, out_dir / "overoptimization.png")
+                    tracker.image("eval/overoptimization", plot, step)
 
-        if inputs.resume:
-            paths = checkpoint_paths(Path(p.resume))
-            roles.policy.broadcast(PolicyWorker.load_state, str(paths["policy"])).get()
-            roles.critic.broadcast(CriticWorker.load_state, str(paths["critic"])).get()
-            roles.policy.broadcast(PolicyWorker.sync_generation).get()
-            log.info("PPO: resumed from %s at step %d", p.resume, inputs.resume["step"])
-        metrics = train_ppo(roles, tok, inputs.prompts, p, tracker.log, stats, evaluate, checkpoint, inputs.resume)
-        roles.policy.broadcast(PolicyWorker.export, str(out_dir / "policy")).get()
-        tok.save_pretrained(out_dir / "policy")
-        info = {role: getattr(roles, role).info for role in ROLES}
-    tracker.finish()
+            def checkpoint(step: int, state: dict) -> None:
+                staging = checkpoints.staging_dir(out_dir, step)
+                shutil.rmtree(staging, ignore_errors=True)
+                roles.policy.broadcast(PolicyWorker.save_state, str(staging / "policy"), state).get()
+                roles.critic.broadcast(CriticWorker.save_state, str(staging / "critic"), state).get()
+                path = checkpoints.commit(out_dir, step, state)
+                checkpoints.prune(out_dir, cfg.run.save_total_limit)
+                log.info("PPO: saved %s", path)
+
+            start = None
+            if start_dir is not None:
+                start = load_checkpoint(roles, start_dir)
+                log.info("PPO: resumed from %s at step %d", start_dir, start["step"])
+                tracker.event("resume", start["step"], checkpoint=str(start_dir), restarts=restarts)
+            STOP.deferred = True
+            try:
+                metrics = train_ppo(roles, tok, inputs.prompts, p, tracker.log, stats, evaluate, checkpoint, start,
+                                    bad_steps, STOP)
+            finally:
+                STOP.deferred = False
+            roles.policy.broadcast(PolicyWorker.export, str(out_dir / "policy")).get()
+            tok.save_pretrained(out_dir / "policy")
+            return metrics, {role: getattr(roles, role).info for role in ROLES}
+
+    try:
+        metrics, info = with_restarts("PPO", attempt, cfg.run.max_restarts, partial(note_restart, tracker))
+    finally:
+        tracker.finish()
     plot = out_dir / "overoptimization.png"
     return {"evaluations": evaluations, "final_kl": metrics.get("kl/sequence"), "final_metrics": metrics,
             "policy_model": str(out_dir / "policy"), "metrics_file": str(tracker.metrics_path),
             "plot": str(plot) if plot.exists() else None, "wandb_dir": str(out_dir / "wandb"), "ranks": info}
 
 
+def run_stage(cfg: Config, stage: str, inputs: Inputs) -> dict:
+    """One stage; its result is kept as <stage>/result.json, so that with run.resume=true a stage an
+    earlier attempt finished is not run again."""
+    done = cfg.run.dir / stage / "result.json"
+    if cfg.run.resume and done.exists():
+        log.info("%s: finished by an earlier attempt (%s); not run again", stage, done)
+        result = json.loads(done.read_text())
+        if "evaluations" in result:
+            result["evaluations"] = {int(k): v for k, v in result["evaluations"].items()}
+        return result
+    result = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo}[stage](cfg, inputs)
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def run_pipeline(cfg: Config, inputs: Inputs, stages: tuple[str, ...]) -> dict:
     """SFT → reward model → PPO in one run directory (the steps this config has); ends with a summary."""
-    sft = run_sft(cfg, inputs) if "sft" in stages else None
-    rm = run_rm(cfg, inputs) if "rm" in stages else None
-    ppo = run_ppo(cfg, inputs)
+    sft = run_stage(cfg, "sft", inputs) if "sft" in stages else None
+    rm = run_stage(cfg, "rm", inputs) if "rm" in stages else None
+    ppo = run_stage(cfg, "ppo", inputs)
     summary = summarize(cfg, ppo, sft, rm)
     (cfg.run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +20,7 @@ from launcher.config import Config, ConfigError
 from models.errors import InputError
 from models.hf import inspect_checkpoint
 from models.tokenizer import build_word_tokenizer, chat_prompt, load_tokenizer, train_bpe_tokenizer
+from parallel import checkpoint as checkpoints
 from rlhf.data import Comparison, DataError, Prompt, load_comparisons, load_prompts, load_sft, load_text
 from rlhf.functions import FunctionError, FunctionSpec, TaskFunction
 from rlhf.reward_model import read_reward_stats
@@ -115,10 +115,12 @@ def check_output_dir(cfg: Config, stages: tuple[str, ...]) -> None:
         return
     for stage in stages:
         out = run / stage
-        resuming = stage == "ppo" and cfg.ppo.resume and Path(cfg.ppo.resume).resolve().is_relative_to(out.resolve())
+        resuming = cfg.run.resume or (
+            stage == "ppo" and cfg.ppo.resume and Path(cfg.ppo.resume).resolve().is_relative_to(out.resolve()))
         if out.is_dir() and any(out.iterdir()) and not resuming:
             raise InputError(f"{out}: holds the {stage} stage of an earlier run, which this command would replace. "
-                             f"Choose another run.name, or pass run.overwrite=true to replace it.")
+                             f"Choose another run.name, pass run.overwrite=true to replace it, or "
+                             f"run.resume=true to continue it.")
 
 
 def check_ray_address(address: str | None) -> None:
@@ -371,37 +373,17 @@ def read_stats(model_dir: Path) -> dict:
 
 
 def read_resume(path: Path, steps: int) -> dict:
-    """The coordinator state of a PPO checkpoint, after checking that its parts are there and whole."""
-    state_file = path / "coordinator.json"
+    """The coordinator state of a PPO checkpoint, after checking every file against its manifest
+    (sizes and checksums: a torn, corrupt or mixed checkpoint fails here, before any worker starts)."""
     if not path.is_dir():
         raise InputError(f"ppo.resume={path}: no such checkpoint directory")
-    try:
-        state = json.loads(state_file.read_text())
-        step = int(state["step"])
-        state["kl"]["value"]  # noqa: B018 — the KL controller's state must be there
-    except FileNotFoundError:
-        raise InputError(f"{state_file}: missing; {path} is not a complete PPO checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{state_file}: damaged ({type(e).__name__}: {e}); resume from an earlier checkpoint") \
-            from None
-    if step >= steps:
-        raise InputError(f"ppo.resume={path}: the checkpoint is at step {step}, and ppo.steps={steps} leaves nothing "
-                         f"to do; raise ppo.steps to continue training")
-    for role in ("policy", "critic"):
-        files = sorted((path / role).rglob("*")) if (path / role).is_dir() else []
-        blobs = [f for f in files if f.is_file()]
-        if not blobs:
-            raise InputError(f"{path / role}: missing or empty; {path} is not a complete PPO checkpoint")
-        for f in blobs:
-            if f.suffix == ".pt" and (f.stat().st_size == 0 or not _whole_zip(f)):
-                raise InputError(f"{f}: truncated or corrupt; resume from an earlier checkpoint")
+    problem = checkpoints.verify(path)
+    if problem is not None:
+        others = [str(p) for p in checkpoints.list_checkpoints(path.parent) if p != path and not checkpoints.verify(p)]
+        hint = f"; whole checkpoints beside it: {', '.join(others)}" if others else ""
+        raise InputError(f"ppo.resume={path}: not a whole checkpoint: {problem}{hint}")
+    state = json.loads((path / checkpoints.STATE).read_text())
+    if state["step"] >= steps:
+        raise InputError(f"ppo.resume={path}: the checkpoint is at step {state['step']}, and ppo.steps={steps} "
+                         f"leaves nothing to do; raise ppo.steps to continue training")
     return state
-
-
-def _whole_zip(path: Path) -> bool:
-    """torch.save writes a zip archive: its CRCs tell a torn file from a whole one without unpickling."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.testzip() is None
-    except (zipfile.BadZipFile, OSError):
-        return False

@@ -12,10 +12,12 @@ import json
 import logging
 import shutil
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from launcher.config import Config, save_config
 from launcher.preflight import POLICY_COMPARISONS, Inputs, load_split
+from launcher.recovery import with_restarts
 from launcher.tracking import Tracker
 from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
 from models.config import preset
@@ -78,7 +80,7 @@ def worker_group(cfg: Config, role: str, worker_cls: type, spec: GroupSpec, *arg
 
     init_ray(cfg.run.ray_address)
     groups = build_groups({role: (worker_cls, spec, args, {})}, name_prefix=f"{cfg.run.name}-",
-                          log_dir=cfg.run.dir / "logs")
+                          log_dir=cfg.run.dir / "logs", timeout_s=cfg.run.call_timeout_s)
     try:
         yield groups[role]
     finally:
@@ -116,19 +118,30 @@ def run_sft(cfg: Config, inputs: Inputs) -> dict:
     log.info("SFT: %d train / %d eval demonstrations, %d steps on %d rank(s)", len(train), len(evals), steps,
              cfg.sft.group.ranks)
     start = checkpoint_source(cfg, inputs.models["sft_init"]) if inputs.models["sft_init"] else fresh_source(cfg, tok)
-    with worker_group(cfg, "policy-sft", PolicyWorker, cfg.sft.group, start, cfg.sft.engine, cfg.sft.optim, steps,
-                      cfg.sft.batch_size) as group:
-        record_placement(out_dir, {"policy": group})
-        metrics = train_sft(group, tok, train, evals, cfg.sft, out_dir, tracker.log)
-        if cfg.uses_embedded_task and cfg.task.rm_candidates == "policy":
-            label_policy_samples(cfg, group, tok)
-        if inputs.eval_prompts:
-            ev = evaluate_policy(group, tok, inputs.eval_prompts, cfg.evaluation, Judges(gold=inputs.gold),
-                                 cfg.run.seed)
-            log_evaluation(tracker, ev, steps)
-            metrics |= ev.metrics
-    tracker.finish()
+
+    def attempt(restarts: int) -> dict:  # SFT keeps no training state: a restart begins the stage again
+        with worker_group(cfg, "policy-sft", PolicyWorker, cfg.sft.group, start, cfg.sft.engine, cfg.sft.optim,
+                          steps, cfg.sft.batch_size) as group:
+            record_placement(out_dir, {"policy": group})
+            metrics = train_sft(group, tok, train, evals, cfg.sft, out_dir, tracker.log, cfg.run.max_bad_steps)
+            if cfg.uses_embedded_task and cfg.task.rm_candidates == "policy":
+                label_policy_samples(cfg, group, tok)
+            if inputs.eval_prompts:
+                ev = evaluate_policy(group, tok, inputs.eval_prompts, cfg.evaluation, Judges(gold=inputs.gold),
+                                     cfg.run.seed)
+                log_evaluation(tracker, ev, steps)
+                metrics |= ev.metrics
+            return metrics
+
+    try:
+        metrics = with_restarts("SFT", attempt, cfg.run.max_restarts, partial(note_restart, tracker))
+    finally:
+        tracker.finish()
     return {**metrics, "model": str(out_dir), "metrics_file": str(tracker.metrics_path)}
+
+
+def note_restart(tracker: Tracker, n: int, error: Exception) -> None:
+    tracker.event("restart", max(tracker.steps, default=0), reason=str(error), restarts=n)
 
 
 def label_policy_samples(cfg: Config, group, tok) -> None:
@@ -162,10 +175,16 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
                       group=cfg.run.name)
     steps = rm_total_steps(len(train), cfg.rm)
     log.info("RM: %d train / %d eval rankings from %s, %d steps", len(train), len(evals), init, steps)
-    with worker_group(cfg, "reward-train", RewardModelWorker, cfg.rm.group, checkpoint_source(cfg, init),
-                      cfg.rm.engine, cfg.rm.optim, steps, cfg.rm.batch_size) as group:
-        record_placement(out_dir, {"reward": group})
-        metrics = train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log)
-    tracker.finish()
+
+    def attempt(restarts: int) -> dict:  # RM training keeps no state: a restart begins the stage again
+        with worker_group(cfg, "reward-train", RewardModelWorker, cfg.rm.group, checkpoint_source(cfg, init),
+                          cfg.rm.engine, cfg.rm.optim, steps, cfg.rm.batch_size) as group:
+            record_placement(out_dir, {"reward": group})
+            return train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log, cfg.run.max_bad_steps)
+
+    try:
+        metrics = with_restarts("RM", attempt, cfg.run.max_restarts, partial(note_restart, tracker))
+    finally:
+        tracker.finish()
     return {**metrics, "reward_stats": read_reward_stats(out_dir), "model": str(out_dir),
             "metrics_file": str(tracker.metrics_path)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Literal
@@ -34,7 +35,13 @@ class WandbConfig(BaseModel):
 
 
 class Tracker:
-    """Logs flat metric dicts at a step to W&B and to <run_dir>/metrics.jsonl."""
+    """Logs flat metric dicts at a step to W&B and to <run_dir>/metrics.jsonl.
+
+    One stage is one W&B run and one metrics file, across restarts and resumes: a resumed stage
+    appends to the file and resumes the W&B run by its id (kept in <run_dir>/wandb-run-id). Steps that a
+    restart redoes from its checkpoint are logged once: a key already logged at a step is not logged
+    there again (an exact resume recomputes the same values), and the restart itself is recorded.
+    """
 
     def __init__(self, run_dir: str | Path, name: str, cfg: WandbConfig, config: dict, job_type: str,
                  group: str | None = None, resume: bool = False):
@@ -43,27 +50,59 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        # A resumed stage appends: the history before the checkpoint stays in the file.
+        self._seen: dict[int, set[str]] = {}  # step → keys already logged there
+        self._events: dict[str, int] = {}
+        id_file = self.run_dir / "wandb-run-id"
+        run_id = id_file.read_text().strip() if resume and id_file.exists() else secrets.token_hex(6)
+        if resume and self.metrics_path.exists():
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line) if line.strip() else {}
+                if "step" in record and "event" not in record:
+                    self._seen.setdefault(record["step"], set()).update(record)
         self._file = open(self.metrics_path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115 (finish)
+        id_file.write_text(run_id)
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=name, group=cfg.group or group or name,
                               job_type=job_type, config=config, dir=str(self.run_dir), mode=cfg.resolved_mode(),
-                              reinit="create_new",
+                              id=run_id, resume="allow", reinit="create_new",
                               settings=wandb.Settings(silent=True, console="off"))
 
+    def _new(self, step: int, keys) -> list[str]:
+        seen = self._seen.setdefault(step, set())
+        fresh = [k for k in keys if k not in seen]
+        seen.update(fresh)
+        return fresh
+
     def log(self, metrics: dict[str, float], step: int) -> None:
+        metrics = {k: metrics[k] for k in self._new(step, metrics)}
+        if not metrics:
+            return
         self._file.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         self._file.flush()
         self.run.log(metrics, step=step)
 
+    def event(self, kind: str, step: int, **fields) -> None:
+        """A run event (a restart, a skipped update, a preemption) in the metrics file and as a W&B count."""
+        self._file.write(json.dumps({"event": kind, "step": step, "time": time.time(), **fields}) + "\n")
+        self._file.flush()
+        self._events[kind] = self._events.get(kind, 0) + 1
+        self.run.summary[f"events/{kind}"] = self._events[kind]
+
     def table(self, key: str, columns: list[str], rows: list[list], step: int) -> None:
         import wandb
 
-        self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+        if self._new(step, [key]):
+            self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
 
     def image(self, key: str, path: Path, step: int) -> None:
         import wandb
 
-        self.run.log({key: wandb.Image(str(path))}, step=step)
+        if self._new(step, [key]):
+            self.run.log({key: wandb.Image(str(path))}, step=step)
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps logged so far (this process and, resumed, the file before it)."""
+        return list(self._seen)
 
     @property
     def wandb_dir(self) -> str | None:

@@ -14,11 +14,13 @@ import dataclasses
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from models.errors import InputError
 from parallel.mesh import GroupSpec, init_mesh
@@ -66,17 +68,45 @@ def merge_outputs(outputs: list[Any]) -> Any:
     raise TypeError(f"cannot merge outputs of type {type(first).__name__}")
 
 
-def ray_get(refs):
-    """ray.get that hands a user's error from a rank (a failing reward function, a bad checkpoint) to
-    the caller as itself, so the CLI prints its one paragraph instead of a remote traceback."""
+class WorkerLost(RuntimeError):
+    """A rank died (its process killed, or its node lost), or stopped answering: the groups must be
+    torn down and started again. The message names the group, the rank and the call."""
+
+
+def _fetch(ref, label: str):
+    """ray.get of one rank's result. A user's error from a rank (a failing reward function, a bad
+    checkpoint) reaches the caller as itself, so the CLI prints its one paragraph; a dead rank, or a
+    collective broken because a peer died, becomes WorkerLost."""
     import ray
 
     try:
-        return ray.get(refs)
+        return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
-        if isinstance(getattr(e, "cause", None), InputError):
-            raise e.cause from None
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, InputError):
+            raise cause from None
+        if isinstance(cause, dist.DistError) or "Connection closed by peer" in str(cause):
+            raise WorkerLost(f"{label}: a collective failed, a peer rank is gone ({type(cause).__name__})") from e
         raise
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+        raise WorkerLost(f"{label}: the rank's process died ({type(e).__name__})") from e
+
+
+def wait_all(refs: list, labels: list[str], timeout_s: float) -> list:
+    """Every ref's result, failing as soon as one fails, or when some have not answered within
+    timeout_s: a killed rank is noticed in about a second, a stalled one names itself."""
+    import ray
+
+    pending, done = dict(zip(refs, labels, strict=True)), {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise WorkerLost(f"{'; '.join(pending.values())}: no answer within {timeout_s:g} s (run.call_timeout_s); "
+                             f"the rank is stalled or its node unreachable")
+        for ref in ready:
+            done[ref] = _fetch(ref, pending.pop(ref))
+    return [done[ref] for ref in refs]
 
 
 class Handle:
@@ -102,7 +132,7 @@ class Rank:
     """
 
     def __init__(self, rank: int, world_size: int, tp_size: int, num_threads: int, use_gpu: bool = False,
-                 log_file: str | None = None):
+                 log_file: str | None = None, timeout_s: float = 900.0):
         if log_file:
             Path(log_file).parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -111,6 +141,7 @@ class Rank:
                 os.dup2(fd, stream.fileno())
             os.close(fd)
         self.rank, self.world_size, self.tp_size, self.use_gpu = rank, world_size, tp_size, use_gpu
+        self.timeout_s = timeout_s  # of every collective: a peer that stopped answering fails the call
         torch.set_num_threads(max(1, num_threads))
         self.worker = None
 
@@ -125,7 +156,8 @@ class Rank:
     def setup(self, master: tuple[str, int], worker_cls: type, args: tuple, kwargs: dict) -> dict:
         import ray
 
-        mesh = init_mesh(self.rank, self.world_size, self.tp_size, *master, use_gpu=self.use_gpu)
+        mesh = init_mesh(self.rank, self.world_size, self.tp_size, *master, use_gpu=self.use_gpu,
+                         timeout_s=int(self.timeout_s))
         self.worker = worker_cls(mesh, *args, **kwargs)
         ctx = ray.get_runtime_context()
         return {"pid": os.getpid(), "rank": self.rank, "node_id": ctx.get_node_id(),
@@ -171,11 +203,11 @@ class RayGroup:
     """`spec.ranks` Ray actors, one process each, placed on the bundles of a placement group."""
 
     def __init__(self, name: str, worker_cls: type, spec: GroupSpec, placement, args: tuple = (),
-                 kwargs: dict | None = None, log_dir: str | Path | None = None):
+                 kwargs: dict | None = None, log_dir: str | Path | None = None, timeout_s: float = 900.0):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        self.name, self.spec, self.placement = name, spec, placement
+        self.name, self.spec, self.placement, self.timeout_s = name, spec, placement, timeout_s
         actor_cls = ray.remote(Rank)
         threads = max(1, int(spec.cpus_per_rank))
         self.actors = [
@@ -185,10 +217,10 @@ class RayGroup:
                                                                      placement_group_bundle_index=r),
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
             ).remote(r, spec.ranks, spec.tp_size, threads, spec.gpus_per_rank > 0,
-                     str(Path(log_dir).resolve() / f"{name}-rank{r}.log") if log_dir else None)
+                     str(Path(log_dir).resolve() / f"{name}-rank{r}.log") if log_dir else None, timeout_s)
             for r in range(spec.ranks)
         ]
-        master = ray.get(self.actors[0].address.remote())
+        master = wait_all([self.actors[0].address.remote()], [f"{name} rank 0: start"], timeout_s)[0]
         # Setup (joining the process group, building and loading the model) runs in the background,
         # so several groups load at once; `info` or the first call waits for it.
         self._setup = [a.setup.remote(master, worker_cls, args, kwargs or {}) for a in self.actors]
@@ -198,19 +230,24 @@ class RayGroup:
     @property
     def info(self) -> list[dict]:
         if self._info is None:
-            self._info = ray_get(self._setup)
+            self._info = self._wait(self._setup, "setup (join the group, build and load the model)")
         return self._info
+
+    def _wait(self, refs: list, call: str, ranks: list[int] | None = None) -> list:
+        ranks = ranks if ranks is not None else list(range(len(refs)))
+        return wait_all(refs, [f"{self.name} rank {r}: {call}" for r in ranks], self.timeout_s)
 
     def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
         parts = split_batch(batch, self.spec.ranks // self.spec.tp_size)
         refs = [a.execute.remote(fn, (parts[self.dp_of_rank[r]], *args), kwargs) for r, a in enumerate(self.actors)]
         # TP peers return the same result; keep the first rank of each data-parallel slot.
         keep = [r for r in range(self.spec.ranks) if r % self.spec.tp_size == 0]
-        return Handle(lambda: merge_outputs([v for r, v in enumerate(ray_get(refs)) if r in keep]))
+        call = getattr(fn, "__qualname__", "call")
+        return Handle(lambda: merge_outputs([v for r, v in enumerate(self._wait(refs, call)) if r in keep]))
 
     def broadcast(self, fn: Callable, *args, **kwargs) -> Handle:
         refs = [a.execute.remote(fn, args, kwargs) for a in self.actors]
-        return Handle(lambda: ray_get(refs))
+        return Handle(lambda: self._wait(refs, getattr(fn, "__qualname__", "call")))
 
     def shutdown(self) -> None:
         import ray
@@ -221,7 +258,7 @@ class RayGroup:
 
 
 def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_prefix: str = "",
-                 log_dir: str | Path | None = None) -> dict[str, RayGroup]:
+                 log_dir: str | Path | None = None, timeout_s: float = 900.0) -> dict[str, RayGroup]:
     """Place and start one RayGroup per role. A role with `colocate_with` shares the bundles of the
     named role (rank i on bundle i), so colocated roles split each bundle's CPUs/GPUs between them.
     With log_dir, each rank writes its output to <log_dir>/<name>-rank<i>.log; with --verbose
@@ -251,7 +288,8 @@ def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_pre
     groups = {}
     try:
         for role, (cls, spec, args, kwargs) in roles.items():
-            groups[role] = RayGroup(f"{name_prefix}{role}", cls, spec, placements[anchors[role]], args, kwargs, log_dir)
+            groups[role] = RayGroup(f"{name_prefix}{role}", cls, spec, placements[anchors[role]], args, kwargs, log_dir,
+                                    timeout_s)
         for group in groups.values():
             group.info  # noqa: B018 — wait until every group has loaded its model; errors surface here
     except BaseException:

@@ -143,6 +143,11 @@ class TorchEngine:
                 p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
                 offset += p.grad.numel()
         norm = tp_aware_grad_norm(params, self.mesh)
+        if not math.isfinite(float(norm)):
+            # The norm is global (all-reduced), so every rank skips this update together, as
+            # DeepSpeed's ZeRO optimizers do on overflow; the LR schedule does not advance either.
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"lr": self.scheduler.get_last_lr()[0], "grad_norm": float(norm)}
         if self.cfg.grad_clip and float(norm) > self.cfg.grad_clip:
             for p in params:
                 p.grad.mul_(self.cfg.grad_clip / (float(norm) + 1e-6))
@@ -154,18 +159,25 @@ class TorchEngine:
         return {"lr": lr, "grad_norm": float(norm)}
 
     def save(self, directory: str | Path, client_state: dict) -> None:
-        """Full training state of this rank: weights, optimizer, scheduler, RNG, step counters."""
+        """Full training state of this rank: weights as safetensors; optimizer, scheduler, RNG and step
+        counters as tensors and plain values, which load without unpickling any object."""
+        from safetensors.torch import save_model
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {"model": self.module.state_dict(), "micro_steps": self.micro_steps,
-                 "global_steps": self.global_steps, "rng": rng_state(), "client": client_state}
+        save_model(self.module, str(directory / f"rank-{self.mesh.rank:05d}.safetensors"))
+        state = {"micro_steps": self.micro_steps, "global_steps": self.global_steps, "rng": rng_state(),
+                 "client": client_state}
         if self.optimizer is not None:
             state |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        torch.save(state, directory / f"rank-{self.mesh.rank:05d}.pt")
+        torch.save(state, directory / f"rank-{self.mesh.rank:05d}-state.pt")
 
     def load(self, directory: str | Path) -> dict:
-        state = torch.load(Path(directory) / f"rank-{self.mesh.rank:05d}.pt", weights_only=False)
-        self.module.load_state_dict(state["model"])
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        load_model(self.module, str(directory / f"rank-{self.mesh.rank:05d}.safetensors"), device=str(self.mesh.device))
+        state = torch.load(directory / f"rank-{self.mesh.rank:05d}-state.pt", weights_only=True)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -179,3 +191,7 @@ class TorchEngine:
 
     def partitioned_numel(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
+
+    def stored_parameters(self) -> list[torch.Tensor]:
+        """The parameter tensors this rank stores."""
+        return list(self.module.parameters())

@@ -32,7 +32,8 @@ def deepspeed_config(cfg: EngineConfig, optim: OptimConfig | None, micro_batch: 
         "gradient_accumulation_steps": accum,
         "gradient_clipping": optim.grad_clip if optim else 0.0,
         "zero_optimization": zero,
-        "bf16": {"enabled": cfg.dtype() == torch.bfloat16},
+        # A non-finite global gradient norm skips the step on every rank (fp32 does so by default).
+        "bf16": {"enabled": cfg.dtype() == torch.bfloat16, "check_grad_overflow": True},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
@@ -84,6 +85,9 @@ class ZeroEngine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu)
         self.module = self.engine.module
         self.micro_steps = 0
+        # Every file DeepSpeed reads back goes through its checkpoint engine's `load`, which unpickles
+        # (weights_only=False): a checkpoint a user was sent could run code. Ours cannot.
+        self.engine.checkpoint_engine.load = load_safely
 
     @property
     def global_steps(self) -> int:
@@ -129,11 +133,29 @@ class ZeroEngine:
                 out[name] = p.detach().clone().float()
         return out
 
+    def stored_parameters(self) -> list[torch.Tensor]:
+        """The parameter tensors this rank stores: its ZeRO-3 partitions, or the whole parameters."""
+        if self.cfg.zero_stage == 3:
+            return [p.ds_tensor for p in self.module.parameters()]
+        return list(self.module.parameters())
+
     def partitioned_numel(self) -> int:
         """Elements this rank stores: its ZeRO-3 partition, or the whole (TP-sharded) parameters."""
         if self.cfg.zero_stage == 3:
             return sum(p.ds_tensor.numel() for p in self.module.parameters())
         return sum(p.numel() for p in self.module.parameters())
+
+
+def load_safely(path: str, map_location=None):
+    """A DeepSpeed checkpoint file through torch's weights-only unpickler: tensors, containers and the
+    three plain value types that ZeRO's optimizer state holds (an enum, a dataclass of two ints, the
+    loss scaler's settings). Any other object in the file fails the load instead of being built."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], partitioned: bool, mesh: Mesh) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -23,12 +23,13 @@ from rlhf.algo.ppo import KLController, combine_scores, compute_gae, kl_k1, kl_k
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import LMBatch, encode_prompt
 from rlhf.data import Prompt
-from rlhf.guards import check_finite
+from rlhf.guards import BadSteps
 from rlhf.ppo_config import PPOConfig
 from rlhf.progress import progress
 from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker, ScoreBatch
 
 LogFn = Callable[[dict[str, float], int], None]
+LR_KEYS = "ppo.policy.optim.lr / ppo.critic.optim.lr"
 
 
 @dataclass
@@ -109,38 +110,54 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
             "check/logprob_gap_max": float(gap.max()) if gap.numel() else 0.0}
 
 
-def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: Iterator[LMBatch] | None, step: int) -> dict[str, float]:
+def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None, step: int,
+           prompt_ids: list[int]) -> tuple[dict[str, float], str | None]:
     """ppo_epochs × minibatches updates; policy and critic train on each minibatch at the same time.
     During the first critic_warmup_steps the policy stays fixed while the critic fits the returns:
     a critic initialised from the reward model predicts scores, not values, and its early advantages
-    are noise that would push the policy at random."""
+    are noise that would push the policy at random. Returns the metrics and, if a worker skipped an
+    update for a non-finite loss or gradient, which one and the prompts of its minibatch."""
     hp = PolicyStep(cfg.clip_eps, cfg.entropy_coef, cfg.ptx_coef, cfg.temperature)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     metrics: dict[str, list[float]] = {}
-    for _ in range(cfg.ppo_epochs):
-        for index in torch.randperm(r.sequences.shape[0], generator=gen).chunk(cfg.minibatches):
+    problem = None
+    for epoch in range(cfg.ppo_epochs):
+        for j, index in enumerate(torch.randperm(r.sequences.shape[0], generator=gen).chunk(cfg.minibatches)):
             mb = r.select(index)
             handles = [roles.critic.map(CriticWorker.value_step, mb, cfg.value_clip)]
             if step >= cfg.critic_warmup_steps:
-                batch = {"rollout": mb, "ptx": next(ptx) if ptx else None}
+                # The pretraining batch is a function of its position: a resumed run draws the same ones.
+                position = (step * cfg.ppo_epochs + epoch) * cfg.minibatches + j
+                batch = {"rollout": mb, "ptx": ptx.batch(position) if ptx else None}
                 handles.append(roles.policy.map(PolicyWorker.ppo_step, batch, hp))
             for h in handles:
-                for k, v in h.get().items():
+                out = h.get()
+                for k, v in out.items():
                     metrics.setdefault(k, []).append(v)
-    return {k: sum(v) / len(v) for k, v in metrics.items()}
+                skipped = [k for k in out if k.endswith("/skipped") and out[k] > 0]
+                if skipped and problem is None:
+                    ids = sorted({prompt_ids[i] for i in index.tolist()})
+                    problem = f"non-finite {skipped[0].split('/')[0]} loss or gradient in epoch {epoch + 1}, " \
+                              f"minibatch {j + 1} (prompts {ids})"
+    return {k: sum(v) / len(v) for k, v in metrics.items()}, problem
 
 
 def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: LogFn, stats: dict | None,
-              evaluate: Callable[[int], None], checkpoint: Callable[[int, dict], None], start: dict | None = None
+              evaluate: Callable[[int], None], checkpoint: Callable[[int, dict], None], start: dict | None = None,
+              bad_steps: BadSteps | None = None, stop_requested: Callable[[], bool] = lambda: False
               ) -> dict[str, float]:
-    """The loop. `evaluate(step)` and `checkpoint(step, state)` are the stage's hooks; `start` resumes."""
+    """The loop. `evaluate(step)` and `checkpoint(step, state)` are the stage's hooks; `start` resumes.
+    An update with non-finite values is skipped (`bad_steps` stops the run after several in a row);
+    when `stop_requested()` turns true (a preemption signal), the loop saves at the end of the step
+    and raises Preempted."""
     ids = [encode_prompt(tok, p.model_text, cfg.max_prompt_len) for p in prompts]
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    bad_steps = bad_steps or BadSteps(3, "PPO", LR_KEYS)
     first = 0
     if start:
         first = start["step"]
         kl_ctl.load_state_dict(start["kl"])
-    ptx = ptx_batches(tok, cfg) if cfg.ptx_coef else None
+    ptx = PretrainingMix(tok, cfg) if cfg.ptx_coef else None
     metrics: dict[str, float] = {}
     if first == 0:
         evaluate(0)
@@ -155,12 +172,17 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
             batch = ScoreBatch.of(tok, gen, [prompts[i] for i in index], with_text=bool(cfg.reward_functions))
             rollout, components = score(roles, batch, cfg.temperature)
         metrics = shape(rollout, components, cfg, kl_ctl.value, stats)
+        problem = nonfinite_rollout(rollout, index)
         with timer("train"):
-            metrics |= update(roles, rollout, cfg, ptx, step)
-        check_finite(metrics, f"PPO step {step + 1}", "ppo.policy.optim.lr / ppo.critic.optim.lr")
+            if problem is None:
+                train_metrics, problem = update(roles, rollout, cfg, ptx, step, index)
+                metrics |= train_metrics
+        bad_steps.record(step + 1, problem)
+        metrics["check/skipped_step"] = float(problem is not None)
         with timer("sync"):
             roles.policy.broadcast(PolicyWorker.sync_generation).get()
-        kl_ctl.update(metrics["kl/sequence"], cfg.prompts_per_step)
+        if problem is None:
+            kl_ctl.update(metrics["kl/sequence"], cfg.prompts_per_step)
         total = sum(timer.seconds.values())
         n_tokens = float(rollout.response_mask.sum())
         metrics |= {f"time/{k}": v for k, v in timer.seconds.items()}
@@ -169,22 +191,50 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
         bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/sequence']:.3f}", refresh=False)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             evaluate(step + 1)
-        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+        stopping = stop_requested() and step + 1 < cfg.steps
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or stopping:
             checkpoint(step + 1, {"step": step + 1, "kl": kl_ctl.state_dict()})
+        if stopping:
+            raise Preempted(f"stopped on request after step {step + 1}, which is saved", step + 1)
     return metrics
 
 
-def ptx_batches(tok, cfg: PPOConfig) -> Iterator[LMBatch]:
-    """Endless LM batches of the pretraining text: every token is a target (InstructGPT eq. 2, γ term)."""
-    from rlhf.data import load_text
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM, SIGUSR1); `step` is the step saved first, or None."""
 
-    ids = tok(load_text(cfg.ptx_data), add_special_tokens=False)["input_ids"]
-    n = cfg.ptx_max_len
-    chunks = [ids[i:i + n] for i in range(0, len(ids) - n + 1, n)]
-    if not chunks:
-        raise ValueError(f"{cfg.ptx_data}: fewer than ptx_max_len={n} tokens")
-    rng = random.Random(cfg.seed)
-    while True:
-        rows = torch.tensor([chunks[rng.randrange(len(chunks))] for _ in range(cfg.ptx_batch_size)])
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
+
+def nonfinite_rollout(r: Rollout, prompt_ids: list[int]) -> str | None:
+    """Which of the rollout's scores, rewards or advantages are NaN or infinite, and for which prompts."""
+    for name in ("scores", "rewards", "advantages"):
+        t = getattr(r, name)
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            rows = bad.reshape(bad.shape[0], -1).any(-1).nonzero().flatten().tolist()
+            return f"non-finite {name} for prompts {sorted({prompt_ids[i] for i in rows})}"
+    return None
+
+
+class PretrainingMix:
+    """LM batches of the pretraining text, every token a target (InstructGPT eq. 2, γ term). Batch i
+    is drawn with its own seeded generator: no iterator state, so a resumed run continues the mix
+    exactly where the interrupted one was."""
+
+    def __init__(self, tok, cfg: PPOConfig):
+        from rlhf.data import load_text
+
+        ids = tok(load_text(cfg.ptx_data), add_special_tokens=False)["input_ids"]
+        n = cfg.ptx_max_len
+        self.chunks = torch.tensor([ids[i:i + n] for i in range(0, len(ids) - n + 1, n)])  # (N, ptx_max_len)
+        if not len(self.chunks):
+            raise ValueError(f"{cfg.ptx_data}: fewer than ptx_max_len={n} tokens")
+        self.size, self.seed = cfg.ptx_batch_size, cfg.seed
+
+    def batch(self, i: int) -> LMBatch:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        rows = self.chunks[torch.randint(len(self.chunks), (self.size,), generator=gen)]
         mask = torch.ones_like(rows, dtype=torch.bool)
-        yield LMBatch(rows, mask, mask)
+        return LMBatch(rows, mask, mask)

@@ -75,8 +75,8 @@ class PPOConfig(BaseModel):
     ptx_batch_size: int = Field(16, ge=1)  # pretraining sequences per policy minibatch
     ptx_max_len: int = Field(64, ge=2)  # tokens per pretraining sequence
     eval_every: int = Field(10, ge=1)  # steps between held-out evaluations
-    save_every: int = Field(0, ge=0)  # steps between checkpoints; 0: only at the end
-    resume: str | None = None  # a checkpoint directory written by save_every
+    save_every: int = Field(10, ge=0)  # steps between checkpoints (what a restart may redo); 0: none
+    resume: str | None = None  # a checkpoint directory (<run>/ppo/checkpoint-<step>) to continue from
     seed: int = 0  # sampling and shuffling seed
     policy: RoleConfig = RoleConfig(optim=OptimConfig(lr=1e-5, warmup_steps=0, min_lr_ratio=1.0))
     critic: RoleConfig = RoleConfig(optim=OptimConfig(lr=5e-5, warmup_steps=0, min_lr_ratio=1.0))

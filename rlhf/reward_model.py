@@ -21,7 +21,7 @@ from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
 from rlhf.batching import Encoded, count_steps, encode_pair, epoch_batches
 from rlhf.data import Comparison
-from rlhf.guards import check_finite
+from rlhf.guards import BadSteps, check_finite
 from rlhf.progress import progress
 from rlhf.workers import RewardModelWorker
 
@@ -68,7 +68,7 @@ def evaluate_rm(group, rankings: list[list[Encoded]], pad_id: int, batch_size: i
 
 
 def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparison], cfg: RMConfig,
-                       out_dir: str | Path, log: LogFn) -> dict[str, float]:
+                       out_dir: str | Path, log: LogFn, max_bad_steps: int = 3) -> dict[str, float]:
     """Train the reward group's model; writes an HF sequence-classification checkpoint with
     reward_stats.json (mean and std of held-out rewards, for PPO's reward normalisation)."""
     out_dir = Path(out_dir)
@@ -78,13 +78,17 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     metrics, _ = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
     log(metrics, 0)
     step = evaluated = 0
+    bad = BadSteps(max_bad_steps, "reward-model", "rm.optim.lr")
     bar = progress(total=total, desc="reward model", unit="step")
     for rankings in epoch_batches(train_r, cfg.batch_size, cfg.epochs, cfg.seed):
         out = group.map(RewardModelWorker.rm_step, rankings, tok.pad_token_id).get()
+        if out.get("skipped", 0.0) > 0:  # a non-finite loss or gradient: no rank updated
+            bad.record(step + 1, f"non-finite loss ({out['loss']}) or gradient norm")
+            continue
         if "lr" not in out:
             continue  # inside a gradient-accumulation window
         step += 1
-        check_finite({"train/loss": out["loss"]}, f"reward-model step {step}", "rm.optim.lr")
+        bad.record(step, None)
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['accuracy']:.2f}")
         log({f"train/{k}": out[k] for k in ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm")}, step)

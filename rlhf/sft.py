@@ -17,7 +17,7 @@ from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
 from rlhf.batching import Encoded, collate_lm, count_steps, encode_pair, epoch_batches
 from rlhf.data import SFTRecord
-from rlhf.guards import check_finite
+from rlhf.guards import BadSteps, check_finite
 from rlhf.progress import progress
 from rlhf.workers import PolicyWorker
 
@@ -58,7 +58,7 @@ def evaluate_nll(group, examples: list[Encoded], pad_id: int, batch_size: int) -
 
 
 def train_sft(group, tok, train: list[SFTRecord], evals: list[SFTRecord], cfg: SFTConfig,
-              out_dir: str | Path, log: LogFn) -> dict[str, float]:
+              out_dir: str | Path, log: LogFn, max_bad_steps: int = 3) -> dict[str, float]:
     """Fine-tune the policy group's model; writes HF checkpoints under out_dir; returns final eval metrics."""
     out_dir = Path(out_dir)
     train_ex, n_trunc = encode_all(tok, train, cfg.max_len)
@@ -69,13 +69,17 @@ def train_sft(group, tok, train: list[SFTRecord], evals: list[SFTRecord], cfg: S
     metrics = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size)
     log(metrics, 0)
     step = evaluated = 0
+    bad = BadSteps(max_bad_steps, "SFT", "sft.optim.lr")
     bar = progress(total=total, desc="sft", unit="step")
     for examples in epoch_batches(train_ex, cfg.batch_size, cfg.epochs, cfg.seed):
         out = group.map(PolicyWorker.sft_step, collate_lm(examples, tok.pad_token_id)).get()
+        if out.get("skipped", 0.0) > 0:  # a non-finite loss or gradient: no rank updated
+            bad.record(step + 1, f"non-finite loss ({out['loss']}) or gradient norm")
+            continue
         if "lr" not in out:
             continue  # inside a gradient-accumulation window
         step += 1
-        check_finite({"train/loss": out["loss"]}, f"SFT step {step}", "sft.optim.lr")
+        bad.record(step, None)
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.3f}")
         log({"train/loss": out["loss"], "train/lr": out["lr"], "train/grad_norm": out["grad_norm"]}, step)

@@ -8,12 +8,14 @@ Must not import ray.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from models.generation import Generation, SamplingParams, generate, pad_generation
 from models.heads import CausalLM, gather_last
@@ -78,7 +80,35 @@ class ModelWorker:
     def _on_device(self, rollout: Rollout) -> Rollout:
         return rollout.to(self.mesh.device)
 
+    def _everywhere(self, ok: bool) -> bool:
+        """True on every rank of the group iff `ok` is true on every rank: a decision no rank may
+        take alone (skipping an update, refusing a save) must be taken by all of them."""
+        if not self.mesh.distributed or self.mesh.world_size == 1:
+            return ok
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.mesh.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() == 0.0
+
+    def _update(self, loss: torch.Tensor) -> dict[str, float]:
+        """backward and optimizer step, unless the loss is NaN or infinite on any rank of the group:
+        then no rank updates. A non-finite gradient norm is skipped by the engine itself (the norm is
+        global, so every rank sees the same). "skipped" is 1.0 for a skipped update."""
+        if not self._everywhere(bool(torch.isfinite(loss.detach()).all())):
+            return {"skipped": 1.0}
+        self.engine.backward(loss)
+        stepped = self.engine.step()
+        if stepped is None:  # inside a gradient-accumulation window
+            return {}
+        return {**stepped, "skipped": float(not math.isfinite(stepped["grad_norm"]))}
+
     def save_state(self, directory: str | Path, client_state: dict) -> None:
+        """This rank's training state. Refused on every rank if any rank holds a non-finite weight:
+        a diverged model never becomes the checkpoint that a restart or a resume would load."""
+        finite = all(bool(torch.isfinite(p).all()) for p in self.engine.stored_parameters())
+        if not self._everywhere(finite):
+            from rlhf.guards import DivergedError
+
+            raise DivergedError(f"{directory}: not saved: the model holds NaN or infinite weights")
         self.engine.save(directory, client_state)
 
     def load_state(self, directory: str | Path) -> dict:
@@ -171,8 +201,7 @@ class PolicyWorker(LMWorker):
             ptx_loss, _ = sft_loss(self.engine(b.input_ids, b.attention_mask), b, backend)
         loss, metrics = ppo_policy_objective(logprobs, r.old_logprobs, r.advantages, r.response_mask, entropy,
                                              hp.clip_eps, hp.entropy_coef, ptx_loss, hp.ptx_coef)
-        self.engine.backward(loss)
-        stepped = self.engine.step() or {}
+        stepped = self._update(loss)
         return {**metrics, **{f"policy/{k}": v for k, v in stepped.items()}}
 
 
@@ -181,9 +210,7 @@ class PolicyWorker(LMWorker):
         self.model.train()
         b = batch.to(self.mesh.device)
         loss, n = sft_loss(self.engine(b.input_ids, b.attention_mask), b, self.model.backend)
-        self.engine.backward(loss)
-        stepped = self.engine.step() or {}
-        return {"loss": loss.item(), "tokens": float(n), **stepped}
+        return {"loss": loss.item(), "tokens": float(n), **self._update(loss)}
 
     def sft_eval(self, batch: LMBatch) -> dict[str, float]:
         """Summed NLL and token count, so the driver forms a token-weighted mean over ranks."""
@@ -218,8 +245,7 @@ class CriticWorker(ModelWorker):
         self.model.train()
         r = self._on_device(rollout)
         loss, metrics = value_loss(self._values(r), r.values, r.returns, r.response_mask, value_clip)
-        self.engine.backward(loss)
-        stepped = self.engine.step() or {}
+        stepped = self._update(loss)
         return {"critic/loss": loss.item(), **metrics, **{f"critic/{k}": v for k, v in stepped.items()}}
 
 
@@ -239,9 +265,7 @@ class RewardModelWorker(ModelWorker):
         self.model.train()
         rewards, sizes = self._rewards(groups, pad_id)
         loss, metrics = ranking_loss(rewards, sizes)
-        self.engine.backward(loss)
-        stepped = self.engine.step() or {}
-        return {"loss": loss.item(), **metrics, "reward_mean": rewards.mean().item(), **stepped}
+        return {"loss": loss.item(), **metrics, "reward_mean": rewards.mean().item(), **self._update(loss)}
 
     def rm_eval(self, groups: list[list[Encoded]], pad_id: int) -> dict:
         """Sums over this rank's prompts (loss, accuracy, margin) and every response's reward."""

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from launcher.cli import main
+from parallel import checkpoint as checkpoints
 from tests.launcher.user_task import make_checkpoint, make_tokenizer, write_task
 
 
@@ -107,20 +108,31 @@ def tokenizer_dir(w, tmp, damage: str) -> Path:
 
 
 def checkpoint(w, tmp, damage: str) -> Path:
-    """A PPO checkpoint written the way the coordinator writes one, then damaged."""
-    ck = tmp / "checkpoint-1"
-    for role in ("policy", "critic"):
-        torch.save({"model": {"w": torch.ones(64)}}, write(ck / role / "rank-00000.pt", b""))
-    (ck / "coordinator.json").write_text(json.dumps({"step": 1, "kl": {"value": 0.02}}))
-    pt = ck / "policy" / "rank-00000.pt"
+    """A PPO checkpoint staged and committed the way the coordinator does it, then damaged."""
+    for step in (1, 2):
+        staging = checkpoints.staging_dir(tmp, step)
+        for role in ("policy", "critic"):
+            torch.save({"step": step}, write(staging / role / "rank-00000-state.pt", b""))
+        checkpoints.commit(tmp, step, {"step": step, "kl": {"value": 0.02}})
+    ck = checkpoints.checkpoint_dir(tmp, 1)
+    pt = ck / "policy" / "rank-00000-state.pt"
     if damage == "truncated pt":
         pt.write_bytes(pt.read_bytes()[:200])
     elif damage == "empty pt":
         pt.write_bytes(b"")
+    elif damage == "flipped byte":
+        data = bytearray(pt.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        pt.write_bytes(bytes(data))
     elif damage == "truncated state":
         (ck / "coordinator.json").write_text('{"step": 1, "kl"')
     elif damage == "no critic":
         shutil.rmtree(ck / "critic")
+    elif damage == "mixed":  # the critic of another step copied in
+        shutil.rmtree(ck / "critic")
+        shutil.copytree(checkpoints.checkpoint_dir(tmp, 2) / "critic", ck / "critic")
+    elif damage == "no manifest":
+        (ck / "manifest.json").unlink()
     return ck
 
 
@@ -236,13 +248,21 @@ CASES = {
         w, t, '{"mean": 0.3, "std": 0.0}'))], r"reward_stats\.json: std 0\.0: the reward model gives every"),
     # -- resume checkpoints
     "resume: truncated .pt": ("ppo", lambda w, t: [f"ppo.resume={checkpoint(w, t, 'truncated pt')}"],
-                              r"rank-00000\.pt: truncated or corrupt"),
+                              r"checkpoint-1: not a whole checkpoint: policy/rank-00000-state\.pt is \d+ bytes, the "
+                              r"manifest says \d+; whole checkpoints beside it: .*checkpoint-2"),
     "resume: empty .pt": ("ppo", lambda w, t: [f"ppo.resume={checkpoint(w, t, 'empty pt')}"],
-                          r"rank-00000\.pt: truncated or corrupt"),
+                          r"policy/rank-00000-state\.pt is 0 bytes"),
+    "resume: a flipped byte": ("ppo", lambda w, t: [f"ppo.resume={checkpoint(w, t, 'flipped byte')}"],
+                               r"rank-00000-state\.pt does not match its checksum"),
     "resume: truncated coordinator.json": ("ppo", lambda w, t: [f"ppo.resume={checkpoint(w, t, 'truncated state')}"],
-                                           r"coordinator\.json: damaged"),
+                                           r"coordinator\.json is \d+ bytes, the manifest says"),
     "resume: a role missing": ("ppo", lambda w, t: [f"ppo.resume={checkpoint(w, t, 'no critic')}"],
-                               r"critic: missing or empty; .* is not a complete PPO checkpoint"),
+                               r"critic/rank-00000-state\.pt is missing"),
+    "resume: a role from another step": ("ppo", lambda w, t: [f"ppo.resume={checkpoint(w, t, 'mixed')}"],
+                                         r"critic/rank-00000-state\.pt does not match its checksum \(corrupt, or "
+                                         r"from another checkpoint\)"),
+    "resume: never committed": ("ppo", lambda w, t: [f"ppo.resume={checkpoint(w, t, 'no manifest')}"],
+                                r"no manifest\.json \(not committed"),
     "resume past the last step": ("ppo", lambda w, t: [f"ppo.resume={checkpoint(w, t, '')}", "ppo.steps=1"],
                                   r"the checkpoint is at step 1, and ppo\.steps=1 leaves nothing to do"),
     # -- where the run goes
