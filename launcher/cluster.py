@@ -1,16 +1,34 @@
 """Ray cluster bootstrap and placement groups. With launcher/worker_group.py, the only Ray code.
 
-A job joins the cluster named by --ray-address / RAY_ADDRESS, or starts a local one.
+A job joins the cluster named by --ray-address / RAY_ADDRESS, or starts a local one. Either way Ray
+runs with token authentication (RAY_AUTH_MODE=token): Ray 2.60's servers listen on every interface
+and turn a loopback node address into the machine's own, so the token is what stops anyone who can
+reach the node from running code on it. A local cluster gets a fresh random token for this process
+(its ranks inherit it); joining a cluster needs the cluster's token (docs/reliability.md, Network).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import sys
 
-import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+def _auth_env(joining: bool) -> None:
+    """Token authentication unless the user set RAY_AUTH_MODE; a new local cluster's own token."""
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    if os.environ["RAY_AUTH_MODE"] == "token" and not joining and not os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    if "ray._raylet" in sys.modules:  # Ray reads its config once; re-read it after the change
+        sys.modules["ray._raylet"].Config.initialize("")
+
+
+def has_token() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.exists(path)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
@@ -19,24 +37,48 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
     Workers' output reaches the driver's terminal only with INSTRUCTRL_VERBOSE=1 (`--verbose`): the
     ranks write it to their log files under the run directory (launcher/worker_group.py `Rank`).
     """
-    for k, v in RAY_ENV.items():
-        os.environ.setdefault(k, v)
     verbose = os.environ.get("INSTRUCTRL_VERBOSE") == "1"
+    address = address or os.environ.get("RAY_ADDRESS")
+    _auth_env(joining=bool(address))
+    import ray
+
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
         if address:
+            if os.environ["RAY_AUTH_MODE"] == "token" and not has_token():
+                from launcher.config import ConfigError
+
+                raise ConfigError(f"run.ray_address={address}: joining a Ray cluster needs its authentication "
+                                  f"token: export RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as the cluster was "
+                                  f"started with; docs/reliability.md (Network) says how")
             ray.init(address=address, log_to_driver=verbose, logging_level="INFO" if verbose else "WARNING")
         else:
             # "local": a fresh cluster for this job; without it Ray would join whatever cluster a past
             # `ray start` on this machine left recorded (even a dead one), which is not what was asked.
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose,
                      logging_level="INFO" if verbose else "WARNING")
+            global STARTED_LOCAL
+            STARTED_LOCAL = True
+        from launcher.recovery import STOP
+
+        STOP.reclaim()
     return ray.cluster_resources()
+
+
+def rank_env() -> dict[str, str]:
+    """Environment of every rank: on a cluster this process started (one machine), the groups'
+    rendezvous and gloo/NCCL traffic stay on loopback instead of listening on every interface."""
+    return dict(LOOPBACK_ENV) if STARTED_LOCAL else {}
+
+
+LOOPBACK_ENV = {"INSTRUCTRL_MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+STARTED_LOCAL = False
 
 
 def check_capacity(requests: dict[str, tuple[int, float, float]]) -> None:
     """Fail at once, naming the groups, when {name: (bundles, cpus, gpus per bundle)} cannot fit the
     cluster at all (in total, or one bundle on its largest node) — rather than after a placement timeout."""
+    import ray
+
     from launcher.config import ConfigError
 
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
@@ -56,6 +98,9 @@ def check_capacity(requests: dict[str, tuple[int, float, float]]) -> None:
 
 def make_placement(bundles: int, cpus: float, gpus: float, strategy: str, timeout_s: float = 60.0):
     """A ready placement group of `bundles` × {CPU: cpus, GPU: gpus}; a clear error if it cannot fit."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
     shape = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
     pg = placement_group([dict(shape) for _ in range(bundles)], strategy=strategy)
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
@@ -67,9 +112,15 @@ def make_placement(bundles: int, cpus: float, gpus: float, strategy: str, timeou
 
 
 def release(pg) -> None:
+    from ray.util.placement_group import remove_placement_group
+
     remove_placement_group(pg)
 
 
 def shutdown_ray() -> None:
+    import ray
+
+    global STARTED_LOCAL
     if ray.is_initialized():
         ray.shutdown()
+    STARTED_LOCAL = False

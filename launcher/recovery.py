@@ -22,6 +22,7 @@ from rlhf.coordinator import Preempted
 
 log = logging.getLogger("instructrl")
 T = TypeVar("T")
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again later (slurm/instructrl.sbatch requeues on it)
 
 
@@ -32,18 +33,27 @@ class StopRequest:
 
     def __init__(self):
         self.signal: str | None = None
-        self.deferred = False
+        self.deferred = self.active = False
 
     @contextmanager
     def installed(self):
         """Handle the signals for the duration of a command (the previous handlers come back after)."""
         self.signal, self.deferred = None, False
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        self.active = True
         try:
             yield self
         finally:
+            self.active = False
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def reclaim(self) -> None:
+        """Take the signals back after ray.init, which installs its own SIGTERM handlers (Python's
+        exits, the core worker's aborts with status 134)."""
+        if self.active:
+            for sig in SIGNALS:
+                signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         first = self.signal is None

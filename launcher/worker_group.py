@@ -151,7 +151,7 @@ class Rank:
 
         with socket.socket() as s:
             s.bind(("", 0))
-            return ray.util.get_node_ip_address(), s.getsockname()[1]
+            return os.environ.get("INSTRUCTRL_MASTER_ADDR") or ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def setup(self, master: tuple[str, int], worker_cls: type, args: tuple, kwargs: dict) -> dict:
         import ray
@@ -207,6 +207,8 @@ class RayGroup:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from launcher.cluster import rank_env
+
         self.name, self.spec, self.placement, self.timeout_s = name, spec, placement, timeout_s
         actor_cls = ray.remote(Rank)
         threads = max(1, int(spec.cpus_per_rank))
@@ -215,7 +217,7 @@ class RayGroup:
                 name=f"{name}-{r}", num_cpus=spec.cpus_per_rank, num_gpus=spec.gpus_per_rank,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=placement,
                                                                      placement_group_bundle_index=r),
-                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), **rank_env()}},
             ).remote(r, spec.ranks, spec.tp_size, threads, spec.gpus_per_rank > 0,
                      str(Path(log_dir).resolve() / f"{name}-rank{r}.log") if log_dir else None, timeout_s)
             for r in range(spec.ranks)
