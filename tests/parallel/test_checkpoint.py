@@ -114,3 +114,24 @@ def test_a_model_with_nonfinite_weights_is_not_saved(tmp_path):
     with pytest.raises(DivergedError, match="NaN or infinite weights"):
         group.broadcast(PolicyWorker.save_state, str(tmp_path / "ck"), {"step": 1}).get()
     assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_a_nonfinite_gradient_norm_skips_the_step(zero_stage):
+    """A finite loss with an infinite gradient (√x at 0): the engine leaves weights, optimizer and LR
+    schedule as they were and reports the norm; a finite one then steps."""
+    group = tiny_group(zero_stage)
+    engine = group._rank.worker.engine
+    before = {k: v.clone() for k, v in engine.local_state_dict().items()}
+    p = next(engine.module.parameters())
+    loss = torch.sqrt(p - p.detach()).sum()
+    assert torch.isfinite(loss)
+    engine.backward(loss)
+    out = engine.step()
+    assert not torch.isfinite(torch.tensor(out["grad_norm"]))
+    after = engine.local_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    engine.backward((p * p).sum())
+    out = engine.step()
+    assert torch.isfinite(torch.tensor(out["grad_norm"])) and not torch.equal(before[next(iter(before))],
+                                                                               engine.local_state_dict()[next(iter(before))])

@@ -196,3 +196,32 @@ def test_zero_offload_cpu_adam_matches_plain_adamw(tmp_path):
     offload = LocalGroup(PolicyWorker, src, EngineConfig(zero_stage=2, offload_optimizer=True), OPTIM, 10, 4)
     torch.testing.assert_close(torch.tensor(train_losses(offload, data)), torch.tensor(train_losses(plain, data)),
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(ray_cluster, tmp_path, zero_stage):
+    """NaN advantages in the second data-parallel rank's half only: neither rank steps (a rank that
+    stepped alone would leave the replicas different); with finite advantages both do."""
+    from rlhf.algo.rollout import Rollout
+    from rlhf.workers import PolicyStep
+
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(2, 64, (4, 8), generator=g)
+    rollout = Rollout(seqs, torch.ones(4, 8, dtype=torch.bool), torch.ones(4, 4, dtype=torch.bool), 4,
+                      old_logprobs=torch.full((4, 4), -4.0), advantages=torch.randn(4, 4, generator=g))
+    poisoned = Rollout(**{**vars(rollout), "advantages": rollout.advantages.clone()})
+    poisoned.advantages[3, 1] = float("nan")  # row 3 goes to data-parallel rank 1
+    hp = PolicyStep(clip_eps=0.2, entropy_coef=0.0, ptx_coef=0.0, temperature=1.0)
+    probe = batches(1)[0]
+    group = ray_group(2, 1, ModelSource(path=str(checkpoint(tmp_path, "gpt2"))), EngineConfig(zero_stage=zero_stage),
+                      OPTIM, 10, 2)
+    try:
+        before = group.map(PolicyWorker.logits, probe).get()
+        out = group.map(PolicyWorker.ppo_step, {"rollout": poisoned, "ptx": None}, hp).get()
+        assert out["policy/skipped"] == 1.0  # the average over both ranks: both skipped
+        torch.testing.assert_close(group.map(PolicyWorker.logits, probe).get(), before, atol=0, rtol=0)
+        out = group.map(PolicyWorker.ppo_step, {"rollout": rollout, "ptx": None}, hp).get()
+        assert out["policy/skipped"] == 0.0
+        assert not torch.equal(group.map(PolicyWorker.logits, probe).get(), before)
+    finally:
+        close(group)

@@ -1,0 +1,178 @@
+"""Real faults on real processes: the CLI's PPO stage on Ray, with ranks killed or frozen by PID in the
+middle of the run, the driver killed during a save, a checkpoint corrupted on disk, and a diverging
+learning rate. Each run must end as an uninterrupted one does — bit for bit (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from launcher.cli import main
+from parallel import checkpoint as ck
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+BIN = Path(sys.executable).parent
+SMALL = ["task.n_sft=300", "task.n_comparisons=40", "task.n_ppo=64", "task.n_eval=20", "sft.epochs=1", "rm.epochs=1",
+         "ppo.prompts_per_step=16", "ppo.samples_per_prompt=2", "ppo.eval_every=100", "ppo.critic_warmup_steps=0",
+         "evaluation.samples_per_prompt=1"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """An SFT policy and a reward model, trained in-process (the faults are for the PPO stage)."""
+    out = tmp_path_factory.mktemp("base")
+    assert main(["demo", f"run.out_dir={out}", "run.backend=local", *SMALL, "ppo.steps=1"]) == 0
+    return out / "demo"
+
+
+def ppo_args(models: Path, out: Path, *extra: str) -> list[str]:
+    return [str(BIN / "instructrl"), "ppo", "--config", "demo", f"run.out_dir={out}",
+            f"ppo.policy_init={models / 'sft'}", f"ppo.reward_model={models / 'rm'}", *SMALL, "ppo.steps=12",
+            "ppo.save_every=2", *extra]
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    # Not WANDB_SERVICE: the in-process fixture's W&B service would be shared, and would keep a killed
+    # driver's run open (a fresh shell has no such variable).
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env |= {"WANDB_MODE": "offline", "INSTRUCTRL_PROGRESS_INTERVAL": "1"}
+    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
+
+
+def records(run: Path) -> list[dict]:
+    f = run / "ppo" / "metrics.jsonl"
+    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
+
+
+def last_step(run: Path) -> int:
+    return max((r["step"] for r in records(run) if "reward/score" in r), default=0)
+
+
+def rank_pids(run: Path) -> dict[str, list[int]]:
+    try:
+        placement = json.loads((run / "ppo" / "placement.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {role: [r["pid"] for r in ranks] for role, ranks in placement.items()}
+
+
+def wait_for(condition, proc: subprocess.Popen, log: Path, timeout_s: float = 240, poll_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        time.sleep(poll_s)
+    proc.kill()
+    pytest.fail(f"timed out:\n{log.read_text()[-3000:]}")
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> str:
+    proc.wait(timeout=timeout_s)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    return text
+
+
+def final_weights(run: Path) -> dict:
+    return load_file(str(run / "ppo" / "policy" / "model.safetensors"))
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Every training metric of every step equal, each step logged once, and the same final weights."""
+    ours = [r for r in records(run) if "reward/score" in r]
+    theirs = {r["step"]: r for r in records(reference) if "reward/score" in r}
+    assert [r["step"] for r in ours] == sorted(theirs) == list(range(1, 13))
+    for r in ours:
+        for key, value in theirs[r["step"]].items():
+            if not key.startswith(("time", "perf/")):
+                assert r[key] == value, (r["step"], key)
+    a, b = final_weights(run), final_weights(reference)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    log = out / "log"
+    finish(start(ppo_args(models, out), log), log)
+    return out / "demo"
+
+
+def test_killed_and_frozen_ranks_of_every_role_are_replaced(models, reference, tmp_path):
+    """SIGKILL a rank of the critic, the policy and the reference, and SIGSTOP one of the reward model,
+    each once the run has moved past the previous fault: the driver notices (a dead actor at once,
+    the frozen one after run.call_timeout_s), restarts the groups from the newest checkpoint, and the
+    run ends as the uninterrupted one did."""
+    log = tmp_path / "log"
+    proc = start(ppo_args(models, tmp_path, "run.max_restarts=4", "run.call_timeout_s=20"), log)
+    run = tmp_path / "demo"
+    faults = [("critic", signal.SIGKILL), ("policy", signal.SIGKILL), ("reward", signal.SIGSTOP),
+              ("reference", signal.SIGKILL)]
+    done, pids = 0, {}
+    for role, sig in faults:
+        # a step beyond everything logged before the previous fault: the new groups are training
+        wait_for(lambda done=done, pids=pids: last_step(run) > done and rank_pids(run) not in ({}, pids), proc, log)
+        pids, done = rank_pids(run), last_step(run)
+        os.kill(pids[role][0], sig)
+    text = finish(proc, log)
+    restarts = [r for r in records(run) if r.get("event") == "restart"]
+    assert len(restarts) == 4, text[-3000:]
+    for (role, sig), event in zip(faults, restarts, strict=True):
+        assert f"demo-{role} rank 0" in event["reason"], event
+        assert ("no answer within 20 s" if sig == signal.SIGSTOP else "died") in event["reason"], event
+    assert "restarting every group (4 of 4)" in text
+    assert_same_run(run, reference)
+
+
+def test_driver_killed_during_a_save_then_resumed_from_a_corrupted_directory(models, reference, tmp_path):
+    """SIGKILL the driver while a checkpoint is being written: the staging directory is never taken for
+    a checkpoint. Then flip a byte of the newest committed checkpoint: run.resume=true skips it with a
+    warning for the one before, and the run still ends bit-identical to the uninterrupted one."""
+    log = tmp_path / "log"
+    proc = start(ppo_args(models, tmp_path), log)
+    run = tmp_path / "demo"
+    def saving() -> bool:  # a checkpoint is being written, and an earlier one is whole
+        return len(ck.list_checkpoints(run / "ppo")) >= 2 and any((run / "ppo").glob(".checkpoint-*.partial"))
+
+    wait_for(saving, proc, log, poll_s=0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    torn = list((run / "ppo").glob(".checkpoint-*.partial"))
+    assert torn and ck.latest(run / "ppo") != ck.checkpoint_dir(run / "ppo", ck.step_of(torn[0].name[1:-8]))
+    newest = ck.latest(run / "ppo")
+    older = ck.list_checkpoints(run / "ppo")[1]
+    victim = next(p for p in sorted((newest / "policy").iterdir()) if p.suffix == ".safetensors")
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    log2 = tmp_path / "log2"
+    text = finish(start(ppo_args(models, tmp_path, "run.resume=true"), log2), log2)
+    assert f"skipping checkpoint {newest}: policy/{victim.name} does not match its checksum" in text
+    assert f"resumed from {older} at step {ck.step_of(older)}" in text
+    assert not list((run / "ppo").glob(".checkpoint-*.partial"))  # cleared by the next commit
+    assert_same_run(run, reference)
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint(models, tmp_path, capsys):
+    rc = main(["ppo", "--config", "demo", f"run.out_dir={tmp_path}", "run.backend=local",
+               f"ppo.policy_init={models / 'sft'}", f"ppo.reward_model={models / 'rm'}", *SMALL, "ppo.steps=8",
+               "ppo.save_every=1", "ppo.policy.optim.lr=1e4", "ppo.critic.optim.lr=1e4",
+               "ppo.policy.optim.grad_clip=0", "ppo.critic.optim.grad_clip=0"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "3 steps in a row with non-finite values" in err and "keeping the last checkpoint" in err, err
+    for path in ck.list_checkpoints(tmp_path / "demo" / "ppo"):
+        assert ck.verify(path) is None
+        for f in path.rglob("*.safetensors"):
+            assert all(t.isfinite().all() for t in load_file(str(f)).values()), f
