@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
+	# DeepSpeed's CPU ops, compiled now rather than by the first ZeRO group of the first run.
+	$(BIN)/python -c "import logging; logging.basicConfig(level=logging.INFO, format='%(message)s'); \
+	  from parallel.zero import build_ops; build_ops(offload=True)"
 	touch $(STAMP)
 
 # run.overwrite=true: a second `make demo` replaces runs/demo (the CLI alone refuses to).

@@ -20,7 +20,15 @@ from launcher.config import Config
 from launcher.plots import plot_overoptimization
 from launcher.preflight import Inputs, read_stats
 from launcher.recovery import STOP, with_restarts
-from launcher.stages import checkpoint_source, log_evaluation, note_restart, record_placement, run_rm, run_sft
+from launcher.stages import (
+    checkpoint_source,
+    log_evaluation,
+    note_restart,
+    prepare_ops,
+    record_placement,
+    run_rm,
+    run_sft,
+)
 from launcher.tracking import Tracker
 from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
 from models.errors import InputError
@@ -114,6 +122,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
     log.info("PPO: %d steps × %d rollouts; policy %s, reward %s (+ %d function(s)), critic %s", p.steps,
              p.prompts_per_step, models["policy"], models["reward"], len(p.reward_functions), models["critic"])
     bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)
+    prepare_ops(*(getattr(p, role).engine for role in ROLES))
 
     def attempt(restarts: int) -> tuple[dict, dict]:
         start_dir = resume_point(cfg, inputs, out_dir)

@@ -66,6 +66,15 @@ def checkpoint_source(cfg: Config, path: str | Path) -> ModelSource:
     return ModelSource(path=str(path), seed=cfg.run.seed, attention=cfg.model.attention)
 
 
+def prepare_ops(*engines) -> None:
+    """Compile DeepSpeed's JIT ops on the driver, where its terminal says so, before any rank of a
+    ZeRO group would compile them in silence (make install has normally built them already)."""
+    if any(e.zero_stage for e in engines):
+        from parallel.zero import build_ops
+
+        build_ops(offload=any(e.offload_optimizer for e in engines))
+
+
 @contextmanager
 def worker_group(cfg: Config, role: str, worker_cls: type, spec: GroupSpec, *args):
     """One role's group for the duration of a stage: Ray actors, or one in-process rank."""
@@ -118,6 +127,7 @@ def run_sft(cfg: Config, inputs: Inputs) -> dict:
     log.info("SFT: %d train / %d eval demonstrations, %d steps on %d rank(s)", len(train), len(evals), steps,
              cfg.sft.group.ranks)
     start = checkpoint_source(cfg, inputs.models["sft_init"]) if inputs.models["sft_init"] else fresh_source(cfg, tok)
+    prepare_ops(cfg.sft.engine)
 
     def attempt(restarts: int) -> dict:  # SFT keeps no training state: a restart begins the stage again
         with worker_group(cfg, "policy-sft", PolicyWorker, cfg.sft.group, start, cfg.sft.engine, cfg.sft.optim,
@@ -175,6 +185,7 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
                       group=cfg.run.name)
     steps = rm_total_steps(len(train), cfg.rm)
     log.info("RM: %d train / %d eval rankings from %s, %d steps", len(train), len(evals), init, steps)
+    prepare_ops(cfg.rm.engine)
 
     def attempt(restarts: int) -> dict:  # RM training keeps no state: a restart begins the stage again
         with worker_group(cfg, "reward-train", RewardModelWorker, cfg.rm.group, checkpoint_source(cfg, init),

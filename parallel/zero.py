@@ -7,7 +7,9 @@ group only and gradient clipping counts each TP shard once.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,6 +146,45 @@ class ZeroEngine:
         if self.cfg.zero_stage == 3:
             return sum(p.ds_tensor.numel() for p in self.module.parameters())
         return sum(p.numel() for p in self.module.parameters())
+
+
+log = logging.getLogger("instructrl")
+STALE_LOCK_S = 600  # a compile takes about a minute here; a lock this old was left by a killed process
+
+
+def build_ops(offload: bool = False) -> None:
+    """Compile the DeepSpeed ops a CPU run JIT-compiles on first use — the shared-memory collective
+    op every ZeRO group loads, and CPU Adam for offload — in this process, saying so. Run at install
+    (`make install`) and by the driver before it starts ZeRO groups, so that no rank compiles
+    silently, and a lock left by a process killed mid-compile (on which every later run would wait
+    forever) is cleared first."""
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return
+    for name in ("ShareMemCommBuilder", *(("CPUAdamBuilder",) if offload else ())):
+        builder = get_accelerator().create_op_builder(name)
+        if builder is None or not builder.is_compatible(verbose=False):
+            continue
+        directory = extension_dir(builder.NAME)
+        clear_stale_lock(directory)
+        if not (directory / f"{builder.NAME}.so").exists():
+            log.info("compiling DeepSpeed's %s op into %s (once per machine, about a minute)", builder.NAME, directory)
+        builder.load(verbose=False)
+
+
+def extension_dir(name: str) -> Path:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+def clear_stale_lock(directory: Path) -> None:
+    lock = directory / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        log.warning("removing %s: a compile lock %d s old, left by a process killed while compiling", lock,
+                    time.time() - lock.stat().st_mtime)
+        lock.unlink(missing_ok=True)
 
 
 def load_safely(path: str, map_location=None):

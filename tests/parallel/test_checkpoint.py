@@ -135,3 +135,18 @@ def test_a_nonfinite_gradient_norm_skips_the_step(zero_stage):
     out = engine.step()
     assert torch.isfinite(torch.tensor(out["grad_norm"])) and not torch.equal(before[next(iter(before))],
                                                                                engine.local_state_dict()[next(iter(before))])
+
+
+def test_a_compile_lock_left_by_a_killed_process_is_cleared(tmp_path, caplog):
+    """torch's extension builder waits forever on a lock whose owner died mid-compile."""
+    from parallel.zero import STALE_LOCK_S, clear_stale_lock
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    clear_stale_lock(tmp_path)
+    assert lock.exists()  # another process may be compiling right now
+    old = lock.stat().st_mtime - STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    with caplog.at_level(logging.WARNING, logger="instructrl"):
+        clear_stale_lock(tmp_path)
+    assert not lock.exists() and "left by a process killed while compiling" in caplog.text

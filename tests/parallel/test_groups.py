@@ -52,9 +52,9 @@ def batches(n: int, seed: int = 0):
     return out
 
 
-def ray_group(ranks, tp, *args, **kwargs) -> RayGroup:
+def ray_group(ranks, tp, *args, timeout_s: float = 900.0, **kwargs) -> RayGroup:
     spec = GroupSpec(ranks=ranks, tp_size=tp, cpus_per_rank=1.0)
-    return build_groups({"policy": (PolicyWorker, spec, args, kwargs)})["policy"]
+    return build_groups({"policy": (PolicyWorker, spec, args, kwargs)}, timeout_s=timeout_s)["policy"]
 
 
 def close(group):
@@ -213,8 +213,10 @@ def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(ray_cluster
     poisoned.advantages[3, 1] = float("nan")  # row 3 goes to data-parallel rank 1
     hp = PolicyStep(clip_eps=0.2, entropy_coef=0.0, ptx_coef=0.0, temperature=1.0)
     probe = batches(1)[0]
+    # A rank that stepped alone would wait in a collective for its peer: the short timeout turns that
+    # deadlock into a failure here.
     group = ray_group(2, 1, ModelSource(path=str(checkpoint(tmp_path, "gpt2"))), EngineConfig(zero_stage=zero_stage),
-                      OPTIM, 10, 2)
+                      OPTIM, 10, 2, timeout_s=60)
     try:
         before = group.map(PolicyWorker.logits, probe).get()
         out = group.map(PolicyWorker.ppo_step, {"rollout": poisoned, "ptx": None}, hp).get()
