@@ -164,6 +164,25 @@ def test_driver_killed_during_a_save_then_resumed_from_a_corrupted_directory(mod
     assert_same_run(run, reference)
 
 
+def test_sigterm_saves_at_the_step_boundary_and_the_resumed_run_is_exact(models, reference, tmp_path):
+    """SIGTERM to the driver (Ray's own handler would abort it with status 134): the step in flight
+    ends, a checkpoint is committed, exit status 75; the same command with run.resume=true finishes
+    bit-identical to the uninterrupted run."""
+    log = tmp_path / "log"
+    proc = start(ppo_args(models, tmp_path), log)
+    run = tmp_path / "demo"
+    wait_for(lambda: last_step(run) >= 3, proc, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
+    saved = ck.latest(run / "ppo")
+    assert "SIGTERM received: saving at the end of this step" in log.read_text()
+    assert f"preempted: stopped on request after step {ck.step_of(saved)}, which is saved" in log.read_text()
+    log2 = tmp_path / "log2"
+    text = finish(start(ppo_args(models, tmp_path, "run.resume=true"), log2), log2)
+    assert f"resumed from {saved} at step {ck.step_of(saved)}" in text
+    assert_same_run(run, reference)
+
+
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint(models, tmp_path, capsys):
     rc = main(["ppo", "--config", "demo", f"run.out_dir={tmp_path}", "run.backend=local",
                f"ppo.policy_init={models / 'sft'}", f"ppo.reward_model={models / 'rm'}", *SMALL, "ppo.steps=8",
