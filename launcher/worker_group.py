@@ -85,6 +85,7 @@ def _fetch(ref, label: str):
         cause = getattr(e, "cause", None)
         if isinstance(cause, InputError):
             raise cause from None
+        # NCCL raises DistBackendError (a DistError); gloo a plain RuntimeError with this message.
         if isinstance(cause, dist.DistError) or "Connection closed by peer" in str(cause):
             raise WorkerLost(f"{label}: a collective failed, a peer rank is gone ({type(cause).__name__})") from e
         raise

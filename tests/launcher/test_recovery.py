@@ -132,6 +132,7 @@ def test_killed_and_frozen_ranks_of_every_role_are_replaced(models, reference, t
         assert f"demo-{role} rank 0" in event["reason"], event
         assert ("no answer within 20 s" if sig == signal.SIGSTOP else "died") in event["reason"], event
     assert "restarting every group (4 of 4)" in text
+    assert [p.name for p in ck.list_checkpoints(run / "ppo")] == ["checkpoint-12", "checkpoint-10"]  # save_total_limit
     assert_same_run(run, reference)
 
 
@@ -187,10 +188,10 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkp
     rc = main(["ppo", "--config", "demo", f"run.out_dir={tmp_path}", "run.backend=local",
                f"ppo.policy_init={models / 'sft'}", f"ppo.reward_model={models / 'rm'}", *SMALL, "ppo.steps=8",
                "ppo.save_every=1", "ppo.policy.optim.lr=1e4", "ppo.critic.optim.lr=1e4",
-               "ppo.policy.optim.grad_clip=0", "ppo.critic.optim.grad_clip=0"])
+               "ppo.policy.optim.grad_clip=0", "ppo.critic.optim.grad_clip=0", "run.max_bad_steps=2"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "3 steps in a row with non-finite values" in err and "keeping the last checkpoint" in err, err
+    assert "2 steps in a row with non-finite values" in err and "keeping the last checkpoint" in err, err
     for path in ck.list_checkpoints(tmp_path / "demo" / "ppo"):
         assert ck.verify(path) is None
         for f in path.rglob("*.safetensors"):

@@ -227,3 +227,24 @@ def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(ray_cluster
         assert not torch.equal(group.map(PolicyWorker.logits, probe).get(), before)
     finally:
         close(group)
+
+
+def test_a_killed_rank_of_a_two_rank_group_fails_the_call_at_once(ray_cluster, tmp_path):
+    """Rank 1 killed: the call fails within seconds as WorkerLost, however it surfaces first (the dead
+    actor, or rank 0's all-reduce that lost its peer: gloo's "Connection closed by peer")."""
+    import os
+    import signal
+    import time
+
+    from launcher.worker_group import WorkerLost
+
+    group = ray_group(2, 1, ModelSource(path=str(checkpoint(tmp_path, "gpt2"))), EngineConfig(), OPTIM, 10, 2,
+                      timeout_s=120)
+    try:
+        os.kill(group.info[1]["pid"], signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(WorkerLost, match=r"policy rank \d: PolicyWorker.sft_step: "):
+            group.map(PolicyWorker.sft_step, batches(1)[0]).get()
+        assert time.monotonic() - start < 30
+    finally:
+        close(group)
