@@ -118,7 +118,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
     tracker = Tracker(out_dir, f"{cfg.run.name}-ppo", cfg.wandb, cfg.model_dump(mode="json"), "ppo",
                       group=cfg.run.name, resume=resuming)
     n_updates = p.steps * p.ppo_epochs * p.minibatches
-    evaluations: dict[int, dict] = {}
+    evaluations: dict[int, dict] = tracker.history("eval/")  # a resumed run keeps its earlier evaluations
     log.info("PPO: %d steps × %d rollouts; policy %s, reward %s (+ %d function(s)), critic %s", p.steps,
              p.prompts_per_step, models["policy"], models["reward"], len(p.reward_functions), models["critic"])
     bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)

@@ -54,11 +54,13 @@ class Tracker:
         self._events: dict[str, int] = {}
         id_file = self.run_dir / "wandb-run-id"
         run_id = id_file.read_text().strip() if resume and id_file.exists() else secrets.token_hex(6)
+        self.earlier: list[dict] = []  # the records of the file this stage resumes
         if resume and self.metrics_path.exists():
             for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
                 record = json.loads(line) if line.strip() else {}
                 if "step" in record and "event" not in record:
                     self._seen.setdefault(record["step"], set()).update(record)
+                    self.earlier.append(record)
         self._file = open(self.metrics_path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115 (finish)
         id_file.write_text(run_id)
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=name, group=cfg.group or group or name,
@@ -98,6 +100,15 @@ class Tracker:
 
         if self._new(step, [key]):
             self.run.log({key: wandb.Image(str(path))}, step=step)
+
+    def history(self, prefix: str) -> dict[int, dict[str, float]]:
+        """The metrics under `prefix` that the resumed file holds, by step."""
+        out: dict[int, dict[str, float]] = {}
+        for record in self.earlier:
+            metrics = {k: v for k, v in record.items() if k.startswith(prefix)}
+            if metrics:
+                out.setdefault(record["step"], {}).update(metrics)
+        return out
 
     @property
     def steps(self) -> list[int]:

@@ -182,6 +182,8 @@ def test_sigterm_saves_at_the_step_boundary_and_the_resumed_run_is_exact(models,
     text = finish(start(ppo_args(models, tmp_path, "run.resume=true"), log2), log2)
     assert f"resumed from {saved} at step {ck.step_of(saved)}" in text
     assert_same_run(run, reference)
+    evaluations = json.loads((run / "ppo" / "result.json").read_text())["evaluations"]
+    assert sorted(evaluations, key=int) == ["0", "12"]  # the start's evaluation, from before the stop
 
 
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint(models, tmp_path, capsys):
