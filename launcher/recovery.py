@@ -71,7 +71,7 @@ STOP = StopRequest()
 
 
 def with_restarts(stage: str, attempt: Callable[[int], T], max_restarts: int,
-                  on_restart: Callable[[int, WorkerLost], None] = lambda n, e: None) -> T:
+                  on_restart: Callable[[int, WorkerLost], None]) -> T:
     """Run `attempt(n)` (n = restarts so far) until it returns; after each WorkerLost call
     `on_restart` and go again, up to max_restarts times."""
     restarts = 0

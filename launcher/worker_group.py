@@ -236,9 +236,9 @@ class RayGroup:
             self._info = self._wait(self._setup, "setup (join the group, build and load the model)")
         return self._info
 
-    def _wait(self, refs: list, call: str, ranks: list[int] | None = None) -> list:
-        ranks = ranks if ranks is not None else list(range(len(refs)))
-        return wait_all(refs, [f"{self.name} rank {r}: {call}" for r in ranks], self.timeout_s)
+    def _wait(self, refs: list, call: str) -> list:
+        """One result per rank (refs in rank order); errors name this group, the rank and the call."""
+        return wait_all(refs, [f"{self.name} rank {r}: {call}" for r in range(len(refs))], self.timeout_s)
 
     def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
         parts = split_batch(batch, self.spec.ranks // self.spec.tp_size)

@@ -39,6 +39,17 @@ class BadSteps:
     def __init__(self, limit: int, where: str, lr_keys: str):
         self.limit, self.where, self.lr_keys, self.in_a_row = limit, where, lr_keys, 0
 
+    def stepped(self, out: dict, step: int) -> bool:
+        """Whether a trainer's micro-batch result `out` ended optimizer step `step`: false inside a
+        gradient-accumulation window, and for an update skipped on every rank (recorded as bad)."""
+        if out.get("skipped", 0.0) > 0:
+            self.record(step, f"non-finite loss ({out['loss']}) or gradient norm")
+            return False
+        if "lr" not in out:
+            return False
+        self.record(step, None)
+        return True
+
     def record(self, step: int, problem: str | None) -> None:
         if problem is None:
             self.in_a_row = 0

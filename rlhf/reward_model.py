@@ -82,13 +82,9 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     bar = progress(total=total, desc="reward model", unit="step")
     for rankings in epoch_batches(train_r, cfg.batch_size, cfg.epochs, cfg.seed):
         out = group.map(RewardModelWorker.rm_step, rankings, tok.pad_token_id).get()
-        if out.get("skipped", 0.0) > 0:  # a non-finite loss or gradient: no rank updated
-            bad.record(step + 1, f"non-finite loss ({out['loss']}) or gradient norm")
-            continue
-        if "lr" not in out:
-            continue  # inside a gradient-accumulation window
+        if not bad.stepped(out, step + 1):
+            continue  # a skipped update, or inside a gradient-accumulation window
         step += 1
-        bad.record(step, None)
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['accuracy']:.2f}")
         log({f"train/{k}": out[k] for k in ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm")}, step)

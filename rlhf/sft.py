@@ -73,13 +73,9 @@ def train_sft(group, tok, train: list[SFTRecord], evals: list[SFTRecord], cfg: S
     bar = progress(total=total, desc="sft", unit="step")
     for examples in epoch_batches(train_ex, cfg.batch_size, cfg.epochs, cfg.seed):
         out = group.map(PolicyWorker.sft_step, collate_lm(examples, tok.pad_token_id)).get()
-        if out.get("skipped", 0.0) > 0:  # a non-finite loss or gradient: no rank updated
-            bad.record(step + 1, f"non-finite loss ({out['loss']}) or gradient norm")
-            continue
-        if "lr" not in out:
-            continue  # inside a gradient-accumulation window
+        if not bad.stepped(out, step + 1):
+            continue  # a skipped update, or inside a gradient-accumulation window
         step += 1
-        bad.record(step, None)
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.3f}")
         log({"train/loss": out["loss"], "train/lr": out["lr"], "train/grad_norm": out["grad_norm"]}, step)
