@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
                        ("sft", "step 1: supervised fine-tuning"),
                        ("rm", "step 2: reward model on ranked comparisons"),
                        ("ppo", "step 3: PPO against the reward model and reward functions"),
+                       ("dpo", "DPO (or IPO, dpo.loss=ipo) on the ranked comparisons, from the SFT model"),
                        ("check", "read and check every input of the pipeline; run nothing"),
                        ("data", "write the embedded task's data sets as JSONL")]:
         s = sub.add_parser(name, help=text)
@@ -126,8 +127,9 @@ def _run(command: str, cfg) -> None:
     stages.prepare_run(cfg, inputs, stage_list)
     if command in ("demo", "pipeline"):
         pipeline.run_pipeline(cfg, inputs, stage_list)
-    elif command == "ppo":
-        pipeline.print_summary(pipeline.summarize(cfg, pipeline.run_stage(cfg, "ppo", inputs)))
+    elif command in ("ppo", "dpo"):
+        result = pipeline.run_stage(cfg, command, inputs)
+        pipeline.print_summary(pipeline.summarize(cfg, result, stage=command))
     else:
         out = pipeline.run_stage(cfg, command, inputs)
         print("\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()))
@@ -145,7 +147,8 @@ def describe(cfg, inputs, stage_list: tuple[str, ...]) -> str:
         held = "held-out" if cfg.ppo.eval_prompts else "held out from them for"
         lines.append(f"  PPO: {len(inputs.prompts)} prompts (fields: {', '.join(fields) or 'none'}), "
                      f"{len(inputs.eval_prompts)} {held} evaluation")
-    roles = {"sft": ("sft_init",), "rm": ("rm_init",), "ppo": ("policy", "critic")}
+    ppo_roles = ("policy", "critic") if cfg.ppo.uses_critic else ("policy",)
+    roles = {"sft": ("sft_init",), "rm": ("rm_init",), "ppo": ppo_roles, "dpo": ("dpo_init",)}
     for role in dict.fromkeys(r for stage in stage_list for r in roles[stage]):
         path = inputs.models[role]
         lines.append(f"  {role} starts from: {path or f'a fresh {cfg.model.preset!r} model'}")

@@ -20,6 +20,7 @@ from models.config import PRESETS, ModelConfig, check_tp_shape, preset
 from models.errors import InputError
 from parallel.mesh import GroupSpec
 from rlhf.data import DataConfig
+from rlhf.dpo import DPOConfig
 from rlhf.evaluate import EvalConfig
 from rlhf.ppo_config import PPOConfig
 from rlhf.reward_model import RMConfig
@@ -50,6 +51,9 @@ class RunConfig(BaseModel):
     call_timeout_s: float = Field(900.0, gt=0)  # a group call or collective unanswered this long is a stall
     max_bad_steps: int = Field(3, ge=1)  # consecutive steps with a skipped non-finite update before stopping
     save_total_limit: int = Field(2, ge=0)  # PPO checkpoints kept (the newest); 0: all
+    # What `instructrl pipeline` runs after SFT: "ppo" (reward model, then PPO) or "dpo" (DPO on the
+    # comparisons themselves: no reward model, no sampling)
+    algorithm: Literal["ppo", "dpo"] = "ppo"
 
     @model_validator(mode="after")
     def _check_run(self) -> RunConfig:
@@ -117,6 +121,7 @@ class Config(BaseModel):
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()
     ppo: PPOConfig = PPOConfig()
+    dpo: DPOConfig = DPOConfig()
     evaluation: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
@@ -127,7 +132,10 @@ class Config(BaseModel):
                              f"model.pretrained (a checkpoint with its tokenizer), model.tokenizer, or "
                              f"model.bpe_vocab (train a BPE on your data); the embedded word tokenizer only "
                              f"knows the embedded task's words")
-        if self.ppo.reward_model == "auto" and not self.uses_embedded_task and self.rm.train_data is None:
+        if self.run.algorithm == "dpo" and not self.uses_embedded_task and self.rm.train_data is None:
+            raise ValueError("run.algorithm: dpo learns from ranked comparisons, and there is no rm.train_data: give "
+                             "comparisons (rm.train_data)")
+        if self.trains_rm and not self.uses_embedded_task and self.rm.train_data is None:
             raise ValueError("ppo.reward_model: 'auto' is this run's reward model, and there is no rm.train_data to "
                              "train one: give comparisons (rm.train_data), a reward model checkpoint "
                              "(ppo.reward_model=<dir>), or ppo.reward_model=null with ppo.reward_functions")
@@ -151,6 +159,9 @@ class Config(BaseModel):
             if target not in roles or target == name.removeprefix("ppo."):
                 raise ValueError(f"{name}.group.colocate_with={target!r}: name another PPO role "
                                  f"({', '.join(r for r in roles if r != name.removeprefix('ppo.'))})")
+            if target == "critic" and not self.ppo.uses_critic:
+                raise ValueError(f"{name}.group.colocate_with=critic: ppo.advantage_estimator="
+                                 f"{self.ppo.advantage_estimator} starts no critic; colocate with another role")
             anchor = getattr(self.ppo, target).group
             if anchor.colocate_with:
                 raise ValueError(f"{name}.group.colocate_with={target!r}, which itself colocates with "
@@ -182,7 +193,7 @@ class Config(BaseModel):
     @property
     def groups(self) -> dict[str, GroupSpec]:
         """Every worker group's spec, by its config path."""
-        return {"sft": self.sft.group, "rm": self.rm.group,
+        return {"sft": self.sft.group, "rm": self.rm.group, "dpo": self.dpo.group,
                 **{f"ppo.{r}": getattr(self.ppo, r).group for r in ("policy", "reference", "critic", "reward")}}
 
     @property
@@ -197,7 +208,7 @@ class Config(BaseModel):
     @property
     def trains_rm(self) -> bool:
         """This run trains its reward model (step 2): PPO uses ppo.reward_model=auto."""
-        return self.ppo.reward_model == "auto"
+        return self.run.algorithm == "ppo" and self.ppo.reward_model == "auto"
 
     @property
     def user_files(self) -> dict[str, str | None]:

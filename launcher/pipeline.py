@@ -26,11 +26,12 @@ from launcher.stages import (
     note_restart,
     prepare_ops,
     record_placement,
+    run_dpo,
     run_rm,
     run_sft,
+    start_groups,
 )
 from launcher.tracking import Tracker
-from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
 from models.errors import InputError
 from parallel import checkpoint as checkpoints
 from rlhf.coordinator import LR_KEYS, Roles, train_ppo
@@ -43,15 +44,16 @@ ROLES = ("policy", "reference", "critic", "reward")
 
 
 def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> dict:
-    """(worker class, group spec, constructor args, kwargs) of each role. Without a reward model the
-    reward ranks only run the reward functions: they ask for no GPU."""
+    """(worker class, group spec, constructor args, kwargs) of each role this run needs. Without a
+    reward model the reward ranks only run the reward functions: they ask for no GPU. A critic-free
+    advantage estimator starts no critic."""
     p = cfg.ppo
     src = partial(checkpoint_source, cfg)
     micro = max(1, p.prompts_per_step // p.minibatches)
     functions = tuple(f.resolved(Path.cwd()) for f in p.reward_functions)
     reward_group = p.reward.group if models["reward"] else p.reward.group.model_copy(update={"gpus_per_rank": 0.0})
     reward_source = src(models["reward"]) if models["reward"] else None
-    return {
+    specs = {
         "policy": (PolicyWorker, p.policy.group, (src(models["policy"]), p.policy.engine, p.policy.optim, n_updates,
                                                   micro), {}),
         "reference": (ReferenceWorker, p.reference.group, (src(models["policy"]), p.reference.engine), {}),
@@ -59,27 +61,15 @@ def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> d
                                                   micro), {}),
         "reward": (RewardWorker, reward_group, (reward_source, p.reward.engine, functions, str(Path.cwd())), {}),
     }
+    if not p.uses_critic:
+        del specs["critic"]
+    return specs
 
 
 @contextmanager
 def start_roles(cfg: Config, specs: dict):
-    if cfg.run.backend == "local":
-        groups = {role: LocalGroup(cls, *args) for role, (cls, _, args, _) in specs.items()}
-        try:
-            yield Roles(**groups)
-        finally:
-            for g in groups.values():
-                g.shutdown()
-        return
-    from launcher.cluster import init_ray
-
-    init_ray(cfg.run.ray_address)
-    groups = build_groups(specs, name_prefix=f"{cfg.run.name}-", log_dir=cfg.run.dir / "logs",
-                          timeout_s=cfg.run.call_timeout_s)
-    try:
-        yield Roles(**groups)
-    finally:
-        shutdown_groups(groups)
+    with start_groups(cfg, specs) as groups:
+        yield Roles(**{"critic": None, **groups})
 
 
 def resume_point(cfg: Config, inputs: Inputs, out_dir: Path) -> Path | None:
@@ -91,11 +81,16 @@ def resume_point(cfg: Config, inputs: Inputs, out_dir: Path) -> Path | None:
     return Path(cfg.ppo.resume) if inputs.resume else None
 
 
+def trained_roles(roles: Roles) -> list[tuple[str, type]]:
+    """The roles a checkpoint holds: the policy, and the critic when there is one."""
+    return [("policy", PolicyWorker)] + ([("critic", CriticWorker)] if roles.critic is not None else [])
+
+
 def load_checkpoint(roles: Roles, path: Path) -> dict:
     """Load policy and critic from a verified checkpoint; every rank must report the manifest's step
     (a role's files from another step would otherwise train on silently)."""
     state = json.loads((path / checkpoints.STATE).read_text())
-    for role, worker in (("policy", PolicyWorker), ("critic", CriticWorker)):
+    for role, worker in trained_roles(roles):
         reported = getattr(roles, role).broadcast(worker.load_state, str(path / role)).get()
         wrong = [c.get("step") for c in reported if c.get("step") != state["step"]]
         if wrong:
@@ -122,12 +117,13 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
     log.info("PPO: %d steps × %d rollouts; policy %s, reward %s (+ %d function(s)), critic %s", p.steps,
              p.prompts_per_step, models["policy"], models["reward"], len(p.reward_functions), models["critic"])
     bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)
-    prepare_ops(*(getattr(p, role).engine for role in ROLES))
+    prepare_ops(*(getattr(p, role).engine for role in ROLES if role != "critic" or p.uses_critic))
 
     def attempt(restarts: int) -> tuple[dict, dict]:
         start_dir = resume_point(cfg, inputs, out_dir)
         with start_roles(cfg, role_specs(cfg, models, n_updates)) as roles:
-            record_placement(out_dir, {r: getattr(roles, r) for r in ROLES})
+            started = [r for r in ROLES if getattr(roles, r) is not None]
+            record_placement(out_dir, {r: getattr(roles, r) for r in started})
             judges = Judges(gold=inputs.gold, reward=roles.reward, reference=roles.reference,
                             weights=p.score_weights, rm_stats=stats if p.normalize_scores else None, clip=p.score_clip)
 
@@ -146,8 +142,8 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
             def checkpoint(step: int, state: dict) -> None:
                 staging = checkpoints.staging_dir(out_dir, step)
                 shutil.rmtree(staging, ignore_errors=True)
-                roles.policy.broadcast(PolicyWorker.save_state, str(staging / "policy"), state).get()
-                roles.critic.broadcast(CriticWorker.save_state, str(staging / "critic"), state).get()
+                for role, worker in trained_roles(roles):
+                    getattr(roles, role).broadcast(worker.save_state, str(staging / role), state).get()
                 path = checkpoints.commit(out_dir, step, state)
                 checkpoints.prune(out_dir, cfg.run.save_total_limit)
                 log.info("PPO: saved %s", path)
@@ -165,7 +161,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                 STOP.deferred = False
             roles.policy.broadcast(PolicyWorker.export, str(out_dir / "policy")).get()
             tok.save_pretrained(out_dir / "policy")
-            return metrics, {role: getattr(roles, role).info for role in ROLES}
+            return metrics, {role: getattr(roles, role).info for role in started}
 
     try:
         metrics, info = with_restarts("PPO", attempt, cfg.run.max_restarts, partial(note_restart, tracker))
@@ -187,34 +183,37 @@ def run_stage(cfg: Config, stage: str, inputs: Inputs) -> dict:
         if "evaluations" in result:
             result["evaluations"] = {int(k): v for k, v in result["evaluations"].items()}
         return result
-    result = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo}[stage](cfg, inputs)
+    result = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo, "dpo": run_dpo}[stage](cfg, inputs)
     done.write_text(json.dumps(result, indent=1))
     return result
 
 
 def run_pipeline(cfg: Config, inputs: Inputs, stages: tuple[str, ...]) -> dict:
-    """SFT → reward model → PPO in one run directory (the steps this config has); ends with a summary."""
+    """SFT → reward model → PPO, or SFT → DPO (run.algorithm), in one run directory (the steps this
+    config has); ends with a summary."""
     sft = run_stage(cfg, "sft", inputs) if "sft" in stages else None
     rm = run_stage(cfg, "rm", inputs) if "rm" in stages else None
-    ppo = run_stage(cfg, "ppo", inputs)
-    summary = summarize(cfg, ppo, sft, rm)
+    last = run_stage(cfg, stages[-1], inputs)
+    summary = summarize(cfg, last, sft, rm, stages[-1])
     (cfg.run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     return summary
 
 
-def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None = None) -> dict:
-    """The start (PPO step 0: the SFT policy) against the final policy on every evaluation metric."""
+def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None = None, stage: str = "ppo") -> dict:
+    """The start (step 0: the SFT policy) against the final policy (of PPO or DPO) on every evaluation
+    metric."""
     evals = ppo["evaluations"]
     first, last = (evals[min(evals)], evals[max(evals)]) if evals else ({}, {})
-    models = {"sft": sft["model"] if sft else None, "reward": rm["model"] if rm else cfg.ppo.reward_model,
-              "policy": ppo["policy_model"]}
+    reward = rm["model"] if rm else (cfg.ppo.reward_model if stage == "ppo" else None)
+    models = {"sft": sft["model"] if sft else None, "reward": reward, "policy": ppo["policy_model"]}
     return {
         "start": first, "final": last, "final_step": max(evals) if evals else None,
         "sft_gold_score": first.get("eval/gold_score"), "sft_gold_stderr": first.get("eval/gold_stderr"),
         "ppo_gold_score": last.get("eval/gold_score"), "ppo_gold_stderr": last.get("eval/gold_stderr"),
         "final_kl": ppo["final_kl"], "sft_eval_loss": sft["eval/loss"] if sft else None,
-        "rm_eval_accuracy": rm["eval/accuracy"] if rm else None,
+        "rm_eval_accuracy": rm["eval/accuracy"] if rm else None, "algorithm": stage,
+        "dpo_eval_accuracy": ppo.get("eval/dpo_accuracy"),
         "models": models, "plot": ppo["plot"],
         "metrics": [x["metrics_file"] for x in (sft, rm, ppo) if x],
         "wandb": f"wandb sync {cfg.run.dir}/*/wandb/offline-run-*",
@@ -231,7 +230,8 @@ def print_summary(s: dict) -> None:
     if not final:
         print("no held-out evaluation (give ppo.eval_prompts, or enough ppo.prompts to hold some out)")
     else:
-        print(f"held-out evaluation, start policy (PPO step 0) → final policy (step {s['final_step']}):")
+        print(f"held-out evaluation, start policy (step 0) → final {s['algorithm'].upper()} policy "
+              f"(step {s['final_step']}):")
         for key in final:
             if key in ("eval/gold_stderr", "eval/sqrt_kl"):
                 continue
@@ -248,6 +248,8 @@ def print_summary(s: dict) -> None:
         print(f"final KL(PPO ‖ SFT) per sequence, training batch: {s['final_kl']:.3f}")
     if s["sft_eval_loss"] is not None:
         print(f"SFT eval loss: {s['sft_eval_loss']:.3f}")
+    if s.get("dpo_eval_accuracy") is not None:
+        print(f"DPO held-out pair accuracy (implicit reward): {s['dpo_eval_accuracy']:.3f}")
     if s["rm_eval_accuracy"] is not None:
         print(f"reward model held-out pair accuracy: {s['rm_eval_accuracy']:.3f}")
     for name, path in s["models"].items():

@@ -26,7 +26,7 @@ from rlhf.functions import FunctionError, FunctionSpec, TaskFunction
 from rlhf.reward_model import read_reward_stats
 from rlhf.task import WORDS, EmbeddedTask
 
-STAGE_DIRS = ("sft", "rm", "ppo")
+STAGE_DIRS = ("sft", "rm", "ppo", "dpo")
 POLICY_COMPARISONS = {"comparisons_train": "comparisons_policy_train.jsonl",
                       "comparisons_eval": "comparisons_policy_eval.jsonl"}
 MAX_UNKNOWN = 0.05  # share of <unk> tokens in a data file above which its text is not the tokenizer's
@@ -50,7 +50,8 @@ class Inputs:
 
 def stages_of(command: str, cfg: Config) -> tuple[str, ...]:
     if command in ("demo", "pipeline"):
-        return tuple(s for s, on in (("sft", cfg.runs_sft), ("rm", cfg.trains_rm), ("ppo", True)) if on)
+        last = cfg.run.algorithm
+        return tuple(s for s, on in (("sft", cfg.runs_sft), ("rm", cfg.trains_rm), (last, True)) if on)
     return (command,) if command in STAGE_DIRS else ()
 
 
@@ -64,6 +65,7 @@ def model_paths(cfg: Config) -> dict[str, Path | None]:
     if cfg.ppo.reward_model is not None:
         reward = run / "rm" if cfg.ppo.reward_model == "auto" else Path(cfg.ppo.reward_model)
     return {"sft_init": pretrained, "rm_init": Path(cfg.rm.init) if cfg.rm.init else after_sft, "policy": policy,
+            "dpo_init": Path(cfg.dpo.init) if cfg.dpo.init else after_sft,
             "reward": reward, "critic": Path(cfg.ppo.critic_init) if cfg.ppo.critic_init else reward or policy}
 
 
@@ -77,13 +79,16 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
     inputs = Inputs(tok=None, embedded=embedded, models=model_paths(cfg))
     if "sft" in stages:
         inputs.sft = load_split(load_sft, sources, "sft_train", "sft_eval", cfg)
-    if "rm" in stages and not (cfg.uses_embedded_task and cfg.task.rm_candidates == "policy" and "sft" in stages):
+    if {"rm", "dpo"} & set(stages) and not (cfg.uses_embedded_task and cfg.task.rm_candidates == "policy"
+                                            and "sft" in stages):
         inputs.rm = load_split(load_comparisons, policy_comparisons(cfg, sources), "comparisons_train",
                                "comparisons_eval", cfg)
+    if "dpo" in stages and inputs.rm and "ppo_eval" not in sources and "ppo_train" not in sources:
+        inputs.eval_prompts = [Prompt(c.prompt) for c in inputs.rm[1]]  # DPO's gold is measured on these
     if "ppo" in stages and "ppo_train" not in sources:
         raise ConfigError("ppo.prompts: PPO needs prompts (a file of {\"prompt\": ...} records, or comparisons "
                           "or HH-RLHF pairs, whose prompts serve); set ppo.prompts")
-    if {"sft", "ppo"} & set(stages) and "ppo_train" in sources:
+    if {"sft", "ppo", "dpo"} & set(stages) and "ppo_train" in sources:
         prompts, inputs.eval_prompts = split_prompts(cfg, sources)
         inputs.prompts = prompts if "ppo" in stages else None
     inputs.tok = tok = build_tokenizer(cfg, inputs)
@@ -256,7 +261,9 @@ def check_models(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
     produced = {run / "sft"} if "sft" in stages else set()
     produced |= {run / "rm"} if "rm" in stages else set()
     needed = {"sft": [("sft_init", "model.pretrained")], "rm": [("rm_init", "rm.init")],
-              "ppo": [("policy", "ppo.policy_init"), ("reward", "ppo.reward_model"), ("critic", "ppo.critic_init")]}
+              "dpo": [("dpo_init", "dpo.init")],
+              "ppo": [("policy", "ppo.policy_init"), ("reward", "ppo.reward_model")]
+              + ([("critic", "ppo.critic_init")] if cfg.ppo.uses_critic else [])}
     shapes = [cfg.model.fresh_config()] if "sft" in stages and paths["sft_init"] is None else []
     for stage in stages:
         for role, key in needed[stage]:
@@ -277,8 +284,8 @@ def check_models(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
                 model, heads = inspect_checkpoint(path)
             except InputError as e:
                 raise type(e)(f"{where}: {e}") from None
-            if role in ("sft_init", "policy") and ("score.weight" in heads or not ("lm_head.weight" in heads or
-                                                                                  model.tied)):
+            is_lm = "lm_head.weight" in heads or model.tied
+            if role in ("sft_init", "policy", "dpo_init") and ("score.weight" in heads or not is_lm):
                 raise InputError(f"{where}: a scalar (reward or value) model, not a causal LM: it has no LM head "
                                  f"to generate with")
             if role == "reward" and "score.weight" not in heads:
@@ -296,12 +303,13 @@ def check_models(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
 def check_lengths(cfg: Config, stages: tuple[str, ...], positions: int) -> None:
     """Every configured sequence length fits the model's positions (else an index error deep in torch)."""
     lengths = {"sft": [("sft.max_len", cfg.sft.max_len)], "rm": [("rm.max_len", cfg.rm.max_len)],
+               "dpo": [("dpo.max_len", cfg.dpo.max_len)],
                "ppo": [("ppo.max_prompt_len + ppo.max_new_tokens", cfg.ppo.max_prompt_len + cfg.ppo.max_new_tokens),
                        ("ppo.ptx_max_len", cfg.ppo.ptx_max_len if cfg.ppo.ptx_coef else 0)]}
     evals = ("evaluation.max_prompt_len + evaluation.max_new_tokens",
              cfg.evaluation.max_prompt_len + cfg.evaluation.max_new_tokens)
     for stage in stages:
-        for key, value in lengths[stage] + ([evals] if stage in ("sft", "ppo") else []):
+        for key, value in lengths[stage] + ([evals] if stage in ("sft", "ppo", "dpo") else []):
             if value > positions:
                 raise ConfigError(f"{key} = {value} is longer than the model's {positions} positions "
                                   f"(max_seq_len / max_position_embeddings); lower it")
@@ -321,7 +329,7 @@ def check_functions(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> Non
             for source, names in field_sets.items():
                 fn.check_fields(names, source)
     gold = cfg.evaluation.gold_function
-    if gold is not None and inputs.eval_prompts and {"sft", "ppo"} & set(stages):
+    if gold is not None and inputs.eval_prompts and {"sft", "ppo", "dpo"} & set(stages):
         inputs.gold = _load(gold, cwd, "evaluation.gold_function")
         inputs.gold.check_fields(field_sets["ppo.eval_prompts"], "ppo.eval_prompts")
 

@@ -1,4 +1,4 @@
-"""Stage runners behind the CLI: steps 1 and 2 on their worker groups, and what every stage shares
+"""Stage runners behind the CLI: steps 1 and 2 on their worker groups, DPO on its two, and what every stage shares
 (the run directory, model sources, a group for the stage's lifetime, evaluation logging).
 
 Stages start from `Inputs` that launcher/preflight.py has read and checked: nothing here reads a
@@ -31,7 +31,7 @@ from rlhf.reward_model import read_reward_stats, train_reward_model
 from rlhf.reward_model import total_steps as rm_total_steps
 from rlhf.sft import total_steps, train_sft
 from rlhf.task import EmbeddedTask
-from rlhf.workers import PolicyWorker, RewardModelWorker
+from rlhf.workers import PolicyWorker, ReferenceWorker, RewardModelWorker
 
 log = logging.getLogger("instructrl")
 
@@ -76,24 +76,32 @@ def prepare_ops(*engines) -> None:
 
 
 @contextmanager
-def worker_group(cfg: Config, role: str, worker_cls: type, spec: GroupSpec, *args):
-    """One role's group for the duration of a stage: Ray actors, or one in-process rank."""
+def start_groups(cfg: Config, specs: dict[str, tuple[type, GroupSpec, tuple, dict]]):
+    """The stage's groups by role, for its duration: Ray actors, or one in-process rank each."""
     if cfg.run.backend == "local":
-        group = LocalGroup(worker_cls, *args)
+        groups = {role: LocalGroup(cls, *args, **kwargs) for role, (cls, _, args, kwargs) in specs.items()}
         try:
-            yield group
+            yield groups
         finally:
-            group.shutdown()
+            for g in groups.values():
+                g.shutdown()
         return
     from launcher.cluster import init_ray
 
     init_ray(cfg.run.ray_address)
-    groups = build_groups({role: (worker_cls, spec, args, {})}, name_prefix=f"{cfg.run.name}-",
-                          log_dir=cfg.run.dir / "logs", timeout_s=cfg.run.call_timeout_s)
+    groups = build_groups(specs, name_prefix=f"{cfg.run.name}-", log_dir=cfg.run.dir / "logs",
+                          timeout_s=cfg.run.call_timeout_s)
     try:
-        yield groups[role]
+        yield groups
     finally:
         shutdown_groups(groups)
+
+
+@contextmanager
+def worker_group(cfg: Config, role: str, worker_cls: type, spec: GroupSpec, *args):
+    """One role's group for the duration of a stage."""
+    with start_groups(cfg, {role: (worker_cls, spec, args, {})}) as groups:
+        yield groups[role]
 
 
 def record_placement(out_dir: Path, groups: dict) -> None:
@@ -173,12 +181,17 @@ def label_policy_samples(cfg: Config, group, tok) -> None:
         log.info("labelled %d of %d %s prompts from SFT samples", len(rows), len(prompts), split)
 
 
-def run_rm(cfg: Config, inputs: Inputs) -> dict:
-    """Step 2 on the reward group, initialised from this run's SFT model unless rm.init says otherwise."""
+def comparisons(cfg: Config, inputs: Inputs) -> tuple[list, list]:
+    """The ranked comparisons (train, eval) of the RM and DPO stages."""
     if inputs.rm is None:  # the embedded task's comparisons, labelled by this run's SFT stage
         sources = {k: cfg.run.dir / "data" / v for k, v in POLICY_COMPARISONS.items()}
         inputs.rm = load_split(load_comparisons, sources, "comparisons_train", "comparisons_eval", cfg)
-    train, evals = inputs.rm
+    return inputs.rm
+
+
+def run_rm(cfg: Config, inputs: Inputs) -> dict:
+    """Step 2 on the reward group, initialised from this run's SFT model unless rm.init says otherwise."""
+    train, evals = comparisons(cfg, inputs)
     tok, init = inputs.tok, inputs.models["rm_init"]
     out_dir = cfg.run.dir / "rm"
     tracker = Tracker(out_dir, f"{cfg.run.name}-rm", cfg.wandb, cfg.model_dump(mode="json"), "reward_model",
@@ -199,3 +212,51 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
         tracker.finish()
     return {**metrics, "reward_stats": read_reward_stats(out_dir), "model": str(out_dir),
             "metrics_file": str(tracker.metrics_path)}
+
+
+def run_dpo(cfg: Config, inputs: Inputs) -> dict:
+    """DPO (or IPO) on the policy group against a frozen reference group of the same layout; the
+    policy is evaluated on the held-out prompts before and after, as PPO's is."""
+    from rlhf.dpo import export_policy, train_dpo
+    from rlhf.dpo import total_steps as dpo_total_steps
+
+    train, evals = comparisons(cfg, inputs)
+    d, tok, init = cfg.dpo, inputs.tok, inputs.models["dpo_init"]
+    out_dir = cfg.run.dir / "dpo"
+    tracker = Tracker(out_dir, f"{cfg.run.name}-dpo", cfg.wandb, cfg.model_dump(mode="json"), "dpo",
+                      group=cfg.run.name)
+    steps = dpo_total_steps(len(train), d)
+    log.info("DPO (%s, β=%g): %d train / %d eval rankings from %s, %d steps", d.loss, d.beta, len(train), len(evals),
+             init, steps)
+    source = checkpoint_source(cfg, init)
+    reference_engine = d.engine.model_copy(update={"offload_optimizer": False})  # frozen: no optimizer
+    specs = {"policy": (PolicyWorker, d.group, (source, d.engine, d.optim, steps, d.batch_size), {}),
+             "reference": (ReferenceWorker, d.group, (source, reference_engine), {})}
+    prepare_ops(d.engine)
+
+    def attempt(restarts: int) -> tuple[dict, dict]:  # DPO keeps no training state: a restart begins again
+        evaluations: dict[int, dict] = {}
+        with start_groups(cfg, specs) as groups:
+            record_placement(out_dir, groups)
+            judges = Judges(gold=inputs.gold, reference=groups["reference"])
+
+            def evaluate(step: int) -> None:
+                if inputs.eval_prompts:
+                    ev = evaluate_policy(groups["policy"], tok, inputs.eval_prompts, cfg.evaluation, judges,
+                                         cfg.run.seed)
+                    log_evaluation(tracker, ev, step)
+                    evaluations[step] = ev.metrics
+
+            evaluate(0)
+            metrics = train_dpo(groups["policy"], groups["reference"], tok, train, evals, d, tracker.log,
+                                cfg.run.max_bad_steps)
+            evaluate(steps)
+            export_policy(groups["policy"], tok, out_dir / "policy")
+            return metrics, evaluations
+
+    try:
+        metrics, evaluations = with_restarts("DPO", attempt, cfg.run.max_restarts, partial(note_restart, tracker))
+    finally:
+        tracker.finish()
+    return {**metrics, "evaluations": evaluations, "final_kl": None, "final_metrics": metrics,
+            "policy_model": str(out_dir / "policy"), "metrics_file": str(tracker.metrics_path), "plot": None}

@@ -34,7 +34,7 @@ class Generation:
     sequences: torch.Tensor  # (B, P + R) long: left-padded prompt, then response padded on the right
     attention_mask: torch.Tensor  # (B, P + R) bool: real prompt tokens and response tokens up to EOS
     response_mask: torch.Tensor  # (B, R) bool: generated tokens up to and including EOS
-    logprobs: torch.Tensor  # (B, R) fp32: log p(token) under logits / temperature, 0 where masked
+    logprobs: torch.Tensor  # (B, R) fp32: log p(token) as sampled (temperature, top-k, top-p), 0 where masked
     prompt_len: int  # P
 
     @property
@@ -60,9 +60,9 @@ def pad_generation(g: Generation, width: int, pad_id: int) -> Generation:
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Top-k then nucleus (top-p) filtering of (B, V) logits, the order transformers applies them."""
+    """Top-k then nucleus (top-p) filtering of (..., V) logits, the order transformers applies them."""
     if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
@@ -76,7 +76,8 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 def sample_next(logits: torch.Tensor, params: SamplingParams,
                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, V) logits → next tokens (B,) and their log-probs under logits / temperature (B,)."""
+    """(B, V) logits → next tokens (B,) and their log-probs (B,) under the distribution they were drawn
+    from: softmax of logits / temperature after top-k / top-p filtering."""
     logits = logits.float()
     if params.temperature == 0:
         tokens = logits.argmax(-1)
@@ -84,7 +85,7 @@ def sample_next(logits: torch.Tensor, params: SamplingParams,
     scaled = logits / params.temperature
     filtered = filter_logits(scaled, params.top_k, params.top_p)
     tokens = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
-    return tokens, scaled.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, filtered.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 @torch.no_grad()

@@ -27,6 +27,10 @@ class GroupSpec(BaseModel):
     strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (Ray placement strategies)
     colocate_with: str | None = None  # another role's name: share its placement-group bundles
 
+    @property
+    def dp_size(self) -> int:
+        return self.ranks // self.tp_size
+
     @model_validator(mode="after")
     def _check(self) -> GroupSpec:
         if self.ranks % self.tp_size:

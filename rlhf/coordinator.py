@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from models.generation import Generation, SamplingParams
-from rlhf.algo.masked import masked_mean, masked_whiten
-from rlhf.algo.ppo import KLController, combine_scores, compute_gae, kl_k1, kl_k3, leave_one_out, shape_rewards
+from rlhf.algo.advantages import estimate_advantages, leave_one_out, uniform_groups
+from rlhf.algo.masked import masked_mean
+from rlhf.algo.ppo import KLController, combine_scores, kl_estimate, loss_weights, shape_rewards
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import LMBatch, encode_prompt
 from rlhf.data import Prompt
@@ -36,7 +37,7 @@ LR_KEYS = "ppo.policy.optim.lr / ppo.critic.optim.lr"
 class Roles:
     policy: object
     reference: object
-    critic: object
+    critic: object | None  # None: a critic-free advantage estimator (ppo.advantage_estimator)
     reward: object
 
 
@@ -72,18 +73,21 @@ def generate(roles: Roles, tok, prompts: list[list[int]], cfg: PPOConfig, seed: 
                             seed).get()
 
 
-def score(roles: Roles, batch: ScoreBatch, temperature: float) -> tuple[Rollout, dict[str, torch.Tensor]]:
-    """Old and reference log-probs, values and the score's parts of one rollout, from four groups at once.
+def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig) -> tuple[Rollout, dict[str, torch.Tensor]]:
+    """Old and reference log-probs, values (with a critic) and the score's parts of one rollout, from
+    the groups at once.
 
     old_logprobs are recomputed by the training path although sampling recorded them: the ratio in
     the PPO loss must start at exactly 1 under the weights that will be trained, and comparing the two
-    (check/logprob_gap_max) catches any train/inference mismatch the moment it appears."""
+    (check/logprob_gap_max) catches any train/inference mismatch the moment it appears. They come from
+    the distribution that sampled (temperature, top-k, top-p); the reference's from its temperature
+    distribution alone, which has full support, so the KL of the sampling policy stays finite."""
     r = batch.rollout
-    handles = (roles.policy.map(PolicyWorker.logprobs, r, temperature),
-               roles.reference.map(ReferenceWorker.logprobs, r, temperature),
-               roles.critic.map(CriticWorker.values, r),
+    handles = (roles.policy.map(PolicyWorker.logprobs, r, cfg.temperature, cfg.top_k, cfg.top_p),
+               roles.reference.map(ReferenceWorker.logprobs, r, cfg.temperature),
+               roles.critic.map(CriticWorker.values, r) if roles.critic is not None else None,
                roles.reward.map(RewardWorker.scores, batch))
-    r.old_logprobs, r.ref_logprobs, r.values, components = (h.get() for h in handles)
+    r.old_logprobs, r.ref_logprobs, r.values, components = (h.get() if h else None for h in handles)
     return r, components
 
 
@@ -91,44 +95,55 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
           stats: dict | None) -> dict[str, float]:
     """Fill scores, rewards, advantages and returns in place; return the rollout's metrics."""
     mask = r.response_mask
-    kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(r.old_logprobs, r.ref_logprobs) * mask  # (B, R)
+    kl = kl_estimate(cfg.kl_estimator, r.old_logprobs, r.ref_logprobs) * mask  # (B, R)
     r.scores = combine_scores(components, cfg.score_weights, stats if cfg.normalize_scores else None,
                               cfg.score_clip)
     scores = r.scores
     if cfg.score_baseline == "leave_one_out":
         scores = leave_one_out(scores, cfg.samples_per_prompt)
-    r.rewards = shape_rewards(scores, kl, mask, kl_coef)
-    advantages, r.returns = compute_gae(r.rewards, r.values, mask, cfg.gamma, cfg.lam)
-    # Whitened over every valid token of the whole rollout batch, not per minibatch.
-    r.advantages = masked_whiten(advantages, mask) if cfg.whiten_advantages else advantages
+    r.rewards = shape_rewards(scores, kl, mask, kl_coef if cfg.kl_penalty == "reward" else 0.0)
+    # GAE's advantages are whitened over every valid token of the whole rollout batch, not per minibatch.
+    r.advantages, r.returns = estimate_advantages(cfg.advantage_estimator, r.rewards, mask, r.values,
+                                                  cfg.samples_per_prompt, cfg.gamma, cfg.lam, cfg.grpo_std,
+                                                  cfg.whiten_advantages)
     gap = (r.gen_logprobs - r.old_logprobs).abs()[mask]
     parts = {f"reward/{'rm_score' if k == 'rm' else 'fn/' + k}": float(v.mean()) for k, v in components.items()}
-    return {"reward/score": float(r.scores.mean()), **parts, "reward/score_baselined": float(scores.mean()),
-            "reward/total": float(r.rewards.sum(-1).mean()), "kl/sequence": float(kl.sum(-1).mean()),
-            "kl/coef": kl_coef, "response/length": float(mask.sum(-1).float().mean()),
-            "critic/values": float(masked_mean(r.values, mask)),
-            "check/logprob_gap_max": float(gap.max()) if gap.numel() else 0.0}
+    metrics = {"reward/score": float(r.scores.mean()), **parts, "reward/score_baselined": float(scores.mean()),
+               "reward/total": float(r.rewards.sum(-1).mean()), "kl/sequence": float(kl.sum(-1).mean()),
+               "kl/coef": kl_coef, "response/length": float(mask.sum(-1).float().mean()),
+               "check/logprob_gap_max": float(gap.max()) if gap.numel() else 0.0}
+    if r.values is not None:
+        metrics["critic/values"] = float(masked_mean(r.values, mask))
+    return metrics
 
 
 def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None, step: int,
-           prompt_ids: list[int]) -> tuple[dict[str, float], str | None]:
+           prompt_ids: list[int], kl_coef: float) -> tuple[dict[str, float], str | None]:
     """ppo_epochs × minibatches updates; policy and critic train on each minibatch at the same time.
     During the first critic_warmup_steps the policy stays fixed while the critic fits the returns:
     a critic initialised from the reward model predicts scores, not values, and its early advantages
     are noise that would push the policy at random. Returns the metrics and, if a worker skipped an
     update for a non-finite loss or gradient, which one and the prompts of its minibatch."""
-    hp = PolicyStep(cfg.clip_eps, cfg.entropy_coef, cfg.ptx_coef, cfg.temperature)
+    hp = PolicyStep(cfg.clip_eps, cfg.entropy_coef, cfg.ptx_coef, cfg.temperature, cfg.clip_eps_high, cfg.top_k,
+                    cfg.top_p, kl_coef if cfg.kl_penalty == "loss" else 0.0, cfg.kl_estimator)
+    trains_policy = roles.critic is None or step >= cfg.critic_warmup_steps
+    dp = roles.policy.spec.dp_size
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     metrics: dict[str, list[float]] = {}
     problem = None
     for epoch in range(cfg.ppo_epochs):
-        for j, index in enumerate(torch.randperm(r.sequences.shape[0], generator=gen).chunk(cfg.minibatches)):
+        # Fewer minibatches when rows were filtered out: every data-parallel rank needs a row.
+        n_minibatches = min(cfg.minibatches, r.sequences.shape[0] // dp)
+        for j, index in enumerate(torch.randperm(r.sequences.shape[0], generator=gen).chunk(n_minibatches)):
             mb = r.select(index)
-            handles = [roles.critic.map(CriticWorker.value_step, mb, cfg.value_clip)]
-            if step >= cfg.critic_warmup_steps:
+            mb.loss_weights = loss_weights(mb.response_mask, cfg.loss_agg, cfg.max_new_tokens)
+            handles = []
+            if roles.critic is not None:
+                handles.append(roles.critic.map(CriticWorker.value_step, mb, cfg.value_clip))
+            if trains_policy:
                 # The pretraining batch is a function of its position: a resumed run draws the same ones.
                 position = (step * cfg.ppo_epochs + epoch) * cfg.minibatches + j
-                batch = {"rollout": mb, "ptx": ptx.batch(position) if ptx else None}
+                batch = {"rollout": mb, "ptx": ptx.batch(position, dp) if ptx else None}
                 handles.append(roles.policy.map(PolicyWorker.ppo_step, batch, hp))
             for h in handles:
                 out = h.get()
@@ -142,6 +157,26 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None,
     return {k: sum(v) / len(v) for k, v in metrics.items()}, problem
 
 
+def filter_groups(r: Rollout, cfg: PPOConfig, prompt_ids: list[int], dp: int
+                  ) -> tuple[Rollout | None, list[int], dict[str, float]]:
+    """The rollout without the prompts whose samples all scored the same (ppo.filter_groups), the
+    prompt ids of the rows kept, and the share kept; None when fewer rows than data-parallel ranks remain."""
+    if not cfg.filter_groups:
+        return r, prompt_ids, {}
+    keep = (~uniform_groups(r.scores, cfg.samples_per_prompt)).nonzero().flatten()
+    metrics = {"filter/kept_fraction": len(keep) / len(prompt_ids)}
+    if len(keep) < dp:
+        return None, [], metrics
+    return r.select(keep), [prompt_ids[i] for i in keep.tolist()], metrics
+
+
+def check_stats(cfg: PPOConfig, stats: dict | None) -> None:
+    """normalize_scores without the reward model's statistics would train on raw scores in silence."""
+    if cfg.normalize_scores and "rm" in cfg.score_weights and stats is None:
+        raise ValueError("ppo.normalize_scores=true, but no reward statistics were given (reward_stats.json "
+                         "of the reward model): give them, or set ppo.normalize_scores=false")
+
+
 def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: LogFn, stats: dict | None,
               evaluate: Callable[[int], None], checkpoint: Callable[[int, dict], None], start: dict | None = None,
               bad_steps: BadSteps | None = None, stop_requested: Callable[[], bool] = lambda: False
@@ -150,6 +185,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
     An update with non-finite values is skipped (`bad_steps` stops the run after several in a row);
     when `stop_requested()` turns true (a preemption signal), the loop saves at the end of the step
     and raises Preempted."""
+    check_stats(cfg, stats)
     ids = [encode_prompt(tok, p.model_text, cfg.max_prompt_len) for p in prompts]
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     bad_steps = bad_steps or BadSteps(3, "PPO", LR_KEYS)
@@ -170,13 +206,16 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
             gen = generate(roles, tok, [ids[i] for i in index], cfg, cfg.seed + step)
         with timer("score"):
             batch = ScoreBatch.of(tok, gen, [prompts[i] for i in index], with_text=bool(cfg.reward_functions))
-            rollout, components = score(roles, batch, cfg.temperature)
+            rollout, components = score(roles, batch, cfg)
         metrics = shape(rollout, components, cfg, kl_ctl.value, stats)
         problem = nonfinite_rollout(rollout, index)
         with timer("train"):
             if problem is None:
-                train_metrics, problem = update(roles, rollout, cfg, ptx, step, index)
-                metrics |= train_metrics
+                kept, kept_ids, filtered = filter_groups(rollout, cfg, index, roles.policy.spec.dp_size)
+                metrics |= filtered
+                if kept is not None:
+                    train_metrics, problem = update(roles, kept, cfg, ptx, step, kept_ids, kl_ctl.value)
+                    metrics |= train_metrics
         bad_steps.record(step + 1, problem)
         metrics["check/skipped_step"] = float(problem is not None)
         with timer("sync"):
@@ -233,8 +272,11 @@ class PretrainingMix:
             raise ValueError(f"{cfg.ptx_data}: fewer than ptx_max_len={n} tokens")
         self.size, self.seed = cfg.ptx_batch_size, cfg.seed
 
-    def batch(self, i: int) -> LMBatch:
+    def batch(self, i: int, ranks: int = 1) -> LMBatch:
+        """Batch i, ptx_batch_size rows rounded up to a multiple of `ranks`: every data-parallel rank
+        gets the same number of rows (none an empty shard), so their mean losses average exactly."""
+        n = -(-self.size // ranks) * ranks
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        rows = self.chunks[torch.randint(len(self.chunks), (self.size,), generator=gen)]
+        rows = self.chunks[torch.randint(len(self.chunks), (n,), generator=gen)]
         mask = torch.ones_like(rows, dtype=torch.bool)
         return LMBatch(rows, mask, mask)

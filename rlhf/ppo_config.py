@@ -50,6 +50,22 @@ class PPOConfig(BaseModel):
     # far more across prompts than across responses to one prompt, and the critic learns that
     # prompt-level baseline slowly; removing it leaves the within-prompt preference the RM was trained on.
     score_baseline: Literal["none", "leave_one_out"] = "none"
+    # How advantages are estimated (docs/algorithms.md): "gae" with the critic (PPO), or without a
+    # critic from the samples themselves: "grpo" (group mean and std of each prompt's samples),
+    # "rloo" (leave-one-out mean), "reinforce_pp" (returns-to-go whitened over the batch). Without
+    # GAE no critic group is started; critic_init, critic.*, value_clip and critic_warmup_steps do nothing.
+    advantage_estimator: Literal["gae", "grpo", "rloo", "reinforce_pp"] = "gae"
+    grpo_std: bool = True  # GRPO divides by the group's std; false: Dr. GRPO (Liu et al. 2025)
+    # How the per-token losses of a minibatch are summed (exact over data-parallel ranks): token_mean
+    # (every token alike), seq_mean_token_mean (every response alike), seq_mean_token_sum_norm
+    # (Σ tokens / (responses × max_new_tokens), Dr. GRPO)
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    # Where the KL to the reference goes: "reward" (−β·KL per token in the reward, InstructGPT) or
+    # "loss" (+β·KL estimate in the policy loss, GRPO)
+    kl_penalty: Literal["reward", "loss"] = "reward"
+    # Samples of a prompt that all score the same carry no group-relative signal: drop them from the
+    # update (DAPO's dynamic-sampling filter, without resampling)
+    filter_groups: bool = False
     max_prompt_len: int = Field(48, ge=1)  # prompts are left-truncated to this many tokens
     max_new_tokens: int = Field(16, ge=1)  # response length limit
     temperature: float = Field(1.0, gt=0)  # sampling temperature of rollouts
@@ -59,20 +75,22 @@ class PPOConfig(BaseModel):
     critic_warmup_steps: int = Field(0, ge=0)  # first steps update the critic only (its values start as rewards)
     minibatches: int = Field(4, ge=1)  # minibatches per PPO epoch (policy and critic)
     clip_eps: float = Field(0.2, gt=0)  # PPO ratio clip ε (Schulman et al. 2017)
+    clip_eps_high: float | None = Field(None, gt=0)  # upper clip 1 + this (DAPO's clip-higher: 0.28); null: clip_eps
     value_clip: float | None = 0.2  # clip of the value update around the old values; null: unclipped
     gamma: float = Field(1.0, ge=0, le=1)  # GAE discount γ
     lam: float = Field(0.95, ge=0, le=1)  # GAE λ
     kl_coef: float = Field(0.02, ge=0)  # β of the per-token KL penalty (the start value if kl_target is set)
     kl_target: float | None = None  # set → adaptive controller (Ziegler et al. 2019)
     kl_horizon: int = Field(10000, ge=1)  # horizon of the adaptive controller, in rollouts
-    kl_estimator: Literal["k1", "k3"] = "k1"  # k1 = log-ratio, k3 = Schulman's low-variance unbiased estimator
+    # k1 = log-ratio, k2 = ½ log-ratio² (the KL's gradient as a loss), k3 = Schulman's low-variance unbiased one
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     entropy_coef: float = Field(0.0, ge=0)  # entropy bonus in the policy loss
     normalize_scores: bool = True  # normalise the reward model's score with its saved mean/std (reward_stats.json)
     score_clip: float | None = 5.0  # clip the normalised reward-model score to ±this; null: no clip
     whiten_advantages: bool = True  # whiten advantages over the valid tokens of the whole rollout batch
     ptx_coef: float = Field(0.0, ge=0)  # InstructGPT's γ for PPO-ptx
     ptx_data: str | None = None  # plain text for the pretraining mix
-    ptx_batch_size: int = Field(16, ge=1)  # pretraining sequences per policy minibatch
+    ptx_batch_size: int = Field(16, ge=1)  # pretraining sequences per policy minibatch (× of the DP ranks, rounded up)
     ptx_max_len: int = Field(64, ge=2)  # tokens per pretraining sequence
     eval_every: int = Field(10, ge=1)  # steps between held-out evaluations
     save_every: int = Field(10, ge=0)  # steps between checkpoints (what a restart may redo); 0: none
@@ -88,6 +106,10 @@ class PPOConfig(BaseModel):
         """Weight of each score component by name: "rm" for the reward model, then each function's name."""
         weights = {"rm": self.reward_model_weight} if self.reward_model is not None else {}
         return weights | {f.name: f.weight for f in self.reward_functions}
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage_estimator == "gae"
 
     @model_validator(mode="after")
     def _check(self) -> PPOConfig:
@@ -105,10 +127,17 @@ class PPOConfig(BaseModel):
         if self.prompts_per_step % self.samples_per_prompt:
             raise ValueError(f"prompts_per_step={self.prompts_per_step} is not a multiple of "
                              f"samples_per_prompt={self.samples_per_prompt}")
-        if self.score_baseline == "leave_one_out" and self.samples_per_prompt < 2:
-            raise ValueError("score_baseline=leave_one_out needs samples_per_prompt >= 2")
-        if self.minibatches > self.prompts_per_step:
-            raise ValueError(f"minibatches={self.minibatches} > prompts_per_step={self.prompts_per_step}")
+        for key, needs_group in (("score_baseline", self.score_baseline == "leave_one_out"),
+                                 ("advantage_estimator", self.advantage_estimator in ("grpo", "rloo")),
+                                 ("filter_groups", self.filter_groups)):
+            if needs_group and self.samples_per_prompt < 2:
+                raise ValueError(f"{key}={getattr(self, key)} compares the samples of a prompt: it needs "
+                                 f"samples_per_prompt >= 2")
+        dp = self.policy.group.dp_size
+        if self.prompts_per_step // self.minibatches < dp:
+            raise ValueError(f"minibatches={self.minibatches}: prompts_per_step={self.prompts_per_step} gives "
+                             f"minibatches of {self.prompts_per_step // self.minibatches} rollouts, fewer than the "
+                             f"policy's {dp} data-parallel rank(s); use fewer minibatches")
         for role in ("policy", "critic"):
             if getattr(self, role).optim.grad_accum != 1:
                 raise ValueError(f"{role}.optim.grad_accum must be 1: each PPO minibatch is one update")

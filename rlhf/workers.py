@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from models.generation import Generation, SamplingParams, generate, pad_generation
+from models.generation import Generation, SamplingParams, filter_logits, generate, pad_generation
 from models.heads import CausalLM, gather_last
 from models.transformer import LayerBackend, LocalBackend, positions_from_mask
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource, build_engine, export_hf
 from parallel.mesh import Mesh
 from rlhf.algo.masked import masked_mean
-from rlhf.algo.ppo import ppo_policy_objective, value_loss
+from rlhf.algo.ppo import KLTerm, ppo_policy_objective, value_loss
+from rlhf.algo.preference import preference_loss
 from rlhf.algo.ranking import ranking_loss
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import Encoded, LMBatch, collate_lm, collate_prompts, decode_responses
@@ -42,6 +43,11 @@ class PolicyStep:
     entropy_coef: float
     ptx_coef: float
     temperature: float
+    clip_eps_high: float | None = None
+    top_k: int = 0
+    top_p: float = 1.0
+    kl_coef: float = 0.0  # β of the KL as a loss term (0: the KL is in the reward, or not used)
+    kl_estimator: str = "k1"
 
 
 def sft_loss(logits: torch.Tensor, batch: LMBatch, backend: LayerBackend = LOCAL) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +65,26 @@ def response_logits(engine, rollout: Rollout) -> torch.Tensor:
     return logits[:, rollout.prompt_len - 1:-1]
 
 
-def response_logprobs(engine, backend: LayerBackend, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """log π(response token) (B, R) under logits / temperature, 0 on padding."""
+def sampled_logprobs(backend: LayerBackend, logits: torch.Tensor, labels: torch.Tensor, top_k: int = 0,
+                     top_p: float = 1.0) -> torch.Tensor:
+    """log p(labels) (B, R) under the distribution generation samples from: softmax of the (tempered)
+    logits after top-k / top-p filtering, as models.generation.sample_next does. The filter needs the
+    whole vocabulary, so under TP the shards are gathered first. A label that the recomputed filter
+    would drop (a tie at the cut-off, decided the other way by a last-bit difference between the
+    KV-cache and full forward) is kept: its log-prob stays finite and close to the sampler's."""
+    if not top_k and top_p >= 1.0:
+        return backend.token_logprobs(logits, labels)
+    full = backend.gather_vocab(logits).float()  # (B, R, V)
+    kept = filter_logits(full, top_k, top_p)
+    kept = kept.scatter(-1, labels[..., None], full.gather(-1, labels[..., None]))
+    return kept.gather(-1, labels[..., None]).squeeze(-1) - torch.logsumexp(kept, dim=-1)
+
+
+def response_logprobs(engine, backend: LayerBackend, rollout: Rollout, temperature: float, top_k: int = 0,
+                      top_p: float = 1.0) -> torch.Tensor:
+    """log π(response token) (B, R) under logits / temperature (then top-k/top-p), 0 on padding."""
     logits = response_logits(engine, rollout) / temperature
-    return backend.token_logprobs(logits, rollout.responses) * rollout.response_mask
+    return sampled_logprobs(backend, logits, rollout.responses, top_k, top_p) * rollout.response_mask
 
 
 class ModelWorker:
@@ -127,12 +149,24 @@ class ModelWorker:
 class LMWorker(ModelWorker):
     """A causal LM rank: the policy and the reference share how they score sampled tokens."""
 
-    def logprobs(self, rollout: Rollout, temperature: float) -> torch.Tensor:
+    def logprobs(self, rollout: Rollout, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
         """log π(sampled token) (B, R) under this rank's weights, through the training forward path."""
         self.model.eval()
         with torch.no_grad():
             r = self._on_device(rollout)
-            return response_logprobs(self.engine, self.model.backend, r, temperature).float().cpu()
+            return response_logprobs(self.engine, self.model.backend, r, temperature, top_k, top_p).float().cpu()
+
+    def _sequence_logprobs(self, groups: list[list[Encoded]], pad_id: int) -> torch.Tensor:
+        """Σ log π(response tokens | prompt) (N,) of every response of every ranking, in order."""
+        b = collate_lm([e for g in groups for e in g], pad_id).to(self.mesh.device)
+        logits = self.engine(b.input_ids, b.attention_mask)  # (N, T, V)
+        logprobs = self.model.backend.token_logprobs(logits[:, :-1], b.input_ids[:, 1:])  # (N, T-1)
+        return (logprobs * b.loss_mask[:, 1:]).sum(-1)
+
+    def sequence_logprobs(self, groups: list[list[Encoded]], pad_id: int) -> torch.Tensor:
+        self.model.eval()
+        with torch.no_grad():
+            return self._sequence_logprobs(groups, pad_id).float().cpu()
 
 
 class PolicyWorker(LMWorker):
@@ -193,17 +227,43 @@ class PolicyWorker(LMWorker):
         r, ptx = self._on_device(batch["rollout"]), batch["ptx"]
         backend = self.model.backend
         logits = response_logits(self.engine, r) / hp.temperature  # (B, R, V)
-        logprobs = backend.token_logprobs(logits, r.responses)
-        entropy = backend.entropy(logits)
+        logprobs = sampled_logprobs(backend, logits, r.responses, hp.top_k, hp.top_p)
+        entropy = backend.entropy(logits)  # of the tempered distribution, before top-k/top-p
         ptx_loss = None
         if ptx is not None and hp.ptx_coef:
             b = ptx.to(self.mesh.device)
             ptx_loss, _ = sft_loss(self.engine(b.input_ids, b.attention_mask), b, backend)
-        loss, metrics = ppo_policy_objective(logprobs, r.old_logprobs, r.advantages, r.response_mask, entropy,
-                                             hp.clip_eps, hp.entropy_coef, ptx_loss, hp.ptx_coef)
+        # The minibatch's weights sum to 1 over all its rows; this rank holds some of them, and the
+        # engine averages gradients over the data-parallel ranks, hence × dp_size.
+        weights = r.loss_weights * self.mesh.dp_size
+        kl = KLTerm(r.ref_logprobs, hp.kl_coef, hp.kl_estimator) if hp.kl_coef else None
+        loss, metrics = ppo_policy_objective(logprobs, r.old_logprobs, r.advantages, weights, entropy, hp.clip_eps,
+                                             hp.entropy_coef, ptx_loss, hp.ptx_coef, hp.clip_eps_high, kl)
         stepped = self._update(loss)
         return {**metrics, **{f"policy/{k}": v for k, v in stepped.items()}}
 
+
+    def _preference(self, items: list[tuple[list[Encoded], torch.Tensor]], pad_id: int, beta: float, kind: str):
+        groups = [g for g, _ in items]
+        ref = torch.cat([r for _, r in items]).to(self.mesh.device)
+        return preference_loss(self._sequence_logprobs(groups, pad_id), ref, [len(g) for g in groups], beta, kind)
+
+    def dpo_step(self, items: list[tuple[list[Encoded], torch.Tensor]], pad_id: int, beta: float,
+                 kind: str) -> dict[str, float]:
+        """One batch of rankings (each with its reference log-probs) under the DPO or IPO loss."""
+        self.model.train()
+        loss, metrics = self._preference(items, pad_id, beta, kind)
+        return {"loss": loss.item(), **metrics, **self._update(loss)}
+
+    def dpo_eval(self, items: list[tuple[list[Encoded], torch.Tensor]], pad_id: int, beta: float,
+                 kind: str) -> dict[str, float]:
+        """Sums over this rank's rankings, so the driver forms exact means over ranks."""
+        self.model.eval()
+        with torch.no_grad():
+            loss, m = self._preference(items, pad_id, beta, kind)
+        n = float(len(items))
+        return {"loss_sum": loss.item() * n, "accuracy_sum": m["accuracy"] * n, "margin_sum": m["margin"] * n,
+                "prompts": n}
 
     def sft_step(self, batch: LMBatch) -> dict[str, float]:
         """One micro-batch of response-only NLL; the engine updates at accumulation boundaries."""
@@ -244,7 +304,8 @@ class CriticWorker(ModelWorker):
         """One minibatch of the clipped value loss against the GAE returns."""
         self.model.train()
         r = self._on_device(rollout)
-        loss, metrics = value_loss(self._values(r), r.values, r.returns, r.response_mask, value_clip)
+        weights = r.loss_weights * self.mesh.dp_size  # see PolicyWorker.ppo_step
+        loss, metrics = value_loss(self._values(r), r.values, r.returns, weights, value_clip)
         stepped = self._update(loss)
         return {"critic/loss": loss.item(), **metrics, **{f"critic/{k}": v for k, v in stepped.items()}}
 

@@ -2,12 +2,15 @@
 
 Sources: PPO (Schulman et al. 2017) eq. 7 and 9; GAE (Schulman et al. 2016) eq. 16; per-token KL
 penalty and adaptive controller (Ziegler et al. 2019 §2.2); InstructGPT (Ouyang et al. 2022) eq. 2
-for the objective with pretraining mix; KL estimators k1/k3 from Schulman's note "Approximating KL
-divergence" (2020). Every function takes tensors and returns tensors (+ a flat metrics dict).
+for the objective with pretraining mix; KL estimators k1/k2/k3 from Schulman's note "Approximating
+KL divergence" (2020); clip-higher from DAPO (Yu et al. 2025). Every function takes tensors and
+returns tensors (+ a flat metrics dict).
 Imports only torch.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -23,6 +26,19 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """(r − 1) − log r with r = π_ref/π per token: unbiased for KL(π‖π_ref), low variance, ≥ 0."""
     log_ratio = ref_logprobs - logprobs
     return torch.expm1(log_ratio) - log_ratio
+
+
+def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """½ (log π(y)/π_ref(y))² per token: biased, ≥ 0, and its gradient is the KL's gradient on-policy."""
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+def kl_estimate(estimator: str, logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(π‖π_ref) at the sampled tokens (B, R) by Schulman's k1, k2 or k3."""
+    return KL_ESTIMATORS[estimator](logprobs, ref_logprobs)
 
 
 def last_index(mask: torch.Tensor) -> torch.Tensor:
@@ -63,70 +79,87 @@ def combine_scores(components: dict[str, torch.Tensor], weights: dict[str, float
     return total
 
 
-def leave_one_out(scores: torch.Tensor, group: int) -> torch.Tensor:
-    """scores (B,) in contiguous groups of `group` samples of one prompt → each minus the mean of the
-    other samples of its prompt (the RLOO baseline, Ahmadian et al. 2024)."""
-    s = scores.view(-1, group)
-    others = (s.sum(-1, keepdim=True) - s) / (group - 1)
-    return (s - others).view(-1)
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float,
-                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE advantages and returns (B, R). The episode ends after the last response token: the value
-    after it is 0, and padded positions carry neither reward nor value."""
-    mask = response_mask.to(values.dtype)
-    values, rewards = values * mask, rewards * mask
-    advantages = torch.zeros_like(rewards)
-    next_adv = torch.zeros_like(rewards[:, 0])
-    next_value = torch.zeros_like(values[:, 0])
-    for t in reversed(range(rewards.shape[1])):
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
-        advantages[:, t] = next_adv
-        next_value = values[:, t]
-    return advantages, (advantages + values) * mask
+def loss_weights(response_mask: torch.Tensor, mode: str, horizon: int) -> torch.Tensor:
+    """Each token's weight (B, R) in a minibatch's loss, summing to 1 over the whole minibatch; a rank
+    that holds some of its rows adds Σ weight × per-token loss, so the loss (and, with gradients
+    averaged over data-parallel ranks, the update) is that of the whole minibatch on any number of ranks.
+    token_mean: every valid token alike (long responses weigh more); seq_mean_token_mean: each
+    sequence alike, its tokens averaged (GRPO's original); seq_mean_token_sum_norm: each token
+    1/(B·horizon), a constant that favours neither short nor long responses (Dr. GRPO, Liu et al. 2025 §3)."""
+    mask = response_mask.float()
+    if mode == "token_mean":
+        return mask / mask.sum().clamp(min=1.0)
+    n_seqs = max(1, mask.shape[0])
+    if mode == "seq_mean_token_mean":
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / n_seqs
+    if mode == "seq_mean_token_sum_norm":
+        return mask / (n_seqs * horizon)
+    raise ValueError(f"unknown loss aggregation {mode!r}; one of {LOSS_AGGREGATIONS}")
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                response_mask: torch.Tensor, clip_eps: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate (PPO eq. 7), averaged over all valid tokens of the minibatch (token-mean)."""
+                weights: torch.Tensor, clip_low: float, clip_high: float | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate (PPO eq. 7), Σ weight × per-token loss (see loss_weights). The ratio is clipped
+    to [1 − clip_low, 1 + clip_high]; clip_high > clip_low is DAPO's clip-higher (Yu et al. 2025 §3.1),
+    which leaves more room to raise unlikely tokens. None: symmetric."""
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), response_mask)
+    clipped = -advantages * ratio.clamp(1 - clip_low, 1 + (clip_low if clip_high is None else clip_high))
+    loss = (torch.maximum(unclipped, clipped) * weights).sum()
     with torch.no_grad():
-        metrics = {"policy/clipfrac": float(masked_mean((clipped > unclipped).float(), response_mask)),
-                   "policy/approx_kl": float(masked_mean(torch.expm1(log_ratio) - log_ratio, response_mask))}
+        mask = weights > 0
+        metrics = {"policy/clipfrac": float(masked_mean((clipped > unclipped).float(), mask)),
+                   "policy/approx_kl": float(masked_mean(torch.expm1(log_ratio) - log_ratio, mask))}
     return loss, metrics
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor,
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, weights: torch.Tensor,
                clip: float | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped value loss: ½·max((V − G)², (V_clip − G)²), V_clip within ±clip of the rollout's values."""
+    """Clipped value loss: ½·max((V − G)², (V_clip − G)²), V_clip within ±clip of the rollout's values;
+    Σ weight × per-token loss."""
     error = (values - returns) ** 2
+    mask = weights > 0
     if clip:
         clipped = old_values + (values - old_values).clamp(-clip, clip)
         error_clipped = (clipped - returns) ** 2
-        loss = 0.5 * masked_mean(torch.maximum(error, error_clipped), response_mask)
-        frac = masked_mean((error_clipped > error).float(), response_mask)
+        loss = 0.5 * (torch.maximum(error, error_clipped) * weights).sum()
+        frac = masked_mean((error_clipped > error).float(), mask)
     else:
-        loss, frac = 0.5 * masked_mean(error, response_mask), torch.zeros(())
-    return loss, {"critic/value_error": float(masked_mean(error.detach(), response_mask)),
+        loss, frac = 0.5 * (error * weights).sum(), torch.zeros(())
+    return loss, {"critic/value_error": float(masked_mean(error.detach(), mask)),
                   "critic/clipfrac": float(frac)}
 
 
+@dataclass(frozen=True)
+class KLTerm:
+    """The KL as a loss term (GRPO's choice, Shao et al. 2024 eq. 3) instead of a reward penalty."""
+
+    ref_logprobs: torch.Tensor  # (B, R)
+    coef: float
+    estimator: str
+
+
 def ppo_policy_objective(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                         response_mask: torch.Tensor, entropy: torch.Tensor, clip_eps: float, entropy_coef: float,
-                         ptx_loss: torch.Tensor | None, ptx_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The one assembly of the policy's loss (InstructGPT eq. 2, as a loss to minimise):
-    clipped surrogate − entropy_coef·entropy + γ_ptx·LM loss on pretraining text."""
-    loss, metrics = policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps)
-    ent = masked_mean(entropy, response_mask)
+                         weights: torch.Tensor, entropy: torch.Tensor, clip_eps: float, entropy_coef: float,
+                         ptx_loss: torch.Tensor | None, ptx_coef: float, clip_eps_high: float | None = None,
+                         kl: KLTerm | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The one assembly of the policy's loss (InstructGPT eq. 2, as a loss to minimise): clipped
+    surrogate − entropy_coef·entropy (+ β·KL estimate when the KL is a loss term) + γ_ptx·LM loss on
+    pretraining text. Every token term is aggregated with the same weights."""
+    loss, metrics = policy_loss(logprobs, old_logprobs, advantages, weights, clip_eps, clip_eps_high)
+    ent = (entropy * weights).sum()
     metrics["policy/entropy"] = float(ent.detach())
     metrics["policy/pg_loss"] = float(loss.detach())
     loss = loss - entropy_coef * ent
+    if kl is not None and kl.coef:
+        kl_loss = (kl_estimate(kl.estimator, logprobs, kl.ref_logprobs) * weights).sum()
+        loss = loss + kl.coef * kl_loss
+        metrics["policy/kl_loss"] = float(kl_loss.detach())
     if ptx_loss is not None and ptx_coef:
         loss = loss + ptx_coef * ptx_loss
         metrics["policy/ptx_loss"] = float(ptx_loss.detach())

@@ -23,8 +23,9 @@ class Rollout:
     values: torch.Tensor | None = None  # (B, R) V(state before each response token), the critic
     scores: torch.Tensor | None = None  # (B,) reward model's score of each whole sequence
     rewards: torch.Tensor | None = None  # (B, R) shaped per-token rewards
-    advantages: torch.Tensor | None = None  # (B, R) whitened GAE advantages
-    returns: torch.Tensor | None = None  # (B, R) GAE returns, the critic's targets
+    advantages: torch.Tensor | None = None  # (B, R) from ppo.advantage_estimator (GAE: whitened)
+    returns: torch.Tensor | None = None  # (B, R) GAE returns, the critic's targets (None without a critic)
+    loss_weights: torch.Tensor | None = None  # (B, R) each token's weight in its minibatch's loss (Σ = 1)
 
     @property
     def responses(self) -> torch.Tensor:  # (B, R)

@@ -202,13 +202,15 @@ def test_zero_offload_cpu_adam_matches_plain_adamw(tmp_path):
 def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(ray_cluster, tmp_path, zero_stage):
     """NaN advantages in the second data-parallel rank's half only: neither rank steps (a rank that
     stepped alone would leave the replicas different); with finite advantages both do."""
+    from rlhf.algo.ppo import loss_weights
     from rlhf.algo.rollout import Rollout
     from rlhf.workers import PolicyStep
 
     g = torch.Generator().manual_seed(0)
     seqs = torch.randint(2, 64, (4, 8), generator=g)
-    rollout = Rollout(seqs, torch.ones(4, 8, dtype=torch.bool), torch.ones(4, 4, dtype=torch.bool), 4,
-                      old_logprobs=torch.full((4, 4), -4.0), advantages=torch.randn(4, 4, generator=g))
+    rmask = torch.ones(4, 4, dtype=torch.bool)
+    rollout = Rollout(seqs, torch.ones(4, 8, dtype=torch.bool), rmask, 4, old_logprobs=torch.full((4, 4), -4.0),
+                      advantages=torch.randn(4, 4, generator=g), loss_weights=loss_weights(rmask, "token_mean", 4))
     poisoned = Rollout(**{**vars(rollout), "advantages": rollout.advantages.clone()})
     poisoned.advantages[3, 1] = float("nan")  # row 3 goes to data-parallel rank 1
     hp = PolicyStep(clip_eps=0.2, entropy_coef=0.0, ptx_coef=0.0, temperature=1.0)

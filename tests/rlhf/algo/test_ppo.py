@@ -9,11 +9,12 @@ import torch
 
 from rlhf.algo.ppo import (
     KLController,
+    KLTerm,
     combine_scores,
-    compute_gae,
     kl_k1,
+    kl_k2,
     kl_k3,
-    leave_one_out,
+    loss_weights,
     normalize_scores,
     policy_loss,
     ppo_policy_objective,
@@ -38,6 +39,15 @@ def test_kl_estimators_by_hand_and_unbiased():
     for est in (kl_k1, kl_k3):
         expectation = float((p * est(p.log(), q.log())).sum())
         assert expectation == pytest.approx(exact, abs=1e-6)
+    # k2 = ½ (log p/q)²: by hand, and its gradient in p's logits is the KL's gradient (on-policy)
+    assert kl_k2(lp, ref).tolist() == pytest.approx([0.125, 0.5])
+    logits = p.log().clone().requires_grad_(True)
+    logp = logits.log_softmax(-1)
+    exact_kl = (logp.exp() * (logp - q.log())).sum()
+    (grad_exact,) = torch.autograd.grad(exact_kl, logits, retain_graph=True)
+    surrogate = (logp.exp().detach() * kl_k2(logp, q.log())).sum()  # E_{y~p}[k2], p held fixed
+    (grad_k2,) = torch.autograd.grad(surrogate, logits)
+    torch.testing.assert_close(grad_k2, grad_exact)
 
 
 def test_shape_rewards_score_on_last_token_for_each_row():
@@ -55,59 +65,75 @@ def test_shape_rewards_score_on_last_token_for_each_row():
     torch.testing.assert_close(got, expected)
 
 
-def naive_gae(rewards, values, lengths, gamma, lam):
-    B, R = rewards.shape
-    adv, ret = torch.zeros(B, R), torch.zeros(B, R)
-    for b in range(B):
-        n = lengths[b]
-        for t in range(n):
-            # brute force: A_t = sum_l (gamma*lam)^l * delta_{t+l}
-            total = 0.0
-            for k in range(t, n):
-                v_next = values[b, k + 1] if k + 1 < n else 0.0
-                delta = rewards[b, k] + gamma * v_next - values[b, k]
-                total += (gamma * lam) ** (k - t) * delta
-            adv[b, t] = total
-            ret[b, t] = total + values[b, t]
-    return adv, ret
-
-
-@pytest.mark.parametrize(("gamma", "lam"), [(1.0, 0.95), (0.99, 1.0), (0.9, 0.0)])
-def test_gae_against_brute_force_sum(gamma, lam):
-    lengths = [6, 3, 1, 0]
-    mask = response_mask(lengths, 6)
-    rewards, values = torch.randn(4, 6), torch.randn(4, 6)
-    adv, ret = compute_gae(rewards, values, mask, gamma, lam)
-    exp_adv, exp_ret = naive_gae(rewards, values, lengths, gamma, lam)
-    torch.testing.assert_close(adv, exp_adv)
-    torch.testing.assert_close(ret, exp_ret)
-    if lam == 1.0 and gamma == 0.99:  # λ = 1: returns are discounted reward-to-go
-        for t in range(6):
-            assert float(ret[0, t]) == pytest.approx(sum(0.99 ** (k - t) * float(rewards[0, k]) for k in range(t, 6)),
-                                                     abs=1e-5)
-
-
 def test_policy_loss_against_per_token_loop():
     lengths = [4, 2]
     mask = response_mask(lengths, 4)
     lp, old, adv = torch.randn(2, 4) * 0.3, torch.randn(2, 4) * 0.3, torch.randn(2, 4)
-    loss, m = policy_loss(lp, old, adv, mask, clip_eps=0.2)
-    terms, clipped = [], 0
-    for b, n in enumerate(lengths):
-        for t in range(n):
-            r = math.exp(lp[b, t] - old[b, t])
-            a = float(adv[b, t])
-            rc = min(max(r, 0.8), 1.2)
-            terms.append(max(-a * r, -a * rc))
-            clipped += -a * rc > -a * r
-    assert float(loss) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
-    assert m["policy/clipfrac"] == pytest.approx(clipped / len(terms))
+    for high in (None, 0.28):
+        loss, m = policy_loss(lp, old, adv, loss_weights(mask, "token_mean", 4), 0.2, high)
+        terms, clipped = [], 0
+        for b, n in enumerate(lengths):
+            for t in range(n):
+                r = math.exp(lp[b, t] - old[b, t])
+                a = float(adv[b, t])
+                rc = min(max(r, 0.8), 1.2 if high is None else 1.28)
+                terms.append(max(-a * r, -a * rc))
+                clipped += -a * rc > -a * r
+        assert float(loss) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+        assert m["policy/clipfrac"] == pytest.approx(clipped / len(terms))
+
+
+def test_clip_higher_only_widens_the_upper_bound():
+    """ratio 1.25 on a positive advantage is clipped at 1.2 symmetrically, not at 1.28; ratio 0.7 on a
+    negative advantage is clipped at 0.8 either way."""
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    w = loss_weights(mask, "token_mean", 2)
+    lp, adv = torch.log(torch.tensor([[1.25, 0.7]])), torch.tensor([[1.0, -1.0]])
+    sym, _ = policy_loss(lp, torch.zeros(1, 2), adv, w, 0.2)
+    high, _ = policy_loss(lp, torch.zeros(1, 2), adv, w, 0.2, 0.28)
+    assert float(sym) == pytest.approx((-1.2 + 0.8) / 2)
+    assert float(high) == pytest.approx((-1.25 + 0.8) / 2)
+
+
+def naive_aggregate(per_token, lengths, mode, horizon):
+    """Loops: token-mean over all tokens; mean over sequences of their token mean; Σ tokens / (B·horizon)."""
+    seqs = [[float(per_token[b, t]) for t in range(n)] for b, n in enumerate(lengths)]
+    if mode == "token_mean":
+        flat = [x for s in seqs for x in s]
+        return sum(flat) / len(flat)
+    if mode == "seq_mean_token_mean":
+        return sum(sum(s) / len(s) for s in seqs if s) / len(seqs)
+    return sum(sum(s) for s in seqs) / (len(seqs) * horizon)
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_loss_aggregation_against_loops_and_exact_over_ranks(mode):
+    """Each mode against a loop; and the minibatch's gradient equals the average over 2 data-parallel
+    shards of (Σ weight × loss) × 2, for uneven lengths. Per-rank token means (the old way) differ."""
+    lengths = [6, 1, 2, 3]  # 7 tokens on one rank, 5 on the other
+    mask = response_mask(lengths, 6)
+    per_token = torch.randn(4, 6)
+    w = loss_weights(mask, mode, horizon=8)
+    assert float((per_token * w).sum()) == pytest.approx(naive_aggregate(per_token, lengths, mode, 8), rel=1e-5)
+    theta = torch.randn(4, 6, requires_grad=True)
+    (full,) = torch.autograd.grad((theta ** 2 * w).sum(), theta)
+    sharded = torch.zeros_like(theta)
+    for rows in (slice(0, 2), slice(2, 4)):
+        (g,) = torch.autograd.grad((theta[rows] ** 2 * w[rows]).sum() * 2, theta)
+        sharded += g / 2  # gradients averaged over the two ranks
+    torch.testing.assert_close(sharded, full)
+    if mode == "token_mean":
+        per_rank = torch.zeros_like(theta)
+        for rows in (slice(0, 2), slice(2, 4)):
+            (g,) = torch.autograd.grad(((theta[rows] ** 2) * mask[rows]).sum() / mask[rows].sum(), theta)
+            per_rank += g / 2
+        assert not torch.allclose(per_rank, full)
 
 
 def test_value_loss_against_loop():
     mask = response_mask([3, 1], 3)
     v, old, ret = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
-    loss, _ = value_loss(v, old, ret, mask, clip=0.2)
+    loss, _ = value_loss(v, old, ret, loss_weights(mask, "token_mean", 3), clip=0.2)
     terms = []
     for b, n in enumerate([3, 1]):
         for t in range(n):
@@ -121,10 +147,17 @@ def test_objective_mixes_entropy_and_ptx():
     lp = old = torch.zeros(2, 2)
     adv = torch.ones(2, 2)
     ent = torch.full((2, 2), 3.0)
-    loss, m = ppo_policy_objective(lp, old, adv, mask, ent, 0.2, 0.01, torch.tensor(2.0), 0.5)
+    w = loss_weights(mask, "token_mean", 2)
+    loss, m = ppo_policy_objective(lp, old, adv, w, ent, 0.2, 0.01, torch.tensor(2.0), 0.5)
     # ratio 1: surrogate −1; − 0.01·3 entropy; + 0.5·2 ptx
     assert float(loss) == pytest.approx(-1 - 0.03 + 1.0)
     assert m["policy/ptx_loss"] == 2.0 and m["policy/entropy"] == 3.0
+    # the KL as a loss term: + β · mean k3 over tokens
+    ref = torch.tensor([[-0.5, 0.0], [0.0, 1.0]])
+    with_kl, m = ppo_policy_objective(lp, old, adv, w, ent, 0.2, 0.01, None, 0.0, kl=KLTerm(ref, 0.1, "k3"))
+    k3 = [math.exp(x) - 1 - x for x in (-0.5, 0.0, 0.0, 1.0)]
+    assert float(with_kl) == pytest.approx(-1 - 0.03 + 0.1 * sum(k3) / 4)
+    assert m["policy/kl_loss"] == pytest.approx(sum(k3) / 4)
 
 
 def test_kl_controller_fixed_and_adaptive():
@@ -138,16 +171,6 @@ def test_kl_controller_fixed_and_adaptive():
 def test_normalize_scores():
     out = normalize_scores(torch.tensor([1.0, 3.0, 11.0]), mean=1.0, std=2.0, clip=3.0)
     assert out.tolist() == [0.0, 1.0, 3.0]
-
-
-def test_leave_one_out_baseline_against_loop():
-    scores = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
-    got = leave_one_out(scores, 3)
-    expected = []
-    for g in range(2):
-        s = scores[3 * g:3 * g + 3].tolist()
-        expected += [s[i] - (sum(s) - s[i]) / 2 for i in range(3)]
-    assert got.tolist() == pytest.approx(expected)
 
 
 def test_combined_score_by_hand():
