@@ -201,24 +201,28 @@ def test_zero_offload_cpu_adam_matches_plain_adamw(tmp_path):
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(ray_cluster, tmp_path, zero_stage):
     """NaN advantages in the second data-parallel rank's half only: neither rank steps (a rank that
-    stepped alone would leave the replicas different); with finite advantages both do."""
+    stepped alone would leave the replicas different); with finite advantages both do, and the update
+    equals one rank's on the whole minibatch although the ranks hold 8 and 2 response tokens (the
+    token-mean is over the minibatch, not each rank's share)."""
     from rlhf.algo.ppo import loss_weights
     from rlhf.algo.rollout import Rollout
     from rlhf.workers import PolicyStep
 
     g = torch.Generator().manual_seed(0)
     seqs = torch.randint(2, 64, (4, 8), generator=g)
-    rmask = torch.ones(4, 4, dtype=torch.bool)
-    rollout = Rollout(seqs, torch.ones(4, 8, dtype=torch.bool), rmask, 4, old_logprobs=torch.full((4, 4), -4.0),
-                      advantages=torch.randn(4, 4, generator=g), loss_weights=loss_weights(rmask, "token_mean", 4))
+    rmask = torch.tensor([[True] * 4, [True] * 4, [True, False, False, False], [True, False, False, False]])
+    attn = torch.cat([torch.ones(4, 4, dtype=torch.bool), rmask], 1)
+    rollout = Rollout(seqs, attn, rmask, 4, old_logprobs=torch.full((4, 4), -4.0) * rmask,
+                      advantages=torch.randn(4, 4, generator=g) * rmask,
+                      loss_weights=loss_weights(rmask, "token_mean", 4))
     poisoned = Rollout(**{**vars(rollout), "advantages": rollout.advantages.clone()})
-    poisoned.advantages[3, 1] = float("nan")  # row 3 goes to data-parallel rank 1
+    poisoned.advantages[3, 0] = float("nan")  # row 3 goes to data-parallel rank 1
     hp = PolicyStep(clip_eps=0.2, entropy_coef=0.0, ptx_coef=0.0, temperature=1.0)
     probe = batches(1)[0]
+    source = ModelSource(path=str(checkpoint(tmp_path, "gpt2")))
     # A rank that stepped alone would wait in a collective for its peer: the short timeout turns that
     # deadlock into a failure here.
-    group = ray_group(2, 1, ModelSource(path=str(checkpoint(tmp_path, "gpt2"))), EngineConfig(zero_stage=zero_stage),
-                      OPTIM, 10, 2, timeout_s=60)
+    group = ray_group(2, 1, source, EngineConfig(zero_stage=zero_stage), OPTIM, 10, 2, timeout_s=60)
     try:
         before = group.map(PolicyWorker.logits, probe).get()
         out = group.map(PolicyWorker.ppo_step, {"rollout": poisoned, "ptx": None}, hp).get()
@@ -226,7 +230,11 @@ def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(ray_cluster
         torch.testing.assert_close(group.map(PolicyWorker.logits, probe).get(), before, atol=0, rtol=0)
         out = group.map(PolicyWorker.ppo_step, {"rollout": rollout, "ptx": None}, hp).get()
         assert out["policy/skipped"] == 0.0
-        assert not torch.equal(group.map(PolicyWorker.logits, probe).get(), before)
+        after = group.map(PolicyWorker.logits, probe).get()
+        assert not torch.equal(after, before)
+        alone = LocalGroup(PolicyWorker, source, EngineConfig(), OPTIM, 10, 4)
+        alone.map(PolicyWorker.ppo_step, {"rollout": rollout, "ptx": None}, hp).get()
+        torch.testing.assert_close(after, alone.map(PolicyWorker.logits, probe).get(), atol=2e-5, rtol=1e-4)
     finally:
         close(group)
 

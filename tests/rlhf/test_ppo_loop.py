@@ -8,36 +8,17 @@ import pytest
 import torch
 
 from launcher.worker_group import Handle, LocalGroup
-from models.config import ModelConfig
-from models.heads import CausalLM, ScoreModel
-from models.hf import save_pretrained
-from models.tokenizer import build_word_tokenizer
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource
 from rlhf.algo.rollout import Rollout
 from rlhf.coordinator import Roles, train_ppo
-from rlhf.data import load_prompts
 from rlhf.guards import DivergedError
 from rlhf.ppo_config import PPOConfig
-from rlhf.task import WORDS, EmbeddedTask, TaskConfig
+from rlhf.task import WORDS
 from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardModelWorker, RewardWorker
 
 OPT = OptimConfig(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0)
 PLAIN = EngineConfig()
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppo")
-    tok = build_word_tokenizer(WORDS)
-    cfg = ModelConfig(vocab_size=len(tok), max_seq_len=32, d_model=32, n_layers=1, n_heads=2,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    save_pretrained(CausalLM(cfg), root / "policy")
-    save_pretrained(ScoreModel(cfg), root / "reward")
-    files = EmbeddedTask(TaskConfig(n_sft=10, n_comparisons=10, n_ppo=64, n_eval=8)).write(root / "data")
-    prompts = load_prompts(files["ppo_train"])
-    return root, tok, prompts
 
 
 def roles(root, policy_engine=PLAIN) -> Roles:

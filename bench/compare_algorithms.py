@@ -1,0 +1,200 @@
+"""PPO, GRPO, RLOO, REINFORCE++, DPO and best-of-n from one SFT policy and one reward model, on the
+embedded list task and on the arithmetic task (bench/tasks/arithmetic.py): held-out gold score with
+its standard error, KL to the SFT policy, wall time and samples/s. Every run goes through the CLI,
+as a user's would (`instructrl sft`, `rm`, `ppo`, `dpo`); best-of-n uses the library's groups.
+
+    python bench/compare_algorithms.py [--tasks embedded arithmetic] [--out runs/bench-algorithms]
+
+Writes <out>/<task>/results.json and prints a Markdown table per task (docs/algorithms.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.tasks import arithmetic  # noqa: E402
+
+# What each algorithm changes over the demo config's PPO (configs/demo.yaml). The KL stays in the
+# reward at the demo's β for all of them, so the estimator is the only difference.
+ALGORITHMS = {
+    "PPO (GAE, critic)": [],
+    "GRPO": ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"],
+    "RLOO": ["ppo.advantage_estimator=rloo", "ppo.score_baseline=none"],
+    "REINFORCE++": ["ppo.advantage_estimator=reinforce_pp", "ppo.score_baseline=none"],
+}
+DPO = ["dpo.beta=0.1", "dpo.epochs=2", "dpo.optim.lr=3e-5", "dpo.batch_size=16"]
+
+
+def cli(args: list[str], log: Path) -> float:
+    """Run `instructrl args...` (local backend, no W&B), its output in log; returns the wall seconds."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, "-m", "launcher.cli", *args, "run.backend=local", "wandb.mode=disabled"],
+                              cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"instructrl {' '.join(args)} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+class Task:
+    """The data-file overrides of one task; the embedded task's are its own files, once written."""
+
+    def __init__(self, name: str, out: Path):
+        self.name, self.out = name, out
+        self.base = out / "base"
+
+    def files(self) -> list[str]:
+        """Overrides that make a run read the base run's data and tokenizer (for runs other than the base)."""
+        data = self.base / "data"
+        if self.name == "embedded":
+            return [f"rm.train_data={data}/comparisons_policy_train.jsonl",
+                    f"rm.eval_data={data}/comparisons_policy_eval.jsonl", f"ppo.prompts={data}/ppo_train.jsonl",
+                    f"ppo.eval_prompts={data}/ppo_eval.jsonl", f"model.tokenizer={self.base}/tokenizer"]
+        return [o for o in arithmetic.overrides(self.out / "task") if not o.startswith("model.bpe_vocab")] + \
+            [f"model.tokenizer={self.base}/tokenizer"]
+
+    def base_overrides(self) -> list[str]:
+        if self.name == "embedded":
+            return []
+        arithmetic.write_task(self.out / "task")
+        return arithmetic.overrides(self.out / "task")
+
+    def eval_file(self) -> Path:
+        return self.base / "data" / "ppo_eval.jsonl" if self.name == "embedded" else self.out / "task" / "eval.jsonl"
+
+    def gold(self) -> str:
+        return "rlhf.task:gold_scores" if self.name == "embedded" else f"{self.out / 'task'}/gold.py:exact"
+
+
+def final_eval(run: Path, stage: str) -> tuple[dict, dict]:
+    """The first and last held-out evaluations of a PPO or DPO stage."""
+    evals = json.loads((run / stage / "result.json").read_text())["evaluations"]
+    steps = sorted(evals, key=int)
+    return evals[steps[0]], evals[steps[-1]]
+
+
+def throughput(run: Path) -> float:
+    """Mean samples/s of the PPO loop's steps (generation to sync, evaluations excluded)."""
+    rows = [json.loads(line) for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    values = [r["perf/samples_per_s"] for r in rows if "perf/samples_per_s" in r]
+    return statistics.fmean(values)
+
+
+def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
+    """n samples of the SFT policy per held-out prompt, the reward model's favourite kept, judged by the
+    gold function; `repeats` independent draws per prompt. KL(best-of-n ‖ SFT) ≤ log n − (n−1)/n."""
+    import torch
+
+    from launcher.worker_group import LocalGroup
+    from models.generation import SamplingParams
+    from models.tokenizer import load_tokenizer
+    from parallel.engine import EngineConfig
+    from parallel.host import ModelSource
+    from rlhf.data import DataConfig, load_prompts
+    from rlhf.evaluate import sample, summarize_gold
+    from rlhf.functions import FunctionSpec, TaskFunction
+    from rlhf.workers import PolicyWorker, RewardWorker, ScoreBatch
+
+    tok = load_tokenizer(task.base / "tokenizer")
+    prompts = load_prompts(task.eval_file(), DataConfig())
+    gold = TaskFunction(FunctionSpec(function=task.gold()).resolved(ROOT), ROOT)
+    policy = LocalGroup(PolicyWorker, ModelSource(path=str(task.base / "sft")), EngineConfig())
+    reward = LocalGroup(RewardWorker, ModelSource(path=str(task.base / "rm")), EngineConfig())
+    start = time.perf_counter()
+    repeated = [p for p in prompts for _ in range(n * repeats)]
+    params = SamplingParams(max_new_tokens=12, temperature=1.0)
+    scores, texts = [], []
+    for i, gen in enumerate(sample(policy, tok, repeated, params, 16, seed, 256)):
+        batch = ScoreBatch.of(tok, gen, repeated[i * 256:(i + 1) * 256])
+        scores.append(reward.map(RewardWorker.scores, batch).get()["rm"])
+        texts += batch.responses
+    best = torch.cat(scores).view(-1, n).argmax(-1)  # (prompts × repeats,)
+    chosen = [texts[g * n + int(b)] for g, b in enumerate(best)]
+    chosen_prompts = [p for p in prompts for _ in range(repeats)]
+    from rlhf.data import fields_of
+
+    values = gold([p.text for p in chosen_prompts], chosen, fields_of(chosen_prompts))
+    g = summarize_gold(values, repeats)
+    wall = time.perf_counter() - start
+    return {"gold": g.mean, "stderr": g.stderr, "kl": math.log(n) - (n - 1) / n, "wall_s": wall,
+            "samples_per_s": len(repeated) / wall}
+
+
+def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> dict:
+    """Every method on one task (or those named in `only`, keeping the others' earlier results)."""
+    demo = ["--config", "demo"]
+    saved = task.out / "results.json"
+    results: dict[str, dict] = json.loads(saved.read_text())["algorithms"] if only and saved.exists() else {}
+    if not (task.base / "rm" / "result.json").exists():
+        shutil.rmtree(task.base, ignore_errors=True)
+        base = demo + [f"run.out_dir={task.out}", "run.name=base", *task.base_overrides()]
+        cli(["sft", *base], task.out / "sft.log")
+        cli(["rm", *base], task.out / "rm.log")
+    rm_acc = json.loads((task.base / "rm" / "result.json").read_text())["eval/accuracy"]
+    common = demo + [f"run.out_dir={task.out}", "run.overwrite=true", *task.files()]
+    for name, extra in ALGORITHMS.items():
+        if only and name not in only:
+            continue
+        slug = name.split()[0].lower().replace("+", "p")
+        wall = cli(["ppo", *common, f"run.name={slug}", f"ppo.policy_init={task.base}/sft",
+                    f"ppo.reward_model={task.base}/rm", f"ppo.steps={steps}", *extra], task.out / f"{slug}.log")
+        first, last = final_eval(task.out / slug, "ppo")
+        results[name] = {"gold": last["eval/gold_score"], "stderr": last["eval/gold_stderr"], "kl": last["eval/kl"],
+                         "wall_s": wall, "samples_per_s": throughput(task.out / slug), "start": first}
+        print(f"{task.name} {name}: {results[name]['gold']:.3f} ± {results[name]['stderr']:.3f}", flush=True)
+    if not only or "DPO" in only:
+        wall = cli(["dpo", *common, "run.name=dpo", f"dpo.init={task.base}/sft", *DPO], task.out / "dpo.log")
+        first, last = final_eval(task.out / "dpo", "dpo")
+        results["DPO"] = {"gold": last["eval/gold_score"], "stderr": last["eval/gold_stderr"], "kl": last["eval/kl"],
+                          "wall_s": wall, "samples_per_s": None, "start": first, "settings": DPO}
+    if not only or f"best-of-{n}" in only:
+        results[f"best-of-{n}"] = best_of_n(task, n, repeats=4)
+    sft = results["PPO (GAE, critic)"]["start"]
+    return {"sft": {"gold": sft["eval/gold_score"], "stderr": sft["eval/gold_stderr"]}, "rm_accuracy": rm_acc,
+            "steps": steps, "algorithms": results}
+
+
+def table(task: str, r: dict) -> str:
+    sft = r["sft"]
+    lines = [f"**{task}** — SFT policy {sft['gold']:.3f} ± {sft['stderr']:.3f}; reward model held-out pair "
+             f"accuracy {r['rm_accuracy']:.3f}; {r['steps']} RL steps × 128 samples",
+             "", "| method | held-out gold | gain over SFT (standard errors) | KL to SFT (nats) | wall time | "
+                 "samples/s |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, a in r["algorithms"].items():
+        gain = a["gold"] - sft["gold"]
+        z = gain / math.hypot(a["stderr"], sft["stderr"])
+        rate = f"{a['samples_per_s']:.1f}" if a["samples_per_s"] else "— (no sampling)"
+        lines.append(f"| {name} | {a['gold']:.3f} ± {a['stderr']:.3f} | {gain:+.3f} ({z:.1f}) | {a['kl']:.2f} | "
+                     f"{a['wall_s'] / 60:.1f} min | {rate} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["embedded", "arithmetic"], choices=["embedded", "arithmetic"])
+    parser.add_argument("--out", default="runs/bench-algorithms")
+    parser.add_argument("--steps", type=int, default=100, help="RL steps of each PPO-family run (the demo's 100)")
+    parser.add_argument("--n", type=int, default=8, help="n of the best-of-n baseline")
+    parser.add_argument("--only", nargs="+", help="rerun these methods only (by their table name), keep the rest")
+    args = parser.parse_args()
+    for name in args.tasks:
+        out = (ROOT / args.out / name).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        result = run_task(Task(name, out), args.steps, args.n, args.only)
+        (out / "results.json").write_text(json.dumps(result, indent=1))
+        print(table(name, result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
