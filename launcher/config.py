@@ -370,7 +370,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> C
     tree: dict = {}
     sources: dict[str, str] = {}
     if name_or_path:
-        tree, sources = read_yaml(find_preset(name_or_path))
+        tree, sources = read_preset(name_or_path)
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value, f"override {text!r}")
@@ -386,6 +386,23 @@ def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> C
     except ValidationError as e:
         lines = ["  " + _describe(err, sources) for err in e.errors()]
         raise ConfigError("invalid config:\n" + "\n".join(dict.fromkeys(lines))) from None
+
+
+def read_preset(name_or_path: str, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
+    """A preset's tree and sources; one whose top level says `extends: <preset or file>` is merged over
+    that one (so configs/demo_ptx.yaml is the demo plus its own keys, not a copy of it)."""
+    path = find_preset(name_or_path)
+    tree, sources = read_yaml(path)
+    parent = tree.pop("extends", None)
+    sources.pop("extends", None)
+    if parent is None:
+        return tree, sources
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: name one preset or YAML file, got {parent!r}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: extends a preset that extends it (a cycle)")
+    base, base_sources = read_preset(parent, (*seen, path.resolve()))
+    return deep_merge(base, tree), {**base_sources, **sources}
 
 
 def _lookup(tree: dict, dotted: str) -> Any:

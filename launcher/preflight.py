@@ -29,6 +29,7 @@ from rlhf.task import WORDS, EmbeddedTask
 STAGE_DIRS = ("sft", "rm", "ppo", "dpo")
 POLICY_COMPARISONS = {"comparisons_train": "comparisons_policy_train.jsonl",
                       "comparisons_eval": "comparisons_policy_eval.jsonl"}
+PTX_BPE_CHARS = 200_000  # characters of the pretraining text a trained BPE sees, beside the task's data
 MAX_UNKNOWN = 0.05  # share of <unk> tokens in a data file above which its text is not the tokenizer's
 
 
@@ -209,6 +210,8 @@ def build_tokenizer(cfg: Config, inputs: Inputs):
         texts = [r.prompt + r.response for r in inputs.sft[0]] if inputs.sft else []
         texts += [c.prompt + r for c in (inputs.rm[0] if inputs.rm else []) for r in c.responses]
         texts += [p.text for p in inputs.prompts or []]
+        if cfg.ppo.ptx_coef and cfg.ppo.ptx_data:  # the pretraining mix is text the policy reads too
+            texts += load_text(cfg.ppo.ptx_data)[:PTX_BPE_CHARS].splitlines()
         if not texts:
             raise ConfigError("model.bpe_vocab: a BPE is trained on the run's data, and this command reads none; "
                               "run `instructrl sft` first (it saves the tokenizer) or set model.tokenizer")
@@ -224,6 +227,9 @@ def check_text(cfg: Config, tok, sources: dict, inputs: Inputs) -> None:
     sets = {"sft_train": [r.prompt + " " + r.response for r in inputs.sft[0]] if inputs.sft else [],
             "comparisons_train": [c.prompt + " " + c.responses[0] for c in inputs.rm[0]] if inputs.rm else [],
             "ppo_train": [p.text for p in inputs.prompts or []], "ppo_eval": [p.text for p in inputs.eval_prompts]}
+    if cfg.ppo.ptx_coef and cfg.ppo.ptx_data:
+        sources = {**sources, "ptx": cfg.ppo.ptx_data}
+        sets["ptx"] = load_text(cfg.ppo.ptx_data)[:100_000].splitlines()
     for key, texts in sets.items():
         ids = [i for t in texts[:1000] for i in tok(t, add_special_tokens=False)["input_ids"]]
         share = sum(i == unk for i in ids) / max(1, len(ids))

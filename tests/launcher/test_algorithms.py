@@ -63,3 +63,14 @@ def test_critic_free_ppo_starts_and_saves_no_critic(tmp_path, capsys):
     assert all(sorted(p.name for p in c.iterdir() if p.is_dir()) == ["policy"] for c in checkpoints)
     lines = [json.loads(x) for x in (ppo / "metrics.jsonl").read_text().splitlines()]
     assert any("policy/pg_loss" in m for m in lines) and not any("critic/loss" in m for m in lines)
+
+
+@pytest.mark.e2e
+def test_the_ptx_preset_mixes_shakespeare_into_ppo(tmp_path, capsys, shared_data):
+    rc = main(["demo", "--config", "demo_ptx", f"run.out_dir={tmp_path}", *TINY, "ppo.steps=2",
+               "ppo.prompts_per_step=16", "ppo.eval_every=2", "ppo.critic_warmup_steps=0",
+               f"ppo.ptx_data={shared_data / 'tinyshakespeare.txt.gz'}"])
+    assert rc == 0, capsys.readouterr().err
+    lines = [json.loads(x) for x in (tmp_path / "demo-ptx" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    ptx = [m["policy/ptx_loss"] for m in lines if "policy/ptx_loss" in m]
+    assert ptx and all(0 < x < 20 for x in ptx)

@@ -134,3 +134,18 @@ def test_groups_that_cannot_fit_fail_at_once(ray_cluster):
     with pytest.raises(ConfigError, match=r"need 2 GPUs"):
         check_capacity({"policy": (2, 0.5, 1.0)})
     check_capacity({"policy": (2, 0.5, 0.0), "reward": (2, 0.5, 0.0)})
+
+
+def test_a_preset_extends_another(tmp_path):
+    """demo_ptx is the demo plus its own keys; an error in the child names the child's line, one in
+    the parent the parent's; a cycle is refused."""
+    demo, ptx = load_config("demo"), load_config("demo_ptx")
+    assert ptx.ppo.ptx_coef == 0.5 and ptx.ppo.samples_per_prompt == demo.ppo.samples_per_prompt == 8
+    assert ptx.run.name == "demo-ptx" and ptx.sft == demo.sft
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: demo\nppo:\n  kl_coef: -1\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml:3: ppo\.kl_coef"):
+        load_config(str(child))
+    child.write_text(f"extends: {child}\n")
+    with pytest.raises(ConfigError, match="a cycle"):
+        load_config(str(child))
