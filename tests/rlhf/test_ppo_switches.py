@@ -311,6 +311,10 @@ def test_top_k_top_p_logprobs_come_from_the_sampling_distribution(setup):
     logits = torch.randn(3, 11)
     kept = filter_logits(logits, 5, 0.9)
     assert torch.isinf(kept).sum() >= 3 * 6
+    # the update's ratio starts at exactly 1: its log-probs are of the same filtered distribution
+    cfg = base_cfg(steps=1, top_k=5, top_p=0.9).model_copy(update={"minibatches": 1})
+    logged = loop(roles(root), tok, prompts, cfg)
+    assert logged[1]["policy/approx_kl"] < 1e-6 and logged[1]["policy/clipfrac"] == 0.0
 
 
 def test_pretraining_loss_falls_with_ptx_and_not_without(setup):

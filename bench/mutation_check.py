@@ -1,0 +1,129 @@
+"""Break each guarded line of the RL code on purpose, run the tests meant to catch it, and report
+whether they went red. Every source file is restored after each mutation (also on Ctrl-C).
+
+    python bench/mutation_check.py [--only N ...]
+
+Prints a Markdown table (docs/algorithms.md) and exits 1 if a mutation survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SW = "tests/rlhf/test_ppo_switches.py::"
+
+# (what the break does, file, line as it is, line broken, tests that must fail)
+MUTATIONS = [
+    ("critic values read one position late", "rlhf/workers.py",
+     "return values[:, r.prompt_len - 1:-1] * r.response_mask", "return values[:, r.prompt_len:] * r.response_mask",
+     [SW + "test_critic_values_are_read_where_they_predict_each_response_token"]),
+    ("GAE advantages whitened over padding too", "rlhf/algo/advantages.py",
+     "return (masked_whiten(advantages, response_mask) if whiten",
+     "return (masked_whiten(advantages, torch.ones_like(response_mask)) if whiten",
+     [SW + "test_gae_advantages_are_whitened_over_valid_tokens_only_and_only_when_asked"]),
+    ("whiten_advantages ignored", "rlhf/coordinator.py", "cfg.grpo_std,\n" + " " * 50 + "cfg.whiten_advantages)",
+     "cfg.grpo_std,\n" + " " * 50 + "True)",
+     [SW + "test_gae_advantages_are_whitened_over_valid_tokens_only_and_only_when_asked"]),
+    ("value_clip ignored", "rlhf/coordinator.py", "CriticWorker.value_step, mb, cfg.value_clip)",
+     "CriticWorker.value_step, mb, None)", [SW + "test_value_clip_clips_the_critics_update"]),
+    ("kl_estimator ignored", "rlhf/coordinator.py", "kl = kl_estimate(cfg.kl_estimator,", 'kl = kl_estimate("k1",',
+     [SW + "test_kl_estimator_is_the_one_configured"]),
+    ("kl_target ignored", "rlhf/coordinator.py", "KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)",
+     "KLController(cfg.kl_coef, None, cfg.kl_horizon)", [SW + "test_kl_target_moves_the_coefficient"]),
+    ("critic_warmup_steps ignored", "rlhf/coordinator.py",
+     "trains_policy = roles.critic is None or step >= cfg.critic_warmup_steps", "trains_policy = True",
+     [SW + "test_critic_warmup_keeps_the_policy_fixed"]),
+    ("score_baseline ignored", "rlhf/coordinator.py", 'if cfg.score_baseline == "leave_one_out":', "if False:",
+     [SW + "test_score_baseline_and_normalisation_reach_the_rewards"]),
+    ("entropy_coef ignored", "rlhf/coordinator.py", "PolicyStep(cfg.clip_eps, cfg.entropy_coef,",
+     "PolicyStep(cfg.clip_eps, 0.0,", [SW + "test_entropy_bonus_holds_entropy_up"]),
+    ("normalize_scores ignored", "rlhf/coordinator.py",
+     "r.scores = combine_scores(components, cfg.score_weights, stats if cfg.normalize_scores else None,",
+     "r.scores = combine_scores(components, cfg.score_weights, None,",
+     [SW + "test_score_baseline_and_normalisation_reach_the_rewards"]),
+    ("missing reward statistics skipped silently", "rlhf/coordinator.py",
+     'if cfg.normalize_scores and "rm" in cfg.score_weights and stats is None:', "if False:",
+     [SW + "test_normalize_scores_without_statistics_fails_loudly"]),
+    ("ptx term ignored", "rlhf/workers.py", "if ptx is not None and hp.ptx_coef:", "if False:",
+     [SW + "test_pretraining_loss_falls_with_ptx_and_not_without"]),
+    ("ptx batch not split evenly over DP ranks", "rlhf/coordinator.py", "n = -(-self.size // ranks) * ranks",
+     "n = self.size", [SW + "test_ptx_batches_give_every_data_parallel_rank_the_same_rows"]),
+    ("advantage_estimator grpo runs rloo", "rlhf/algo/advantages.py",
+     "return grpo_advantages(sequence, response_mask, group, grpo_std), None",
+     "return rloo_advantages(sequence, response_mask, group), None",
+     [SW + "test_each_estimator_is_the_one_configured"]),
+    ("grpo_std ignored", "rlhf/algo/advantages.py", "grpo_advantages(sequence, response_mask, group, grpo_std)",
+     "grpo_advantages(sequence, response_mask, group)", [SW + "test_each_estimator_is_the_one_configured"]),
+    ("loss_agg ignored", "rlhf/coordinator.py", "loss_weights(mb.response_mask, cfg.loss_agg, cfg.max_new_tokens)",
+     'loss_weights(mb.response_mask, "token_mean", cfg.max_new_tokens)',
+     [SW + "test_loss_aggregation_reaches_the_policy"]),
+    ("each DP rank normalises its own tokens (the old way)", "rlhf/workers.py",
+     "weights = r.loss_weights * self.mesh.dp_size\n        kl =",
+     "weights = r.loss_weights / r.loss_weights.sum()\n        kl =",
+     ["tests/parallel/test_groups.py::test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank[0]"]),
+    ("kl_penalty=loss still puts the KL in the reward", "rlhf/coordinator.py",
+     'kl_coef if cfg.kl_penalty == "reward" else 0.0)', "kl_coef)", [SW + "test_kl_in_the_reward_or_in_the_loss"]),
+    ("the KL loss term dropped by the worker", "rlhf/workers.py",
+     "kl = KLTerm(r.ref_logprobs, hp.kl_coef, hp.kl_estimator) if hp.kl_coef else None", "kl = None",
+     [SW + "test_kl_as_a_loss_term_holds_the_policy_back"]),
+    ("clip_eps_high ignored", "rlhf/coordinator.py", "cfg.temperature, cfg.clip_eps_high, cfg.top_k,",
+     "cfg.temperature, None, cfg.top_k,", [SW + "test_clip_higher_clips_fewer_ratios"]),
+    ("filter_groups ignored", "rlhf/coordinator.py", "if not cfg.filter_groups:", "if True:",
+     [SW + "test_group_filter_trains_only_prompts_whose_samples_differ"]),
+    ("old log-probs without top-k/top-p", "rlhf/coordinator.py",
+     "PolicyWorker.logprobs, r, cfg.temperature, cfg.top_k, cfg.top_p)", "PolicyWorker.logprobs, r, cfg.temperature)",
+     [SW + "test_top_k_top_p_logprobs_come_from_the_sampling_distribution"]),
+    ("update's log-probs without top-k/top-p", "rlhf/workers.py",
+     "logprobs = sampled_logprobs(backend, logits, r.responses, hp.top_k, hp.top_p)",
+     "logprobs = backend.token_logprobs(logits, r.responses)",
+     [SW + "test_top_k_top_p_logprobs_come_from_the_sampling_distribution"]),
+    ("sampler's log-probs of the unfiltered distribution", "models/generation.py",
+     "return tokens, filtered.log_softmax(-1)", "return tokens, scaled.log_softmax(-1)",
+     [SW + "test_top_k_top_p_logprobs_come_from_the_sampling_distribution"]),
+    ("DPO pairs weighted 1/n, not 1/(C(K,2)·n)", "rlhf/algo/ranking.py",
+     "weight.append(1.0 / (n_pairs * len(group_sizes)))", "weight.append(1.0 / len(group_sizes))",
+     ["tests/rlhf/algo/test_preference.py"]),
+    ("DPO without the reference", "rlhf/algo/preference.py", "log_ratio = logprobs - ref_logprobs  # (N,)",
+     "log_ratio = logprobs  # (N,)", ["tests/rlhf/algo/test_preference.py", "tests/rlhf/test_dpo.py"]),
+]
+
+
+def run(tests: list[str]) -> tuple[bool, float]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return done.returncode != 0, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", type=int, help="mutation numbers (1-based)")
+    args = parser.parse_args()
+    rows, survived = [], 0
+    for i, (what, rel, line, broken, tests) in enumerate(MUTATIONS, 1):
+        if args.only and i not in args.only:
+            continue
+        path = ROOT / rel
+        original = path.read_text()
+        if original.count(line) != 1:
+            raise SystemExit(f"mutation {i} ({what}): {rel} holds its line {original.count(line)} times, not once")
+        try:
+            path.write_text(original.replace(line, broken))
+            red, seconds = run(tests)
+        finally:
+            path.write_text(original)
+        survived += not red
+        names = ", ".join(t.split("::")[-1] if "::" in t else t for t in tests)
+        rows.append(f"| {i} | {what} | `{rel}` | {names} | {'red' if red else '**survived**'} ({seconds:.0f} s) |")
+        print(rows[-1], flush=True)
+    print("\n| # | break | file | tests | result |\n| --- | --- | --- | --- | --- |\n" + "\n".join(rows))
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
