@@ -152,10 +152,13 @@ def describe(cfg, inputs, stage_list: tuple[str, ...]) -> str:
     for role in dict.fromkeys(r for stage in stage_list for r in roles[stage]):
         path = inputs.models[role]
         lines.append(f"  {role} starts from: {path or f'a fresh {cfg.model.preset!r} model'}")
-    functions = [f"{f.function} (× {f.weight:g})" for f in cfg.ppo.reward_functions]
-    reward = inputs.models["reward"]
-    parts = ([f"reward model {reward} (× {cfg.ppo.reward_model_weight:g})"] if reward else []) + functions
-    lines.append(f"  PPO score: {' + '.join(parts)}")
+    if "ppo" in stage_list:
+        functions = [f"{f.function} (× {f.weight:g})" for f in cfg.ppo.reward_functions]
+        reward = inputs.models["reward"]
+        parts = ([f"reward model {reward} (× {cfg.ppo.reward_model_weight:g})"] if reward else []) + functions
+        lines.append(f"  PPO score: {' + '.join(parts)}; advantages: {cfg.ppo.advantage_estimator}")
+    if "dpo" in stage_list:
+        lines.append(f"  DPO: {cfg.dpo.loss}, β = {cfg.dpo.beta:g}, against the frozen start policy")
     gold = cfg.evaluation.gold_function
     lines.append(f"  gold function: {gold.function if gold else 'none (no gold score)'}")
     source = cfg.model.tokenizer or cfg.model.pretrained or (
