@@ -32,6 +32,8 @@ ALGORITHMS = {
     "GRPO": ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"],
     "RLOO": ["ppo.advantage_estimator=rloo", "ppo.score_baseline=none"],
     "REINFORCE++": ["ppo.advantage_estimator=reinforce_pp", "ppo.score_baseline=none"],
+    # REINFORCE++-baseline (Hu 2025, v2): each prompt's mean score subtracted first, then batch whitening
+    "REINFORCE++ (prompt baseline)": ["ppo.advantage_estimator=reinforce_pp", "ppo.score_baseline=leave_one_out"],
 }
 DPO = ["dpo.beta=0.1", "dpo.epochs=2", "dpo.optim.lr=3e-5", "dpo.batch_size=16"]
 
@@ -146,7 +148,7 @@ def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> d
     for name, extra in ALGORITHMS.items():
         if only and name not in only:
             continue
-        slug = name.split()[0].lower().replace("+", "p")
+        slug = name.split()[0].lower().replace("+", "p") + ("-baseline" if "baseline" in name else "")
         wall = cli(["ppo", *common, f"run.name={slug}", f"ppo.policy_init={task.base}/sft",
                     f"ppo.reward_model={task.base}/rm", f"ppo.steps={steps}", *extra], task.out / f"{slug}.log")
         first, last = final_eval(task.out / slug, "ppo")
@@ -171,11 +173,14 @@ def table(task: str, r: dict) -> str:
              f"accuracy {r['rm_accuracy']:.3f}; {r['steps']} RL steps × 128 samples",
              "", "| method | held-out gold | gain over SFT (standard errors) | KL to SFT (nats) | wall time | "
                  "samples/s |", "| --- | --- | --- | --- | --- | --- |"]
-    for name, a in r["algorithms"].items():
+    order = [*ALGORITHMS, "DPO", *(k for k in r["algorithms"] if k.startswith("best-of"))]
+    for name in (k for k in order if k in r["algorithms"]):
+        a = r["algorithms"][name]
         gain = a["gold"] - sft["gold"]
         z = gain / math.hypot(a["stderr"], sft["stderr"])
         rate = f"{a['samples_per_s']:.1f}" if a["samples_per_s"] else "— (no sampling)"
-        lines.append(f"| {name} | {a['gold']:.3f} ± {a['stderr']:.3f} | {gain:+.3f} ({z:.1f}) | {a['kl']:.2f} | "
+        kl = f"≤ {a['kl']:.2f}" if name.startswith("best-of") else f"{a['kl']:.2f}"  # the analytic bound
+        lines.append(f"| {name} | {a['gold']:.3f} ± {a['stderr']:.3f} | {gain:+.3f} ({z:.1f}) | {kl} | "
                      f"{a['wall_s'] / 60:.1f} min | {rate} |")
     return "\n".join(lines)
 
