@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 from bench.tasks import arithmetic  # noqa: E402
 
 # What each algorithm changes over the demo config's PPO (configs/demo.yaml). The KL stays in the
-# reward at the demo's β for all of them, so the estimator is the only difference.
+# reward at the demo's β for all of them, so the estimator is the only difference. DPO runs with the
+# demo config's dpo section.
 ALGORITHMS = {
     "PPO (GAE, critic)": [],
     "GRPO": ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"],
@@ -35,7 +36,6 @@ ALGORITHMS = {
     # REINFORCE++-baseline (Hu 2025, v2): each prompt's mean score subtracted first, then batch whitening
     "REINFORCE++ (prompt baseline)": ["ppo.advantage_estimator=reinforce_pp", "ppo.score_baseline=leave_one_out"],
 }
-DPO = ["dpo.beta=0.1", "dpo.epochs=2", "dpo.optim.lr=3e-5", "dpo.batch_size=16"]
 
 
 def cli(args: list[str], log: Path) -> float:
@@ -156,10 +156,10 @@ def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> d
                          "wall_s": wall, "samples_per_s": throughput(task.out / slug), "start": first}
         print(f"{task.name} {name}: {results[name]['gold']:.3f} ± {results[name]['stderr']:.3f}", flush=True)
     if not only or "DPO" in only:
-        wall = cli(["dpo", *common, "run.name=dpo", f"dpo.init={task.base}/sft", *DPO], task.out / "dpo.log")
+        wall = cli(["dpo", *common, "run.name=dpo", f"dpo.init={task.base}/sft"], task.out / "dpo.log")
         first, last = final_eval(task.out / "dpo", "dpo")
         results["DPO"] = {"gold": last["eval/gold_score"], "stderr": last["eval/gold_stderr"], "kl": last["eval/kl"],
-                          "wall_s": wall, "samples_per_s": None, "start": first, "settings": DPO}
+                          "wall_s": wall, "samples_per_s": None, "start": first}
     if not only or f"best-of-{n}" in only:
         results[f"best-of-{n}"] = best_of_n(task, n, repeats=4)
     sft = results["PPO (GAE, critic)"]["start"]
