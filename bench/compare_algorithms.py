@@ -171,7 +171,7 @@ def table(task: str, r: dict) -> str:
     sft = r["sft"]
     lines = [f"**{task}** — SFT policy {sft['gold']:.3f} ± {sft['stderr']:.3f}; reward model held-out pair "
              f"accuracy {r['rm_accuracy']:.3f}; {r['steps']} RL steps × 128 samples",
-             "", "| method | held-out gold | gain over SFT (standard errors) | KL to SFT (nats) | wall time | "
+             "", "| method | held-out gold | gain over SFT (standard errors) | KL to SFT (nats) | wall time (s) | "
                  "samples/s |", "| --- | --- | --- | --- | --- | --- |"]
     order = [*ALGORITHMS, "DPO", *(k for k in r["algorithms"] if k.startswith("best-of"))]
     for name in (k for k in order if k in r["algorithms"]):
@@ -181,7 +181,7 @@ def table(task: str, r: dict) -> str:
         rate = f"{a['samples_per_s']:.1f}" if a["samples_per_s"] else "— (no sampling)"
         kl = f"≤ {a['kl']:.2f}" if name.startswith("best-of") else f"{a['kl']:.2f}"  # the analytic bound
         lines.append(f"| {name} | {a['gold']:.3f} ± {a['stderr']:.3f} | {gain:+.3f} ({z:.1f}) | {kl} | "
-                     f"{a['wall_s'] / 60:.1f} min | {rate} |")
+                     f"{a['wall_s']:.0f} | {rate} |")
     return "\n".join(lines)
 
 
@@ -192,10 +192,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="RL steps of each PPO-family run (the demo's 100)")
     parser.add_argument("--n", type=int, default=8, help="n of the best-of-n baseline")
     parser.add_argument("--only", nargs="+", help="rerun these methods only (by their table name), keep the rest")
+    parser.add_argument("--table", action="store_true", help="print the tables of the saved results; run nothing")
     args = parser.parse_args()
     for name in args.tasks:
         out = (ROOT / args.out / name).resolve()
         out.mkdir(parents=True, exist_ok=True)
+        if args.table:
+            print(table(name, json.loads((out / "results.json").read_text())) + "\n")
+            continue
         result = run_task(Task(name, out), args.steps, args.n, args.only)
         (out / "results.json").write_text(json.dumps(result, indent=1))
         print(table(name, result), flush=True)
