@@ -31,6 +31,8 @@ from bench.tasks import arithmetic  # noqa: E402
 ALGORITHMS = {
     "PPO (GAE, critic)": [],
     "GRPO": ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"],
+    "Dr. GRPO": ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none", "ppo.grpo_std=false",
+                 "ppo.loss_agg=seq_mean_token_sum_norm"],
     "RLOO": ["ppo.advantage_estimator=rloo", "ppo.score_baseline=none"],
     "REINFORCE++": ["ppo.advantage_estimator=reinforce_pp", "ppo.score_baseline=none"],
     # REINFORCE++-baseline (Hu 2025, v2): each prompt's mean score subtracted first, then batch whitening
@@ -148,7 +150,8 @@ def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> d
     for name, extra in ALGORITHMS.items():
         if only and name not in only:
             continue
-        slug = name.split()[0].lower().replace("+", "p") + ("-baseline" if "baseline" in name else "")
+        slug = name.replace(" (prompt baseline)", "-baseline").split()[-1 if name.startswith("Dr.") else 0]
+        slug = ("dr-" if name.startswith("Dr.") else "") + slug.lower().replace("+", "p")
         wall = cli(["ppo", *common, f"run.name={slug}", f"ppo.policy_init={task.base}/sft",
                     f"ppo.reward_model={task.base}/rm", f"ppo.steps={steps}", *extra], task.out / f"{slug}.log")
         first, last = final_eval(task.out / slug, "ppo")
