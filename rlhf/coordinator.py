@@ -128,12 +128,12 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None,
                     cfg.top_p, kl_coef if cfg.kl_penalty == "loss" else 0.0, cfg.kl_estimator)
     trains_policy = roles.critic is None or step >= cfg.critic_warmup_steps
     dp = roles.policy.spec.dp_size
+    # Fewer minibatches when rows were filtered out: every data-parallel rank needs a row.
+    n_minibatches = min(cfg.minibatches, r.sequences.shape[0] // dp)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     metrics: dict[str, list[float]] = {}
     problem = None
     for epoch in range(cfg.ppo_epochs):
-        # Fewer minibatches when rows were filtered out: every data-parallel rank needs a row.
-        n_minibatches = min(cfg.minibatches, r.sequences.shape[0] // dp)
         for j, index in enumerate(torch.randperm(r.sequences.shape[0], generator=gen).chunk(n_minibatches)):
             mb = r.select(index)
             mb.loss_weights = loss_weights(mb.response_mask, cfg.loss_agg, cfg.max_new_tokens)

@@ -50,11 +50,17 @@ class PolicyStep:
     kl_estimator: str = "k1"
 
 
+def target_logprobs(logits: torch.Tensor, batch: LMBatch, backend: LayerBackend = LOCAL
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of every next token (B, T-1) and the mask of those that are response tokens (the loss's
+    targets). logits (B, T, V) predict input_ids[:, 1:]; V may be a TP vocabulary shard."""
+    return backend.token_logprobs(logits[:, :-1], batch.input_ids[:, 1:]), batch.loss_mask[:, 1:]
+
+
 def sft_loss(logits: torch.Tensor, batch: LMBatch, backend: LayerBackend = LOCAL) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean NLL over response tokens (InstructGPT §3.5 SFT: the prompt conditions but is not predicted)
-    and the token count. logits (B, T, V) predict input_ids[:, 1:]; V may be a TP vocabulary shard."""
-    logprobs = backend.token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])  # (B, T-1)
-    mask = batch.loss_mask[:, 1:]  # (B, T-1): targets that are response tokens
+    and the token count."""
+    logprobs, mask = target_logprobs(logits, batch, backend)
     return -masked_mean(logprobs, mask), mask.sum()
 
 
@@ -159,9 +165,8 @@ class LMWorker(ModelWorker):
     def _sequence_logprobs(self, groups: list[list[Encoded]], pad_id: int) -> torch.Tensor:
         """Σ log π(response tokens | prompt) (N,) of every response of every ranking, in order."""
         b = collate_lm([e for g in groups for e in g], pad_id).to(self.mesh.device)
-        logits = self.engine(b.input_ids, b.attention_mask)  # (N, T, V)
-        logprobs = self.model.backend.token_logprobs(logits[:, :-1], b.input_ids[:, 1:])  # (N, T-1)
-        return (logprobs * b.loss_mask[:, 1:]).sum(-1)
+        logprobs, mask = target_logprobs(self.engine(b.input_ids, b.attention_mask), b, self.model.backend)
+        return (logprobs * mask).sum(-1)  # (N,)
 
     def sequence_logprobs(self, groups: list[list[Encoded]], pad_id: int) -> torch.Tensor:
         self.model.eval()
