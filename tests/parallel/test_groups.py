@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from launcher.worker_group import GroupSpec, LocalGroup, RayGroup, build_groups, shutdown_groups
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource
+from rlhf.algo.rollout import Rollout
 from rlhf.batching import Encoded, collate_lm
 from rlhf.workers import PolicyWorker
 
@@ -68,9 +69,14 @@ def test_tp2_logits_equal_tp1_and_export_merges(ray_cluster, tmp_path, arch):
     batch = batches(1)[0]
     local = LocalGroup(PolicyWorker, src, EngineConfig())
     expected = local.map(PolicyWorker.logits, batch).get()
+    # Log-probs of the top-k/top-p distribution need the whole vocabulary: TP gathers its shards first.
+    rollout = Rollout(batch.input_ids, batch.attention_mask, batch.attention_mask[:, 4:], 4)
+    filtered = local.map(PolicyWorker.logprobs, rollout, 1.0, 5, 0.9).get()
     tp = ray_group(2, 2, src, EngineConfig())
     try:
         got = tp.map(PolicyWorker.logits, batch).get()
+        torch.testing.assert_close(tp.map(PolicyWorker.logprobs, rollout, 1.0, 5, 0.9).get(), filtered, atol=1e-5,
+                                   rtol=0)
         info = tp.broadcast(PolicyWorker.describe).get()
         assert [i["tp_rank"] for i in info] == [0, 1] and len({i["pid"] for i in info}) == 2
         out = tp.broadcast(PolicyWorker.export, str(tmp_path / "merged")).get()[0]
@@ -205,7 +211,6 @@ def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(ray_cluster
     equals one rank's on the whole minibatch although the ranks hold 8 and 2 response tokens (the
     token-mean is over the minibatch, not each rank's share)."""
     from rlhf.algo.ppo import loss_weights
-    from rlhf.algo.rollout import Rollout
     from rlhf.workers import PolicyStep
 
     g = torch.Generator().manual_seed(0)
