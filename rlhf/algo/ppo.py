@@ -83,9 +83,9 @@ LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_no
 
 
 def loss_weights(response_mask: torch.Tensor, mode: str, horizon: int) -> torch.Tensor:
-    """Each token's weight (B, R) in a minibatch's loss, summing to 1 over the whole minibatch; a rank
-    that holds some of its rows adds Σ weight × per-token loss, so the loss (and, with gradients
-    averaged over data-parallel ranks, the update) is that of the whole minibatch on any number of ranks.
+    """Each token's weight (B, R) in a minibatch's loss, set for the whole minibatch (the two means sum
+    to 1 over it); a rank that holds some of its rows adds Σ weight × per-token loss, so the loss (and,
+    with gradients averaged over data-parallel ranks, the update) is the whole minibatch's on any number of ranks.
     token_mean: every valid token alike (long responses weigh more); seq_mean_token_mean: each
     sequence alike, its tokens averaged (GRPO's original); seq_mean_token_sum_norm: each token
     1/(B·horizon), a constant that favours neither short nor long responses (Dr. GRPO, Liu et al. 2025 §3)."""

@@ -25,7 +25,7 @@ class Rollout:
     rewards: torch.Tensor | None = None  # (B, R) shaped per-token rewards
     advantages: torch.Tensor | None = None  # (B, R) from ppo.advantage_estimator (GAE: whitened)
     returns: torch.Tensor | None = None  # (B, R) GAE returns, the critic's targets (None without a critic)
-    loss_weights: torch.Tensor | None = None  # (B, R) each token's weight in its minibatch's loss (Σ = 1)
+    loss_weights: torch.Tensor | None = None  # (B, R) each token's weight in its minibatch's loss (rlhf.algo.ppo)
 
     @property
     def responses(self) -> torch.Tensor:  # (B, R)
