@@ -2,8 +2,9 @@
 
 GPT-2-style policy, critic, reward and reference models of 4 layers, width 256, 4 heads, vocabulary
 512, fp32; 32 prompts of 17-31 tokens per step; 32 new tokens at temperature 1.0; one PPO epoch of 4
-minibatches; 2 CPU threads. Prints samples/s and generated tokens/s at the median step, and the
-phase split (generate, score, train, sync).
+minibatches; 2 CPU threads. Prints samples/s and generated tokens/s at the median step, the
+phase split (generate, score, train, sync), and each phase's model FLOPs and their utilisation (MFU)
+of the machine's measured fp32 matmul peak (bench/matmul_peak.py).
 
     python bench/ppo_throughput.py [--steps 8] [--backend local|ray]
 """
@@ -29,12 +30,15 @@ def main() -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
 
+    from matmul_peak import matmul_peak
     from ppo_reference import MINIBATCHES, NEW_TOKENS, ROLLOUTS, reference_setup
 
+    from models.hf import read_hf_config
     from parallel.engine import EngineConfig
     from parallel.host import ModelSource
     from parallel.mesh import GroupSpec
-    from rlhf.coordinator import Roles, train_ppo
+    from rlhf.batching import encode_prompt
+    from rlhf.coordinator import Roles, prompt_batch, train_ppo
     from rlhf.data import Prompt
     from rlhf.ppo_config import PPOConfig
     from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
@@ -44,6 +48,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tok, texts, lm_dir, rm_dir = reference_setup(tmp)
         prompts = [Prompt(t) for t in texts]
+        model = read_hf_config(lm_dir)
+        widths = [len(encode_prompt(tok, t, ppo.max_prompt_len)) for t in texts]
         lm, rm = ModelSource(path=str(lm_dir)), ModelSource(path=str(rm_dir))
         n_updates = args.steps * ppo.minibatches
         specs = {"policy": (PolicyWorker, (lm, EngineConfig(), ppo.policy.optim, n_updates, 8)),
@@ -73,6 +79,10 @@ def main() -> int:
     steps = [logged[s] for s in sorted(logged)][args.warmup:]
     by_speed = sorted(steps, key=lambda m: m["perf/samples_per_s"])
     median = by_speed[len(by_speed) // 2]
+    step = next(s for s in sorted(logged) if logged[s] is median) - 1
+    width = max(widths[i] for i in prompt_batch(len(texts), step, ROLLOUTS, ppo.seed))
+    flops = phase_flops(model, ROLLOUTS, width, NEW_TOKENS, ppo.ppo_epochs)
+    peak = matmul_peak()
     phases = ("generate", "score", "train", "sync")
     total = sum(median[f"time/{p}"] for p in phases)
     print(f"backend={args.backend} threads={args.threads} steps={len(steps)} (after {args.warmup} warm-up)")
@@ -81,7 +91,25 @@ def main() -> int:
     print("phase split: " + ", ".join(f"{p} {median[f'time/{p}']:.2f} s ({100 * median[f'time/{p}'] / total:.0f}%)"
                                       for p in phases))
     print(f"samples/s over all measured steps: mean {statistics.mean(m['perf/samples_per_s'] for m in steps):.2f}")
+    print(f"fp32 matmul peak ({args.threads} threads): {peak / 1e9:.1f} GFLOP/s; model FLOPs and MFU per phase "
+          f"(prompt width {width}, {NEW_TOKENS} new tokens):")
+    for p, f in flops.items():
+        rate = f / median[f"time/{p}"]
+        print(f"  {p:<8} {f / 1e9:7.2f} GFLOP  {rate / 1e9:6.1f} GFLOP/s  MFU {100 * rate / peak:4.0f}%")
     return 0
+
+
+def phase_flops(model, rollouts: int, width: int, new_tokens: int, epochs: int) -> dict[str, float]:
+    """Model FLOPs of one PPO step's phases (ModelConfig.forward_flops; a backward is 2 forwards):
+    generation is a prefill of the prompts and one token per row per decoding step against the
+    growing KV cache (the LM head on the last position only); scoring is four full forwards (policy
+    and reference with the LM head on every position, critic and reward with a scalar head); training
+    is forward + backward of policy and critic on every rollout, `epochs` times."""
+    B, P, R = rollouts, width, new_tokens
+    T = P + R
+    generate = model.forward_flops(B * P, P, B) + sum(model.forward_flops(B, P + t, B) for t in range(1, R))
+    lm, score = model.forward_flops(B * T, T, B * T), model.forward_flops(B * T, T, 0)
+    return {"generate": generate, "score": 2 * lm + 2 * score, "train": 3 * epochs * (lm + score)}
 
 
 if __name__ == "__main__":

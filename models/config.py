@@ -141,6 +141,17 @@ class ModelConfig(BaseModel):
         return self.n_layers * layer + emb + head + per_norm
 
 
+    def forward_flops(self, tokens: int, context: float, head_tokens: int = 0) -> float:
+        """FLOPs (2 per multiply-add) of a forward over `tokens` tokens that each attend to `context`
+        keys, with the LM head on `head_tokens` of them: the matmuls of every layer and the attention
+        scores and values (PaLM, Chowdhery et al. 2022, appendix B); norms and activations left out.
+        A backward costs twice its forward."""
+        d, f, q, kv = self.d_model, self.ffn_dim, self.n_heads * self.head_dim, self.kv_heads * self.head_dim
+        matmuls = d * (q + 2 * kv) + q * d + (3 if self.llama_style else 2) * d * f
+        per_token = 2 * matmuls + 4 * q * context  # QKᵀ and AV: 2·q·context each
+        return self.n_layers * per_token * tokens + 2 * d * self.vocab_size * head_tokens
+
+
 # Named shapes, from the CPU toy to GPT-3 sizes (Brown et al. 2020, Table 2.1).
 PRESETS: dict[str, dict] = {
     "toy": dict(arch="gpt2", d_model=64, n_layers=2, n_heads=4, max_seq_len=128),
