@@ -26,6 +26,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     ap.add_argument("--backend", choices=("local", "ray"), default="local")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recompute-every", type=int, default=1,
+                    help="ppo.recompute_logprobs_every: the policy re-scores its samples every this many steps")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
@@ -44,7 +46,8 @@ def main() -> int:
     from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
 
     ppo = PPOConfig(steps=args.steps, prompts_per_step=ROLLOUTS, max_new_tokens=NEW_TOKENS, max_prompt_len=31,
-                    temperature=1.0, ppo_epochs=1, minibatches=MINIBATCHES, normalize_scores=False, eval_every=10**9)
+                    temperature=1.0, ppo_epochs=1, minibatches=MINIBATCHES, normalize_scores=False, eval_every=10**9,
+                    recompute_logprobs_every=args.recompute_every)
     with tempfile.TemporaryDirectory() as tmp:
         tok, texts, lm_dir, rm_dir = reference_setup(tmp)
         prompts = [Prompt(t) for t in texts]
@@ -81,7 +84,7 @@ def main() -> int:
     median = by_speed[len(by_speed) // 2]
     step = next(s for s in sorted(logged) if logged[s] is median) - 1
     width = max(widths[i] for i in prompt_batch(len(texts), step, ROLLOUTS, ppo.seed))
-    flops = phase_flops(model, ROLLOUTS, width, NEW_TOKENS, ppo.ppo_epochs)
+    flops = phase_flops(model, ROLLOUTS, width, NEW_TOKENS, ppo.ppo_epochs, step % args.recompute_every == 0)
     peak = matmul_peak()
     phases = ("generate", "score", "train", "sync")
     total = sum(median[f"time/{p}"] for p in phases)
@@ -99,17 +102,19 @@ def main() -> int:
     return 0
 
 
-def phase_flops(model, rollouts: int, width: int, new_tokens: int, epochs: int) -> dict[str, float]:
+def phase_flops(model, rollouts: int, width: int, new_tokens: int, epochs: int, recomputed: bool = True
+                ) -> dict[str, float]:
     """Model FLOPs of one PPO step's phases (ModelConfig.forward_flops; a backward is 2 forwards):
     generation is a prefill of the prompts and one token per row per decoding step against the
     growing KV cache (the LM head on the last position only); scoring is four full forwards (policy
     and reference with the LM head on every position, critic and reward with a scalar head); training
-    is forward + backward of policy and critic on every rollout, `epochs` times."""
+    is forward + backward of policy and critic on every rollout, `epochs` times. Without `recomputed`
+    the policy's scoring forward is skipped (ppo.recompute_logprobs_every)."""
     B, P, R = rollouts, width, new_tokens
     T = P + R
     generate = model.forward_flops(B * P, P, B) + sum(model.forward_flops(B, P + t, B) for t in range(1, R))
     lm, score = model.forward_flops(B * T, T, B * T), model.forward_flops(B * T, T, 0)
-    return {"generate": generate, "score": 2 * lm + 2 * score, "train": 3 * epochs * (lm + score)}
+    return {"generate": generate, "score": (1 + recomputed) * lm + 2 * score, "train": 3 * epochs * (lm + score)}
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def generate(roles: Roles, tok, prompts: list[list[int]], cfg: PPOConfig, seed: 
                             seed).get()
 
 
-def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig) -> tuple[Rollout, dict[str, torch.Tensor]]:
+def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[Rollout, dict[str, torch.Tensor]]:
     """Old and reference log-probs, values (with a critic) and the score's parts of one rollout, from
     the groups at once.
 
@@ -81,9 +81,12 @@ def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig) -> tuple[Rollout, dic
     the PPO loss must start at exactly 1 under the weights that will be trained, and comparing the two
     (check/logprob_gap_max) catches any train/inference mismatch the moment it appears. They come from
     the distribution that sampled (temperature, top-k, top-p); the reference's from its temperature
-    distribution alone, which has full support, so the KL of the sampling policy stays finite."""
+    distribution alone, which has full support, so the KL of the sampling policy stays finite. Between
+    recompute steps (ppo.recompute_logprobs_every) the sampler's log-probs serve: one forward fewer."""
     r = batch.rollout
-    handles = (roles.policy.map(PolicyWorker.logprobs, r, cfg.temperature, cfg.top_k, cfg.top_p),
+    recompute = step % cfg.recompute_logprobs_every == 0
+    handles = (roles.policy.map(PolicyWorker.logprobs, r, cfg.temperature, cfg.top_k, cfg.top_p) if recompute
+               else None,
                roles.reference.map(ReferenceWorker.logprobs, r, cfg.temperature),
                roles.critic.map(CriticWorker.values, r) if roles.critic is not None else None,
                roles.reward.map(RewardWorker.scores, batch))
@@ -93,8 +96,12 @@ def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig) -> tuple[Rollout, dic
 
 def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_coef: float,
           stats: dict | None) -> dict[str, float]:
-    """Fill scores, rewards, advantages and returns in place; return the rollout's metrics."""
+    """Fill scores, rewards, advantages and returns in place; return the rollout's metrics. Without
+    recomputed old log-probs (see `score`) the sampler's serve, and there is no gap to check."""
     mask = r.response_mask
+    recomputed = r.old_logprobs is not None
+    if not recomputed:
+        r.old_logprobs = r.gen_logprobs.clone()
     kl = kl_estimate(cfg.kl_estimator, r.old_logprobs, r.ref_logprobs) * mask  # (B, R)
     r.scores = combine_scores(components, cfg.score_weights, stats if cfg.normalize_scores else None,
                               cfg.score_clip)
@@ -106,12 +113,13 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
     r.advantages, r.returns = estimate_advantages(cfg.advantage_estimator, r.rewards, mask, r.values,
                                                   cfg.samples_per_prompt, cfg.gamma, cfg.lam, cfg.grpo_std,
                                                   cfg.whiten_advantages)
-    gap = (r.gen_logprobs - r.old_logprobs).abs()[mask]
+    gap = (r.gen_logprobs - r.old_logprobs).abs()[mask] if recomputed else None
     parts = {f"reward/{'rm_score' if k == 'rm' else 'fn/' + k}": float(v.mean()) for k, v in components.items()}
     metrics = {"reward/score": float(r.scores.mean()), **parts, "reward/score_baselined": float(scores.mean()),
                "reward/total": float(r.rewards.sum(-1).mean()), "kl/sequence": float(kl.sum(-1).mean()),
-               "kl/coef": kl_coef, "response/length": float(mask.sum(-1).float().mean()),
-               "check/logprob_gap_max": float(gap.max()) if gap.numel() else 0.0}
+               "kl/coef": kl_coef, "response/length": float(mask.sum(-1).float().mean())}
+    if gap is not None:
+        metrics["check/logprob_gap_max"] = float(gap.max()) if gap.numel() else 0.0
     if r.values is not None:
         metrics["critic/values"] = float(masked_mean(r.values, mask))
     return metrics
@@ -206,7 +214,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
             gen = generate(roles, tok, [ids[i] for i in index], cfg, cfg.seed + step)
         with timer("score"):
             batch = ScoreBatch.of(tok, gen, [prompts[i] for i in index], with_text=bool(cfg.reward_functions))
-            rollout, components = score(roles, batch, cfg)
+            rollout, components = score(roles, batch, cfg, step)
         metrics = shape(rollout, components, cfg, kl_ctl.value, stats)
         problem = nonfinite_rollout(rollout, index)
         with timer("train"):

@@ -71,6 +71,10 @@ class PPOConfig(BaseModel):
     temperature: float = Field(1.0, gt=0)  # sampling temperature of rollouts
     top_k: int = Field(0, ge=0)  # 0: off
     top_p: float = Field(1.0, gt=0, le=1)  # 1.0: off (nucleus sampling otherwise)
+    # Old log-probs recomputed by the training path every this many steps (1: every step); the steps
+    # between reuse the sampler's, which are of the same weights and distribution but come from the
+    # KV-cache path. check/logprob_gap_max compares both on the recompute steps: keep 1 if it exceeds ~1e-4.
+    recompute_logprobs_every: int = Field(1, ge=1)
     ppo_epochs: int = Field(1, ge=1)  # passes over each rollout batch
     critic_warmup_steps: int = Field(0, ge=0)  # first steps update the critic only (its values start as rewards)
     minibatches: int = Field(4, ge=1)  # minibatches per PPO epoch (policy and critic)

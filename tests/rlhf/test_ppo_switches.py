@@ -317,6 +317,21 @@ def test_top_k_top_p_logprobs_come_from_the_sampling_distribution(setup):
     assert logged[1]["policy/approx_kl"] < 1e-6 and logged[1]["policy/clipfrac"] == 0.0
 
 
+def test_old_logprobs_are_recomputed_every_n_steps_and_the_sampler_serves_between(setup):
+    """recompute_logprobs_every=3: the policy scores its samples at steps 1 and 4 only (the gap is
+    checked there); between, the update's ratio starts from the sampler's log-probs, within 1e-5."""
+    root, tok, prompts = setup
+    r = roles(root)
+    r.policy = Spy(r.policy)
+    cfg = base_cfg(steps=4, recompute_logprobs_every=3).model_copy(update={"minibatches": 1})
+    logged = loop(r, tok, prompts, cfg)
+    assert sum(name == "logprobs" for name, _, _ in r.policy.calls) == 2
+    assert [("check/logprob_gap_max" in logged[s]) for s in (1, 2, 3, 4)] == [True, False, False, True]
+    assert all(logged[s]["policy/approx_kl"] < 1e-5 for s in (2, 3))  # first (only) minibatch: ratio ≈ 1
+    every = loop(roles(root), tok, prompts, base_cfg(steps=2))
+    assert all("check/logprob_gap_max" in m for m in every.values())
+
+
 def test_pretraining_loss_falls_with_ptx_and_not_without(setup):
     root, tok, prompts = setup
     text = root / "ptx-falls.txt"
