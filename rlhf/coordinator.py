@@ -87,7 +87,7 @@ def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[R
     recompute = step % cfg.recompute_logprobs_every == 0
     handles = (roles.policy.map(PolicyWorker.logprobs, r, cfg.temperature, cfg.top_k, cfg.top_p) if recompute
                else None,
-               roles.reference.map(ReferenceWorker.logprobs, r, cfg.temperature),
+               roles.reference.map(ReferenceWorker.logprobs, r, cfg.temperature) if cfg.kl_coef > 0 else None,
                roles.critic.map(CriticWorker.values, r) if roles.critic is not None else None,
                roles.reward.map(RewardWorker.scores, batch))
     r.old_logprobs, r.ref_logprobs, r.values, components = (h.get() if h else None for h in handles)
@@ -97,12 +97,15 @@ def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[R
 def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_coef: float,
           stats: dict | None) -> dict[str, float]:
     """Fill scores, rewards, advantages and returns in place; return the rollout's metrics. Without
-    recomputed old log-probs (see `score`) the sampler's serve, and there is no gap to check."""
+    recomputed old log-probs (see `score`) the sampler's serve, and there is no gap to check; without a
+    KL penalty (β = 0) the reference was not run, and the KL is measured at evaluations only."""
     mask = r.response_mask
     recomputed = r.old_logprobs is not None
     if not recomputed:
         r.old_logprobs = r.gen_logprobs.clone()
-    kl = kl_estimate(cfg.kl_estimator, r.old_logprobs, r.ref_logprobs) * mask  # (B, R)
+    has_kl = r.ref_logprobs is not None
+    kl = kl_estimate(cfg.kl_estimator, r.old_logprobs, r.ref_logprobs) * mask if has_kl else torch.zeros_like(
+        r.old_logprobs)  # (B, R)
     r.scores = combine_scores(components, cfg.score_weights, stats if cfg.normalize_scores else None,
                               cfg.score_clip)
     scores = r.scores
@@ -116,8 +119,10 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
     gap = (r.gen_logprobs - r.old_logprobs).abs()[mask] if recomputed else None
     parts = {f"reward/{'rm_score' if k == 'rm' else 'fn/' + k}": float(v.mean()) for k, v in components.items()}
     metrics = {"reward/score": float(r.scores.mean()), **parts, "reward/score_baselined": float(scores.mean()),
-               "reward/total": float(r.rewards.sum(-1).mean()), "kl/sequence": float(kl.sum(-1).mean()),
-               "kl/coef": kl_coef, "response/length": float(mask.sum(-1).float().mean())}
+               "reward/total": float(r.rewards.sum(-1).mean()), "kl/coef": kl_coef,
+               "response/length": float(mask.sum(-1).float().mean())}
+    if has_kl:
+        metrics["kl/sequence"] = float(kl.sum(-1).mean())
     if gap is not None:
         metrics["check/logprob_gap_max"] = float(gap.max()) if gap.numel() else 0.0
     if r.values is not None:
@@ -229,13 +234,14 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
         with timer("sync"):
             roles.policy.broadcast(PolicyWorker.sync_generation).get()
         if problem is None:
-            kl_ctl.update(metrics["kl/sequence"], cfg.prompts_per_step)
+            kl_ctl.update(metrics.get("kl/sequence", 0.0), cfg.prompts_per_step)
         total = sum(timer.seconds.values())
         n_tokens = float(rollout.response_mask.sum())
         metrics |= {f"time/{k}": v for k, v in timer.seconds.items()}
         metrics |= {"perf/samples_per_s": cfg.prompts_per_step / total, "perf/tokens_per_s": n_tokens / total}
         log(metrics, step + 1)
-        bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/sequence']:.3f}", refresh=False)
+        bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics.get('kl/sequence', 0.0):.3f}",
+                        refresh=False)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             evaluate(step + 1)
         stopping = stop_requested() and step + 1 < cfg.steps

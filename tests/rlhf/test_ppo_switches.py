@@ -286,12 +286,12 @@ def test_critic_free_estimators_drive_the_policy_without_a_critic(setup, tmp_pat
 def test_kl_as_a_loss_term_holds_the_policy_back(setup):
     root, tok, prompts = setup
     kl = {}
-    for beta in (0.0, 5.0):
+    for beta in (1e-6, 5.0):  # β > 0 so that the KL is measured: at β = 0 the reference does not run
         logged = loop(roles(root), tok, prompts, base_cfg(steps=6, kl_coef=beta, ppo_epochs=2, kl_penalty="loss",
                                                           kl_estimator="k2"))
         kl[beta] = sum(logged[s]["kl/sequence"] for s in (5, 6)) / 2
-        assert ("policy/kl_loss" in logged[6]) is (beta > 0)
-    assert kl[5.0] < 0.5 * kl[0.0], kl
+        assert "policy/kl_loss" in logged[6]
+    assert kl[5.0] < 0.5 * kl[1e-6], kl
 
 
 def test_top_k_top_p_logprobs_come_from_the_sampling_distribution(setup):
@@ -315,6 +315,17 @@ def test_top_k_top_p_logprobs_come_from_the_sampling_distribution(setup):
     cfg = base_cfg(steps=1, top_k=5, top_p=0.9).model_copy(update={"minibatches": 1})
     logged = loop(roles(root), tok, prompts, cfg)
     assert logged[1]["policy/approx_kl"] < 1e-6 and logged[1]["policy/clipfrac"] == 0.0
+
+
+def test_without_a_kl_penalty_the_reference_does_not_run(setup):
+    root, tok, prompts = setup
+    for beta in (0.0, 0.1):
+        r = roles(root)
+        r.reference = Spy(r.reference)
+        logged = loop(r, tok, prompts, base_cfg(steps=2, kl_coef=beta))
+        assert len(r.reference.calls) == (2 if beta else 0)
+        assert ("kl/sequence" in logged[2]) is bool(beta)
+        assert "policy/pg_loss" in logged[2]
 
 
 def test_old_logprobs_are_recomputed_every_n_steps_and_the_sampler_serves_between(setup):
