@@ -217,8 +217,8 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
 def run_dpo(cfg: Config, inputs: Inputs) -> dict:
     """DPO (or IPO) on the policy group against a frozen reference group of the same layout; the
     policy is evaluated on the held-out prompts before and after, as PPO's is."""
-    from rlhf.dpo import export_policy, train_dpo
     from rlhf.dpo import total_steps as dpo_total_steps
+    from rlhf.dpo import train_dpo
 
     train, evals = comparisons(cfg, inputs)
     d, tok, init = cfg.dpo, inputs.tok, inputs.models["dpo_init"]
@@ -251,7 +251,8 @@ def run_dpo(cfg: Config, inputs: Inputs) -> dict:
             metrics = train_dpo(groups["policy"], groups["reference"], tok, train, evals, d, tracker.log,
                                 cfg.run.max_bad_steps)
             evaluate(steps)
-            export_policy(groups["policy"], tok, out_dir / "policy")
+            groups["policy"].broadcast(PolicyWorker.export, str(out_dir / "policy")).get()
+            tok.save_pretrained(out_dir / "policy")
             return metrics, evaluations
 
     try:

@@ -10,7 +10,6 @@ Must not import ray: the groups are any worker groups with map/broadcast.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -104,8 +103,3 @@ def train_dpo(policy, reference, tok, train: list[Comparison], evals: list[Compa
         log(metrics, step)
     check_finite(metrics, f"DPO after step {step}", "dpo.optim.lr")
     return metrics
-
-
-def export_policy(policy, tok, out_dir: Path) -> None:
-    policy.broadcast(PolicyWorker.export, str(out_dir)).get()
-    tok.save_pretrained(out_dir)

@@ -17,10 +17,7 @@ from rlhf.algo.advantages import (
     rloo_advantages,
     uniform_groups,
 )
-
-
-def response_mask(lengths, R):
-    return torch.tensor([[t < n for t in range(R)] for n in lengths])
+from tests.rlhf.algo.test_ppo import response_mask
 
 
 def naive_gae(rewards, values, lengths, gamma, lam):
