@@ -34,3 +34,20 @@ def reference_setup(directory: str | Path):
     save_pretrained(CausalLM(cfg), lm)
     save_pretrained(ScoreModel(cfg), rm)
     return tok, prompts, lm, rm
+
+
+def boost_eos(lm_dir: str | Path, tok, texts: list[str], gap: float) -> None:
+    """Make responses end early, at varied lengths, as a trained policy's do: shift the checkpoint's
+    EOS embedding row (tied to the LM head) along the mean final hidden state of the prompts, so that
+    EOS's logit sits about `gap` above the average logit (p(EOS) ≈ e^gap / 512 per token)."""
+    from transformers import GPT2LMHeadModel
+
+    from rlhf.batching import collate_prompts, encode_prompt
+
+    hf = GPT2LMHeadModel.from_pretrained(lm_dir).eval()
+    ids, mask = collate_prompts([encode_prompt(tok, t, 31) for t in texts[:ROLLOUTS]], tok.pad_token_id)
+    with torch.no_grad():
+        h = hf.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state[mask]  # (n, d)
+        m = h.mean(0)
+        hf.transformer.wte.weight[tok.eos_token_id] += gap * m / float((h @ m).mean())
+    hf.save_pretrained(lm_dir)

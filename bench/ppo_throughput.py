@@ -6,7 +6,10 @@ minibatches; 2 CPU threads. Prints samples/s and generated tokens/s at the media
 phase split (generate, score, train, sync), and each phase's model FLOPs and their utilisation (MFU)
 of the machine's measured fp32 matmul peak (bench/matmul_peak.py).
 
-    python bench/ppo_throughput.py [--steps 8] [--backend local|ray]
+    python bench/ppo_throughput.py [--steps 8] [--backend local|ray] [--no-packing] [--eos-gap 4]
+
+--eos-gap makes responses end early at varied lengths, as a trained policy's do (ppo_reference.boost_eos);
+--no-packing scores and trains on the padded batches (engine.packing false) instead of packed rows.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--recompute-every", type=int, default=1,
                     help="ppo.recompute_logprobs_every: the policy re-scores its samples every this many steps")
+    ap.add_argument("--no-packing", action="store_true", help="engine.packing false for every role")
+    ap.add_argument("--eos-gap", type=float, default=0.0, help="> 0: EOS logit this far above the mean")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
 
     from matmul_peak import matmul_peak
-    from ppo_reference import MINIBATCHES, NEW_TOKENS, ROLLOUTS, reference_setup
+    from ppo_reference import MINIBATCHES, NEW_TOKENS, ROLLOUTS, boost_eos, reference_setup
 
     from models.hf import read_hf_config
     from parallel.engine import EngineConfig
@@ -50,15 +55,18 @@ def main() -> int:
                     recompute_logprobs_every=args.recompute_every)
     with tempfile.TemporaryDirectory() as tmp:
         tok, texts, lm_dir, rm_dir = reference_setup(tmp)
+        if args.eos_gap:
+            boost_eos(lm_dir, tok, texts, args.eos_gap)
+        engine = EngineConfig(packing=not args.no_packing)
         prompts = [Prompt(t) for t in texts]
         model = read_hf_config(lm_dir)
         widths = [len(encode_prompt(tok, t, ppo.max_prompt_len)) for t in texts]
         lm, rm = ModelSource(path=str(lm_dir)), ModelSource(path=str(rm_dir))
         n_updates = args.steps * ppo.minibatches
-        specs = {"policy": (PolicyWorker, (lm, EngineConfig(), ppo.policy.optim, n_updates, 8)),
-                 "reference": (ReferenceWorker, (lm, EngineConfig())),
-                 "critic": (CriticWorker, (rm, EngineConfig(), ppo.critic.optim, n_updates, 8)),
-                 "reward": (RewardWorker, (rm, EngineConfig()))}
+        specs = {"policy": (PolicyWorker, (lm, engine, ppo.policy.optim, n_updates, 8)),
+                 "reference": (ReferenceWorker, (lm, engine)),
+                 "critic": (CriticWorker, (rm, engine, ppo.critic.optim, n_updates, 8)),
+                 "reward": (RewardWorker, (rm, engine))}
         logged: dict[int, dict] = {}
         if args.backend == "local":
             from launcher.worker_group import LocalGroup
@@ -88,7 +96,8 @@ def main() -> int:
     peak = matmul_peak()
     phases = ("generate", "score", "train", "sync")
     total = sum(median[f"time/{p}"] for p in phases)
-    print(f"backend={args.backend} threads={args.threads} steps={len(steps)} (after {args.warmup} warm-up)")
+    print(f"backend={args.backend} threads={args.threads} steps={len(steps)} (after {args.warmup} warm-up) "
+          f"packing={not args.no_packing} eos_gap={args.eos_gap}")
     print(f"median step: {median['perf/samples_per_s']:.2f} samples/s, {median['perf/tokens_per_s']:.1f} "
           f"generated tokens/s, {total:.2f} s/step, {median['response/length']:.1f} tokens/response")
     print("phase split: " + ", ".join(f"{p} {median[f'time/{p}']:.2f} s ({100 * median[f'time/{p}'] / total:.0f}%)"

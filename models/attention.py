@@ -1,9 +1,10 @@
 """The one attention entry point every layer calls, and its reference (PyTorch SDPA) path.
 
-Callers describe masking by meaning — causal or not, a key-padding mask or packed-sequence offsets —
-never by a prebuilt bias tensor, so the fused Triton kernel (models/kernels) takes the same arguments
-and never builds the mask. `impl` picks the path: "auto" is the kernel on CUDA when Triton imports,
-SDPA otherwise. Must not import torch.distributed, deepspeed, megatron or ray.
+Callers describe masking by meaning — causal or not, a key-padding mask, packed sequences (per-position
+segment ids, or the offsets of sequences packed along one row) — never by a prebuilt bias tensor, so
+the fused Triton kernel (models/kernels) takes the same arguments and never builds the mask. `impl`
+picks the path: "auto" is the kernel on CUDA when Triton imports, SDPA otherwise. Must not import
+torch.distributed, deepspeed, megatron or ray.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ def build_attention_mask(
     *,
     causal: bool,
     key_padding_mask: torch.Tensor | None = None,
-    cu_seqlens: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
     window: int | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor:
     """Boolean mask (B or 1, 1, T, S): True where query t may attend to key s.
+
+    segments (B or 1, S): which packed sequence each position belongs to, -1 on padding; a token
+    sees only its own sequence.
 
     Queries are the last `q_len` of the `k_len` positions, which is what decoding against a KV cache
     needs (T new tokens after S - T cached ones). `window`: a query sees only the keys less than
@@ -47,11 +51,10 @@ def build_attention_mask(
         allowed = k_pos[None, :] <= q_pos[:, None]
     if window is not None:
         allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
-    if cu_seqlens is not None:
-        # Packed sequences: a token sees only its own segment; slots past the last offset are padding.
-        segment = segment_ids(cu_seqlens.to(device), k_len)  # (S,), -1 past the last sequence
-        allowed = allowed & (segment[q_pos][:, None] == segment[None, :]) & (segment >= 0)[None, :]
     allowed = allowed[None]  # (1, T, S)
+    if segments is not None:
+        seg = segments.to(device)  # (B|1, S)
+        allowed = allowed & (seg[:, q_pos, None] == seg[:, None, :]) & (seg >= 0)[:, None, :]  # (B|1, T, S)
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask.bool()[:, None, :]  # (B, T, S)
     return allowed[:, None]  # (B, 1, T, S)
@@ -64,7 +67,7 @@ def sdpa_attention(
     *,
     causal: bool,
     key_padding_mask: torch.Tensor | None = None,
-    cu_seqlens: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
     window: int | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
@@ -72,7 +75,7 @@ def sdpa_attention(
     B, Hq, T, D = q.shape
     S = k.shape[2]
     mask = build_attention_mask(
-        T, S, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, window=window,
+        T, S, causal=causal, key_padding_mask=key_padding_mask, segments=segments, window=window,
         device=q.device
     )  # (B|1, 1, T, S)
     # A query row that sees no key (a left-pad token) would softmax over nothing and give NaN; open
@@ -92,6 +95,7 @@ def attention(
     causal: bool = True,
     key_padding_mask: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
     window: int | None = None,
     scale: float | None = None,
     impl: AttentionImpl = "auto",
@@ -99,24 +103,28 @@ def attention(
     """Masked multi-head attention.
 
     q: (B, Hq, T, D); k, v: (B, Hkv, S, D) with Hq a multiple of Hkv (grouped-query) and S >= T.
-    key_padding_mask: (B, S) bool, True on real tokens. cu_seqlens: (N + 1,) int offsets of N
-    sequences packed along one row (B == 1). window: sliding-window size (causal only). Returns
+    key_padding_mask: (B, S) bool, True on real tokens. segments: (B, S) int, the packed sequence of
+    each key position (any ids, -1 on padding): several sequences per row (varlen), each attending
+    only within itself. cu_seqlens: (N + 1,) int offsets of N sequences packed along one row (B == 1),
+    the same thing said as offsets. window: sliding-window size (causal only). Returns
     (B, Hq, T, D); rows with no visible key are 0.
     """
-    if cu_seqlens is not None and q.shape[0] != 1:
-        raise ValueError(f"packed sequences (cu_seqlens) need batch size 1, got {q.shape[0]}")
+    if cu_seqlens is not None:
+        if q.shape[0] != 1 or segments is not None:
+            raise ValueError(f"cu_seqlens packs one row (batch size 1, no segments), got batch {q.shape[0]}")
+        segments = segment_ids(cu_seqlens, k.shape[2])[None]  # (1, S)
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} key/value heads")
     if window is not None and window >= k.shape[2]:
         window = None  # no key is that far behind: the window cuts nothing
     if window is not None:
         # The fused kernel has no sliding window; the reference path applies it exactly.
-        return sdpa_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
+        return sdpa_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, segments=segments,
                               window=window, scale=scale)
     path = sdpa_attention
     if resolve_impl(impl, q) == "triton":
         from models.kernels.flash_attention import flash_attention as path
-    return path(q, k, v, causal=causal, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, scale=scale)
+    return path(q, k, v, causal=causal, key_padding_mask=key_padding_mask, segments=segments, scale=scale)
 
 
 def resolve_impl(impl: AttentionImpl, q: torch.Tensor) -> Literal["sdpa", "triton"]:

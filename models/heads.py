@@ -32,10 +32,11 @@ class CausalLM(nn.Module):
         cache: KVCache | None = None,
         cu_seqlens: torch.Tensor | None = None,
         last_only: bool = False,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) — this rank's vocabulary shard under tensor parallelism — or (B, 1, V)
-        with last_only (what decoding needs)."""
-        h = self.body(input_ids, attention_mask, position_ids, cache, cu_seqlens)  # (B, T, d)
+        with last_only (what decoding needs). Packed rows: see Transformer.forward."""
+        h = self.body(input_ids, attention_mask, position_ids, cache, cu_seqlens, segments)  # (B, T, d)
         if last_only:
             h = h[:, -1:]
         if self.lm_head is None:
@@ -62,9 +63,10 @@ class ScoreModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Values (B, T), fp32."""
-        h = self.body(input_ids, attention_mask, position_ids, None, cu_seqlens)  # (B, T, d)
+        """Values (B, T), fp32. Packed rows: see Transformer.forward."""
+        h = self.body(input_ids, attention_mask, position_ids, None, cu_seqlens, segments)  # (B, T, d)
         return self.score(h).squeeze(-1).float()
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

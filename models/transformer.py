@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.attention import attention
+from models.attention import attention, segment_ids
 from models.config import ModelConfig
 
 
@@ -157,6 +157,11 @@ class KVCache:
         values = [like.new_zeros(shape) for _ in body.blocks]
         return cls(keys, values)
 
+    def select(self, index: torch.Tensor) -> None:
+        """Keep the batch rows `index` only (rows that finished decoding leave the batch)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write T new positions of one layer; return all filled positions (B, Hkv, length + T, D)."""
         end = self.length + k.shape[2]
@@ -196,7 +201,7 @@ class SelfAttention(nn.Module):
             q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
-        y = attention(q, k, v, causal=True, key_padding_mask=ctx.key_padding_mask, cu_seqlens=ctx.cu_seqlens,
+        y = attention(q, k, v, causal=True, key_padding_mask=ctx.key_padding_mask, segments=ctx.segments,
                       window=self.cfg.sliding_window, impl=self.cfg.attention)  # (B, Hq, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * hd))  # (B, T, d)
 
@@ -237,7 +242,7 @@ class ForwardContext:
     """Per-call inputs shared by all blocks."""
 
     key_padding_mask: torch.Tensor | None  # (B, S) bool over cached + new positions
-    cu_seqlens: torch.Tensor | None  # (N + 1,) packed offsets
+    segments: torch.Tensor | None  # (B, T) packed sequence of each position, -1 on padding
     cache: KVCache | None
     rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin (B, 1, T, D)
 
@@ -287,18 +292,24 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T). attention_mask (B, S): over cache + new tokens, True on real tokens.
 
+        Packed sequences: segments (B, T), each position's sequence (-1: padding), with position_ids
+        given; or cu_seqlens, the offsets of sequences packed along one row (B == 1).
         position_ids default to 0..T-1 after the cached length (or restart per packed sequence).
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
-        if position_ids is None:
-            if cu_seqlens is not None:
+        if cu_seqlens is not None:
+            segments = segment_ids(cu_seqlens, T)[None]
+            if position_ids is None:
                 position_ids = positions_from_cu_seqlens(cu_seqlens, T)
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+        if position_ids is None:
+            if segments is not None:
+                raise ValueError("packed rows (segments) need their position_ids")
+            position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
         if int(position_ids.max()) >= self.cfg.max_seq_len:
             raise ValueError(f"position {int(position_ids.max())} exceeds max_seq_len={self.cfg.max_seq_len}")
         x = self.embed(input_ids)  # (B, T, d)
@@ -308,7 +319,7 @@ class Transformer(nn.Module):
         else:
             rope = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
         kpm = attention_mask.bool() if attention_mask is not None else None
-        ctx = ForwardContext(kpm, cu_seqlens, cache, rope)
+        ctx = ForwardContext(kpm, segments, cache, rope)
         for block in self.blocks:
             x = block(x, ctx)
         if cache is not None:

@@ -44,6 +44,10 @@ class EngineConfig(BaseModel):
     offload_params: bool = False  # ZeRO-Infinity style parameter offload (stage 3 only)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     param_persistence_threshold: int | None = None  # ZeRO-3: params below this many elements stay whole
+    # Forwards (scoring and training) on packed rows: each batch's real tokens regrouped into rows no
+    # wider than its longest sequence, attention kept within each sequence (varlen). Same numbers to
+    # rounding, no work on padding. false: the padded batch as is.
+    packing: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from models.generation import Generation, SamplingParams, filter_logits, generate, pad_generation
 from models.heads import CausalLM, gather_last
+from models.packing import pack_rows
 from models.transformer import LayerBackend, LocalBackend, positions_from_mask
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource, build_engine, export_hf
@@ -64,11 +65,20 @@ def sft_loss(logits: torch.Tensor, batch: LMBatch, backend: LayerBackend = LOCAL
     return -masked_mean(logprobs, mask), mask.sum()
 
 
-def response_logits(engine, rollout: Rollout) -> torch.Tensor:
-    """Logits (B, R, V) that predict each response token, with the position ids generation used."""
-    pos = positions_from_mask(rollout.attention_mask)
-    logits = engine(rollout.sequences, rollout.attention_mask, pos)  # (B, T, V)
-    return logits[:, rollout.prompt_len - 1:-1]
+def forward_batch(engine, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: bool) -> torch.Tensor:
+    """The model's outputs (B, T, ...) on a padded batch, position ids counted from each row's first
+    real token (as generation counts them). packed: run the real tokens as packed rows (varlen,
+    models/packing.py) and return them in the padded layout, 0 at padding; the same numbers to rounding,
+    without the work on padding."""
+    if not packed:
+        return engine(input_ids, attention_mask, positions_from_mask(attention_mask))
+    p = pack_rows(input_ids, attention_mask)
+    return p.unpack(engine(p.input_ids, None, p.positions, segments=p.segments))
+
+
+def response_logits(forward, rollout: Rollout) -> torch.Tensor:
+    """Logits (B, R, V) that predict each response token; forward(input_ids, attention_mask) → (B, T, V)."""
+    return forward(rollout.sequences, rollout.attention_mask)[:, rollout.prompt_len - 1:-1]
 
 
 def sampled_logprobs(backend: LayerBackend, logits: torch.Tensor, labels: torch.Tensor, top_k: int = 0,
@@ -86,10 +96,10 @@ def sampled_logprobs(backend: LayerBackend, logits: torch.Tensor, labels: torch.
     return kept.gather(-1, labels[..., None]).squeeze(-1) - torch.logsumexp(kept, dim=-1)
 
 
-def response_logprobs(engine, backend: LayerBackend, rollout: Rollout, temperature: float, top_k: int = 0,
+def response_logprobs(forward, backend: LayerBackend, rollout: Rollout, temperature: float, top_k: int = 0,
                       top_p: float = 1.0) -> torch.Tensor:
     """log π(response token) (B, R) under logits / temperature (then top-k/top-p), 0 on padding."""
-    logits = response_logits(engine, rollout) / temperature
+    logits = response_logits(forward, rollout) / temperature
     return sampled_logprobs(backend, logits, rollout.responses, top_k, top_p) * rollout.response_mask
 
 
@@ -104,6 +114,10 @@ class ModelWorker:
         self.cfg, state = source.load()
         self.engine = build_engine(self.kind, self.cfg, state, engine, optim, mesh, total_steps, micro_batch)
         self.model = self.engine.module
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Outputs (B, T, ...) of a padded batch, packed when the engine config says so (`forward_batch`)."""
+        return forward_batch(self.engine, input_ids, attention_mask, self.engine_cfg.packing)
 
     def _on_device(self, rollout: Rollout) -> Rollout:
         return rollout.to(self.mesh.device)
@@ -160,12 +174,12 @@ class LMWorker(ModelWorker):
         self.model.eval()
         with torch.no_grad():
             r = self._on_device(rollout)
-            return response_logprobs(self.engine, self.model.backend, r, temperature, top_k, top_p).float().cpu()
+            return response_logprobs(self.forward, self.model.backend, r, temperature, top_k, top_p).float().cpu()
 
     def _sequence_logprobs(self, groups: list[list[Encoded]], pad_id: int) -> torch.Tensor:
         """Σ log π(response tokens | prompt) (N,) of every response of every ranking, in order."""
         b = collate_lm([e for g in groups for e in g], pad_id).to(self.mesh.device)
-        logprobs, mask = target_logprobs(self.engine(b.input_ids, b.attention_mask), b, self.model.backend)
+        logprobs, mask = target_logprobs(self.forward(b.input_ids, b.attention_mask), b, self.model.backend)
         return (logprobs * mask).sum(-1)  # (N,)
 
     def sequence_logprobs(self, groups: list[list[Encoded]], pad_id: int) -> torch.Tensor:
@@ -210,7 +224,7 @@ class PolicyWorker(LMWorker):
         self.model.eval()
         with torch.no_grad():
             b = batch.to(self.mesh.device)
-            out = self.model.backend.gather_vocab(self.engine(b.input_ids, b.attention_mask))
+            out = self.model.backend.gather_vocab(self.forward(b.input_ids, b.attention_mask))
         return out.float().cpu()
 
     def generate(self, prompts: list[list[int]], width: int, params: SamplingParams, eos_id: int, pad_id: int,
@@ -231,13 +245,13 @@ class PolicyWorker(LMWorker):
         self.model.train()
         r, ptx = self._on_device(batch["rollout"]), batch["ptx"]
         backend = self.model.backend
-        logits = response_logits(self.engine, r) / hp.temperature  # (B, R, V)
+        logits = response_logits(self.forward, r) / hp.temperature  # (B, R, V)
         logprobs = sampled_logprobs(backend, logits, r.responses, hp.top_k, hp.top_p)
         entropy = backend.entropy(logits)  # of the tempered distribution, before top-k/top-p
         ptx_loss = None
         if ptx is not None and hp.ptx_coef:
             b = ptx.to(self.mesh.device)
-            ptx_loss, _ = sft_loss(self.engine(b.input_ids, b.attention_mask), b, backend)
+            ptx_loss, _ = sft_loss(self.forward(b.input_ids, b.attention_mask), b, backend)
         # The minibatch's weights sum to 1 over all its rows; this rank holds some of them, and the
         # engine averages gradients over the data-parallel ranks, hence × dp_size.
         weights = r.loss_weights * self.mesh.dp_size
@@ -274,7 +288,7 @@ class PolicyWorker(LMWorker):
         """One micro-batch of response-only NLL; the engine updates at accumulation boundaries."""
         self.model.train()
         b = batch.to(self.mesh.device)
-        loss, n = sft_loss(self.engine(b.input_ids, b.attention_mask), b, self.model.backend)
+        loss, n = sft_loss(self.forward(b.input_ids, b.attention_mask), b, self.model.backend)
         return {"loss": loss.item(), "tokens": float(n), **self._update(loss)}
 
     def sft_eval(self, batch: LMBatch) -> dict[str, float]:
@@ -282,7 +296,7 @@ class PolicyWorker(LMWorker):
         self.model.eval()
         with torch.no_grad():
             b = batch.to(self.mesh.device)
-            loss, n = sft_loss(self.engine(b.input_ids, b.attention_mask), b, self.model.backend)
+            loss, n = sft_loss(self.forward(b.input_ids, b.attention_mask), b, self.model.backend)
         return {"nll_sum": loss.item() * float(n), "tokens": float(n)}
 
 
@@ -296,8 +310,7 @@ class CriticWorker(ModelWorker):
     kind = "score"
 
     def _values(self, r: Rollout) -> torch.Tensor:
-        pos = positions_from_mask(r.attention_mask)
-        values = self.engine(r.sequences, r.attention_mask, pos)  # (B, T)
+        values = self.forward(r.sequences, r.attention_mask)  # (B, T)
         return values[:, r.prompt_len - 1:-1] * r.response_mask  # (B, R)
 
     def values(self, rollout: Rollout) -> torch.Tensor:
@@ -323,7 +336,7 @@ class RewardModelWorker(ModelWorker):
     def _rewards(self, groups: list[list[Encoded]], pad_id: int) -> tuple[torch.Tensor, list[int]]:
         # Every response of every prompt in one padded batch: each is forwarded exactly once.
         batch = collate_lm([e for g in groups for e in g], pad_id).to(self.mesh.device)
-        values = self.engine(batch.input_ids, batch.attention_mask)  # (N, T)
+        values = self.forward(batch.input_ids, batch.attention_mask)  # (N, T)
         return gather_last(values, batch.attention_mask), [len(g) for g in groups]
 
     def rm_step(self, groups: list[list[Encoded]], pad_id: int) -> dict[str, float]:
@@ -349,7 +362,7 @@ class RewardModelWorker(ModelWorker):
         self.model.eval()
         with torch.no_grad():
             r = self._on_device(rollout)
-            values = self.engine(r.sequences, r.attention_mask, positions_from_mask(r.attention_mask))
+            values = self.forward(r.sequences, r.attention_mask)
             return gather_last(values, r.attention_mask).float().cpu()
 
 

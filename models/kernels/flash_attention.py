@@ -3,7 +3,8 @@
 One program per (query block, batch·head) streams key/value blocks through an online softmax, so the
 (T, S) score matrix never reaches memory. Masks are fused by meaning, as the entry point describes them:
 causal (queries are the last T of S positions, which is also the KV-cache decode case), a key-padding
-mask (B, S), or packed sequences given as per-position segment ids. Grouped-query attention reads the
+mask (B, S), or packed sequences given as per-position segment ids (B, S), several sequences per row
+(varlen). Grouped-query attention reads the
 shared key/value head directly (no repeat). Rows that see no key give 0, like the reference path.
 This is the only file that imports triton. On CPU it runs under TRITON_INTERPRET=1 (tests).
 """
@@ -16,8 +17,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
-from models.attention import segment_ids
 
 LOG2E = 1.4426950408889634
 
@@ -78,8 +77,8 @@ def _fwd_kernel(Q, K, V, OUT, LSE, KPM, SEG,
     offs_d = tl.arange(0, BLOCK_D)
     row_ok, d_ok = offs_m < T, offs_d < D
     q_pos = tl.where(row_ok, offs_m + S - T, -1)  # absolute position of each query; -1 past the end
-    seg_q = _segments_of(SEG, q_pos, row_ok, HAS_SEG)
-    kpm_row = KPM + b * skpm
+    kpm_row, seg_row = KPM + b * skpm, SEG + b * S
+    seg_q = _segments_of(seg_row, q_pos, row_ok, HAS_SEG)
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_D)
     k_base, v_base = K + b * skb + hk * skh, V + b * svb + hk * svh
@@ -92,7 +91,7 @@ def _fwd_kernel(Q, K, V, OUT, LSE, KPM, SEG,
         kv_mask = (k_idx < S)[:, None] & d_ok[None, :]
         k = tl.load(k_base + k_idx[:, None] * sks + offs_d[None, :], mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
         s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # (BLOCK_M, BLOCK_N)
-        ok = _allowed(q_pos, k_idx, S, seg_q, kpm_row, SEG, CAUSAL, HAS_KPM, HAS_SEG)
+        ok = _allowed(q_pos, k_idx, S, seg_q, kpm_row, seg_row, CAUSAL, HAS_KPM, HAS_SEG)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A row with nothing visible yet keeps m = -inf; subtract 0 there so exp2 gives 0, not NaN.
@@ -126,7 +125,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, KPM, SEG,
     kv_mask = (k_idx < S)[:, None] & (offs_d < D)[None, :]
     k = tl.load(K + b * skb + hk * skh + k_idx[:, None] * sks + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V + b * svb + hk * svh + k_idx[:, None] * svs + offs_d[None, :], mask=kv_mask, other=0.0)
-    kpm_row = KPM + b * S
+    kpm_row, seg_row = KPM + b * S, SEG + b * S
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     # Causal: queries before this key block (position < pid_n * BLOCK_N) cannot see it.
@@ -139,7 +138,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, KPM, SEG,
             offs_m = start_m + tl.arange(0, BLOCK_M)
             row_ok = offs_m < T
             q_pos = tl.where(row_ok, offs_m + S - T, -1)
-            seg_q = _segments_of(SEG, q_pos, row_ok, HAS_SEG)
+            seg_q = _segments_of(seg_row, q_pos, row_ok, HAS_SEG)
             qd_mask = row_ok[:, None] & (offs_d < D)[None, :]
             q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=qd_mask, other=0.0)
             do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :], mask=qd_mask, other=0.0)
@@ -147,7 +146,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, KPM, SEG,
             lse = tl.load(LSE + row, mask=row_ok, other=0.0)
             delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
             s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # (BLOCK_M, BLOCK_N)
-            ok = _allowed(q_pos, k_idx, S, seg_q, kpm_row, SEG, CAUSAL, HAS_KPM, HAS_SEG)
+            ok = _allowed(q_pos, k_idx, S, seg_q, kpm_row, seg_row, CAUSAL, HAS_KPM, HAS_SEG)
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
             dv += _dot(tl.trans(p.to(do.dtype)), do, PRECISION, UPCAST)
             dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
@@ -174,8 +173,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KPM, SEG,
     offs_d = tl.arange(0, BLOCK_D)
     row_ok, d_ok = offs_m < T, offs_d < D
     q_pos = tl.where(row_ok, offs_m + S - T, -1)
-    seg_q = _segments_of(SEG, q_pos, row_ok, HAS_SEG)
-    kpm_row = KPM + b * S
+    kpm_row, seg_row = KPM + b * S, SEG + b * S
+    seg_q = _segments_of(seg_row, q_pos, row_ok, HAS_SEG)
     qd_mask = row_ok[:, None] & d_ok[None, :]
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :], mask=qd_mask, other=0.0)
@@ -189,7 +188,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KPM, SEG,
         k = tl.load(k_base + k_idx[:, None] * sks + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + k_idx[:, None] * svs + offs_d[None, :], mask=kv_mask, other=0.0)
         s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
-        ok = _allowed(q_pos, k_idx, S, seg_q, kpm_row, SEG, CAUSAL, HAS_KPM, HAS_SEG)
+        ok = _allowed(q_pos, k_idx, S, seg_q, kpm_row, seg_row, CAUSAL, HAS_KPM, HAS_SEG)
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
@@ -275,10 +274,11 @@ def flash_attention(
     *,
     causal: bool,
     key_padding_mask: torch.Tensor | None = None,
-    cu_seqlens: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Same contract as `models.attention.attention` (q (B, Hq, T, D), k/v (B, Hkv, S, D), S >= T)."""
+    """Same contract as `models.attention.sdpa_attention` (q (B, Hq, T, D), k/v (B, Hkv, S, D), S >= T,
+    segments (B or 1, S))."""
     _check_device(q)
     if q.shape[-1] > 256:
         raise ValueError(f"head dim {q.shape[-1]} > 256 is not supported by the Triton kernel")
@@ -286,8 +286,8 @@ def flash_attention(
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     S = k.shape[2]
     unused = torch.zeros(1, device=q.device, dtype=torch.int32)  # never read: its flag is off
-    has_kpm, has_seg = key_padding_mask is not None, cu_seqlens is not None
+    has_kpm, has_seg = key_padding_mask is not None, segments is not None
     kpm = key_padding_mask.to(torch.int8).contiguous() if has_kpm else unused  # (B, S)
-    seg = segment_ids(cu_seqlens.to(q.device), S) if has_seg else unused  # (S,)
+    seg = segments.to(q.device, torch.int32).expand(q.shape[0], S).contiguous() if has_seg else unused  # (B, S)
     sm_scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     return _FlashAttention.apply(q, k, v, kpm, seg, has_kpm, has_seg, causal, sm_scale)

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from models.attention import attention, resolve_impl, sdpa_attention  # noqa: E402
+from models.attention import attention, resolve_impl, sdpa_attention, segment_ids  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from models.generation import SamplingParams, generate  # noqa: E402
 from models.heads import CausalLM  # noqa: E402
@@ -79,7 +79,7 @@ def test_packed_sequences_match_reference_and_padded_batch():
     lengths = [7, 1, 18, 3]  # a one-token sequence; 2 trailing padding slots after the last
     cu = torch.tensor([0, 7, 8, 26, 29], device=DEVICE)
     q, k, v = qkv(1, 4, 2, 31, 31, 16)
-    packed = compare(q, k, v, causal=True, cu_seqlens=cu)
+    packed = compare(q, k, v, causal=True, segments=segment_ids(cu, 31)[None])
     assert (packed[:, :, 29:] == 0).all()
     # The same sequences as a right-padded batch through the kernel give the same rows.
     width = max(lengths)
@@ -90,6 +90,20 @@ def test_packed_sequences_match_reference_and_padded_batch():
     batched = flash_attention(pad(q), pad(k), pad(v), causal=True, key_padding_mask=kpm)
     for i, (a, b) in enumerate(rows):
         torch.testing.assert_close(batched[i, :, : b - a], packed[0, :, a:b], atol=2e-6, rtol=0)
+
+
+def test_several_packed_rows_match_reference():
+    """Varlen rows (B > 1): each row holds its own sequences and trailing padding (segment -1)."""
+    g = torch.Generator().manual_seed(3)
+    segments = torch.full((3, 33), -1, dtype=torch.int32)
+    for row, lengths in enumerate([[20, 9, 4], [1, 31], [17]]):
+        start = 0
+        for n in lengths:
+            segments[row, start:start + n] = int(torch.randint(0, 100, (1,), generator=g))
+            start += n
+    q, k, v = qkv(3, 4, 2, 33, 33, 16)
+    out = compare(q, k, v, causal=True, segments=segments.to(DEVICE))
+    assert (out[2, :, 17:] == 0).all() and (out[0, :, 33:] == 0).all()
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
