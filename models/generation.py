@@ -101,7 +101,9 @@ def generate(
 ) -> Generation:
     """Sample up to `max_new_tokens` for each left-padded prompt (B, P); rows stop at their own EOS.
 
-    use_cache=False recomputes the whole prefix each step (the check that the cache changes nothing).
+    Finished rows leave the batch (and the KV cache) once they are an eighth of it: copying the
+    cache once costs less than decoding them on. use_cache=False recomputes the whole prefix each
+    step, on the same rows (the check that the cache changes nothing).
     """
     B, P = input_ids.shape
     R = params.max_new_tokens
@@ -113,7 +115,8 @@ def generate(
     sequences = torch.cat([input_ids, input_ids.new_full((B, R), pad_token_id)], dim=1)  # (B, P + R)
     mask = torch.cat([attention_mask.bool(), attention_mask.new_zeros((B, R), dtype=torch.bool)], 1)
     logprobs = torch.zeros(B, R, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    rows = torch.arange(B, device=device)  # the output row of each batch slot still decoding
+    alive = torch.ones(B, dtype=torch.bool, device=device)  # (slots,): not finished yet
     next_pos = attention_mask.long().sum(-1)  # (B,): position id of each row's first new token
     cache = KVCache.for_model(model.body, B, P + R) if use_cache else None
     # Under tensor parallelism every rank gathers the full vocabulary and samples with the same
@@ -122,21 +125,28 @@ def generate(
     logits = vocab(model(input_ids, mask[:, :P], positions_from_mask(mask[:, :P]), cache, last_only=True))
     steps = 0
     for t in range(R):
-        tokens, lp = sample_next(logits[:, -1], params, generator)
-        alive = ~finished
-        sequences[:, P + t] = torch.where(alive, tokens, pad_token_id)
-        mask[:, P + t] = alive
-        logprobs[:, t] = torch.where(alive, lp, 0.0)
-        finished = finished | (tokens == eos_token_id)
+        tokens, lp = sample_next(logits[:, -1], params, generator)  # (slots,)
+        out = rows[alive]
+        sequences[out, P + t] = tokens[alive]
+        mask[out, P + t] = True
+        logprobs[out, t] = lp[alive]
+        alive = alive & (tokens != eos_token_id)
         steps = t + 1
-        if bool(finished.all()) or t == R - 1:
+        if not bool(alive.any()) or t == R - 1:
             break
+        if len(rows) - int(alive.sum()) >= max(1, len(rows) // 8):
+            keep = alive.nonzero().flatten()
+            rows, alive = rows[keep], alive[keep]
+            if cache is not None:
+                cache.select(keep)
+        # Slots that finished but stay until the next drop decode a padding token; nothing reads it.
         if use_cache:
-            pos = (next_pos + t)[:, None]  # (B, 1)
-            logits = vocab(model(sequences[:, P + t:P + t + 1], mask[:, :P + t + 1], pos, cache, last_only=True))
+            pos = (next_pos[rows] + t)[:, None]  # (slots, 1)
+            logits = vocab(model(sequences[rows, P + t:P + t + 1], mask[rows, :P + t + 1], pos, cache,
+                                 last_only=True))
         else:
-            full = mask[:, :P + t + 1]
-            logits = vocab(model(sequences[:, :P + t + 1], full, positions_from_mask(full), last_only=True))
+            full = mask[rows, :P + t + 1]
+            logits = vocab(model(sequences[rows, :P + t + 1], full, positions_from_mask(full), last_only=True))
     keep = P + steps
     return Generation(
         sequences=sequences[:, :keep], attention_mask=mask[:, :keep], response_mask=mask[:, P:keep],

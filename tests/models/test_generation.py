@@ -94,3 +94,29 @@ def test_right_padded_prompts_are_refused(tmp_path):
     mask[0, -1] = 0
     with pytest.raises(ValueError, match="left-padded"):
         generate(ours, ids, mask, SamplingParams(max_new_tokens=2), EOS, PAD)
+
+
+def test_finished_rows_leave_the_batch_and_change_no_token():
+    """Greedy decoding with rows ending at different steps equals the same decoding without EOS cut
+    at each row's first EOS; and the decoding batch shrinks as rows finish."""
+    cfg = ModelConfig(arch="llama", vocab_size=12, max_seq_len=64, d_model=32, n_layers=1, n_heads=4)
+    torch.manual_seed(1)
+    ours = CausalLM(cfg).eval()
+    ids, mask = batch(B=8, T=6, left_pad=(0, 1, 2, 3, 4, 5, 0, 0))
+    ids, mask = ids % 10 + 2, mask.bool()
+    greedy = SamplingParams(max_new_tokens=24, temperature=0)
+    full = generate(ours, ids, mask, greedy, -1, PAD).responses  # no EOS: every row runs 24 tokens
+    # The token that first appears latest on average, so rows stop at different steps.
+    first = {t: [(row == t).nonzero()[0].item() if (row == t).any() else 24 for row in full] for t in range(2, 12)}
+    eos = max(first, key=lambda t: len(set(first[t])))
+    sizes = []
+    forward = ours.forward
+    ours.forward = lambda x, *a, **k: (sizes.append(x.shape[0]), forward(x, *a, **k))[1]
+    out = generate(ours, ids, mask, greedy, eos, PAD)
+    ends = torch.tensor(first[eos]) + 1  # response length of each row, EOS included
+    assert len(set(ends.tolist())) > 2
+    for b in range(8):
+        n = min(int(ends[b]), 24)
+        assert torch.equal(out.responses[b, :n], full[b, :n])
+        assert (out.responses[b, n:] == PAD).all() and int(out.response_mask[b].sum()) == n
+    assert sizes[0] == 8 and sizes[-1] < 8 and sizes == sorted(sizes, reverse=True), sizes
