@@ -111,6 +111,36 @@ def tp_aware_grad_norm(params: list[nn.Parameter], mesh: Mesh) -> torch.Tensor:
     return (sharded + replicated).sqrt()
 
 
+def storage_bytes(tensors, skip: set[int] | None = None) -> tuple[int, set[int]]:
+    """Bytes of the distinct storages under `tensors` (views of one buffer counted once), leaving out
+    the storages in `skip`; and the set of storages counted."""
+    seen = set(skip or ())
+    total = 0
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() == 0:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total, seen - set(skip or ())
+
+
+def optimizer_state_tensors(optimizer) -> list[torch.Tensor]:
+    """The tensors a torch optimizer keeps per parameter (Adam's moments; not the step counts' scalars)."""
+    if optimizer is None:
+        return []
+    return [v for state in optimizer.state.values() for v in state.values()
+            if isinstance(v, torch.Tensor) and v.numel() > 1]
+
+
+def state_bytes(params: list[torch.Tensor], optimizer_tensors: list[torch.Tensor]) -> dict[str, int]:
+    """{"param_bytes", "optimizer_bytes"} this rank holds, each buffer once; optimizer tensors that
+    share a parameter's storage are not counted twice."""
+    param_bytes, param_storages = storage_bytes(params)
+    optimizer_bytes, _ = storage_bytes(optimizer_tensors, skip=param_storages)
+    return {"param_bytes": param_bytes, "optimizer_bytes": optimizer_bytes}
+
+
 class TorchEngine:
     """ZeRO stage 0: every rank holds the whole (TP-sharded) model and optimizer state."""
 
@@ -195,6 +225,9 @@ class TorchEngine:
 
     def partitioned_numel(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
+
+    def state_bytes(self) -> dict[str, int]:
+        return state_bytes(self.stored_parameters(), optimizer_state_tensors(self.optimizer))
 
     def stored_parameters(self) -> list[torch.Tensor]:
         """The parameter tensors this rank stores."""

@@ -16,7 +16,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from parallel.engine import EngineConfig, OptimConfig, make_scheduler, param_groups, rng_state, set_rng_state
+from parallel.engine import (
+    EngineConfig,
+    OptimConfig,
+    make_scheduler,
+    optimizer_state_tensors,
+    param_groups,
+    rng_state,
+    set_rng_state,
+    state_bytes,
+)
 from parallel.mesh import MegatronMPU, Mesh, tp_slice
 
 
@@ -146,6 +155,17 @@ class ZeroEngine:
         if self.cfg.zero_stage == 3:
             return sum(p.ds_tensor.numel() for p in self.module.parameters())
         return sum(p.numel() for p in self.module.parameters())
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of this rank's parameters (its ZeRO-3 partition) and optimizer state: the fp32 master
+        partitions ZeRO keeps beside the parameters and the Adam moments (after the first step)."""
+        opt = self.engine.optimizer
+        params = self.stored_parameters()
+        if self.cfg.zero_stage == 3:  # parameters kept whole (under the persistence threshold) hold their data too
+            params += [p.data for p in self.module.parameters()]
+        master = getattr(opt, "fp32_partitioned_groups_flat", None) or getattr(opt, "single_partition_of_fp32_groups",
+                                                                               None) or []
+        return state_bytes(params, list(master) + optimizer_state_tensors(getattr(opt, "optimizer", None)))
 
 
 log = logging.getLogger("instructrl")

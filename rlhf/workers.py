@@ -163,7 +163,7 @@ class ModelWorker:
     def describe(self) -> dict:
         """Where this rank lives and how much of the model it stores."""
         return {"pid": os.getpid(), "rank": self.mesh.rank, "tp_rank": self.mesh.tp_rank,
-                "dp_rank": self.mesh.dp_rank, "numel": self.engine.partitioned_numel()}
+                "dp_rank": self.mesh.dp_rank, "numel": self.engine.partitioned_numel(), **self.engine.state_bytes()}
 
 
 class LMWorker(ModelWorker):

@@ -104,7 +104,7 @@ def test_zero_stages_match_plain_adamw_and_zero3_halves_memory(ray_cluster, tmp_
         group = ray_group(2, 1, src, engine, OPTIM, 10, 2)
         try:
             losses[stage] = train_losses(group, data)
-            numel[stage] = [i["numel"] for i in group.broadcast(PolicyWorker.describe).get()]
+            numel[stage] = group.broadcast(PolicyWorker.describe).get()
             if stage in (0, 3):
                 exported[stage] = group.broadcast(PolicyWorker.export, str(tmp_path / f"zero{stage}")).get()[0]
                 expected_logits = group.map(PolicyWorker.logits, data[0]).get()
@@ -114,9 +114,14 @@ def test_zero_stages_match_plain_adamw_and_zero3_halves_memory(ray_cluster, tmp_
     for stage in (2, 3):
         torch.testing.assert_close(torch.tensor(losses[stage]), torch.tensor(losses[0]), atol=1e-5, rtol=1e-5)
     assert losses[0][-1] < losses[0][0]
-    full = numel[0][0]
-    for per_rank in numel[3]:
-        assert abs(per_rank / full - 0.5) < 0.02, (per_rank, full)
+    full = numel[0][0]["numel"]
+    # Stage 0: whole fp32 weights and two Adam moments on every rank. Stage 3 at DP=2: half the weights,
+    # and half of ZeRO's fp32 master copy and of the moments (bench/zero_memory.py reports these bytes).
+    assert numel[0][0]["param_bytes"] == 4 * full and numel[0][0]["optimizer_bytes"] == 2 * 4 * full
+    for rank in numel[3]:
+        assert abs(rank["numel"] / full - 0.5) < 0.02, (rank, full)
+        assert abs(rank["param_bytes"] / (4 * full) - 0.5) < 0.02, (rank, full)
+        assert abs(rank["optimizer_bytes"] / (3 * 4 * full) - 0.5) < 0.02, (rank, full)
     # ZeRO-3 export is consolidated: transformers reproduces the group's own logits after training
     hf = AutoModelForCausalLM.from_pretrained(exported[3]).eval()
     with torch.no_grad():
