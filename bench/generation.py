@@ -10,6 +10,9 @@ and the ratio. Two cases:
 - `early-eos`: EOS made likely (ppo_reference.boost_eos), so responses end at different steps (mean
   length printed), as a trained policy's do; here our generator drops finished rows.
 
+Where vLLM is installed (`make vllm`), a last column times its engine (models/vllm_sampler.py, the
+`ppo.rollout: vllm` path) on the same weights and prompts.
+
     python bench/generation.py [--repeats 7] [--threads 2] [--device cpu|cuda]
 """
 
@@ -58,6 +61,14 @@ def our_generate(model, ids, mask, tok):
     return generate(model, ids, mask, SamplingParams(NEW_TOKENS, 1.0), tok.eos_token_id, tok.pad_token_id, g)
 
 
+def vllm_generate(sampler, prompts, tok):
+    from ppo_reference import NEW_TOKENS
+
+    from models.generation import SamplingParams
+
+    return sampler.generate(prompts, 31, SamplingParams(NEW_TOKENS, 1.0), tok.eos_token_id, tok.pad_token_id, 0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
@@ -70,17 +81,21 @@ def main() -> int:
     from ppo_reference import NEW_TOKENS, ROLLOUTS, boost_eos, reference_setup
     from transformers import GPT2LMHeadModel
 
-    from models.hf import load_pretrained
+    from models.hf import load_pretrained, read_hf_weights
+    from models.vllm_sampler import VLLMSampler, vllm_available
     from rlhf.batching import collate_prompts, encode_prompt
 
     device = torch.device(args.device)
     print(f"# {ROLLOUTS} prompts × {NEW_TOKENS} new tokens, temperature 1, {args.device}, "
           f"{args.threads} threads, torch {torch.__version__}")
-    print("| case | mean response tokens | transformers generate | ours | ratio (tokens/s) |")
-    print("| --- | --- | --- | --- | --- |")
+    with_vllm = vllm_available() and args.device == "cpu"
+    print("| case | mean response tokens | transformers generate | ours | ratio (tokens/s) |"
+          + (" vLLM (ppo.rollout: vllm) |" if with_vllm else ""))
+    print("| --- | --- | --- | --- | --- |" + (" --- |" if with_vllm else ""))
     with tempfile.TemporaryDirectory() as tmp:
         tok, texts, lm_dir, _ = reference_setup(tmp)
-        ids, mask = collate_prompts([encode_prompt(tok, t, 31) for t in texts[:ROLLOUTS]], tok.pad_token_id)
+        prompts = [encode_prompt(tok, t, 31) for t in texts[:ROLLOUTS]]
+        ids, mask = collate_prompts(prompts, tok.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         for case in ("full", "early-eos"):
             if case == "early-eos":
@@ -95,9 +110,15 @@ def main() -> int:
             after_eos = (resp == tok.eos_token_id).long().cumsum(-1) - (resp == tok.eos_token_id).long()
             hf_tokens = float((after_eos == 0).sum())
             tokens = float(out.response_mask.sum())
-            print(f"| {case} | ours {tokens / ROLLOUTS:.1f}, theirs {hf_tokens / ROLLOUTS:.1f} | "
-                  f"{t_hf:.3f} s ({hf_tokens / t_hf:.0f} tok/s) | {t_ours:.3f} s ({tokens / t_ours:.0f} tok/s) | "
-                  f"{(tokens / t_ours) / (hf_tokens / t_hf):.2f}× |")
+            row = (f"| {case} | ours {tokens / ROLLOUTS:.1f}, theirs {hf_tokens / ROLLOUTS:.1f} | "
+                   f"{t_hf:.3f} s ({hf_tokens / t_hf:.0f} tok/s) | {t_ours:.3f} s ({tokens / t_ours:.0f} tok/s) | "
+                   f"{(tokens / t_ours) / (hf_tokens / t_hf):.2f}× |")
+            if with_vllm:
+                sampler = VLLMSampler(ours.cfg, read_hf_weights(lm_dir), 0, ours.cfg.max_seq_len)
+                t_vllm, v = timed(lambda s=sampler: vllm_generate(s, prompts, tok), args.repeats, args.device)
+                v_tokens = float(v.response_mask.sum())
+                row += f" {t_vllm:.3f} s ({v_tokens / t_vllm:.0f} tok/s, {v_tokens / ROLLOUTS:.1f} per response) |"
+            print(row)
     return 0
 
 

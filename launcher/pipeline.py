@@ -55,7 +55,7 @@ def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> d
     reward_source = src(models["reward"]) if models["reward"] else None
     specs = {
         "policy": (PolicyWorker, p.policy.group, (src(models["policy"]), p.policy.engine, p.policy.optim, n_updates,
-                                                  micro), {}),
+                                                  micro), {"rollout": p.rollout, "seed": p.seed}),
         "reference": (ReferenceWorker, p.reference.group, (src(models["policy"]), p.reference.engine), {}),
         "critic": (CriticWorker, p.critic.group, (src(models["critic"]), p.critic.engine, p.critic.optim, n_updates,
                                                   micro), {}),

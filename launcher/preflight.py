@@ -20,6 +20,7 @@ from launcher.config import Config, ConfigError
 from models.errors import InputError
 from models.hf import inspect_checkpoint
 from models.tokenizer import build_word_tokenizer, chat_prompt, load_tokenizer, train_bpe_tokenizer
+from models.vllm_sampler import INSTALL_HINT, vllm_available
 from parallel import checkpoint as checkpoints
 from rlhf.data import Comparison, DataError, Prompt, load_comparisons, load_prompts, load_sft, load_text
 from rlhf.functions import FunctionError, FunctionSpec, TaskFunction
@@ -366,6 +367,8 @@ def check_ppo_inputs(cfg: Config, inputs: Inputs) -> None:
                             f"pretraining sequence; give more text or lower ppo.ptx_max_len")
     if p.resume:
         inputs.resume = read_resume(Path(p.resume), p.steps)
+    if p.rollout == "vllm" and not vllm_available():
+        raise InputError(INSTALL_HINT)
 
 
 def read_stats(model_dir: Path) -> dict:

@@ -20,7 +20,7 @@ import torch
 from models.generation import Generation, SamplingParams
 from rlhf.algo.advantages import estimate_advantages, leave_one_out, uniform_groups
 from rlhf.algo.masked import masked_mean
-from rlhf.algo.ppo import KLController, combine_scores, kl_estimate, loss_weights, shape_rewards
+from rlhf.algo.ppo import KLController, combine_scores, kl_estimate, loss_weights, shape_rewards, truncated_is_weights
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import LMBatch, encode_prompt
 from rlhf.data import Prompt
@@ -117,6 +117,12 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
                                                   cfg.samples_per_prompt, cfg.gamma, cfg.lam, cfg.grpo_std,
                                                   cfg.whiten_advantages)
     gap = (r.gen_logprobs - r.old_logprobs).abs()[mask] if recomputed else None
+    tis = {}
+    if cfg.rollout == "vllm" and cfg.tis_cap is not None:
+        r.is_weights = truncated_is_weights(r.old_logprobs, r.gen_logprobs, mask, cfg.tis_cap)
+        raw = (r.old_logprobs - r.gen_logprobs).exp()[mask]
+        tis = {"rollout/tis_weight_mean": float(r.is_weights[mask].mean()) if mask.any() else 1.0,
+               "rollout/tis_truncated_fraction": float((raw > cfg.tis_cap).float().mean()) if mask.any() else 0.0}
     parts = {f"reward/{'rm_score' if k == 'rm' else 'fn/' + k}": float(v.mean()) for k, v in components.items()}
     metrics = {"reward/score": float(r.scores.mean()), **parts, "reward/score_baselined": float(scores.mean()),
                "reward/total": float(r.rewards.sum(-1).mean()), "kl/coef": kl_coef,
@@ -125,6 +131,8 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
         metrics["kl/sequence"] = float(kl.sum(-1).mean())
     if gap is not None:
         metrics["check/logprob_gap_max"] = float(gap.max()) if gap.numel() else 0.0
+        metrics["check/logprob_gap_mean"] = float(gap.mean()) if gap.numel() else 0.0
+    metrics |= tis
     if r.values is not None:
         metrics["critic/values"] = float(masked_mean(r.values, mask))
     return metrics

@@ -75,6 +75,12 @@ class PPOConfig(BaseModel):
     # between reuse the sampler's, which are of the same weights and distribution but come from the
     # KV-cache path. check/logprob_gap_max compares both on the recompute steps: keep 1 if it exceeds ~1e-4.
     recompute_logprobs_every: int = Field(1, ge=1)
+    # Who samples: "builtin" (the policy's own KV-cache generation) or "vllm" (a vLLM engine in each policy
+    # rank, its weights replaced in memory after every update; `pip install -e '.[vllm]'`, on CPU `make vllm`).
+    # vLLM's log-probs differ from the trainer's; each token's surrogate is then weighted by
+    # min(π_old/π_vllm, tis_cap) (truncated importance sampling; null: no correction).
+    rollout: Literal["builtin", "vllm"] = "builtin"
+    tis_cap: float | None = Field(2.0, gt=0)
     ppo_epochs: int = Field(1, ge=1)  # passes over each rollout batch
     critic_warmup_steps: int = Field(0, ge=0)  # first steps update the critic only (its values start as rewards)
     minibatches: int = Field(4, ge=1)  # minibatches per PPO epoch (policy and critic)
@@ -142,6 +148,13 @@ class PPOConfig(BaseModel):
             raise ValueError(f"minibatches={self.minibatches}: prompts_per_step={self.prompts_per_step} gives "
                              f"minibatches of {self.prompts_per_step // self.minibatches} rollouts, fewer than the "
                              f"policy's {dp} data-parallel rank(s); use fewer minibatches")
+        if self.rollout == "vllm":
+            if self.recompute_logprobs_every != 1:
+                raise ValueError("rollout=vllm: the old log-probs must come from the trainer every step (vLLM's "
+                                 "differ from them); set recompute_logprobs_every: 1")
+            if self.policy.group.tp_size != 1:
+                raise ValueError("rollout=vllm runs one whole vLLM engine per policy rank: it needs "
+                                 "policy.group.tp_size: 1 (scale with data parallelism)")
         for role in ("policy", "critic"):
             if getattr(self, role).optim.grad_accum != 1:
                 raise ValueError(f"{role}.optim.grad_accum must be 1: each PPO minibatch is one update")

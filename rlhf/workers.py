@@ -197,18 +197,31 @@ class PolicyWorker(LMWorker):
     generation and `sync_generation` refreshes it after each update.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, rollout: str = "builtin", seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self._gen_copy = None
-        if self.engine_cfg.zero_stage == 3:
+        self._gen_copy = self._vllm = None
+        if rollout == "vllm":
+            from models.hf import to_hf_state_dict
+            from models.vllm_sampler import VLLMSampler
+
+            if self.mesh.tp_size != 1:
+                raise ValueError("rollout=vllm needs policy.group.tp_size: 1")
+            state = to_hf_state_dict(self.cfg, self.engine.local_state_dict())
+            self._vllm = VLLMSampler(self.cfg, state, seed + 1_000_003 * self.mesh.dp_rank, self.cfg.max_seq_len)
+        elif self.engine_cfg.zero_stage == 3:
             self._gen_copy = CausalLM(self.cfg, self.model.backend).to(self.engine_cfg.dtype()).to(self.mesh.device)
             self._gen_copy.requires_grad_(False)
             self.sync_generation()
 
     def sync_generation(self) -> float:
-        """Copy the trained weights into the generation path; returns the seconds it took."""
+        """Copy the trained weights into the generation path (the ZeRO-3 copy, or the vLLM engine, in
+        memory); returns the seconds it took."""
         start = time.perf_counter()
-        if self._gen_copy is not None:
+        if self._vllm is not None:
+            from models.hf import to_hf_state_dict
+
+            self._vllm.load_weights(to_hf_state_dict(self.cfg, self.engine.local_state_dict()))
+        elif self._gen_copy is not None:
             state = self.engine.local_state_dict()
             with torch.no_grad():
                 for name, p in self._gen_copy.named_parameters():
@@ -232,6 +245,9 @@ class PolicyWorker(LMWorker):
         """Sample responses for token-id prompts, left-padded to `width` and right-padded to
         max_new_tokens, so every data-parallel rank returns tensors of the same shape."""
         self.model.eval()
+        if self._vllm is not None:
+            out = self._vllm.generate(prompts, width, params, eos_id, pad_id, seed + 1_000_003 * self.mesh.dp_rank)
+            return pad_generation(out, params.max_new_tokens, pad_id)
         ids, mask = collate_prompts(prompts, pad_id, width)
         # TP peers share the seed (they must sample identical tokens); DP ranks differ.
         gen = torch.Generator(device=self.mesh.device).manual_seed(seed + 1_000_003 * self.mesh.dp_rank)
@@ -257,7 +273,7 @@ class PolicyWorker(LMWorker):
         weights = r.loss_weights * self.mesh.dp_size
         kl = KLTerm(r.ref_logprobs, hp.kl_coef, hp.kl_estimator) if hp.kl_coef else None
         loss, metrics = ppo_policy_objective(logprobs, r.old_logprobs, r.advantages, weights, entropy, hp.clip_eps,
-                                             hp.entropy_coef, ptx_loss, hp.ptx_coef, hp.clip_eps_high, kl)
+                                             hp.entropy_coef, ptx_loss, hp.ptx_coef, hp.clip_eps_high, kl, r.is_weights)
         stepped = self._update(loss)
         return {**metrics, **{f"policy/{k}": v for k, v in stepped.items()}}
 

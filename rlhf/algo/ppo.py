@@ -101,21 +101,37 @@ def loss_weights(response_mask: torch.Tensor, mode: str, horizon: int) -> torch.
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                weights: torch.Tensor, clip_low: float, clip_high: float | None = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                weights: torch.Tensor, clip_low: float, clip_high: float | None = None,
+                is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate (PPO eq. 7), Σ weight × per-token loss (see loss_weights). The ratio is clipped
     to [1 − clip_low, 1 + clip_high]; clip_high > clip_low is DAPO's clip-higher (Yu et al. 2025 §3.1),
-    which leaves more room to raise unlikely tokens. None: symmetric."""
+    which leaves more room to raise unlikely tokens. None: symmetric. is_weights (B, R): each token's
+    surrogate × its importance weight (truncated_is_weights), for samples from another engine."""
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_low, 1 + (clip_low if clip_high is None else clip_high))
-    loss = (torch.maximum(unclipped, clipped) * weights).sum()
+    per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights
+    loss = (per_token * weights).sum()
     with torch.no_grad():
         mask = weights > 0
         metrics = {"policy/clipfrac": float(masked_mean((clipped > unclipped).float(), mask)),
                    "policy/approx_kl": float(masked_mean(torch.expm1(log_ratio) - log_ratio, mask))}
     return loss, metrics
+
+
+def truncated_is_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """Truncated importance weights min(π_old / π_rollout, cap) per token (B, R), 0 on padding.
+
+    When another engine samples (vLLM), its log-probs differ from the trainer's for the same weights;
+    the PPO ratio is taken against the trainer's π_old, so each token's surrogate is reweighted by how
+    much likelier π_old made it than the sampler did, truncated at `cap` to bound the variance (Yao et
+    al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"; veRL's and
+    OpenRLHF's TIS)."""
+    return (old_logprobs - rollout_logprobs).exp().clamp(max=cap) * mask
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, weights: torch.Tensor,
@@ -147,11 +163,13 @@ class KLTerm:
 def ppo_policy_objective(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                          weights: torch.Tensor, entropy: torch.Tensor, clip_eps: float, entropy_coef: float,
                          ptx_loss: torch.Tensor | None, ptx_coef: float, clip_eps_high: float | None = None,
-                         kl: KLTerm | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                         kl: KLTerm | None = None, is_weights: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
     """The one assembly of the policy's loss (InstructGPT eq. 2, as a loss to minimise): clipped
-    surrogate − entropy_coef·entropy (+ β·KL estimate when the KL is a loss term) + γ_ptx·LM loss on
-    pretraining text. Every token term is aggregated with the same weights."""
-    loss, metrics = policy_loss(logprobs, old_logprobs, advantages, weights, clip_eps, clip_eps_high)
+    surrogate (× truncated importance weights when another engine sampled) − entropy_coef·entropy
+    (+ β·KL estimate when the KL is a loss term) + γ_ptx·LM loss on pretraining text. Every token term
+    is aggregated with the same weights."""
+    loss, metrics = policy_loss(logprobs, old_logprobs, advantages, weights, clip_eps, clip_eps_high, is_weights)
     ent = (entropy * weights).sum()
     metrics["policy/entropy"] = float(ent.detach())
     metrics["policy/pg_loss"] = float(loss.detach())

@@ -26,6 +26,7 @@ class Rollout:
     advantages: torch.Tensor | None = None  # (B, R) from ppo.advantage_estimator (GAE: whitened)
     returns: torch.Tensor | None = None  # (B, R) GAE returns, the critic's targets (None without a critic)
     loss_weights: torch.Tensor | None = None  # (B, R) each token's weight in its minibatch's loss (rlhf.algo.ppo)
+    is_weights: torch.Tensor | None = None  # (B, R) truncated importance weights π_old/π_sampler (vLLM rollouts)
 
     @property
     def responses(self) -> torch.Tensor:  # (B, R)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from launcher.cli import main
+from models.vllm_sampler import vllm_available
 from parallel import checkpoint as checkpoints
 from tests.launcher.user_task import make_checkpoint, make_tokenizer, write_task
 
@@ -284,6 +285,9 @@ CASES = {
                                            r"evaluation\.gold_function: .*r\.py:f: importing it failed: "
                                            r"ModuleNotFoundError"),
 }
+if not vllm_available():  # the optional rollout engine asked for where it is not installed
+    CASES["vLLM rollouts without vLLM"] = ("ppo", lambda w, t: ["ppo.rollout=vllm"],
+                                           r"ppo\.rollout=vllm needs vLLM: .*make vllm")
 
 
 def word_tokenizer(tmp: Path) -> Path:

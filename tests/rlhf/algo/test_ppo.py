@@ -19,6 +19,7 @@ from rlhf.algo.ppo import (
     policy_loss,
     ppo_policy_objective,
     shape_rewards,
+    truncated_is_weights,
     value_loss,
 )
 
@@ -81,6 +82,30 @@ def test_policy_loss_against_per_token_loop():
                 clipped += -a * rc > -a * r
         assert float(loss) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
         assert m["policy/clipfrac"] == pytest.approx(clipped / len(terms))
+
+
+def test_truncated_importance_sampling_by_hand():
+    """min(π_old/π_sampler, cap) per token, 0 on padding; each token's surrogate is multiplied by it."""
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -1.0, 0.0]])
+    sampler = torch.tensor([[-1.0, -3.0, -0.2], [-1.0, -1.0, 0.0]])
+    mask = response_mask([3, 2], 3)
+    w = truncated_is_weights(old, sampler, mask, cap=2.0)
+    expected = [[1.0, min(math.e, 2.0), math.exp(-0.3)], [math.exp(-0.5), 1.0, 0.0]]
+    torch.testing.assert_close(w, torch.tensor(expected))
+    lp, adv = torch.randn(2, 3) * 0.3, torch.randn(2, 3)
+    weights = loss_weights(mask, "token_mean", 3)
+    loss, _ = policy_loss(lp, old, adv, weights, 0.2, None, w)
+    terms = []
+    for b, n in enumerate([3, 2]):
+        for t in range(n):
+            r = math.exp(lp[b, t] - old[b, t])
+            a = float(adv[b, t])
+            terms.append(expected[b][t] * max(-a * r, -a * min(max(r, 0.8), 1.2)))
+    assert float(loss) == pytest.approx(sum(terms) / 5, rel=1e-5)
+    # The objective passes the weights through: all-zero weights leave no surrogate.
+    zero, m = ppo_policy_objective(lp, old, adv, weights, torch.zeros(2, 3), 0.2, 0.0, None, 0.0,
+                                   is_weights=torch.zeros(2, 3))
+    assert float(zero) == 0.0 and m["policy/pg_loss"] == 0.0
 
 
 def test_clip_higher_only_widens_the_upper_bound():
