@@ -42,7 +42,8 @@ def boost_eos(lm_dir: str | Path, tok, texts: list[str], gap: float) -> None:
     EOS's logit sits about `gap` above the average logit (p(EOS) ≈ e^gap / 512 per token)."""
     from transformers import GPT2LMHeadModel
 
-    from rlhf.batching import collate_prompts, encode_prompt
+    from models.generation import collate_prompts
+    from rlhf.batching import encode_prompt
 
     hf = GPT2LMHeadModel.from_pretrained(lm_dir).eval()
     ids, mask = collate_prompts([encode_prompt(tok, t, 31) for t in texts[:ROLLOUTS]], tok.pad_token_id)

@@ -24,17 +24,19 @@ import torch.distributed as dist
 
 from models.errors import InputError
 from parallel.mesh import GroupSpec, init_mesh
+from rlhf.batching import part_bounds
 
 # ---------------------------------------------------------------- batches across data-parallel ranks
 
 def split_batch(batch: Any, n: int) -> list[Any]:
-    """Split along dim 0 into n near-equal parts: tensors, lists, dicts and dataclasses of those."""
+    """Split along dim 0 into n near-equal parts (the same bounds for tensors and lists, so a
+    dataclass's fields stay row for row): tensors, lists, dicts and dataclasses of those."""
     if n == 1 or batch is None or isinstance(batch, int | float | str):
         return [batch] * n  # shared scalars (e.g. prompt_len) go to every rank as they are
     if isinstance(batch, torch.Tensor):
-        return list(torch.tensor_split(batch, n))
+        return list(torch.tensor_split(batch, part_bounds(batch.shape[0], n)[1:-1]))
     if isinstance(batch, list | tuple):
-        bounds = [len(batch) * i // n for i in range(n + 1)]
+        bounds = part_bounds(len(batch), n)
         return [batch[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     if isinstance(batch, dict):
         parts = {k: split_batch(v, n) for k, v in batch.items()}

@@ -59,6 +59,18 @@ def pad_generation(g: Generation, width: int, pad_id: int) -> Generation:
                       g.prompt_len)
 
 
+def collate_prompts(prompts: list[list[int]], pad_id: int, width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt batch for generation: input_ids (B, P) long, attention_mask (B, P) bool,
+    P = max(width, longest prompt)."""
+    P = max(width, *(len(p) for p in prompts))
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), P, dtype=torch.bool)
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p):] = torch.tensor(p)
+        mask[b, P - len(p):] = True
+    return ids, mask
+
+
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Top-k then nucleus (top-p) filtering of (..., V) logits, the order transformers applies them."""
     if top_k > 0:

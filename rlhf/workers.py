@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from models.generation import Generation, SamplingParams, filter_logits, generate, pad_generation
+from models.generation import Generation, SamplingParams, collate_prompts, filter_logits, generate, pad_generation
 from models.heads import CausalLM, gather_last
 from models.packing import pack_rows
 from models.transformer import LayerBackend, LocalBackend, positions_from_mask
@@ -29,7 +29,7 @@ from rlhf.algo.ppo import KLTerm, ppo_policy_objective, value_loss
 from rlhf.algo.preference import preference_loss
 from rlhf.algo.ranking import ranking_loss
 from rlhf.algo.rollout import Rollout
-from rlhf.batching import Encoded, LMBatch, collate_lm, collate_prompts, decode_responses
+from rlhf.batching import Encoded, LMBatch, collate_lm, decode_responses
 from rlhf.data import Prompt, fields_of
 from rlhf.functions import FunctionSpec, TaskFunction
 
@@ -391,6 +391,13 @@ class ScoreBatch:
     prompts: list[str]  # (B,) each row's prompt as in the data file
     responses: list[str]  # (B,) each row's decoded response, without EOS
     fields: dict[str, list] = field(default_factory=dict)  # name → (B,) the prompt records' other fields
+
+    def select(self, index: torch.Tensor) -> ScoreBatch:
+        """Rows `index` of every field."""
+        pick = [int(i) for i in index]
+        rows = lambda values: [values[i] for i in pick] if values else values  # noqa: E731 (no texts: empty)
+        return ScoreBatch(self.rollout.select(index), rows(self.prompts), rows(self.responses),
+                          {k: rows(v) for k, v in self.fields.items()})
 
     @classmethod
     def of(cls, tok, gen: Generation, prompts: list[Prompt], with_text: bool = True) -> ScoreBatch:
