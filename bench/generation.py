@@ -19,6 +19,7 @@ Where vLLM is installed (`make vllm`), a last column times its engine (models/vl
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -81,9 +82,10 @@ def main() -> int:
     from ppo_reference import NEW_TOKENS, ROLLOUTS, boost_eos, reference_setup
     from transformers import GPT2LMHeadModel
 
+    from models.generation import collate_prompts
     from models.hf import load_pretrained, read_hf_weights
     from models.vllm_sampler import VLLMSampler, vllm_available
-    from rlhf.batching import collate_prompts, encode_prompt
+    from rlhf.batching import encode_prompt
 
     device = torch.device(args.device)
     print(f"# {ROLLOUTS} prompts × {NEW_TOKENS} new tokens, temperature 1, {args.device}, "
@@ -97,6 +99,7 @@ def main() -> int:
         prompts = [encode_prompt(tok, t, 31) for t in texts[:ROLLOUTS]]
         ids, mask = collate_prompts(prompts, tok.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
+        results = {}
         for case in ("full", "early-eos"):
             if case == "early-eos":
                 boost_eos(lm_dir, tok, texts, args.eos_gap)
@@ -119,6 +122,8 @@ def main() -> int:
                 v_tokens = float(v.response_mask.sum())
                 row += f" {t_vllm:.3f} s ({v_tokens / t_vllm:.0f} tok/s, {v_tokens / ROLLOUTS:.1f} per response) |"
             print(row)
+            results[case] = (tokens / t_ours) / (hf_tokens / t_hf)
+    print("RESULT " + json.dumps({"ratio": results}))
     return 0
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SW = "tests/rlhf/test_ppo_switches.py::"
+PK = "tests/rlhf/test_packing.py::"
+VL = "tests/rlhf/test_vllm_rollout.py::"
 
 # (what the break does, file, line as it is, line broken, tests that must fail)
 MUTATIONS = [
@@ -99,6 +101,27 @@ MUTATIONS = [
      ["tests/rlhf/algo/test_preference.py"]),
     ("DPO without the reference", "rlhf/algo/preference.py", "log_ratio = logprobs - ref_logprobs  # (N,)",
      "log_ratio = logprobs  # (N,)", ["tests/rlhf/algo/test_preference.py", "tests/rlhf/test_dpo.py"]),
+    # #16: packing, token-balanced shares, finished rows, truncated importance sampling
+    ("engine.packing ignored (always padded)", "rlhf/workers.py", "    if not packed:\n", "    if True:\n",
+     [PK + "test_packing_reaches_every_role_and_changes_nothing_but_rounding"]),
+    ("packed rows attend across sequences", "models/transformer.py", "ctx = ForwardContext(kpm, segments, cache, rope)",
+     "ctx = ForwardContext(kpm, None, cache, rope)", ["tests/models/test_packing.py"]),
+    ("rows split over ranks by count, not tokens", "rlhf/coordinator.py",
+     "return None if dp == 1 else torch.tensor(balanced_order(",
+     "return None if True else torch.tensor(balanced_order(",
+     [PK + "test_map_by_tokens_balances_the_ranks_and_restores_the_row_order"]),
+    ("balanced rows' results left in the balanced order", "rlhf/coordinator.py", "restored[self.order] = value",
+     "restored[:] = value", [PK + "test_map_by_tokens_balances_the_ranks_and_restores_the_row_order",
+                             PK + "test_rows_are_split_over_ranks_by_tokens_and_come_back_in_order"]),
+    ("finished rows kept in the decoding batch", "models/generation.py",
+     "if len(rows) - int(alive.sum()) >= max(1, len(rows) // 8):", "if False:",
+     ["tests/models/test_generation.py::test_finished_rows_leave_the_batch_and_change_no_token"]),
+    ("importance weights of vLLM samples not computed", "rlhf/coordinator.py",
+     'if cfg.rollout == "vllm" and cfg.tis_cap is not None:', "if False:",
+     [VL + "test_shape_weights_tokens_by_the_truncated_ratio_for_vllm_samples_only"]),
+    ("importance weights not applied in the policy step", "rlhf/workers.py",
+     "hp.clip_eps_high, kl, r.is_weights)", "hp.clip_eps_high, kl, None)",
+     [VL + "test_policy_step_multiplies_the_surrogate_by_the_importance_weights"]),
 ]
 
 

@@ -15,6 +15,7 @@ of the machine's measured fp32 matmul peak (bench/matmul_peak.py).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -33,6 +34,10 @@ def main() -> int:
                     help="ppo.recompute_logprobs_every: the policy re-scores its samples every this many steps")
     ap.add_argument("--no-packing", action="store_true", help="engine.packing false for every role")
     ap.add_argument("--eos-gap", type=float, default=0.0, help="> 0: EOS logit this far above the mean")
+    ap.add_argument("--estimator", choices=("gae", "grpo", "rloo", "reinforce_pp"), default="gae",
+                    help="ppo.advantage_estimator; without gae no critic group runs")
+    ap.add_argument("--samples-per-prompt", type=int, default=None,
+                    help="ppo.samples_per_prompt (default: 1 with gae, 4 otherwise)")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
@@ -50,9 +55,11 @@ def main() -> int:
     from rlhf.ppo_config import PPOConfig
     from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
 
+    samples = args.samples_per_prompt or (1 if args.estimator == "gae" else 4)
     ppo = PPOConfig(steps=args.steps, prompts_per_step=ROLLOUTS, max_new_tokens=NEW_TOKENS, max_prompt_len=31,
                     temperature=1.0, ppo_epochs=1, minibatches=MINIBATCHES, normalize_scores=False, eval_every=10**9,
-                    recompute_logprobs_every=args.recompute_every)
+                    recompute_logprobs_every=args.recompute_every, advantage_estimator=args.estimator,
+                    samples_per_prompt=samples)
     with tempfile.TemporaryDirectory() as tmp:
         tok, texts, lm_dir, rm_dir = reference_setup(tmp)
         if args.eos_gap:
@@ -67,11 +74,13 @@ def main() -> int:
                  "reference": (ReferenceWorker, (lm, engine)),
                  "critic": (CriticWorker, (rm, engine, ppo.critic.optim, n_updates, 8)),
                  "reward": (RewardWorker, (rm, engine))}
+        if not ppo.uses_critic:
+            del specs["critic"]
         logged: dict[int, dict] = {}
         if args.backend == "local":
             from launcher.worker_group import LocalGroup
 
-            roles = Roles(**{r: LocalGroup(cls, *a) for r, (cls, a) in specs.items()})
+            roles = Roles(**{"critic": None, **{r: LocalGroup(cls, *a) for r, (cls, a) in specs.items()}})
             train_ppo(roles, tok, prompts, ppo, lambda m, s: logged.__setitem__(s, m), None, lambda s: None,
                       lambda s, st: None)
         else:
@@ -82,8 +91,8 @@ def main() -> int:
             spec = GroupSpec(ranks=1, cpus_per_rank=args.threads / 4)
             groups = build_groups({r: (cls, spec, a, {}) for r, (cls, a) in specs.items()})
             try:
-                train_ppo(Roles(**groups), tok, prompts, ppo, lambda m, s: logged.__setitem__(s, m), None,
-                          lambda s: None, lambda s, st: None)
+                train_ppo(Roles(**{"critic": None, **groups}), tok, prompts, ppo,
+                          lambda m, s: logged.__setitem__(s, m), None, lambda s: None, lambda s, st: None)
             finally:
                 shutdown_groups(groups)
                 shutdown_ray()
@@ -91,39 +100,50 @@ def main() -> int:
     by_speed = sorted(steps, key=lambda m: m["perf/samples_per_s"])
     median = by_speed[len(by_speed) // 2]
     step = next(s for s in sorted(logged) if logged[s] is median) - 1
-    width = max(widths[i] for i in prompt_batch(len(texts), step, ROLLOUTS, ppo.seed))
-    flops = phase_flops(model, ROLLOUTS, width, NEW_TOKENS, ppo.ppo_epochs, step % args.recompute_every == 0)
-    peak = matmul_peak()
+    n = ROLLOUTS // ppo.samples_per_prompt
+    width = max(widths[i] for i in prompt_batch(len(texts), step, n, ppo.seed, ppo.samples_per_prompt))
+    flops = phase_flops(model, ROLLOUTS, width, NEW_TOKENS, ppo.ppo_epochs, step % args.recompute_every == 0,
+                        ppo.uses_critic)
+    # The yardstick of the dtype the engines train in: fp32 on CPU, bf16 on a GPU (precision "auto").
+    peak = matmul_peak(torch.bfloat16, "cuda", sizes=(4096, 8192)) if torch.cuda.is_available() else matmul_peak()
     phases = ("generate", "score", "train", "sync")
     total = sum(median[f"time/{p}"] for p in phases)
     print(f"backend={args.backend} threads={args.threads} steps={len(steps)} (after {args.warmup} warm-up) "
-          f"packing={not args.no_packing} eos_gap={args.eos_gap}")
+          f"packing={not args.no_packing} eos_gap={args.eos_gap} estimator={args.estimator} "
+          f"samples_per_prompt={ppo.samples_per_prompt} recompute_every={args.recompute_every}")
     print(f"median step: {median['perf/samples_per_s']:.2f} samples/s, {median['perf/tokens_per_s']:.1f} "
           f"generated tokens/s, {total:.2f} s/step, {median['response/length']:.1f} tokens/response")
     print("phase split: " + ", ".join(f"{p} {median[f'time/{p}']:.2f} s ({100 * median[f'time/{p}'] / total:.0f}%)"
                                       for p in phases))
     print(f"samples/s over all measured steps: mean {statistics.mean(m['perf/samples_per_s'] for m in steps):.2f}")
-    print(f"fp32 matmul peak ({args.threads} threads): {peak / 1e9:.1f} GFLOP/s; model FLOPs and MFU per phase "
+    print(f"matmul peak ({'bf16 GPU' if torch.cuda.is_available() else f'fp32, {args.threads} threads'}): "
+          f"{peak / 1e9:.1f} GFLOP/s; model FLOPs and MFU per phase "
           f"(prompt width {width}, {NEW_TOKENS} new tokens):")
+    mfu = {}
     for p, f in flops.items():
         rate = f / median[f"time/{p}"]
+        mfu[p] = rate / peak
         print(f"  {p:<8} {f / 1e9:7.2f} GFLOP  {rate / 1e9:6.1f} GFLOP/s  MFU {100 * rate / peak:4.0f}%")
+    # One line for scripts (bench/targets.py).
+    print("RESULT " + json.dumps({"samples_per_s": median["perf/samples_per_s"], "mfu": mfu, "peak": peak}))
     return 0
 
 
-def phase_flops(model, rollouts: int, width: int, new_tokens: int, epochs: int, recomputed: bool = True
-                ) -> dict[str, float]:
+def phase_flops(model, rollouts: int, width: int, new_tokens: int, epochs: int, recomputed: bool = True,
+                critic: bool = True) -> dict[str, float]:
     """Model FLOPs of one PPO step's phases (ModelConfig.forward_flops; a backward is 2 forwards):
     generation is a prefill of the prompts and one token per row per decoding step against the
     growing KV cache (the LM head on the last position only); scoring is four full forwards (policy
     and reference with the LM head on every position, critic and reward with a scalar head); training
     is forward + backward of policy and critic on every rollout, `epochs` times. Without `recomputed`
-    the policy's scoring forward is skipped (ppo.recompute_logprobs_every)."""
+    the policy's scoring forward is skipped (ppo.recompute_logprobs_every); without `critic` (a
+    critic-free estimator) the critic's forward and update are."""
     B, P, R = rollouts, width, new_tokens
     T = P + R
     generate = model.forward_flops(B * P, P, B) + sum(model.forward_flops(B, P + t, B) for t in range(1, R))
     lm, score = model.forward_flops(B * T, T, B * T), model.forward_flops(B * T, T, 0)
-    return {"generate": generate, "score": (1 + recomputed) * lm + 2 * score, "train": 3 * epochs * (lm + score)}
+    return {"generate": generate, "score": (1 + recomputed) * lm + (1 + critic) * score,
+            "train": 3 * epochs * (lm + critic * score)}
 
 
 if __name__ == "__main__":

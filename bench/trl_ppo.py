@@ -4,7 +4,8 @@ Same models, prompts and settings as `bench/ppo_throughput.py`: GPT-2-style poli
 reference models of 4 layers, width 256, 4 heads, vocabulary 512, fp32, random weights (saved by our
 HF export and loaded by transformers' Auto classes, so both trainers run the same architecture);
 32 prompts of 17-31 tokens per step; 32 new tokens at temperature 1.0; one PPO epoch of 4
-minibatches; 2 CPU threads. Prints samples/s and generated tokens/s at the median step.
+minibatches; 2 CPU threads. TRL's defaults that we do not use are turned off — bf16 and gradient
+checkpointing — so both do the same work. Prints samples/s and generated tokens/s at the median step.
 
 TRL removed PPOTrainer after 1.12 (it lives in `trl.experimental.ppo` there). It brings accelerate
 and datasets, so it gets its own virtual environment; our `models` package comes from the checkout:
@@ -17,6 +18,7 @@ and datasets, so it gets its own virtual environment; our `models` package comes
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -66,7 +68,8 @@ def main() -> int:
                         total_episodes=ROLLOUTS * args.steps, local_rollout_forward_batch_size=ROLLOUTS,
                         stop_token="eos",
                         num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=10**9,
-                        use_cpu=not torch.cuda.is_available(), seed=0, disable_tqdm=True)
+                        use_cpu=not torch.cuda.is_available(), seed=0, disable_tqdm=True,
+                        bf16=False, fp16=False, gradient_checkpointing=False)
         times = StepTimes()
         trainer = PPOTrainer(args=ppo, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                              value_model=value, train_dataset=Dataset.from_dict({"input_ids": prompt_ids}),
@@ -78,6 +81,7 @@ def main() -> int:
     print(f"TRL {trl.__version__} PPOTrainer threads={args.threads} steps={len(step_s)} (after {args.warmup} warm-up)")
     print(f"median step: {ROLLOUTS / median:.2f} samples/s, {ROLLOUTS * NEW_TOKENS / median:.1f} generated "
           f"tokens/s (upper bound: every response at {NEW_TOKENS} tokens), {median:.2f} s/step")
+    print("RESULT " + json.dumps({"samples_per_s": ROLLOUTS / median}))
     return 0
 
 

@@ -14,6 +14,7 @@ elements whole on every rank: DeepSpeed's default (1e5) and 0 (partition everyth
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -81,6 +82,8 @@ def main() -> int:
         label = "–" if stage < 3 else ("default (1e5)" if threshold is None else str(threshold))
         print(f"| {stage} | {label} | {one / 2**20:.1f} MiB | {two / 2**20:.1f} MiB "
               f"({rank0['param_bytes'] / 2**20:.1f} + {rank0['optimizer_bytes'] / 2**20:.1f}) | {two / one:.3f} |")
+    print("RESULT " + json.dumps({"ratio": {f"zero{stage}" + ("" if threshold is None else f"_threshold{threshold}"):
+                                            two / one for stage, threshold, one, two, _ in rows}}))
     return 0
 
 
