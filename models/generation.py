@@ -110,12 +110,15 @@ def generate(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    drop_finished: bool = True,
 ) -> Generation:
     """Sample up to `max_new_tokens` for each left-padded prompt (B, P); rows stop at their own EOS.
 
     Finished rows leave the batch (and the KV cache) once they are an eighth of it: copying the
-    cache once costs less than decoding them on. use_cache=False recomputes the whole prefix each
-    step, on the same rows (the check that the cache changes nothing).
+    cache once costs less than decoding them on. Sampling still draws for every row, so the samples
+    are those of a batch that kept them. use_cache=False recomputes the whole prefix each step, on the
+    same rows (the check that the cache changes nothing). drop_finished=False keeps every row to the
+    end (the check that dropping changes nothing).
     """
     B, P = input_ids.shape
     R = params.max_new_tokens
@@ -137,7 +140,11 @@ def generate(
     logits = vocab(model(input_ids, mask[:, :P], positions_from_mask(mask[:, :P]), cache, last_only=True))
     steps = 0
     for t in range(R):
-        tokens, lp = sample_next(logits[:, -1], params, generator)  # (slots,)
+        # Every row draws, in its own place, whether it is still decoding or not: the random stream, and
+        # so every sample, is the same as if no row ever left the batch.
+        every = logits.new_zeros(B, logits.shape[-1])
+        every[rows] = logits[:, -1]
+        tokens, lp = (x[rows] for x in sample_next(every, params, generator))  # (slots,)
         out = rows[alive]
         sequences[out, P + t] = tokens[alive]
         mask[out, P + t] = True
@@ -146,7 +153,7 @@ def generate(
         steps = t + 1
         if not bool(alive.any()) or t == R - 1:
             break
-        if len(rows) - int(alive.sum()) >= max(1, len(rows) // 8):
+        if drop_finished and len(rows) - int(alive.sum()) >= max(1, len(rows) // 8):
             keep = alive.nonzero().flatten()
             rows, alive = rows[keep], alive[keep]
             if cache is not None:

@@ -38,7 +38,10 @@ def test_pipeline_on_ray(ray_cluster, tmp_path, capsys):
         for key in ("kl/sequence", "policy/entropy", "critic/value_error", "response/length", "time/generate",
                     "time/score", "time/train", "time/sync", "perf/samples_per_s", "perf/tokens_per_s"):
             assert key in m or (key.startswith("policy/") and m["step"] <= 4), (m["step"], key)  # critic warm-up
-        assert m["check/logprob_gap_max"] < 1e-5  # generation and training paths agree after each sync
+        # Generation and training paths agree after each sync. fp32 rounding differs between the KV-cache
+        # decoding of a shrinking batch and the packed training forward (1.0e-5 seen); a missed sync
+        # shows as the policy's change, orders of magnitude more.
+        assert m["check/logprob_gap_max"] < 1e-4
     assert sum("eval/gold_score" in m for m in metrics) == 3  # steps 0, 30, 60
     assert "gold score" in capsys.readouterr().out
 

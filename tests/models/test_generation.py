@@ -120,3 +120,20 @@ def test_finished_rows_leave_the_batch_and_change_no_token():
         assert torch.equal(out.responses[b, :n], full[b, :n])
         assert (out.responses[b, n:] == PAD).all() and int(out.response_mask[b].sum()) == n
     assert sizes[0] == 8 and sizes[-1] < 8 and sizes == sorted(sizes, reverse=True), sizes
+
+
+def test_dropping_finished_rows_changes_no_sample():
+    """Every row still draws from the generator each step, so sampling gives the same responses and
+    log-probs with and without finished rows leaving the batch."""
+    cfg = ModelConfig(arch="gpt2", vocab_size=12, max_seq_len=64, d_model=32, n_layers=1, n_heads=4)
+    torch.manual_seed(2)
+    ours = CausalLM(cfg).eval()
+    ids, mask = batch(B=8, T=6, left_pad=(0, 1, 2, 3, 4, 5, 0, 0))
+    ids, mask = ids % 10 + 2, mask.bool()
+    params = SamplingParams(max_new_tokens=24, temperature=1.0)
+    runs = [generate(ours, ids, mask, params, EOS, PAD, torch.Generator().manual_seed(5), drop_finished=d)
+            for d in (True, False)]
+    lengths = runs[0].response_mask.sum(-1)
+    assert len(set(lengths.tolist())) > 2  # rows did end at different steps
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=0)
