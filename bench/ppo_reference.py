@@ -52,3 +52,21 @@ def boost_eos(lm_dir: str | Path, tok, texts: list[str], gap: float) -> None:
         m = h.mean(0)
         hf.transformer.wte.weight[tok.eos_token_id] += gap * m / float((h @ m).mean())
     hf.save_pretrained(lm_dir)
+
+
+def peer_args(doc: str, unit: str):
+    """--steps, --warmup and --threads of a peer harness (bench/trl_*.py), parsed; the threads set and
+    the peer's warnings silenced. `unit`: what one step is there."""
+    import argparse
+    import os
+    import warnings
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=8, help=f"{unit}s to run")
+    ap.add_argument("--warmup", type=int, default=2, help=f"{unit}s left out of the measurement")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    return args

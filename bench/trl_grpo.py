@@ -16,25 +16,17 @@ TRL's venv as for bench/trl_ppo.py:
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
-import warnings
 
 import torch
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=8, help="generations (each: 32 completions, 4 optimizer steps)")
-    ap.add_argument("--warmup", type=int, default=2, help="generations left out")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    from ppo_reference import peer_args
+
+    args = peer_args(__doc__, "generation (32 completions, 4 optimizer steps)")
     try:
         import trl
         from trl import GRPOConfig, GRPOTrainer

@@ -17,27 +17,19 @@ and datasets, so it gets its own virtual environment; our `models` package comes
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 
 import torch
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    from ppo_reference import peer_args
+
+    args = peer_args(__doc__, "step")
 
     try:
         import trl

@@ -14,17 +14,20 @@ from rlhf.data import load_prompts
 from rlhf.task import WORDS, EmbeddedTask, TaskConfig
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppo")
+def tiny_task(root, d_model: int = 32):
+    """(root, tokenizer, PPO prompts) with a random 1-layer, 2-head policy and reward model under root."""
     tok = build_word_tokenizer(WORDS)
-    cfg = ModelConfig(vocab_size=len(tok), max_seq_len=32, d_model=32, n_layers=1, n_heads=2,
+    cfg = ModelConfig(vocab_size=len(tok), max_seq_len=32, d_model=d_model, n_layers=1, n_heads=2,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     save_pretrained(CausalLM(cfg), root / "policy")
     save_pretrained(ScoreModel(cfg), root / "reward")
     files = EmbeddedTask(TaskConfig(n_sft=10, n_comparisons=10, n_ppo=64, n_eval=8)).write(root / "data")
-    prompts = load_prompts(files["ppo_train"])
-    return root, tok, prompts
+    return root, tok, load_prompts(files["ppo_train"])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_task(tmp_path_factory.mktemp("ppo"))
 
 

@@ -12,9 +12,10 @@ from models.tokenizer import build_word_tokenizer
 from parallel.host import ModelSource
 from rlhf.batching import Encoded, collate_lm, encode_pair
 from rlhf.data import load_sft
+from rlhf.logprobs import sft_loss
 from rlhf.sft import SFTConfig, evaluate_nll, total_steps, train_sft
 from rlhf.task import WORDS, EmbeddedTask, TaskConfig
-from rlhf.workers import PolicyWorker, sft_loss
+from rlhf.workers import PolicyWorker
 
 
 def test_loss_is_response_only_mean_nll():

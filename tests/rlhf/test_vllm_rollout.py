@@ -10,8 +10,8 @@ import torch
 from launcher.worker_group import LocalGroup
 from models.config import ModelConfig
 from models.generation import SamplingParams
-from models.heads import CausalLM, ScoreModel
-from models.hf import save_pretrained, to_hf_state_dict
+from models.heads import CausalLM
+from models.hf import to_hf_state_dict
 from models.transformer import positions_from_mask
 from models.vllm_sampler import vllm_available
 from parallel.engine import EngineConfig, OptimConfig
@@ -20,8 +20,10 @@ from parallel.mesh import GroupSpec
 from rlhf.algo.ppo import loss_weights
 from rlhf.algo.rollout import Rollout
 from rlhf.coordinator import Roles, shape, train_ppo
+from rlhf.logprobs import sampled_logprobs
 from rlhf.ppo_config import PPOConfig
-from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker, sampled_logprobs
+from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker
+from tests.rlhf.conftest import tiny_task
 from tests.rlhf.test_ppo_loop import OPT, base_cfg
 from tests.rlhf.test_ppo_switches import RM, rollout
 
@@ -123,18 +125,7 @@ def test_vllm_samples_match_our_model_before_and_after_a_weight_push(arch):
 def test_ppo_loop_on_vllm_rollouts_keeps_sampler_and_trainer_in_step(tmp_path):
     """After every update the weights reach vLLM: the log-prob gap stays at rounding while the policy
     moves (a missed push shows as a gap of the policy's change); TIS is logged."""
-    from models.tokenizer import build_word_tokenizer
-    from rlhf.data import load_prompts
-    from rlhf.task import WORDS, EmbeddedTask, TaskConfig
-
-    tok = build_word_tokenizer(WORDS)
-    cfg = ModelConfig(vocab_size=len(tok), max_seq_len=32, d_model=64, n_layers=1, n_heads=2,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    save_pretrained(CausalLM(cfg), tmp_path / "policy")
-    save_pretrained(ScoreModel(cfg), tmp_path / "reward")
-    files = EmbeddedTask(TaskConfig(n_sft=10, n_comparisons=10, n_ppo=64, n_eval=8)).write(tmp_path / "data")
-    prompts = load_prompts(files["ppo_train"])
+    _, tok, prompts = tiny_task(tmp_path, d_model=64)  # heads of 32: vLLM's CPU attention has no 16
     policy, reward = ModelSource(path=str(tmp_path / "policy")), ModelSource(path=str(tmp_path / "reward"))
     roles = Roles(LocalGroup(PolicyWorker, policy, EngineConfig(), OptimConfig(lr=1e-2, warmup_steps=0), 100, 4,
                              rollout="vllm"),
