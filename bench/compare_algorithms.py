@@ -1,9 +1,12 @@
 """PPO, GRPO, RLOO, REINFORCE++, DPO and best-of-n from one SFT policy and one reward model, on the
-embedded list task and on the arithmetic task (bench/tasks/arithmetic.py): held-out gold score with
-its standard error, KL to the SFT policy, wall time and samples/s. Every run goes through the CLI,
-as a user's would (`instructrl sft`, `rm`, `ppo`, `dpo`); best-of-n uses the library's groups.
+embedded list task and on the task suite (bench/tasks: arithmetic, length, keywords, politeness):
+held-out gold score with its standard error, the share of the gap between the SFT policy and a
+perfect 1.0 that each closes, KL to the SFT policy, wall time and samples/s; per task the reward
+model's held-out accuracy beside the labels' own agreement with the gold labeller (its ceiling).
+Every run goes through the CLI, as a user's would (`instructrl sft`, `rm`, `ppo`, `dpo`);
+best-of-n uses the library's groups.
 
-    python bench/compare_algorithms.py [--tasks embedded arithmetic] [--out runs/bench-algorithms]
+    python bench/compare_algorithms.py [--tasks embedded suite arithmetic ...] [--out runs/bench-algorithms]
 
 Writes <out>/<task>/results.json and prints a Markdown table per task (docs/algorithms.md).
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.tasks import arithmetic  # noqa: E402
+from bench.tasks import SUITE  # noqa: E402
 
 # What each algorithm changes over the demo config's PPO (configs/demo.yaml). The KL stays in the
 # reward at the demo's β for all of them, so the estimator is the only difference. DPO runs with the
@@ -52,33 +55,43 @@ def cli(args: list[str], log: Path) -> float:
 
 
 class Task:
-    """The data-file overrides of one task; the embedded task's are its own files, once written."""
+    """The data-file overrides of one task: the embedded task's own files (once written), or a suite
+    task's (bench/tasks), written under <out>/task."""
 
     def __init__(self, name: str, out: Path):
         self.name, self.out = name, out
         self.base = out / "base"
+        self.module = SUITE.get(name)
 
     def files(self) -> list[str]:
         """Overrides that make a run read the base run's data and tokenizer (for runs other than the base)."""
         data = self.base / "data"
-        if self.name == "embedded":
+        if self.module is None:
             return [f"rm.train_data={data}/comparisons_policy_train.jsonl",
                     f"rm.eval_data={data}/comparisons_policy_eval.jsonl", f"ppo.prompts={data}/ppo_train.jsonl",
                     f"ppo.eval_prompts={data}/ppo_eval.jsonl", f"model.tokenizer={self.base}/tokenizer"]
-        return [o for o in arithmetic.overrides(self.out / "task") if not o.startswith("model.bpe_vocab")] + \
+        return [o for o in self.module.overrides(self.out / "task") if not o.startswith("model.bpe_vocab")] + \
             [f"model.tokenizer={self.base}/tokenizer"]
 
     def base_overrides(self) -> list[str]:
-        if self.name == "embedded":
+        if self.module is None:
             return []
-        arithmetic.write_task(self.out / "task")
-        return arithmetic.overrides(self.out / "task")
+        self.module.write_task(self.out / "task")
+        return self.module.overrides(self.out / "task")
 
     def eval_file(self) -> Path:
-        return self.base / "data" / "ppo_eval.jsonl" if self.name == "embedded" else self.out / "task" / "eval.jsonl"
+        return self.base / "data" / "ppo_eval.jsonl" if self.module is None else self.out / "task" / "eval.jsonl"
 
     def gold(self) -> str:
-        return "rlhf.task:gold_scores" if self.name == "embedded" else f"{self.out / 'task'}/gold.py:exact"
+        if self.module is None:
+            return "rlhf.task:gold_scores"
+        spec = next(o for o in self.module.overrides(self.out / "task") if o.startswith("evaluation.gold_function="))
+        return spec.split("=", 1)[1]
+
+    def label_accuracy(self) -> float | None:
+        """The rankings' agreement with the gold labeller (None for the embedded task)."""
+        labels = self.out / "task" / "labels.json"
+        return json.loads(labels.read_text())["label_accuracy"] if labels.exists() else None
 
 
 def final_eval(run: Path, stage: str) -> tuple[dict, dict]:
@@ -165,17 +178,19 @@ def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> d
                           "wall_s": wall, "samples_per_s": None, "start": first}
     if not only or f"best-of-{n}" in only:
         results[f"best-of-{n}"] = best_of_n(task, n, repeats=4)
-    sft = results["PPO (GAE, critic)"]["start"]
+    sft = next(r["start"] for r in results.values() if "start" in r)
     return {"sft": {"gold": sft["eval/gold_score"], "stderr": sft["eval/gold_stderr"]}, "rm_accuracy": rm_acc,
-            "steps": steps, "algorithms": results}
+            "label_accuracy": task.label_accuracy(), "steps": steps, "algorithms": results}
 
 
 def table(task: str, r: dict) -> str:
     sft = r["sft"]
+    ceiling = f" (the labels' own agreement with the gold: {r['label_accuracy']:.3f})" if r.get("label_accuracy") \
+        else ""
     lines = [f"**{task}** — SFT policy {sft['gold']:.3f} ± {sft['stderr']:.3f}; reward model held-out pair "
-             f"accuracy {r['rm_accuracy']:.3f}; {r['steps']} RL steps × 128 samples",
-             "", "| method | held-out gold | gain over SFT (standard errors) | KL to SFT (nats) | wall time (s) | "
-                 "samples/s |", "| --- | --- | --- | --- | --- | --- |"]
+             f"accuracy {r['rm_accuracy']:.3f}{ceiling}; {r['steps']} RL steps × 128 samples",
+             "", "| method | held-out gold | gain over SFT (standard errors) | gap to 1.0 closed | KL to SFT (nats) | "
+                 "wall time (s) | samples/s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     order = [*ALGORITHMS, "DPO", *(k for k in r["algorithms"] if k.startswith("best-of"))]
     for name in (k for k in order if k in r["algorithms"]):
         a = r["algorithms"][name]
@@ -183,21 +198,24 @@ def table(task: str, r: dict) -> str:
         z = gain / math.hypot(a["stderr"], sft["stderr"])
         rate = f"{a['samples_per_s']:.1f}" if a["samples_per_s"] else "— (no sampling)"
         kl = f"≤ {a['kl']:.2f}" if name.startswith("best-of") else f"{a['kl']:.2f}"  # the analytic bound
-        lines.append(f"| {name} | {a['gold']:.3f} ± {a['stderr']:.3f} | {gain:+.3f} ({z:.1f}) | {kl} | "
-                     f"{a['wall_s']:.0f} | {rate} |")
+        closed = gain / (1 - sft["gold"]) if sft["gold"] < 1 else float("nan")
+        lines.append(f"| {name} | {a['gold']:.3f} ± {a['stderr']:.3f} | {gain:+.3f} ({z:.1f}) | {100 * closed:.0f}% | "
+                     f"{kl} | {a['wall_s']:.0f} | {rate} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["embedded", "arithmetic"], choices=["embedded", "arithmetic"])
+    parser.add_argument("--tasks", nargs="+", default=["embedded", "arithmetic"],
+                        choices=["embedded", "suite", *SUITE], help="'suite': every task of bench/tasks")
     parser.add_argument("--out", default="runs/bench-algorithms")
     parser.add_argument("--steps", type=int, default=100, help="RL steps of each PPO-family run (the demo's 100)")
     parser.add_argument("--n", type=int, default=8, help="n of the best-of-n baseline")
     parser.add_argument("--only", nargs="+", help="rerun these methods only (by their table name), keep the rest")
     parser.add_argument("--table", action="store_true", help="print the tables of the saved results; run nothing")
     args = parser.parse_args()
-    for name in args.tasks:
+    names = [t for name in args.tasks for t in (SUITE if name == "suite" else [name])]
+    for name in dict.fromkeys(names):
         out = (ROOT / args.out / name).resolve()
         out.mkdir(parents=True, exist_ok=True)
         if args.table:

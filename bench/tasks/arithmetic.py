@@ -10,10 +10,11 @@ user file formats, read through the same CLI a user would use:
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
+
+from bench.tasks.common import Agreement, task_overrides, write_files
 
 GOLD = '''
 def exact(prompts, responses, answer, **fields):
@@ -25,7 +26,6 @@ def exact(prompts, responses, answer, **fields):
 def write_task(root: Path, n_sft: int = 4000, n_pairs: int = 3000, n_prompts: int = 2000, n_eval: int = 200,
                high: int = 10, seed: int = 0) -> dict[str, Path]:
     rng = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
 
     def item() -> tuple[str, int]:
         a, b = rng.randrange(high), rng.randrange(high)
@@ -34,16 +34,11 @@ def write_task(root: Path, n_sft: int = 4000, n_pairs: int = 3000, n_prompts: in
     def slip(answer: int) -> int:
         return max(0, answer + rng.choice((-3, -2, -1, 1, 2, 3)))
 
-    def write(name: str, rows: list[dict]) -> Path:
-        with open(root / name, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        return root / name
-
     sft = []
     for _ in range(n_sft):
         p, ans = item()
         sft.append({"prompt": p, "response": str(slip(ans) if rng.random() < 0.3 else ans)})
-    pairs = []
+    pairs, agreement = [], Agreement()
     for _ in range(n_pairs):
         p, ans = item()
         good, bad = str(ans), str(slip(ans))
@@ -52,19 +47,15 @@ def write_task(root: Path, n_sft: int = 4000, n_pairs: int = 3000, n_prompts: in
         if rng.random() < 0.1:
             good, bad = bad, good  # label noise
         pairs.append({"prompt": p, "chosen": good, "rejected": bad})
-    (root / "gold.py").write_text(GOLD)
-    return {"sft": write("sft.jsonl", sft), "comparisons": write("comparisons.jsonl", pairs),
-            "prompts": write("prompts.jsonl", [{"prompt": p, "answer": a} for p, a in
-                                               (item() for _ in range(n_prompts))]),
-            "eval": write("eval.jsonl", [{"prompt": p, "answer": a} for p, a in (item() for _ in range(n_eval))]),
-            "gold": root / "gold.py"}
+        agreement.add([good, bad], lambda r, ans=ans: float(r == str(ans)))
+    prompts = [{"prompt": p, "answer": a} for p, a in (item() for _ in range(n_prompts))]
+    return write_files(root, sft, pairs, prompts, [{"prompt": p, "answer": a} for p, a in
+                                                   (item() for _ in range(n_eval))], GOLD, agreement)
 
 
 def overrides(root: Path) -> list[str]:
     """The task's files and model as `instructrl` overrides."""
-    return [f"sft.train_data={root}/sft.jsonl", f"rm.train_data={root}/comparisons.jsonl",
-            f"ppo.prompts={root}/prompts.jsonl", f"ppo.eval_prompts={root}/eval.jsonl",
-            f"evaluation.gold_function={root}/gold.py:exact", "model.bpe_vocab=320"]
+    return task_overrides(root, "exact")
 
 
 if __name__ == "__main__":
