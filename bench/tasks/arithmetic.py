@@ -5,13 +5,12 @@ labeller's slips); the comparisons are pairs (the right sum against a near miss)
 flipped 10% of the time; the gold function is an exact checker of the `answer` field. Written in the
 user file formats, read through the same CLI a user would use:
 
-    python -m bench.tasks.arithmetic <dir>      # sft.jsonl, comparisons.jsonl, prompts.jsonl, eval.jsonl, gold.py
+    python -m bench.tasks <dir> arithmetic    # <dir>/arithmetic/: the four files and gold.py
 """
 
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 from bench.tasks.common import Agreement, task_overrides, write_files
@@ -56,8 +55,3 @@ def write_task(root: Path, n_sft: int = 4000, n_pairs: int = 3000, n_prompts: in
 def overrides(root: Path) -> list[str]:
     """The task's files and model as `instructrl` overrides."""
     return task_overrides(root, "exact")
-
-
-if __name__ == "__main__":
-    for name, path in write_task(Path(sys.argv[1])).items():
-        print(f"{name}: {path}")

@@ -5,13 +5,12 @@ Gold (gold.py:keywords): 0.5 for the required word present + 0.5 for the forbidd
 Demonstrations break one of the two rules 30% of the time; comparisons are pairs (a phrase that keeps
 both rules against one that breaks one), the order flipped 10% of the time.
 
-    python -m bench.tasks.keywords <dir>
+    python -m bench.tasks <dir> keywords
 """
 
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 from bench.tasks.common import Agreement, task_overrides, write_files
@@ -69,8 +68,3 @@ def write_task(root: Path, n_sft: int = 4000, n_pairs: int = 3000, n_prompts: in
 
 def overrides(root: Path) -> list[str]:
     return task_overrides(root, "keywords")
-
-
-if __name__ == "__main__":
-    for name, path in write_task(Path(sys.argv[1])).items():
-        print(f"{name}: {path}")

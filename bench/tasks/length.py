@@ -5,13 +5,12 @@ given word; 0.5 when only the count is right; 0 otherwise. Demonstrations miss t
 the time; rankings of 3 candidates (counts N, N±1, N±2 around the asked N) are ordered by the gold
 score, ties by closeness of the count, adjacent pairs swapped 10% of the time.
 
-    python -m bench.tasks.length <dir>
+    python -m bench.tasks <dir> length
 """
 
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 from bench.tasks.common import Agreement, ranked, task_overrides, write_files
@@ -66,8 +65,3 @@ def write_task(root: Path, n_sft: int = 4000, n_rankings: int = 3000, n_prompts:
 
 def overrides(root: Path) -> list[str]:
     return task_overrides(root, "length")
-
-
-if __name__ == "__main__":
-    for name, path in write_task(Path(sys.argv[1])).items():
-        print(f"{name}: {path}")

@@ -5,13 +5,12 @@ Gold (gold.py:polite): a third each for opening politely ("please" or "kindly"),
 ("now", "hurry", "quick"). Demonstrations are curt or rude 30% of the time; rankings of 3 candidates
 are ordered by the gold score, adjacent pairs swapped 10% of the time.
 
-    python -m bench.tasks.politeness <dir>
+    python -m bench.tasks <dir> politeness
 """
 
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 from bench.tasks.common import Agreement, ranked, task_overrides, write_files
@@ -79,8 +78,3 @@ def write_task(root: Path, n_sft: int = 4000, n_rankings: int = 3000, n_prompts:
 
 def overrides(root: Path) -> list[str]:
     return task_overrides(root, "polite")
-
-
-if __name__ == "__main__":
-    for name, path in write_task(Path(sys.argv[1])).items():
-        print(f"{name}: {path}")

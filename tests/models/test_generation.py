@@ -96,14 +96,19 @@ def test_right_padded_prompts_are_refused(tmp_path):
         generate(ours, ids, mask, SamplingParams(max_new_tokens=2), EOS, PAD)
 
 
+def eos_prone(arch: str, seed: int):
+    """A random model over 12 tokens, where EOS comes often, and 8 prompts left-padded by 0 to 5."""
+    cfg = ModelConfig(arch=arch, vocab_size=12, max_seq_len=64, d_model=32, n_layers=1, n_heads=4)
+    torch.manual_seed(seed)
+    model = CausalLM(cfg).eval()
+    ids, mask = batch(B=8, T=6, left_pad=(0, 1, 2, 3, 4, 5, 0, 0))
+    return model, ids % 10 + 2, mask.bool()
+
+
 def test_finished_rows_leave_the_batch_and_change_no_token():
     """Greedy decoding with rows ending at different steps equals the same decoding without EOS cut
     at each row's first EOS; and the decoding batch shrinks as rows finish."""
-    cfg = ModelConfig(arch="llama", vocab_size=12, max_seq_len=64, d_model=32, n_layers=1, n_heads=4)
-    torch.manual_seed(1)
-    ours = CausalLM(cfg).eval()
-    ids, mask = batch(B=8, T=6, left_pad=(0, 1, 2, 3, 4, 5, 0, 0))
-    ids, mask = ids % 10 + 2, mask.bool()
+    ours, ids, mask = eos_prone("llama", seed=1)
     greedy = SamplingParams(max_new_tokens=24, temperature=0)
     full = generate(ours, ids, mask, greedy, -1, PAD).responses  # no EOS: every row runs 24 tokens
     # The token that first appears latest on average, so rows stop at different steps.
@@ -125,11 +130,7 @@ def test_finished_rows_leave_the_batch_and_change_no_token():
 def test_dropping_finished_rows_changes_no_sample():
     """Every row still draws from the generator each step, so sampling gives the same responses and
     log-probs with and without finished rows leaving the batch."""
-    cfg = ModelConfig(arch="gpt2", vocab_size=12, max_seq_len=64, d_model=32, n_layers=1, n_heads=4)
-    torch.manual_seed(2)
-    ours = CausalLM(cfg).eval()
-    ids, mask = batch(B=8, T=6, left_pad=(0, 1, 2, 3, 4, 5, 0, 0))
-    ids, mask = ids % 10 + 2, mask.bool()
+    ours, ids, mask = eos_prone("gpt2", seed=2)
     params = SamplingParams(max_new_tokens=24, temperature=1.0)
     runs = [generate(ours, ids, mask, params, EOS, PAD, torch.Generator().manual_seed(5), drop_finished=d)
             for d in (True, False)]
