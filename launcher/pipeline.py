@@ -125,7 +125,8 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
             started = [r for r in ROLES if getattr(roles, r) is not None]
             record_placement(out_dir, {r: getattr(roles, r) for r in started})
             judges = Judges(gold=inputs.gold, reward=roles.reward, reference=roles.reference,
-                            weights=p.score_weights, rm_stats=stats if p.normalize_scores else None, clip=p.score_clip)
+                            weights=p.score_weights, rm_stats=stats if p.normalize_scores else None, clip=p.score_clip,
+                            missing_eos_score=p.missing_eos_score)
 
             def evaluate(step: int) -> None:
                 if not inputs.eval_prompts:
@@ -133,7 +134,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                 ev = evaluate_policy(roles.policy, tok, inputs.eval_prompts, cfg.evaluation, judges, cfg.run.seed)
                 if "eval/kl" in ev.metrics:
                     ev.metrics["eval/sqrt_kl"] = math.sqrt(max(ev.metrics["eval/kl"], 0.0))
-                log_evaluation(tracker, ev, step)
+                log_evaluation(tracker, ev, step, out_dir)
                 evaluations[step] = ev.metrics
                 if inputs.gold is not None and len(evaluations) > 1:
                     plot = plot_overoptimization(evaluations, out_dir / "overoptimization.png")

@@ -20,7 +20,15 @@ import torch
 from models.generation import Generation, SamplingParams
 from rlhf.algo.advantages import estimate_advantages, leave_one_out, uniform_groups
 from rlhf.algo.masked import masked_mean
-from rlhf.algo.ppo import KLController, combine_scores, kl_estimate, loss_weights, shape_rewards, truncated_is_weights
+from rlhf.algo.ppo import (
+    KLController,
+    combine_scores,
+    kl_estimate,
+    loss_weights,
+    score_unfinished,
+    shape_rewards,
+    truncated_is_weights,
+)
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import LMBatch, balanced_order, encode_prompt
 from rlhf.data import Prompt
@@ -131,8 +139,9 @@ def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[R
 
 
 def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_coef: float,
-          stats: dict | None) -> dict[str, float]:
-    """Fill scores, rewards, advantages and returns in place; return the rollout's metrics. Without
+          stats: dict | None, eos_id: int | None = None) -> dict[str, float]:
+    """Fill scores, rewards, advantages and returns in place; return the rollout's metrics. Responses
+    that did not end with `eos_id` score cfg.missing_eos_score (no eos_id: none is checked). Without
     recomputed old log-probs (see `score`) the sampler's serve, and there is no gap to check; without a
     KL penalty (β = 0) the reference was not run, and the KL is measured at evaluations only."""
     mask = r.response_mask
@@ -144,6 +153,8 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
         r.old_logprobs)  # (B, R)
     r.scores = combine_scores(components, cfg.score_weights, stats if cfg.normalize_scores else None,
                               cfg.score_clip)
+    done = r.finished(eos_id) if eos_id is not None else torch.ones_like(r.scores, dtype=torch.bool)
+    r.scores = score_unfinished(r.scores, done, cfg.missing_eos_score)
     scores = r.scores
     if cfg.score_baseline == "leave_one_out":
         scores = leave_one_out(scores, cfg.samples_per_prompt)
@@ -162,7 +173,8 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
     parts = {f"reward/{'rm_score' if k == 'rm' else 'fn/' + k}": float(v.mean()) for k, v in components.items()}
     metrics = {"reward/score": float(r.scores.mean()), **parts, "reward/score_baselined": float(scores.mean()),
                "reward/total": float(r.rewards.sum(-1).mean()), "kl/coef": kl_coef,
-               "response/length": float(mask.sum(-1).float().mean())}
+               "response/length": float(mask.sum(-1).float().mean()),
+               "response/unfinished": float((~done).float().mean())}
     if has_kl:
         metrics["kl/sequence"] = float(kl.sum(-1).mean())
     if gap is not None:
@@ -267,7 +279,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
         with timer("score"):
             batch = ScoreBatch.of(tok, gen, [prompts[i] for i in index], with_text=bool(cfg.reward_functions))
             rollout, components = score(roles, batch, cfg, step)
-        metrics = shape(rollout, components, cfg, kl_ctl.value, stats)
+        metrics = shape(rollout, components, cfg, kl_ctl.value, stats, tok.eos_token_id)
         problem = nonfinite_rollout(rollout, index)
         with timer("train"):
             if problem is None:

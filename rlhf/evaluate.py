@@ -4,7 +4,8 @@ the reward role and the reference say how good, how rewarded and how far from th
 Metrics (each present when its source is): eval/gold_score and eval/gold_stderr (the gold function,
 standard error over prompts), eval/score (the PPO score as trained: weighted reward model and
 functions) with eval/rm_score and eval/fn/<name>, eval/kl (Σ log π/π_ref over sampled tokens per
-sequence: an unbiased estimate of KL(π‖π_ref) at the sampling temperature), eval/response_length.
+sequence: an unbiased estimate of KL(π‖π_ref) at the sampling temperature), eval/response_length,
+eval/unfinished (the share of responses cut off at the length limit, without EOS).
 Must not import ray: every group is any worker group with map/broadcast.
 """
 
@@ -18,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.generation import Generation, SamplingParams
-from rlhf.algo.ppo import combine_scores
+from rlhf.algo.ppo import combine_scores, score_unfinished
 from rlhf.batching import encode_prompt
 from rlhf.data import Prompt, fields_of
 from rlhf.functions import FunctionSpec, TaskFunction
@@ -85,6 +86,7 @@ class Judges:
     weights: dict[str, float] | None = None
     rm_stats: dict[str, float] | None = None
     clip: float | None = None
+    missing_eos_score: float | None = None  # the score of a response cut off at the length limit (PPO's)
 
 
 def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges: Judges, seed: int = 0,
@@ -93,21 +95,25 @@ def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges:
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     metrics: dict[str, float] = {}
-    texts, lengths, kls, scores, parts = [], [], [], [], {}
+    texts, lengths, done, kls, scores, parts = [], [], [], [], [], {}
     for i, gen in enumerate(sample(policy, tok, repeated, params, cfg.max_prompt_len, seed, batch_size)):
         batch = ScoreBatch.of(tok, gen, repeated[i * batch_size:(i + 1) * batch_size])
         texts += batch.responses
         lengths += gen.response_mask.sum(-1).tolist()
+        ended = batch.rollout.finished(tok.eos_token_id)
+        done += ended.tolist()
         if judges.reference is not None:
             # Greedy samples have log-probs under the untempered logits; score the reference the same way.
             ref = judges.reference.map(ReferenceWorker.logprobs, batch.rollout, cfg.temperature or 1.0).get()
             kls += ((gen.logprobs - ref) * gen.response_mask).sum(-1).tolist()
         if judges.reward is not None:
             components = judges.reward.map(RewardWorker.scores, batch).get()
-            scores += combine_scores(components, judges.weights, judges.rm_stats, judges.clip).tolist()
+            combined = combine_scores(components, judges.weights, judges.rm_stats, judges.clip)
+            scores += score_unfinished(combined, ended, judges.missing_eos_score).tolist()
             for k, v in components.items():
                 parts.setdefault(k, []).append(v)
     metrics["eval/response_length"] = statistics.fmean(lengths)
+    metrics["eval/unfinished"] = 1.0 - statistics.fmean(done)
     rows = [{"prompt": p.text, "response": t} for p, t in zip(repeated, texts, strict=True)]
     gold = None
     if judges.gold is not None:

@@ -58,6 +58,17 @@ def shape_rewards(scores: torch.Tensor, kl: torch.Tensor, response_mask: torch.T
     return rewards
 
 
+def score_unfinished(scores: torch.Tensor, done: torch.Tensor, value: float | None) -> torch.Tensor:
+    """Scores (B,) with every response that did not finish (`done` False) given `value` instead; None
+    leaves them as they are. A reward model learns from finished responses and is read at their EOS:
+    the score of a cut-off response is read at a token it never learned to score, and PPO finds and
+    exploits that. A fixed low score for it is the remedy of Stiennon et al. 2020 (their −1 on the
+    normalised scale; Huang et al. 2024, "The N+ implementation details of RLHF with PPO", §3)."""
+    if value is None:
+        return scores
+    return torch.where(done.to(scores.device), scores, torch.full_like(scores, value))
+
+
 def normalize_scores(scores: torch.Tensor, mean: float, std: float, clip: float | None) -> torch.Tensor:
     """(score − mean) / std from the reward model's held-out statistics, optionally clipped to ±clip."""
     out = (scores - mean) / max(std, 1e-8)

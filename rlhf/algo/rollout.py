@@ -32,6 +32,10 @@ class Rollout:
     def responses(self) -> torch.Tensor:  # (B, R)
         return self.sequences[:, self.prompt_len:]
 
+    def finished(self, eos_id: int) -> torch.Tensor:
+        """(B,) bool: the response ended with EOS rather than at the length limit."""
+        return (self.responses.eq(eos_id) & self.response_mask).any(-1)
+
     def to(self, device) -> Rollout:
         return replace(self, **{k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
 

@@ -87,8 +87,10 @@ def test_a_reward_function_alone_drives_the_policy(setup, tmp_path):
 
 
 def base_cfg(**kw) -> PPOConfig:
-    return PPOConfig(prompts_per_step=16, minibatches=2, max_new_tokens=6, max_prompt_len=12, normalize_scores=False,
-                     eval_every=1000, **kw)
+    """The loop tests' settings: random models, whose responses rarely end before 6 tokens, so they are
+    scored as they are unless a test sets missing_eos_score."""
+    return PPOConfig(**{"prompts_per_step": 16, "minibatches": 2, "max_new_tokens": 6, "max_prompt_len": 12,
+                        "normalize_scores": False, "eval_every": 1000, "missing_eos_score": None} | kw)
 
 
 def test_larger_beta_gives_smaller_kl(setup):

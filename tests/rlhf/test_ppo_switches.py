@@ -81,6 +81,22 @@ def test_score_baseline_and_normalisation_reach_the_rewards():
     assert m["reward/score"] == pytest.approx(-0.1875)
 
 
+def test_responses_cut_off_at_the_length_limit_get_the_missing_eos_score():
+    """Guards: score_unfinished(r.scores, done, cfg.missing_eos_score) in shape. Rows 0 and 2 end with
+    EOS (7) at their last valid token; row 1 has one inside its padding only, row 3 none."""
+    eos = 7
+    r = rollout()
+    r.sequences[0, 2 + 4] = r.sequences[1, 2 + 4] = r.sequences[2, 2 + 0] = eos  # row 1's is past its 3 tokens
+    cfg = base_cfg(steps=1, kl_coef=0.0, missing_eos_score=-1.5)
+    m = shape(r, RM, cfg, 0.0, None, eos)
+    assert r.scores.tolist() == [1.0, -1.5, -2.0, -1.5]
+    assert r.rewards.sum(-1).tolist() == pytest.approx([1.0, -1.5, -2.0, -1.5])
+    assert m["response/unfinished"] == 0.5
+    r = rollout()
+    shape(r, RM, cfg.model_copy(update={"missing_eos_score": None}), 0.0, None, eos)
+    assert r.scores.tolist() == RM["rm"].tolist()
+
+
 def test_normalize_scores_without_statistics_fails_loudly(setup):
     root, tok, prompts = setup
     with pytest.raises(ValueError, match="normalize_scores=true, but no reward statistics"):
@@ -165,6 +181,15 @@ def test_critic_values_are_read_where_they_predict_each_response_token(setup):
                 prefix = seqs[b:b + 1, start:4 + t]
                 want = model.scores(prefix, torch.ones_like(prefix, dtype=torch.bool))[0]
                 assert float(got[b, t]) == pytest.approx(float(want), abs=1e-5), (b, t)
+
+
+def test_the_loop_scores_cut_off_responses_with_missing_eos_score(setup):
+    """Guards: the loop passes the tokenizer's EOS to shape. One new token: the random policy's
+    responses almost never end, so nearly all score −300."""
+    root, tok, prompts = setup
+    logged = loop(roles(root), tok, prompts, base_cfg(steps=1, max_new_tokens=1, missing_eos_score=-300.0))
+    assert logged[1]["response/unfinished"] > 0.5
+    assert logged[1]["reward/score"] < -100.0
 
 
 def test_critic_warmup_keeps_the_policy_fixed(setup):

@@ -18,10 +18,12 @@ from rlhf.algo.ppo import (
     normalize_scores,
     policy_loss,
     ppo_policy_objective,
+    score_unfinished,
     shape_rewards,
     truncated_is_weights,
     value_loss,
 )
+from rlhf.algo.rollout import Rollout
 
 
 def response_mask(lengths, R):
@@ -210,3 +212,16 @@ def test_combined_score_by_hand():
     # without statistics the RM score enters raw; a function alone is its own score
     assert combine_scores(parts, {"rm": 1.0}).tolist() == pytest.approx([3.0, 1.0, 9.0])
     assert combine_scores(parts, {"exact": 1.0}, {"mean": 1.0, "std": 2.0}).tolist() == [1.0, 0.0, 1.0]
+
+
+def test_unfinished_responses_by_hand():
+    """EOS id 9. Row 0 ends with EOS, row 1 is cut at the limit, row 2 has EOS only in its padding
+    (sampled after it stopped: not its end), row 3 is a lone EOS."""
+    seqs = torch.tensor([[1, 4, 9, 0], [1, 4, 5, 6], [1, 4, 0, 9], [1, 9, 0, 0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 0, 0]], dtype=torch.bool)
+    r = Rollout(seqs, torch.cat([torch.ones(4, 1, dtype=torch.bool), mask], 1), mask, prompt_len=1)
+    done = r.finished(9)
+    assert done.tolist() == [True, False, False, True]
+    scores = torch.tensor([2.0, 3.0, -0.5, 0.25])
+    assert score_unfinished(scores, done, -1.0).tolist() == [2.0, -1.0, -1.0, 0.25]
+    assert score_unfinished(scores, done, None).tolist() == scores.tolist()
