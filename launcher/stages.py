@@ -115,9 +115,15 @@ def record_placement(out_dir: Path, groups: dict) -> None:
         log.info("placement of %s: %s", role, where)
 
 
-def log_evaluation(tracker: Tracker, ev: Evaluation, step: int) -> None:
-    """An evaluation's metrics, and its samples as a W&B table (the first 64)."""
+def log_evaluation(tracker: Tracker, ev: Evaluation, step: int, out_dir: Path) -> None:
+    """An evaluation's metrics; its samples as a W&B table (the first 64) and, every one of them with
+    its gold and score, as <out_dir>/samples/step-<step>.jsonl: what the policy writes, readable
+    without W&B (an over-optimised policy shows itself there first)."""
     tracker.log(ev.metrics, step)
+    samples = out_dir / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    with open(samples / f"step-{step}.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in ev.rows)
     columns = list(ev.rows[0]) if ev.rows else ["prompt", "response"]
     tracker.table("samples", columns, [[row.get(c) for c in columns] for row in ev.rows[:64]], step)
     parts = [f"{k.removeprefix('eval/')} {v:.4g}" for k, v in ev.metrics.items()]
@@ -147,7 +153,7 @@ def run_sft(cfg: Config, inputs: Inputs) -> dict:
             if inputs.eval_prompts:
                 ev = evaluate_policy(group, tok, inputs.eval_prompts, cfg.evaluation, Judges(gold=inputs.gold),
                                      cfg.run.seed)
-                log_evaluation(tracker, ev, steps)
+                log_evaluation(tracker, ev, steps, out_dir)
                 metrics |= ev.metrics
             return metrics
 
@@ -244,7 +250,7 @@ def run_dpo(cfg: Config, inputs: Inputs) -> dict:
                 if inputs.eval_prompts:
                     ev = evaluate_policy(groups["policy"], tok, inputs.eval_prompts, cfg.evaluation, judges,
                                          cfg.run.seed)
-                    log_evaluation(tracker, ev, step)
+                    log_evaluation(tracker, ev, step, out_dir)
                     evaluations[step] = ev.metrics
 
             evaluate(0)
