@@ -11,6 +11,7 @@ Must not import ray: `group` is any worker group with map/broadcast.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
+from rlhf.algo.ranking import length_bias
 from rlhf.batching import Encoded, count_steps, encode_pair, epoch_batches
 from rlhf.data import Comparison
 from rlhf.guards import BadSteps, check_finite
@@ -27,6 +29,7 @@ from rlhf.workers import RewardModelWorker
 
 LogFn = Callable[[dict[str, float], int], None]
 STATS_FILE = "reward_stats.json"
+log = logging.getLogger("instructrl")
 
 
 class RMConfig(BaseModel):
@@ -62,9 +65,12 @@ def evaluate_rm(group, rankings: list[list[Encoded]], pad_id: int, batch_size: i
         rewards.append(out["rewards"])
     r = torch.cat(rewards)
     n = sums["prompts"]
+    lengths = torch.tensor([len(e.response) for g in rankings for e in g])
+    bias = length_bias(r, lengths, [len(g) for g in rankings])
     return {"eval/loss": sums["loss_sum"] / n, "eval/accuracy": sums["accuracy_sum"] / n,
             "eval/margin": sums["margin_sum"] / n, "eval/reward_mean": float(r.mean()),
-            "eval/reward_std": float(r.std())}, r
+            "eval/reward_std": float(r.std()),
+            **{f"eval/length/{k}": v for k, v in bias.items() if k != "pairs"}}, r
 
 
 def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparison], cfg: RMConfig,
@@ -95,11 +101,23 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
     if evaluated != step:
         log(metrics, step)
-    check_finite(metrics, f"reward model after step {step}", "rm.optim.lr")
+    check_finite({k: v for k, v in metrics.items() if not k.startswith("eval/length/")},
+                 f"reward model after step {step}", "rm.optim.lr")
+    warn_length_bias(metrics)
     group.broadcast(RewardModelWorker.export, str(out_dir)).get()
     tok.save_pretrained(out_dir)
     write_reward_stats(out_dir, rewards)
     return metrics
+
+
+def warn_length_bias(metrics: dict[str, float], tolerance: float = 0.1) -> None:
+    """A warning when the reward model prefers the longer of two held-out responses more often than
+    the labels do by over `tolerance`: PPO against it will lengthen responses for their own sake."""
+    rm, labels = metrics.get("eval/length/rm_prefers_longer"), metrics.get("eval/length/labels_prefer_longer")
+    if rm is not None and labels is not None and rm - labels > tolerance:
+        log.warning("the reward model prefers the longer of two held-out responses %.0f%% of the time, its labels "
+                    "%.0f%%: it rewards length beyond the labels; watch eval/response_length in PPO",
+                    100 * rm, 100 * labels)
 
 
 def write_reward_stats(out_dir: Path, rewards: torch.Tensor) -> None:

@@ -42,3 +42,22 @@ def ranking_loss(rewards: torch.Tensor, group_sizes: list[int]) -> tuple[torch.T
         metrics = {"accuracy": float((weight * (margin > 0).to(weight.dtype)).sum()),
                    "margin": float((weight * margin).sum())}
     return loss, metrics
+
+
+def length_bias(rewards: torch.Tensor, lengths: torch.Tensor, group_sizes: list[int]) -> dict[str, float]:
+    """How much response length explains the labels and the rewards, over the labelled pairs whose two
+    responses differ in length (ties left out): the share whose labelled winner is the longer one, the
+    share where the reward model scores the longer one higher, and the correlation of reward and
+    length over all responses. A reward model that prefers the longer response far more often than
+    its labels do has learned length (Singhal et al. 2023, "A long way to go")."""
+    win, lose, _ = ranking_pairs(group_sizes)
+    lengths = lengths.to(rewards.device).float()
+    longer_first = lengths[win] > lengths[lose]
+    differ = lengths[win] != lengths[lose]
+    rm_longer = torch.where(longer_first, rewards[win] > rewards[lose], rewards[lose] > rewards[win])
+    n = int(differ.sum())
+    corr = torch.corrcoef(torch.stack([rewards.float(), lengths]))[0, 1] if lengths.std() > 0 else torch.tensor(0.0)
+    return {"pairs": float(n),
+            "labels_prefer_longer": float(longer_first[differ].float().mean()) if n else float("nan"),
+            "rm_prefers_longer": float(rm_longer[differ].float().mean()) if n else float("nan"),
+            "corr": float(corr)}

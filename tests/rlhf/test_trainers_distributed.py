@@ -58,5 +58,11 @@ def test_sft_then_rm_on_two_ranks(ray_cluster, task):
     # chance is 0.5 per pair; the labeller's own ceiling on these noisy rankings is about 0.88
     assert after["eval/accuracy"] > 0.62 and after["eval/accuracy"] > before["eval/accuracy"] + 0.08, (before, after)
     assert after["eval/loss"] < before["eval/loss"]
+    # the length-bias check reads each held-out pair's lengths in label order: recount it from the texts
+    n = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    longer = [n(w) > n(lo) for c in cmp_eval for i, w in enumerate(c.responses) for lo in c.responses[i + 1:]
+              if n(w) != n(lo)]
+    assert after["eval/length/labels_prefer_longer"] == pytest.approx(sum(longer) / len(longer))
+    assert 0.0 <= after["eval/length/rm_prefers_longer"] <= 1.0
     stats = read_reward_stats(root / "rm")
     assert stats["n"] == 400 and stats["std"] > 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 
 import pytest
 import torch
 
-from rlhf.algo.ranking import ranking_loss
+from rlhf.algo.ranking import length_bias, ranking_loss
 
 
 def naive(rewards: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
@@ -58,3 +59,17 @@ def test_values_by_hand():
 def test_rejects_single_response():
     with pytest.raises(ValueError, match="at least 2"):
         ranking_loss(torch.zeros(3), [2, 1])
+
+
+def test_length_bias_by_hand():
+    """A ranking of 3 and a pair. Pairs (0,1) and (0,2): the winner is the shorter (2 < 3 tokens), the
+    RM scores it higher; (1,2): equal lengths, left out; (3,4): the winner is the longer (4 > 2), the
+    RM scores it lower. Labels prefer the longer 1 of 3, the RM 0 of 3."""
+    rewards = torch.tensor([3.0, 1.0, 2.0, 0.5, 1.0])
+    lengths = torch.tensor([2, 3, 3, 4, 2])
+    got = length_bias(rewards, lengths, [3, 2])
+    assert got["pairs"] == 3
+    assert got["labels_prefer_longer"] == pytest.approx(1 / 3)
+    assert got["rm_prefers_longer"] == 0.0
+    assert got["corr"] == pytest.approx(statistics.correlation(rewards.tolist(), [float(n) for n in lengths]))
+    assert math.isnan(length_bias(rewards[:2], torch.tensor([3, 3]), [2])["rm_prefers_longer"])  # no pair differs
