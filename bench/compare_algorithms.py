@@ -144,32 +144,50 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
     values = gold([p.text for p in chosen_prompts], chosen, fields_of(chosen_prompts))
     g = summarize_gold(values, repeats)
     wall = time.perf_counter() - start
+    every = summarize_gold(gold([p.text for p in repeated], texts, fields_of(repeated)), n * repeats)
     return {"gold": g.mean, "stderr": g.stderr, "kl": math.log(n) - (n - 1) / n, "wall_s": wall,
-            "samples_per_s": len(repeated) / wall}
+            "samples_per_s": len(repeated) / wall,  # "start": the SFT policy, from all n × repeats samples
+            "start": {"eval/gold_score": every.mean, "eval/gold_stderr": every.stderr}}
+
+
+DEMO = ["--config", "demo"]
+
+
+def ensure_base(task: Task) -> float:
+    """The task's SFT policy and reward model (trained once, kept under <out>/base); returns the
+    reward model's held-out pair accuracy."""
+    if not (task.base / "rm" / "result.json").exists():
+        shutil.rmtree(task.base, ignore_errors=True)
+        base = DEMO + [f"run.out_dir={task.out}", "run.name=base", *task.base_overrides()]
+        cli(["sft", *base], task.out / "sft.log")
+        cli(["rm", *base], task.out / "rm.log")
+    return json.loads((task.base / "rm" / "result.json").read_text())["eval/accuracy"]
+
+
+def rl_run(task: Task, slug: str, steps: int, extra: list[str]) -> dict:
+    """One PPO-family run from the task's SFT policy against its reward model, `extra` overrides on
+    top of the demo config; its last evaluation (gold ± s.e., KL), wall time, samples/s, and the first
+    evaluation (the SFT policy's) as "start"."""
+    common = DEMO + [f"run.out_dir={task.out}", "run.overwrite=true", *task.files()]
+    wall = cli(["ppo", *common, f"run.name={slug}", f"ppo.policy_init={task.base}/sft",
+                f"ppo.reward_model={task.base}/rm", f"ppo.steps={steps}", *extra], task.out / f"{slug}.log")
+    first, last = final_eval(task.out / slug, "ppo")
+    return {"gold": last["eval/gold_score"], "stderr": last["eval/gold_stderr"], "kl": last["eval/kl"],
+            "wall_s": wall, "samples_per_s": throughput(task.out / slug), "start": first}
 
 
 def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> dict:
     """Every method on one task (or those named in `only`, keeping the others' earlier results)."""
-    demo = ["--config", "demo"]
     saved = task.out / "results.json"
     results: dict[str, dict] = json.loads(saved.read_text())["algorithms"] if only and saved.exists() else {}
-    if not (task.base / "rm" / "result.json").exists():
-        shutil.rmtree(task.base, ignore_errors=True)
-        base = demo + [f"run.out_dir={task.out}", "run.name=base", *task.base_overrides()]
-        cli(["sft", *base], task.out / "sft.log")
-        cli(["rm", *base], task.out / "rm.log")
-    rm_acc = json.loads((task.base / "rm" / "result.json").read_text())["eval/accuracy"]
-    common = demo + [f"run.out_dir={task.out}", "run.overwrite=true", *task.files()]
+    rm_acc = ensure_base(task)
+    common = DEMO + [f"run.out_dir={task.out}", "run.overwrite=true", *task.files()]
     for name, extra in ALGORITHMS.items():
         if only and name not in only:
             continue
         slug = name.replace(" (prompt baseline)", "-baseline").split()[-1 if name.startswith("Dr.") else 0]
         slug = ("dr-" if name.startswith("Dr.") else "") + slug.lower().replace("+", "p")
-        wall = cli(["ppo", *common, f"run.name={slug}", f"ppo.policy_init={task.base}/sft",
-                    f"ppo.reward_model={task.base}/rm", f"ppo.steps={steps}", *extra], task.out / f"{slug}.log")
-        first, last = final_eval(task.out / slug, "ppo")
-        results[name] = {"gold": last["eval/gold_score"], "stderr": last["eval/gold_stderr"], "kl": last["eval/kl"],
-                         "wall_s": wall, "samples_per_s": throughput(task.out / slug), "start": first}
+        results[name] = rl_run(task, slug, steps, extra)
         print(f"{task.name} {name}: {results[name]['gold']:.3f} ± {results[name]['stderr']:.3f}", flush=True)
     if not only or "DPO" in only:
         wall = cli(["dpo", *common, "run.name=dpo", f"dpo.init={task.base}/sft"], task.out / "dpo.log")
@@ -178,7 +196,10 @@ def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> d
                           "wall_s": wall, "samples_per_s": None, "start": first}
     if not only or f"best-of-{n}" in only:
         results[f"best-of-{n}"] = best_of_n(task, n, repeats=4)
-    sft = next(r["start"] for r in results.values() if "start" in r)
+    # The SFT policy's gold: from an RL run's first evaluation (the held-out sampling every run uses),
+    # else from best-of-n's samples
+    sft = next((r["start"] for k, r in results.items() if not k.startswith("best-of")), None) or \
+        results[f"best-of-{n}"]["start"]
     return {"sft": {"gold": sft["eval/gold_score"], "stderr": sft["eval/gold_stderr"]}, "rm_accuracy": rm_acc,
             "label_accuracy": task.label_accuracy(), "steps": steps, "algorithms": results}
 

@@ -76,10 +76,16 @@ def test_pipeline_from_a_qwen2_checkpoint_through_its_chat_template(task, tmp_pa
     assert type(AutoModelForCausalLM.from_pretrained(run / "ppo" / "policy")).__name__ == "Qwen2ForCausalLM"
     summary = json.loads((run / "summary.json").read_text())
     for key in ("eval/gold_score", "eval/gold_stderr", "eval/score", "eval/rm_score", "eval/fn/correct", "eval/kl",
-                "eval/response_length"):
+                "eval/response_length", "eval/unfinished"):
         assert key in summary["start"] and key in summary["final"], key
     assert summary["start"]["eval/kl"] == pytest.approx(0.0, abs=1e-4)
     assert (run / "ppo" / "overoptimization.png").stat().st_size > 10_000
+    # every evaluation's samples, each with its gold and score, as the gold mean says
+    result = json.loads((run / "ppo" / "result.json").read_text())
+    for step, ev in result["evaluations"].items():
+        rows = [json.loads(line) for line in (run / "ppo" / "samples" / f"step-{step}.jsonl").read_text().splitlines()]
+        assert {"prompt", "response", "gold", "score"} <= set(rows[0])
+        assert sum(r["gold"] for r in rows) / len(rows) == pytest.approx(ev["eval/gold_score"])
 
 
 PID_REWARD = '''
