@@ -1,0 +1,68 @@
+"""Probe a reward model with responses written from templates: how it scores kinds of response its
+training pairs never showed (a missing keyword, an answer of the wrong shape), per template the mean
+and standard deviation of its score over the prompts, raw and normalised as PPO sees it.
+
+Each template is formatted with the prompt record's fields ({prompt} and every other field):
+
+    python bench/probe_rm.py runs/bench-algorithms/keywords/base/rm runs/bench-algorithms/keywords/task/eval.jsonl \
+        "{subject} small {must}" "{subject} small" "{subject} small {never}"
+
+A template that the gold labeller scores low but the reward model scores above the right answer is
+what PPO will find (docs/results.md, the suite's over-optimisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from launcher.worker_group import LocalGroup  # noqa: E402
+from models.tokenizer import load_tokenizer  # noqa: E402
+from parallel.engine import EngineConfig  # noqa: E402
+from parallel.host import ModelSource  # noqa: E402
+from rlhf.batching import encode_pair  # noqa: E402
+from rlhf.data import DataConfig, load_prompts  # noqa: E402
+from rlhf.reward_model import read_reward_stats  # noqa: E402
+from rlhf.workers import RewardModelWorker  # noqa: E402
+
+
+def probe(rm_dir: Path, prompts_file: Path, templates: list[str], limit: int, max_len: int = 64) -> list[dict]:
+    tok = load_tokenizer(rm_dir)
+    stats = read_reward_stats(rm_dir) or {"mean": 0.0, "std": 1.0}
+    model = LocalGroup(RewardModelWorker, ModelSource(path=str(rm_dir)), EngineConfig()).broadcast(
+        lambda w: w.model).get()[0]
+    prompts = load_prompts(prompts_file, DataConfig())[:limit]
+    rows = []
+    for template in templates:
+        scores = []
+        for p in prompts:
+            e = encode_pair(tok, p.model_text, template.format(prompt=p.text, **p.fields), max_len)
+            ids = torch.tensor([e.prompt + e.response])
+            with torch.no_grad():
+                scores.append(float(model.scores(ids, torch.ones_like(ids, dtype=torch.bool))[0]))
+        mean, sd = statistics.fmean(scores), statistics.stdev(scores)
+        rows.append({"template": template, "mean": mean, "sd": sd, "normalised": (mean - stats["mean"]) / stats["std"]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rm", type=Path, help="reward-model checkpoint (with its tokenizer and reward_stats.json)")
+    parser.add_argument("prompts", type=Path, help="prompt records (JSONL with the fields the templates use)")
+    parser.add_argument("templates", nargs="+")
+    parser.add_argument("--limit", type=int, default=200, help="prompts to probe")
+    args = parser.parse_args()
+    print("| response template | reward (raw) | normalised (PPO's scale) |\n| --- | --- | --- |")
+    for r in probe(args.rm, args.prompts, args.templates, args.limit):
+        print(f"| `{r['template']}` | {r['mean']:.2f} ± {r['sd']:.2f} | {r['normalised']:+.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Sweeps of the PPO defaults across the task suite, seeds included: for each setting, task and seed
+the held-out gold score, the share of the gap between the SFT policy and a perfect 1.0 it closes,
+and the KL to the SFT policy (docs/results.md, issue #17).
+
+Every run goes through the CLI from the task's SFT policy and reward model (trained once per task by
+bench/compare_algorithms.py's `ensure_base`, under <out>/<task>/base), with the setting's overrides
+on top of the demo config and `ppo.seed` set to the seed. Results accumulate in <out>/<task>/sweep.json;
+a run already there is not repeated.
+
+    python bench/sweep_defaults.py --tasks suite --settings defaults beta-0.05 --seeds 0 1
+    python bench/sweep_defaults.py --tasks suite --table     # print what is saved
+    python bench/sweep_defaults.py --rm --tasks suite --settings rm-defaults rm-epochs-5 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.compare_algorithms import DEMO, Task, cli, ensure_base, rl_run  # noqa: E402
+from bench.tasks import SUITE  # noqa: E402
+
+# Each setting: overrides on top of configs/demo.yaml (which holds the defaults under test).
+SETTINGS = {
+    "defaults": [],
+    "no-eos-rule": ["ppo.missing_eos_score=null"],
+    "beta-0.05": ["ppo.kl_coef=0.05"],
+    "beta-0.5": ["ppo.kl_coef=0.5"],
+    "beta-0.5-epochs-4": ["ppo.kl_coef=0.5", "ppo.ppo_epochs=4"],
+    "beta-0.3-epochs-4": ["ppo.kl_coef=0.3", "ppo.ppo_epochs=4"],
+    "beta-0.5-epochs-4-lr-2e-4": ["ppo.kl_coef=0.5", "ppo.ppo_epochs=4", "ppo.policy.optim.lr=2.0e-4"],
+    "lr-5e-5": ["ppo.policy.optim.lr=5.0e-5"],
+    "lr-2e-4": ["ppo.policy.optim.lr=2.0e-4"],
+    "kl-target-1": ["ppo.kl_target=1.0", "ppo.kl_horizon=1000"],
+    "kl-target-2": ["ppo.kl_target=2.0", "ppo.kl_horizon=1000"],
+    "kl1-lr-2e-4": ["ppo.kl_target=1.0", "ppo.kl_horizon=1000", "ppo.policy.optim.lr=2.0e-4"],
+    "kl1-epochs-4": ["ppo.kl_target=1.0", "ppo.kl_horizon=1000", "ppo.ppo_epochs=4"],
+    "epochs-1": ["ppo.ppo_epochs=1"],
+    "epochs-4": ["ppo.ppo_epochs=4"],
+    "samples-4": ["ppo.samples_per_prompt=4"],
+    "no-warmup": ["ppo.critic_warmup_steps=0"],
+    "rloo": ["ppo.advantage_estimator=rloo", "ppo.score_baseline=none"],
+}
+
+
+# Reward-model settings (--rm): overrides of the rm section on top of the demo config; each trains a
+# reward model from the task's SFT policy and reports its held-out pair accuracy and length bias.
+RM_SETTINGS = {
+    "rm-defaults": [],
+    "rm-epochs-1": ["rm.epochs=1"],
+    "rm-epochs-5": ["rm.epochs=5"],
+    "rm-lr-1e-4": ["rm.optim.lr=1.0e-4"],
+    "rm-lr-1e-4-epochs-5": ["rm.optim.lr=1.0e-4", "rm.epochs=5"],
+}
+
+
+def rm_sweep(task: Task, settings: list[str], seeds: list[int]) -> dict:
+    saved = task.out / "sweep_rm.json"
+    results = json.loads(saved.read_text()) if saved.exists() else {}
+    ensure_base(task)
+    for label in settings:
+        for seed in seeds:
+            key = f"{label}/s{seed}"
+            if key in results:
+                continue
+            name = f"sweep-{label}-s{seed}"
+            wall = cli(["rm", *DEMO, f"run.out_dir={task.out}", f"run.name={name}", "run.overwrite=true", *task.files(),
+                        f"rm.init={task.base}/sft", f"run.seed={seed}", f"rm.seed={seed}", *RM_SETTINGS[label]],
+                       task.out / f"{name}.log")
+            m = json.loads((task.out / name / "rm" / "result.json").read_text())
+            results[key] = {"accuracy": m["eval/accuracy"], "loss": m["eval/loss"], "wall_s": wall,
+                            "rm_prefers_longer": m.get("eval/length/rm_prefers_longer"),
+                            "labels_prefer_longer": m.get("eval/length/labels_prefer_longer"),
+                            "ceiling": task.label_accuracy(), "overrides": RM_SETTINGS[label]}
+            saved.write_text(json.dumps(results, indent=1))
+            print(f"{task.name} {key}: held-out accuracy {m['eval/accuracy']:.3f} (ceiling "
+                  f"{task.label_accuracy():.3f}), loss {m['eval/loss']:.3f}", flush=True)
+    return results
+
+
+def rm_table(per_task: dict[str, dict], settings: list[str]) -> str:
+    tasks = list(per_task)
+    lines = ["| reward-model setting | " + " | ".join(f"{t}: held-out accuracy (seeds)" for t in tasks) + " |",
+             "| --- |" + " --- |" * len(tasks),
+             "| the labels' own agreement (ceiling) | " + " | ".join(
+                 f"{next(iter(per_task[t].values()))['ceiling']:.3f}" if per_task[t] else "–" for t in tasks) + " |"]
+    for label in settings:
+        cells = []
+        for t in tasks:
+            runs = [v["accuracy"] for k, v in per_task[t].items() if k.startswith(f"{label}/")]
+            cells.append(f"{statistics.fmean(runs):.3f} ({', '.join(f'{a:.3f}' for a in runs)})" if runs else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gap_closed(start: float, gold: float) -> float:
+    return (gold - start) / (1.0 - start) if start < 1 else float("nan")
+
+
+def sweep(task: Task, settings: list[str], seeds: list[int], steps: int) -> dict:
+    saved = task.out / "sweep.json"
+    results = json.loads(saved.read_text()) if saved.exists() else {}
+    ensure_base(task)
+    for label in settings:
+        for seed in seeds:
+            key = f"{label}/s{seed}/{steps}"
+            if key in results:
+                continue
+            r = rl_run(task, f"sweep-{label}-s{seed}-{steps}", steps, [*SETTINGS[label], f"ppo.seed={seed}"])
+            start = r["start"]["eval/gold_score"]
+            results[key] = {"gold": r["gold"], "stderr": r["stderr"], "kl": r["kl"], "sft": start,
+                            "closed": gap_closed(start, r["gold"]), "wall_s": r["wall_s"],
+                            "overrides": SETTINGS[label]}
+            saved.write_text(json.dumps(results, indent=1))
+            print(f"{task.name} {key}: gold {r['gold']:.3f} ± {r['stderr']:.3f}, "
+                  f"{100 * results[key]['closed']:.0f}% of the gap, KL {r['kl']:.2f}", flush=True)
+    return results
+
+
+def table(per_task: dict[str, dict], settings: list[str], steps: int) -> str:
+    """One row per setting: per task the gap closed (mean over seeds, each seed in brackets) and KL."""
+    tasks = list(per_task)
+    lines = ["| setting | " + " | ".join(f"{t}: gap closed (seeds) · KL" for t in tasks) + " |",
+             "| --- |" + " --- |" * len(tasks)]
+    for label in settings:
+        cells = []
+        for t in tasks:
+            runs = [v for k, v in per_task[t].items() if k.startswith(f"{label}/") and k.endswith(f"/{steps}")]
+            if not runs:
+                cells.append("–")
+                continue
+            closed = [100 * r["closed"] for r in runs]
+            each = ", ".join(f"{c:.0f}" for c in closed)
+            cells.append(f"{statistics.fmean(closed):.0f}% ({each}) · {statistics.fmean(r['kl'] for r in runs):.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["suite"], choices=["suite", *SUITE])
+    parser.add_argument("--settings", nargs="+", default=["defaults"], choices=[*SETTINGS, *RM_SETTINGS])
+    parser.add_argument("--rm", action="store_true", help="sweep reward-model settings (RM_SETTINGS) instead")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--out", default="runs/bench-algorithms")
+    parser.add_argument("--table", action="store_true", help="print the saved results; run nothing")
+    args = parser.parse_args()
+    wrong = [s for s in args.settings if (s in RM_SETTINGS) != args.rm]
+    if wrong and not args.table:
+        parser.error(f"{wrong}: {'PPO settings need no --rm' if args.rm else 'reward-model settings need --rm'}")
+    names = list(dict.fromkeys(t for name in args.tasks for t in (SUITE if name == "suite" else [name])))
+    per_task = {}
+    for name in names:
+        task = Task(name, (ROOT / args.out / name).resolve())
+        task.out.mkdir(parents=True, exist_ok=True)
+        saved = task.out / ("sweep_rm.json" if args.rm else "sweep.json")
+        if args.table:
+            per_task[name] = json.loads(saved.read_text()) if saved.exists() else {}
+        else:
+            per_task[name] = rm_sweep(task, args.settings, args.seeds) if args.rm else \
+                sweep(task, args.settings, args.seeds, args.steps)
+    print(rm_table(per_task, args.settings) if args.rm else table(per_task, args.settings, args.steps))
+
+
+if __name__ == "__main__":
+    main()
