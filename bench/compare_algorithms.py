@@ -153,12 +153,12 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
 DEMO = ["--config", "demo"]
 
 
-def ensure_base(task: Task) -> float:
-    """The task's SFT policy and reward model (trained once, kept under <out>/base); returns the
-    reward model's held-out pair accuracy."""
+def ensure_base(task: Task, extra: tuple[str, ...] = ()) -> float:
+    """The task's SFT policy and reward model (trained once, with `extra` overrides, kept under
+    <out>/base); returns the reward model's held-out pair accuracy."""
     if not (task.base / "rm" / "result.json").exists():
         shutil.rmtree(task.base, ignore_errors=True)
-        base = DEMO + [f"run.out_dir={task.out}", "run.name=base", *task.base_overrides()]
+        base = DEMO + [f"run.out_dir={task.out}", "run.name=base", *task.base_overrides(), *extra]
         cli(["sft", *base], task.out / "sft.log")
         cli(["rm", *base], task.out / "rm.log")
     return json.loads((task.base / "rm" / "result.json").read_text())["eval/accuracy"]

@@ -9,6 +9,9 @@ Each template is formatted with the prompt record's fields ({prompt} and every o
 
 A template that the gold labeller scores low but the reward model scores above the right answer is
 what PPO will find (docs/results.md, the suite's over-optimisation).
+
+    python bench/probe_rm.py <arithmetic rm> --sums    # on how many of the 100 sums a + b (a, b < 10) the
+                                                       # reward model's favourite answer among 0..21 is right
 """
 
 from __future__ import annotations
@@ -36,29 +39,53 @@ from rlhf.workers import RewardModelWorker  # noqa: E402
 def probe(rm_dir: Path, prompts_file: Path, templates: list[str], limit: int, max_len: int = 64) -> list[dict]:
     tok = load_tokenizer(rm_dir)
     stats = read_reward_stats(rm_dir) or {"mean": 0.0, "std": 1.0}
-    model = LocalGroup(RewardModelWorker, ModelSource(path=str(rm_dir)), EngineConfig()).broadcast(
-        lambda w: w.model).get()[0]
+    model = load_rm(rm_dir)
     prompts = load_prompts(prompts_file, DataConfig())[:limit]
     rows = []
     for template in templates:
-        scores = []
-        for p in prompts:
-            e = encode_pair(tok, p.model_text, template.format(prompt=p.text, **p.fields), max_len)
-            ids = torch.tensor([e.prompt + e.response])
-            with torch.no_grad():
-                scores.append(float(model.scores(ids, torch.ones_like(ids, dtype=torch.bool))[0]))
+        scores = [score(model, tok, p.model_text, template.format(prompt=p.text, **p.fields), max_len) for p in prompts]
         mean, sd = statistics.fmean(scores), statistics.stdev(scores)
         rows.append({"template": template, "mean": mean, "sd": sd, "normalised": (mean - stats["mean"]) / stats["std"]})
     return rows
 
 
+def load_rm(rm_dir: Path):
+    return LocalGroup(RewardModelWorker, ModelSource(path=str(rm_dir)), EngineConfig()).broadcast(
+        lambda w: w.model).get()[0]
+
+
+def score(model, tok, prompt: str, response: str, max_len: int = 64) -> float:
+    e = encode_pair(tok, prompt, response, max_len)
+    ids = torch.tensor([e.prompt + e.response])
+    with torch.no_grad():
+        return float(model.scores(ids, torch.ones_like(ids, dtype=torch.bool))[0])
+
+
+def sum_favourites(rm_dir: Path) -> int:
+    """The arithmetic task's prompts "a + b =" (a, b < 10) whose highest-scored answer among 0..21 is a + b:
+    the gold score of a policy that always answers what the reward model likes best, × 100."""
+    tok, model = load_tokenizer(rm_dir), load_rm(rm_dir)
+    right = 0
+    for a in range(10):
+        for b in range(10):
+            scores = [score(model, tok, f"{a} + {b} =", str(c)) for c in range(22)]
+            right += max(range(22), key=scores.__getitem__) == a + b
+    return right
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rm", type=Path, help="reward-model checkpoint (with its tokenizer and reward_stats.json)")
-    parser.add_argument("prompts", type=Path, help="prompt records (JSONL with the fields the templates use)")
-    parser.add_argument("templates", nargs="+")
+    parser.add_argument("prompts", type=Path, nargs="?", help="prompt records (JSONL: the fields the templates use)")
+    parser.add_argument("templates", nargs="*")
+    parser.add_argument("--sums", action="store_true", help="the arithmetic task's check (no prompts or templates)")
     parser.add_argument("--limit", type=int, default=200, help="prompts to probe")
     args = parser.parse_args()
+    if args.sums:
+        print(f"the reward model's favourite answer is the sum on {sum_favourites(args.rm)} of 100 prompts")
+        return
+    if not args.prompts or not args.templates:
+        parser.error("give a prompts file and at least one template (or --sums)")
     print("| response template | reward (raw) | normalised (PPO's scale) |\n| --- | --- | --- |")
     for r in probe(args.rm, args.prompts, args.templates, args.limit):
         print(f"| `{r['template']}` | {r['mean']:.2f} ± {r['sd']:.2f} | {r['normalised']:+.2f} |")

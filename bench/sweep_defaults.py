@@ -26,25 +26,23 @@ sys.path.insert(0, str(ROOT))
 from bench.compare_algorithms import DEMO, Task, cli, ensure_base, rl_run  # noqa: E402
 from bench.tasks import SUITE  # noqa: E402
 
-# Each setting: overrides on top of configs/demo.yaml (which holds the defaults under test).
+# Each setting: overrides on top of configs/demo.yaml, with β (or its start) and the PPO epochs always
+# given, so that a setting means the same run whatever the demo config holds. "defaults" is the demo
+# config as it is (β 0.5, 4 epochs since 2026-11-25); "demo-2026-11-24" its PPO settings before.
+OLD = ["ppo.kl_coef=0.2", "ppo.ppo_epochs=2"]
+TARGET = ["ppo.kl_coef=0.2", "ppo.kl_horizon=1000"]
 SETTINGS = {
     "defaults": [],
-    "no-eos-rule": ["ppo.missing_eos_score=null"],
-    "beta-0.05": ["ppo.kl_coef=0.05"],
-    "beta-0.5": ["ppo.kl_coef=0.5"],
-    "beta-0.5-epochs-4": ["ppo.kl_coef=0.5", "ppo.ppo_epochs=4"],
+    "demo-2026-11-24": [*OLD, "ppo.missing_eos_score=null"],
+    "kl-target-1": [*TARGET, "ppo.kl_target=1.0", "ppo.ppo_epochs=2"],
+    "kl-target-2": [*TARGET, "ppo.kl_target=2.0", "ppo.ppo_epochs=2"],
+    "kl1-lr-2e-4": [*TARGET, "ppo.kl_target=1.0", "ppo.ppo_epochs=2", "ppo.policy.optim.lr=2.0e-4"],
+    "kl1-epochs-4": [*TARGET, "ppo.kl_target=1.0", "ppo.ppo_epochs=4"],
     "beta-0.3-epochs-4": ["ppo.kl_coef=0.3", "ppo.ppo_epochs=4"],
+    "beta-0.5-epochs-4": ["ppo.kl_coef=0.5", "ppo.ppo_epochs=4"],
+    "beta-1-epochs-4": ["ppo.kl_coef=1.0", "ppo.ppo_epochs=4"],
     "beta-0.5-epochs-4-lr-2e-4": ["ppo.kl_coef=0.5", "ppo.ppo_epochs=4", "ppo.policy.optim.lr=2.0e-4"],
-    "lr-5e-5": ["ppo.policy.optim.lr=5.0e-5"],
-    "lr-2e-4": ["ppo.policy.optim.lr=2.0e-4"],
-    "kl-target-1": ["ppo.kl_target=1.0", "ppo.kl_horizon=1000"],
-    "kl-target-2": ["ppo.kl_target=2.0", "ppo.kl_horizon=1000"],
-    "kl1-lr-2e-4": ["ppo.kl_target=1.0", "ppo.kl_horizon=1000", "ppo.policy.optim.lr=2.0e-4"],
-    "kl1-epochs-4": ["ppo.kl_target=1.0", "ppo.kl_horizon=1000", "ppo.ppo_epochs=4"],
-    "epochs-1": ["ppo.ppo_epochs=1"],
-    "epochs-4": ["ppo.ppo_epochs=4"],
-    "samples-4": ["ppo.samples_per_prompt=4"],
-    "no-warmup": ["ppo.critic_warmup_steps=0"],
+    "no-eos-rule": ["ppo.missing_eos_score=null"],
     "rloo": ["ppo.advantage_estimator=rloo", "ppo.score_baseline=none"],
 }
 
@@ -60,10 +58,10 @@ RM_SETTINGS = {
 }
 
 
-def rm_sweep(task: Task, settings: list[str], seeds: list[int]) -> dict:
+def rm_sweep(task: Task, settings: list[str], seeds: list[int], base: tuple[str, ...] = ()) -> dict:
     saved = task.out / "sweep_rm.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
-    ensure_base(task)
+    ensure_base(task, base)
     for label in settings:
         for seed in seeds:
             key = f"{label}/s{seed}"
@@ -103,10 +101,10 @@ def gap_closed(start: float, gold: float) -> float:
     return (gold - start) / (1.0 - start) if start < 1 else float("nan")
 
 
-def sweep(task: Task, settings: list[str], seeds: list[int], steps: int) -> dict:
+def sweep(task: Task, settings: list[str], seeds: list[int], steps: int, base: tuple[str, ...] = ()) -> dict:
     saved = task.out / "sweep.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
-    ensure_base(task)
+    ensure_base(task, base)
     for label in settings:
         for seed in seeds:
             key = f"{label}/s{seed}/{steps}"
@@ -150,6 +148,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--out", default="runs/bench-algorithms")
+    parser.add_argument("--base", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of the SFT and reward-model stages, when <out>/<task>/base is trained")
     parser.add_argument("--table", action="store_true", help="print the saved results; run nothing")
     args = parser.parse_args()
     wrong = [s for s in args.settings if (s in RM_SETTINGS) != args.rm]
@@ -164,8 +164,8 @@ def main() -> None:
         if args.table:
             per_task[name] = json.loads(saved.read_text()) if saved.exists() else {}
         else:
-            per_task[name] = rm_sweep(task, args.settings, args.seeds) if args.rm else \
-                sweep(task, args.settings, args.seeds, args.steps)
+            per_task[name] = rm_sweep(task, args.settings, args.seeds, tuple(args.base)) if args.rm else \
+                sweep(task, args.settings, args.seeds, args.steps, tuple(args.base))
     print(rm_table(per_task, args.settings) if args.rm else table(per_task, args.settings, args.steps))
 
 

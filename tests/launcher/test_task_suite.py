@@ -50,3 +50,16 @@ def test_gold_file_agrees_with_the_generators_scorer(module, fields, tmp_path):
     want = [module.score(r, *f.values()) for r, f in zip(responses, rows, strict=True)]
     assert got == pytest.approx(want)
     assert len(set(want)) >= 3  # the responses covered several gold levels
+
+
+def test_every_sweep_setting_is_a_valid_demo_config():
+    """bench/sweep_defaults.py's settings, each on top of the demo config, pass config validation (a
+    mistyped key would otherwise fail only minutes into a sweep); the PPO ones give β and the epochs."""
+    from bench.sweep_defaults import RM_SETTINGS, SETTINGS
+    from launcher.config import load_config
+
+    for label, overrides in {**SETTINGS, **RM_SETTINGS}.items():
+        load_config("demo", overrides)
+        keys = {o.split("=")[0] for o in overrides}
+        if overrides and label in SETTINGS and label not in ("no-eos-rule", "rloo"):
+            assert {"ppo.kl_coef", "ppo.ppo_epochs"} <= keys, label
