@@ -225,6 +225,19 @@ def table(task: str, r: dict) -> str:
     return "\n".join(lines)
 
 
+def curve(run: Path, stage: str = "ppo") -> str:
+    """A run's held-out evaluations as a Markdown table: gold, the reward model's score (the proxy),
+    √KL and response length per evaluation step (the over-optimisation curve, Gao et al. 2022)."""
+    evals = json.loads((run / stage / "result.json").read_text())["evaluations"]
+    steps = sorted(evals, key=int)
+    rows = [("gold", "eval/gold_score", "{:.3f}"), ("reward-model score (proxy, raw)", "eval/rm_score", "{:.2f}"),
+            ("√KL", "eval/sqrt_kl", "{:.2f}"), ("response length (tokens)", "eval/response_length", "{:.1f}")]
+    lines = ["| PPO step | " + " | ".join(steps) + " |", "| --- |" + " --- |" * len(steps)]
+    for label, key, fmt in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt.format(evals[s].get(key, float("nan"))) for s in steps) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["embedded", "arithmetic"],
@@ -234,13 +247,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="n of the best-of-n baseline")
     parser.add_argument("--only", nargs="+", help="rerun these methods only (by their table name), keep the rest")
     parser.add_argument("--table", action="store_true", help="print the tables of the saved results; run nothing")
+    parser.add_argument("--curve", metavar="RUN", help="print the evaluations of each task's run RUN (e.g. ppo); "
+                                                      "run nothing")
     args = parser.parse_args()
     names = [t for name in args.tasks for t in (SUITE if name == "suite" else [name])]
     for name in dict.fromkeys(names):
         out = (ROOT / args.out / name).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        if args.table:
-            print(table(name, json.loads((out / "results.json").read_text())) + "\n")
+        if args.table or args.curve:
+            saved = out / "results.json"
+            print(curve(out / args.curve) if args.curve else table(name, json.loads(saved.read_text())), "\n")
             continue
         result = run_task(Task(name, out), args.steps, args.n, args.only)
         (out / "results.json").write_text(json.dumps(result, indent=1))
