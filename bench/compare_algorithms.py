@@ -176,8 +176,9 @@ def rl_run(task: Task, slug: str, steps: int, extra: list[str]) -> dict:
             "wall_s": wall, "samples_per_s": throughput(task.out / slug), "start": first}
 
 
-def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> dict:
-    """Every method on one task (or those named in `only`, keeping the others' earlier results)."""
+def run_task(task: Task, steps: int, n: int, only: list[str] | None = None, settings: tuple[str, ...] = ()) -> dict:
+    """Every method on one task (or those named in `only`, keeping the others' earlier results), each
+    RL run with `settings` (overrides) on top of the demo config."""
     saved = task.out / "results.json"
     results: dict[str, dict] = json.loads(saved.read_text())["algorithms"] if only and saved.exists() else {}
     rm_acc = ensure_base(task)
@@ -187,7 +188,7 @@ def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> d
             continue
         slug = name.replace(" (prompt baseline)", "-baseline").split()[-1 if name.startswith("Dr.") else 0]
         slug = ("dr-" if name.startswith("Dr.") else "") + slug.lower().replace("+", "p")
-        results[name] = rl_run(task, slug, steps, extra)
+        results[name] = rl_run(task, slug, steps, [*settings, *extra])
         print(f"{task.name} {name}: {results[name]['gold']:.3f} ± {results[name]['stderr']:.3f}", flush=True)
     if not only or "DPO" in only:
         wall = cli(["dpo", *common, "run.name=dpo", f"dpo.init={task.base}/sft"], task.out / "dpo.log")
@@ -201,7 +202,7 @@ def run_task(task: Task, steps: int, n: int, only: list[str] | None = None) -> d
     sft = next((r["start"] for k, r in results.items() if not k.startswith("best-of")), None) or \
         results[f"best-of-{n}"]["start"]
     return {"sft": {"gold": sft["eval/gold_score"], "stderr": sft["eval/gold_stderr"]}, "rm_accuracy": rm_acc,
-            "label_accuracy": task.label_accuracy(), "steps": steps, "algorithms": results}
+            "label_accuracy": task.label_accuracy(), "steps": steps, "settings": list(settings), "algorithms": results}
 
 
 def table(task: str, r: dict) -> str:
@@ -225,6 +226,33 @@ def table(task: str, r: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(per_task: dict[str, dict], n: int, bar: float = 0.5) -> str:
+    """One row per task (#17's result table): SFT gold, PPO's gold with the share of the gap to 1.0 it
+    closes and its KL, GRPO, RLOO and best-of-n gold, the reward model's accuracy beside its
+    ceiling, PPO's wall time; then whether PPO closes `bar` of the gap on every task."""
+    def cell(r: dict, name: str, sft: float) -> str:
+        a = r["algorithms"].get(name)
+        if a is None:
+            return "–"
+        return f"{a['gold']:.3f} ± {a['stderr']:.3f} ({100 * (a['gold'] - sft) / (1 - sft):.0f}%)"
+
+    lines = ["| task | SFT gold | PPO gold (gap closed) | PPO KL | GRPO | RLOO | best-of-" + str(n) +
+             " | RM accuracy (labels' ceiling) | PPO wall time (s) |", "| --- |" + " --- |" * 8]
+    short = []
+    for task, r in per_task.items():
+        sft = r["sft"]["gold"]
+        ppo = r["algorithms"].get("PPO (GAE, critic)")
+        if ppo is None or (ppo["gold"] - sft) / (1 - sft) < bar:
+            short.append(task)
+        ceiling = f" ({r['label_accuracy']:.3f})" if r.get("label_accuracy") else ""
+        kl, wall = (f"{ppo['kl']:.2f}", f"{ppo['wall_s']:.0f}") if ppo else ("–", "–")
+        lines.append(f"| {task} | {sft:.3f} ± {r['sft']['stderr']:.3f} | {cell(r, 'PPO (GAE, critic)', sft)} | {kl} | "
+                     f"{cell(r, 'GRPO', sft)} | {cell(r, 'RLOO', sft)} | {cell(r, f'best-of-{n}', sft)} | "
+                     f"{r['rm_accuracy']:.3f}{ceiling} | {wall} |")
+    verdict = "yes" if not short else f"no: {', '.join(short)} below"
+    return "\n".join(lines) + f"\n\nPPO closes ≥ {100 * bar:.0f}% of the gap on every task: {verdict}"
+
+
 def curve(run: Path, stage: str = "ppo") -> str:
     """A run's held-out evaluations as a Markdown table: gold, the reward model's score (the proxy),
     √KL and response length per evaluation step (the over-optimisation curve, Gao et al. 2022)."""
@@ -245,22 +273,30 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-algorithms")
     parser.add_argument("--steps", type=int, default=100, help="RL steps of each PPO-family run (the demo's 100)")
     parser.add_argument("--n", type=int, default=8, help="n of the best-of-n baseline")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of every RL run (the suite's: ppo.kl_coef=0.5 ppo.ppo_epochs=4)")
     parser.add_argument("--only", nargs="+", help="rerun these methods only (by their table name), keep the rest")
     parser.add_argument("--table", action="store_true", help="print the tables of the saved results; run nothing")
     parser.add_argument("--curve", metavar="RUN", help="print the evaluations of each task's run RUN (e.g. ppo); "
                                                       "run nothing")
     args = parser.parse_args()
     names = [t for name in args.tasks for t in (SUITE if name == "suite" else [name])]
+    per_task = {}
     for name in dict.fromkeys(names):
         out = (ROOT / args.out / name).resolve()
         out.mkdir(parents=True, exist_ok=True)
         if args.table or args.curve:
-            saved = out / "results.json"
-            print(curve(out / args.curve) if args.curve else table(name, json.loads(saved.read_text())), "\n")
+            if args.curve:
+                print(curve(out / args.curve), "\n")
+                continue
+            per_task[name] = json.loads((out / "results.json").read_text())
+            print(table(name, per_task[name]), "\n")
             continue
-        result = run_task(Task(name, out), args.steps, args.n, args.only)
+        per_task[name] = result = run_task(Task(name, out), args.steps, args.n, args.only, tuple(args.set))
         (out / "results.json").write_text(json.dumps(result, indent=1))
         print(table(name, result), flush=True)
+    if len(per_task) > 1:
+        print(summary(per_task, args.n))
 
 
 if __name__ == "__main__":

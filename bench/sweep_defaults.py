@@ -28,7 +28,7 @@ from bench.tasks import SUITE  # noqa: E402
 
 # Each setting: overrides on top of configs/demo.yaml, with β (or its start) and the PPO epochs always
 # given, so that a setting means the same run whatever the demo config holds. "defaults" is the demo
-# config as it is (β 0.5, 4 epochs since 2026-11-25); "demo-2026-11-24" its PPO settings before.
+# config as it is (β 0.2, 2 epochs); "demo-2026-11-24" the same without the EOS rule.
 OLD = ["ppo.kl_coef=0.2", "ppo.ppo_epochs=2"]
 TARGET = ["ppo.kl_coef=0.2", "ppo.kl_horizon=1000"]
 SETTINGS = {
