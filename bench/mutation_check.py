@@ -127,6 +127,11 @@ MUTATIONS = [
     ("importance weights not applied in the policy step", "rlhf/workers.py",
      "hp.clip_eps_high, kl, r.is_weights)", "hp.clip_eps_high, kl, None)",
      [VL + "test_policy_step_multiplies_the_surrogate_by_the_importance_weights"]),
+    ("missing_eos_score ignored in shaping", "rlhf/coordinator.py",
+     "r.scores = score_unfinished(r.scores, done, cfg.missing_eos_score)", "r.scores = r.scores",
+     [SW + "test_responses_cut_off_at_the_length_limit_get_the_missing_eos_score"]),
+    ("the loop checks no EOS", "rlhf/coordinator.py", "kl_ctl.value, stats, tok.eos_token_id)",
+     "kl_ctl.value, stats, None)", [SW + "test_the_loop_scores_cut_off_responses_with_missing_eos_score"]),
 ]
 
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,28 +59,38 @@ RM_SETTINGS = {
 }
 
 
-def rm_sweep(task: Task, settings: list[str], seeds: list[int], base: tuple[str, ...] = ()) -> dict:
-    saved = task.out / "sweep_rm.json"
+def accumulate(task: Task, file: str, base: tuple[str, ...], jobs) -> dict:
+    """Run each (key, job) of `jobs` whose key <out>/<task>/<file> does not hold yet (after the task's
+    SFT policy and reward model exist), saving after each; job() returns (result, one line to print)."""
+    saved = task.out / file
     results = json.loads(saved.read_text()) if saved.exists() else {}
     ensure_base(task, base)
-    for label in settings:
-        for seed in seeds:
-            key = f"{label}/s{seed}"
-            if key in results:
-                continue
-            name = f"sweep-{label}-s{seed}"
-            wall = cli(["rm", *DEMO, f"run.out_dir={task.out}", f"run.name={name}", "run.overwrite=true", *task.files(),
-                        f"rm.init={task.base}/sft", f"run.seed={seed}", f"rm.seed={seed}", *RM_SETTINGS[label]],
-                       task.out / f"{name}.log")
-            m = json.loads((task.out / name / "rm" / "result.json").read_text())
-            results[key] = {"accuracy": m["eval/accuracy"], "loss": m["eval/loss"], "wall_s": wall,
-                            "rm_prefers_longer": m.get("eval/length/rm_prefers_longer"),
-                            "labels_prefer_longer": m.get("eval/length/labels_prefer_longer"),
-                            "ceiling": task.label_accuracy(), "overrides": RM_SETTINGS[label]}
-            saved.write_text(json.dumps(results, indent=1))
-            print(f"{task.name} {key}: held-out accuracy {m['eval/accuracy']:.3f} (ceiling "
-                  f"{task.label_accuracy():.3f}), loss {m['eval/loss']:.3f}", flush=True)
+    for key, job in jobs:
+        if key in results:
+            continue
+        results[key], line = job()
+        saved.write_text(json.dumps(results, indent=1))
+        print(f"{task.name} {key}: {line}", flush=True)
     return results
+
+
+def rm_run(task: Task, label: str, seed: int) -> tuple[dict, str]:
+    name = f"sweep-{label}-s{seed}"
+    wall = cli(["rm", *DEMO, f"run.out_dir={task.out}", f"run.name={name}", "run.overwrite=true", *task.files(),
+                f"rm.init={task.base}/sft", f"run.seed={seed}", f"rm.seed={seed}", *RM_SETTINGS[label]],
+               task.out / f"{name}.log")
+    m = json.loads((task.out / name / "rm" / "result.json").read_text())
+    result = {"accuracy": m["eval/accuracy"], "loss": m["eval/loss"], "wall_s": wall,
+              "rm_prefers_longer": m.get("eval/length/rm_prefers_longer"),
+              "labels_prefer_longer": m.get("eval/length/labels_prefer_longer"),
+              "ceiling": task.label_accuracy(), "overrides": RM_SETTINGS[label]}
+    return result, (f"held-out accuracy {m['eval/accuracy']:.3f} (ceiling {task.label_accuracy():.3f}), "
+                    f"loss {m['eval/loss']:.3f}")
+
+
+def rm_sweep(task: Task, settings: list[str], seeds: list[int], base: tuple[str, ...] = ()) -> dict:
+    return accumulate(task, "sweep_rm.json", base, ((f"{label}/s{seed}", partial(rm_run, task, label, seed))
+                                                    for label in settings for seed in seeds))
 
 
 def rm_table(per_task: dict[str, dict], settings: list[str]) -> str:
@@ -101,24 +112,19 @@ def gap_closed(start: float, gold: float) -> float:
     return (gold - start) / (1.0 - start) if start < 1 else float("nan")
 
 
+def ppo_run(task: Task, label: str, seed: int, steps: int) -> tuple[dict, str]:
+    r = rl_run(task, f"sweep-{label}-s{seed}-{steps}", steps, [*SETTINGS[label], f"ppo.seed={seed}"])
+    start = r["start"]["eval/gold_score"]
+    result = {"gold": r["gold"], "stderr": r["stderr"], "kl": r["kl"], "sft": start,
+              "closed": gap_closed(start, r["gold"]), "wall_s": r["wall_s"], "overrides": SETTINGS[label]}
+    return result, (f"gold {r['gold']:.3f} ± {r['stderr']:.3f}, {100 * result['closed']:.0f}% of the gap, "
+                    f"KL {r['kl']:.2f}")
+
+
 def sweep(task: Task, settings: list[str], seeds: list[int], steps: int, base: tuple[str, ...] = ()) -> dict:
-    saved = task.out / "sweep.json"
-    results = json.loads(saved.read_text()) if saved.exists() else {}
-    ensure_base(task, base)
-    for label in settings:
-        for seed in seeds:
-            key = f"{label}/s{seed}/{steps}"
-            if key in results:
-                continue
-            r = rl_run(task, f"sweep-{label}-s{seed}-{steps}", steps, [*SETTINGS[label], f"ppo.seed={seed}"])
-            start = r["start"]["eval/gold_score"]
-            results[key] = {"gold": r["gold"], "stderr": r["stderr"], "kl": r["kl"], "sft": start,
-                            "closed": gap_closed(start, r["gold"]), "wall_s": r["wall_s"],
-                            "overrides": SETTINGS[label]}
-            saved.write_text(json.dumps(results, indent=1))
-            print(f"{task.name} {key}: gold {r['gold']:.3f} ± {r['stderr']:.3f}, "
-                  f"{100 * results[key]['closed']:.0f}% of the gap, KL {r['kl']:.2f}", flush=True)
-    return results
+    jobs = ((f"{label}/s{seed}/{steps}", partial(ppo_run, task, label, seed, steps))
+            for label in settings for seed in seeds)
+    return accumulate(task, "sweep.json", base, jobs)
 
 
 def table(per_task: dict[str, dict], settings: list[str], steps: int) -> str:
