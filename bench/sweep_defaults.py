@@ -29,9 +29,10 @@ from bench.tasks import SUITE  # noqa: E402
 
 # Each setting: overrides on top of configs/demo.yaml, with β (or its start) and the PPO epochs always
 # given, so that a setting means the same run whatever the demo config holds. "defaults" is the demo
-# config as it is (β 0.2, 2 epochs); "demo-2026-11-24" the same without the EOS rule.
+# config as it is (β 0.2, 2 epochs, no EOS rule); "demo-2026-11-24" the same.
+EOS = ["ppo.missing_eos_score=-1"]  # the EOS rule (off by default): on in every sweep run
 OLD = ["ppo.kl_coef=0.2", "ppo.ppo_epochs=2"]
-TARGET = ["ppo.kl_coef=0.2", "ppo.kl_horizon=1000"]
+TARGET = [*EOS, "ppo.kl_coef=0.2", "ppo.kl_horizon=1000"]
 SETTINGS = {
     "defaults": [],
     "demo-2026-11-24": [*OLD, "ppo.missing_eos_score=null"],
@@ -39,11 +40,11 @@ SETTINGS = {
     "kl-target-2": [*TARGET, "ppo.kl_target=2.0", "ppo.ppo_epochs=2"],
     "kl1-lr-2e-4": [*TARGET, "ppo.kl_target=1.0", "ppo.ppo_epochs=2", "ppo.policy.optim.lr=2.0e-4"],
     "kl1-epochs-4": [*TARGET, "ppo.kl_target=1.0", "ppo.ppo_epochs=4"],
-    "beta-0.3-epochs-4": ["ppo.kl_coef=0.3", "ppo.ppo_epochs=4"],
-    "beta-0.5-epochs-4": ["ppo.kl_coef=0.5", "ppo.ppo_epochs=4"],
-    "beta-1-epochs-4": ["ppo.kl_coef=1.0", "ppo.ppo_epochs=4"],
-    "beta-0.5-epochs-4-lr-2e-4": ["ppo.kl_coef=0.5", "ppo.ppo_epochs=4", "ppo.policy.optim.lr=2.0e-4"],
-    "no-eos-rule": ["ppo.missing_eos_score=null"],
+    "beta-0.3-epochs-4": [*EOS, "ppo.kl_coef=0.3", "ppo.ppo_epochs=4"],
+    "beta-0.5-epochs-4": [*EOS, "ppo.kl_coef=0.5", "ppo.ppo_epochs=4"],
+    "beta-1-epochs-4": [*EOS, "ppo.kl_coef=1.0", "ppo.ppo_epochs=4"],
+    "beta-0.5-epochs-4-lr-2e-4": [*EOS, "ppo.kl_coef=0.5", "ppo.ppo_epochs=4", "ppo.policy.optim.lr=2.0e-4"],
+    "eos-rule": EOS,
     "rloo": ["ppo.advantage_estimator=rloo", "ppo.score_baseline=none"],
 }
 

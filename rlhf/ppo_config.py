@@ -98,9 +98,9 @@ class PPOConfig(BaseModel):
     normalize_scores: bool = True  # normalise the reward model's score with its saved mean/std (reward_stats.json)
     score_clip: float | None = 5.0  # clip the normalised reward-model score to ±this; null: no clip
     # The score of a response that reached max_new_tokens without EOS, in place of the reward model's
-    # and the functions' (on the normalised scale; null: scored like any other). The reward model is
-    # read at the EOS and never saw a cut-off response; left alone, PPO exploits that (docs/ppo.md).
-    missing_eos_score: float | None = -1.0
+    # and the functions' (on the normalised scale, e.g. -1 as Stiennon et al. 2020; null: scored like
+    # any other). The reward model is read at the EOS and never saw a cut-off response (docs/ppo.md).
+    missing_eos_score: float | None = None
     whiten_advantages: bool = True  # whiten advantages over the valid tokens of the whole rollout batch
     ptx_coef: float = Field(0.0, ge=0)  # InstructGPT's γ for PPO-ptx
     ptx_data: str | None = None  # plain text for the pretraining mix

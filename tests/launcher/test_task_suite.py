@@ -61,5 +61,5 @@ def test_every_sweep_setting_is_a_valid_demo_config():
     for label, overrides in {**SETTINGS, **RM_SETTINGS}.items():
         load_config("demo", overrides)
         keys = {o.split("=")[0] for o in overrides}
-        if overrides and label in SETTINGS and label not in ("no-eos-rule", "rloo"):
+        if overrides and label in SETTINGS and label not in ("eos-rule", "rloo"):
             assert {"ppo.kl_coef", "ppo.ppo_epochs"} <= keys, label
