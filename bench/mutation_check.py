@@ -132,6 +132,10 @@ MUTATIONS = [
      [SW + "test_responses_cut_off_at_the_length_limit_get_the_missing_eos_score"]),
     ("the loop checks no EOS", "rlhf/coordinator.py", "kl_ctl.value, stats, tok.eos_token_id)",
      "kl_ctl.value, stats, None)", [SW + "test_the_loop_scores_cut_off_responses_with_missing_eos_score"]),
+    ("score_scale ignored in shaping", "rlhf/coordinator.py", 'scores = scores / scale["reward/spread"]',
+     "scores = scores", [SW + "test_score_scale_divides_the_baselined_scores_by_the_within_prompt_spread"]),
+    ("the running score scale not restored on resume", "rlhf/coordinator.py",
+     'spread.load_state_dict(start["spread"])', "pass", [SW + "test_roles_without_a_critic_save_and_resume"]),
 ]
 
 

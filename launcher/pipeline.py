@@ -222,7 +222,7 @@ def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None =
 
 
 LABELS = {"eval/score": "PPO score (proxy)", "eval/rm_score": "reward model score", "eval/kl": "KL to start, nats",
-          "eval/response_length": "response length"}
+          "eval/response_length": "response length", "eval/unfinished": "cut off (no EOS)"}
 
 
 def print_summary(s: dict) -> None:

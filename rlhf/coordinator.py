@@ -22,6 +22,7 @@ from rlhf.algo.advantages import estimate_advantages, leave_one_out, uniform_gro
 from rlhf.algo.masked import masked_mean
 from rlhf.algo.ppo import (
     KLController,
+    SpreadScale,
     combine_scores,
     kl_estimate,
     loss_weights,
@@ -139,9 +140,10 @@ def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[R
 
 
 def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_coef: float,
-          stats: dict | None, eos_id: int | None = None) -> dict[str, float]:
+          stats: dict | None, eos_id: int | None = None, spread: SpreadScale | None = None) -> dict[str, float]:
     """Fill scores, rewards, advantages and returns in place; return the rollout's metrics. Responses
-    that did not end with `eos_id` score cfg.missing_eos_score (no eos_id: none is checked). Without
+    that did not end with `eos_id` score cfg.missing_eos_score (no eos_id: none is checked). With
+    cfg.score_scale "prompt_spread", `spread` takes this batch's scores and divides the baselined ones. Without
     recomputed old log-probs (see `score`) the sampler's serve, and there is no gap to check; without a
     KL penalty (β = 0) the reference was not run, and the KL is measured at evaluations only."""
     mask = r.response_mask
@@ -158,6 +160,11 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
     scores = r.scores
     if cfg.score_baseline == "leave_one_out":
         scores = leave_one_out(scores, cfg.samples_per_prompt)
+    scale = {}
+    if cfg.score_scale == "prompt_spread":
+        assert spread is not None, "score_scale=prompt_spread needs the loop's SpreadScale"
+        scale = {"reward/spread": spread.update(r.scores, cfg.samples_per_prompt)}
+        scores = scores / scale["reward/spread"]
     r.rewards = shape_rewards(scores, kl, mask, kl_coef if cfg.kl_penalty == "reward" else 0.0)
     # GAE's advantages are whitened over every valid token of the whole rollout batch, not per minibatch.
     r.advantages, r.returns = estimate_advantages(cfg.advantage_estimator, r.rewards, mask, r.values,
@@ -171,7 +178,7 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
         tis = {"rollout/tis_weight_mean": float(r.is_weights[mask].mean()) if mask.any() else 1.0,
                "rollout/tis_truncated_fraction": float((raw > cfg.tis_cap).float().mean()) if mask.any() else 0.0}
     parts = {f"reward/{'rm_score' if k == 'rm' else 'fn/' + k}": float(v.mean()) for k, v in components.items()}
-    metrics = {"reward/score": float(r.scores.mean()), **parts, "reward/score_baselined": float(scores.mean()),
+    metrics = {"reward/score": float(r.scores.mean()), **parts, "reward/score_baselined": float(scores.mean()), **scale,
                "reward/total": float(r.rewards.sum(-1).mean()), "kl/coef": kl_coef,
                "response/length": float(mask.sum(-1).float().mean()),
                "response/unfinished": float((~done).float().mean())}
@@ -260,11 +267,14 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
     check_stats(cfg, stats)
     ids = [encode_prompt(tok, p.model_text, cfg.max_prompt_len) for p in prompts]
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    spread = SpreadScale()
     bad_steps = bad_steps or BadSteps(3, "PPO", LR_KEYS)
     first = 0
     if start:
         first = start["step"]
         kl_ctl.load_state_dict(start["kl"])
+        if "spread" in start:  # checkpoints from before score_scale have none
+            spread.load_state_dict(start["spread"])
     ptx = PretrainingMix(tok, cfg) if cfg.ptx_coef else None
     metrics: dict[str, float] = {}
     if first == 0:
@@ -279,7 +289,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
         with timer("score"):
             batch = ScoreBatch.of(tok, gen, [prompts[i] for i in index], with_text=bool(cfg.reward_functions))
             rollout, components = score(roles, batch, cfg, step)
-        metrics = shape(rollout, components, cfg, kl_ctl.value, stats, tok.eos_token_id)
+        metrics = shape(rollout, components, cfg, kl_ctl.value, stats, tok.eos_token_id, spread)
         problem = nonfinite_rollout(rollout, index)
         with timer("train"):
             if problem is None:
@@ -305,7 +315,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
             evaluate(step + 1)
         stopping = stop_requested() and step + 1 < cfg.steps
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or stopping:
-            checkpoint(step + 1, {"step": step + 1, "kl": kl_ctl.state_dict()})
+            checkpoint(step + 1, {"step": step + 1, "kl": kl_ctl.state_dict(), "spread": spread.state_dict()})
         if stopping:
             raise Preempted(f"stopped on request after step {step + 1}, which is saved", step + 1)
     return metrics

@@ -195,6 +195,40 @@ def ppo_policy_objective(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adv
     return loss, metrics
 
 
+def within_prompt_variance(scores: torch.Tensor, group: int) -> float:
+    """Mean over prompts of the (Bessel) variance of the scores of each prompt's `group` samples (B,)."""
+    return float(scores.view(-1, group).var(-1).mean())
+
+
+class SpreadScale:
+    """The unit of the score that the KL penalty is weighed against: the root of the running mean,
+    over all steps so far, of the within-prompt score variance (`within_prompt_variance`). Dividing the
+    baselined scores by it makes β mean the same on every task: β nats of KL cost as much as one
+    standard deviation of the scores that the policy's own samples of one prompt get. Without it a
+    reward model that separates responses sharply is over-optimised at a β at which one that
+    separates them softly barely moves the policy (docs/ppo.md). Same idea as TRL's `use_score_scaling`
+    and OpenRLHF's reward normalisation, but with the within-prompt spread (the part that the leave-one-out
+    baseline leaves) rather than the batch's. `floor` keeps constant scores from dividing by zero."""
+
+    def __init__(self, floor: float = 1e-3):
+        self.mean_var, self.steps, self.floor = 0.0, 0, floor
+
+    def update(self, scores: torch.Tensor, group: int) -> float:
+        self.steps += 1
+        self.mean_var += (within_prompt_variance(scores, group) - self.mean_var) / self.steps
+        return self.value
+
+    @property
+    def value(self) -> float:
+        return max(self.mean_var ** 0.5, self.floor)
+
+    def state_dict(self) -> dict:
+        return {"mean_var": self.mean_var, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean_var, self.steps = state["mean_var"], state["steps"]
+
+
 class KLController:
     """β for the per-token KL penalty: fixed, or adaptive (Ziegler et al. 2019 §2.2):
     e = clip(KL/target − 1, ±0.2); β ← β·(1 + e·n/horizon), n = samples in the step."""

@@ -79,6 +79,17 @@ def test_config_show_and_cli_error(capsys):
     assert "no config file or preset named 'no-such-preset'" in capsys.readouterr().err
 
 
+def test_the_demo_runs_ppo_under_the_defaults():
+    """The task suite (bench/compare_algorithms.py) runs the demo config: it proves the class defaults
+    only while the demo sets nothing of PPO but the embedded task's lengths."""
+    from rlhf.ppo_config import PPOConfig
+
+    demo = load_config("demo").ppo
+    assert demo == PPOConfig(max_new_tokens=demo.max_new_tokens, max_prompt_len=demo.max_prompt_len)
+    assert (demo.kl_coef, demo.ppo_epochs, demo.steps, demo.samples_per_prompt) == (0.5, 4, 150, 8)
+    assert (demo.policy.optim.lr, demo.policy.optim.min_lr_ratio, demo.missing_eos_score) == (2e-4, 0.1, -1.0)
+
+
 def test_nested_override_keeps_the_sections_other_defaults():
     cfg = load_config("demo", ["ppo.critic.optim.lr=0.001"])
     assert cfg.ppo.critic.optim.lr == 0.001

@@ -14,6 +14,7 @@ from models.generation import filter_logits
 from parallel.engine import EngineConfig
 from parallel.host import ModelSource
 from rlhf.algo.advantages import compute_gae
+from rlhf.algo.ppo import SpreadScale
 from rlhf.algo.rollout import Rollout
 from rlhf.coordinator import PretrainingMix, Roles, shape, train_ppo
 from rlhf.functions import FunctionSpec
@@ -79,6 +80,21 @@ def test_score_baseline_and_normalisation_reach_the_rewards():
     m = shape(r, RM, cfg, 0.0, {"mean": 1.0, "std": 2.0})
     assert r.scores.tolist() == pytest.approx([0.0, 1.0, -1.5, -0.25])
     assert m["reward/score"] == pytest.approx(-0.1875)
+
+
+def test_score_scale_divides_the_baselined_scores_by_the_within_prompt_spread():
+    """Guards: scores / spread.update(r.scores, group) under score_scale=prompt_spread. Prompts [1, 3]
+    and [−2, 0.5]: variances 2 and 3.125, spread √2.5625 = 1.6008; the KL penalty is not scaled."""
+    cfg = base_cfg(steps=1, samples_per_prompt=2, score_baseline="leave_one_out", score_scale="prompt_spread")
+    r = rollout()
+    m = shape(r, RM, cfg, 0.0, None, spread=SpreadScale())
+    assert m["reward/spread"] == pytest.approx(math.sqrt(2.5625))
+    assert r.rewards.sum(-1).tolist() == pytest.approx([v / math.sqrt(2.5625) for v in (-2.0, 2.0, -2.5, 2.5)])
+    kl_only = rollout()
+    shape(kl_only, {"rm": torch.zeros(4)}, cfg, 0.5, None, spread=SpreadScale())
+    plain = rollout()
+    shape(plain, {"rm": torch.zeros(4)}, cfg.model_copy(update={"score_scale": "none"}), 0.5, None)
+    assert torch.equal(kl_only.rewards, plain.rewards)
 
 
 def test_responses_cut_off_at_the_length_limit_get_the_missing_eos_score():
@@ -404,9 +420,10 @@ def test_ptx_batches_give_every_data_parallel_rank_the_same_rows(setup):
 
 
 def test_roles_without_a_critic_save_and_resume(setup):
-    """A critic-free run checkpoints the policy alone and resumes bit-exactly from it."""
+    """A critic-free run checkpoints the policy alone and resumes bit-exactly from it, the running
+    score scale included (its state is in the checkpoint's state: a fresh one changes step 3's loss)."""
     root, tok, prompts = setup
-    cfg = base_cfg(steps=3, samples_per_prompt=2, advantage_estimator="grpo")
+    cfg = base_cfg(steps=3, samples_per_prompt=2, advantage_estimator="rloo", score_scale="prompt_spread")
     straight = loop(critic_free(root), tok, prompts, cfg)
     r = critic_free(root)
     saved = {}

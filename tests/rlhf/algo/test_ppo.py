@@ -10,6 +10,7 @@ import torch
 from rlhf.algo.ppo import (
     KLController,
     KLTerm,
+    SpreadScale,
     combine_scores,
     kl_k1,
     kl_k2,
@@ -22,6 +23,7 @@ from rlhf.algo.ppo import (
     shape_rewards,
     truncated_is_weights,
     value_loss,
+    within_prompt_variance,
 )
 from rlhf.algo.rollout import Rollout
 
@@ -193,6 +195,21 @@ def test_kl_controller_fixed_and_adaptive():
     adaptive = KLController(0.1, target=6.0, horizon=100)
     assert adaptive.update(12.0, 50) == pytest.approx(0.1 * (1 + 0.2 * 0.5))  # error clipped at +0.2
     assert adaptive.update(6.0 * 0.9, 50) == pytest.approx(0.11 * (1 - 0.1 * 0.5))
+
+
+def test_spread_scale_by_hand():
+    """Two prompts × 3 samples: variances (Bessel) of [1, 2, 3] and [0, 0, 6] are 1 and 12, mean 6.5;
+    the next step's [2, 2, 2] and [1, 1, 4] give 0 and 3, mean 1.5; the running mean of both is 4."""
+    step1, step2 = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 6.0]), torch.tensor([2.0, 2.0, 2.0, 1.0, 1.0, 4.0])
+    assert within_prompt_variance(step1, 3) == pytest.approx(6.5)
+    assert within_prompt_variance(step2, 3) == pytest.approx(1.5)
+    scale = SpreadScale()
+    assert scale.update(step1, 3) == pytest.approx(math.sqrt(6.5))
+    assert scale.update(step2, 3) == pytest.approx(2.0)
+    resumed = SpreadScale()
+    resumed.load_state_dict(scale.state_dict())
+    assert resumed.update(torch.zeros(6), 3) == pytest.approx(math.sqrt(8 / 3))  # (6.5 + 1.5 + 0) / 3
+    assert SpreadScale(floor=0.1).update(torch.ones(6), 3) == 0.1  # constant scores: the floor
 
 
 def test_normalize_scores():
