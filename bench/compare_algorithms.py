@@ -271,10 +271,10 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["embedded", "arithmetic"],
                         choices=["embedded", "suite", *SUITE], help="'suite': every task of bench/tasks")
     parser.add_argument("--out", default="runs/bench-algorithms")
-    parser.add_argument("--steps", type=int, default=100, help="RL steps of each PPO-family run (the demo's 100)")
+    parser.add_argument("--steps", type=int, default=150, help="RL steps of each PPO-family run (the demo's 150)")
     parser.add_argument("--n", type=int, default=8, help="n of the best-of-n baseline")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides of every RL run (the suite's: ppo.kl_coef=0.5 ppo.ppo_epochs=4)")
+                        help="overrides of every RL run (e.g. ppo.kl_coef=0.3)")
     parser.add_argument("--only", nargs="+", help="rerun these methods only (by their table name), keep the rest")
     parser.add_argument("--table", action="store_true", help="print the tables of the saved results; run nothing")
     parser.add_argument("--curve", metavar="RUN", help="print the evaluations of each task's run RUN (e.g. ppo); "

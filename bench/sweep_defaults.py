@@ -7,7 +7,7 @@ bench/compare_algorithms.py's `ensure_base`, under <out>/<task>/base), with the 
 on top of the demo config and `ppo.seed` set to the seed. Results accumulate in <out>/<task>/sweep.json;
 a run already there is not repeated.
 
-    python bench/sweep_defaults.py --tasks suite --settings defaults beta-0.05 --seeds 0 1
+    python bench/sweep_defaults.py --tasks suite --settings defaults defaults-beta-0.3 --seeds 0 1
     python bench/sweep_defaults.py --tasks suite --table     # print what is saved
     python bench/sweep_defaults.py --rm --tasks suite --settings rm-defaults rm-epochs-5 --seeds 0 1
 """
@@ -27,25 +27,47 @@ sys.path.insert(0, str(ROOT))
 from bench.compare_algorithms import DEMO, Task, cli, ensure_base, rl_run  # noqa: E402
 from bench.tasks import SUITE  # noqa: E402
 
-# Each setting: overrides on top of configs/demo.yaml, with β (or its start) and the PPO epochs always
-# given, so that a setting means the same run whatever the demo config holds. "defaults" is the demo
-# config as it is (β 0.2, 2 epochs, no EOS rule); "demo-2026-11-24" the same.
-EOS = ["ppo.missing_eos_score=-1"]  # the EOS rule (off by default): on in every sweep run
-OLD = ["ppo.kl_coef=0.2", "ppo.ppo_epochs=2"]
+# Each setting: overrides on top of the demo config of 2026-11-24 (DEMO_2026_11_24, pinned over
+# configs/demo.yaml), so that a setting means the same run whatever the demo config holds now.
+# "defaults" is configs/demo.yaml as it is.
+DEMO_2026_11_24 = ["ppo.kl_coef=0.2", "ppo.ppo_epochs=2", "ppo.missing_eos_score=null", "ppo.score_scale=none",
+                   "ppo.policy.optim.lr=1.0e-4", "ppo.policy.optim.min_lr_ratio=1.0"]
+EOS = ["ppo.missing_eos_score=-1"]  # the EOS rule: on in every sweep run below
 TARGET = [*EOS, "ppo.kl_coef=0.2", "ppo.kl_horizon=1000"]
+B5E4 = [*EOS, "ppo.kl_coef=0.5", "ppo.ppo_epochs=4"]
+COSINE = ["ppo.policy.optim.min_lr_ratio=0.1"]
+SPREAD = ["ppo.score_scale=prompt_spread"]
 SETTINGS = {
-    "defaults": [],
-    "demo-2026-11-24": [*OLD, "ppo.missing_eos_score=null"],
+    "demo-2026-11-24": [],
     "kl-target-1": [*TARGET, "ppo.kl_target=1.0", "ppo.ppo_epochs=2"],
     "kl-target-2": [*TARGET, "ppo.kl_target=2.0", "ppo.ppo_epochs=2"],
     "kl1-lr-2e-4": [*TARGET, "ppo.kl_target=1.0", "ppo.ppo_epochs=2", "ppo.policy.optim.lr=2.0e-4"],
     "kl1-epochs-4": [*TARGET, "ppo.kl_target=1.0", "ppo.ppo_epochs=4"],
     "beta-0.3-epochs-4": [*EOS, "ppo.kl_coef=0.3", "ppo.ppo_epochs=4"],
-    "beta-0.5-epochs-4": [*EOS, "ppo.kl_coef=0.5", "ppo.ppo_epochs=4"],
+    "beta-0.5-epochs-4": B5E4,
     "beta-1-epochs-4": [*EOS, "ppo.kl_coef=1.0", "ppo.ppo_epochs=4"],
-    "beta-0.5-epochs-4-lr-2e-4": [*EOS, "ppo.kl_coef=0.5", "ppo.ppo_epochs=4", "ppo.policy.optim.lr=2.0e-4"],
+    "beta-0.5-epochs-4-lr-2e-4": [*B5E4, "ppo.policy.optim.lr=2.0e-4"],
+    # the second round: cosine decay of the policy's lr, and scores divided by their within-prompt
+    # spread before the KL (ppo.score_scale)
+    "spread-beta-0.5-epochs-4": [*B5E4, *SPREAD],
+    "beta-0.5-epochs-4-cosine": [*B5E4, *COSINE],
+    "spread-beta-0.5-epochs-4-cosine": [*B5E4, *SPREAD, *COSINE],
+    "spread-beta-0.3-epochs-4-cosine": [*EOS, "ppo.kl_coef=0.3", "ppo.ppo_epochs=4", *SPREAD, *COSINE],
+    "spread-beta-0.5-epochs-4-lr-5e-5": [*B5E4, *SPREAD, "ppo.policy.optim.lr=5.0e-5"],
+    "spread-beta-0.5-epochs-4-cosine-lr-2e-4": [*B5E4, *SPREAD, *COSINE, "ppo.policy.optim.lr=2.0e-4"],
+    "beta-0.5-epochs-4-cosine-lr-2e-4": [*B5E4, *COSINE, "ppo.policy.optim.lr=2.0e-4"],
     "eos-rule": EOS,
     "rloo": ["ppo.advantage_estimator=rloo", "ppo.score_baseline=none"],
+}
+SETTINGS = {"defaults": [], **{label: [*DEMO_2026_11_24, *overrides] for label, overrides in SETTINGS.items()}}
+# Variations of the defaults of 2026-11-25 (configs/demo.yaml as it is: β 0.5, 4 epochs, policy lr 2e-4
+# with cosine decay, the EOS rule, 150 steps)
+SETTINGS |= {
+    "defaults-lr-3e-4": ["ppo.policy.optim.lr=3.0e-4"],
+    "defaults-32x4": ["ppo.samples_per_prompt=4"],
+    "defaults-32x4-lr-3e-4": ["ppo.samples_per_prompt=4", "ppo.policy.optim.lr=3.0e-4"],
+    "defaults-beta-0.3": ["ppo.kl_coef=0.3"],
+    "defaults-beta-0.2": ["ppo.kl_coef=0.2"],
 }
 
 
@@ -149,11 +171,12 @@ def table(per_task: dict[str, dict], settings: list[str], steps: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["suite"], choices=["suite", *SUITE])
+    parser.add_argument("--tasks", nargs="+", default=["suite"], choices=["suite", "embedded", *SUITE],
+                        help="'suite': every task of bench/tasks; 'embedded': the demo's own task")
     parser.add_argument("--settings", nargs="+", default=["defaults"], choices=[*SETTINGS, *RM_SETTINGS])
     parser.add_argument("--rm", action="store_true", help="sweep reward-model settings (RM_SETTINGS) instead")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=150, help="PPO steps of each run (the demo's 150)")
     parser.add_argument("--out", default="runs/bench-algorithms")
     parser.add_argument("--base", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides of the SFT and reward-model stages, when <out>/<task>/base is trained")
