@@ -51,7 +51,7 @@ def test_dpo_on_pairwise_user_data_from_a_checkpoint(tmp_path, capsys):
 
 @pytest.mark.e2e
 def test_critic_free_ppo_starts_and_saves_no_critic(tmp_path, capsys):
-    """(Each estimator's loop: tests/rlhf/test_ppo_switches.py.)"""
+    """(Each estimator's shaping and loop: tests/rlhf/test_ppo_shaping.py, test_ppo_switches.py.)"""
     rc = main(["demo", f"run.out_dir={tmp_path}", *TINY, "ppo.steps=2", "ppo.prompts_per_step=16",
                "ppo.samples_per_prompt=4", "ppo.eval_every=1", "ppo.save_every=1",
                "ppo.advantage_estimator=grpo"])

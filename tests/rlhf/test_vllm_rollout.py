@@ -25,7 +25,7 @@ from rlhf.ppo_config import PPOConfig
 from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker
 from tests.rlhf.conftest import tiny_task
 from tests.rlhf.test_ppo_loop import OPT, base_cfg
-from tests.rlhf.test_ppo_switches import RM, rollout
+from tests.rlhf.test_ppo_shaping import RM, rollout
 
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed (`make vllm`)")
 
