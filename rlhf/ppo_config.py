@@ -1,7 +1,7 @@
 """Configuration of InstructGPT step 3 (PPO): the loop's hyperparameters and the four roles' layouts.
 
-The defaults were chosen on the task suite (bench/tasks, docs/results.md: five small tasks of
-different kinds, PPO closing ≥ 50% of the gap between the SFT policy and a perfect score on each):
+The defaults were chosen on the task suite (bench/tasks: four small tasks of different kinds, plus
+the embedded one; docs/results.md has the sweeps and what they leave short):
 150 steps × 128 rollouts (16 prompts × 8 samples, leave-one-out baseline), β = 0.5 per-token KL
 (k1), 4 PPO epochs × 4 minibatches, policy lr 2e-4 with cosine decay to 2e-5, critic lr 3e-4 after 4
 warm-up steps, cut-off responses scored −1. The rest follows InstructGPT (Ouyang et al. 2022, §3.5

@@ -204,9 +204,8 @@ class SpreadScale:
     """The unit of the score that the KL penalty is weighed against: the root of the running mean,
     over all steps so far, of the within-prompt score variance (`within_prompt_variance`). Dividing the
     baselined scores by it makes β mean the same on every task: β nats of KL cost as much as one
-    standard deviation of the scores that the policy's own samples of one prompt get. Without it a
-    reward model that separates responses sharply is over-optimised at a β at which one that
-    separates them softly barely moves the policy (docs/ppo.md). Same idea as TRL's `use_score_scaling`
+    standard deviation of the scores that the policy's own samples of one prompt get, whether the
+    reward model separates responses sharply or softly (docs/ppo.md). Same idea as TRL's `use_score_scaling`
     and OpenRLHF's reward normalisation, but with the within-prompt spread (the part that the leave-one-out
     baseline leaves) rather than the batch's. `floor` keeps constant scores from dividing by zero."""
 
