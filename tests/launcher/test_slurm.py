@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "slurm" / "instructrl.sbatch"
 SMALL = ["task.n_sft=400", "task.n_comparisons=120", "task.n_ppo=100", "task.n_eval=20", "sft.epochs=1",
          "rm.epochs=1", "ppo.steps=2", "ppo.prompts_per_step=16", "ppo.samples_per_prompt=2", "ppo.eval_every=2",
-         "ppo.critic_warmup_steps=0"]
+         "ppo.critic_warmup_steps=0", "ppo.ppo_epochs=1", "ppo.minibatches=2"]  # the job's life is tested, not learning
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
