@@ -173,14 +173,18 @@ def rl_run(task: Task, slug: str, steps: int, extra: list[str]) -> dict:
                 f"ppo.reward_model={task.base}/rm", f"ppo.steps={steps}", *extra], task.out / f"{slug}.log")
     first, last = final_eval(task.out / slug, "ppo")
     return {"gold": last["eval/gold_score"], "stderr": last["eval/gold_stderr"], "kl": last["eval/kl"],
-            "wall_s": wall, "samples_per_s": throughput(task.out / slug), "start": first}
+            "wall_s": wall, "samples_per_s": throughput(task.out / slug), "start": first, "steps": steps}
 
 
 def run_task(task: Task, steps: int, n: int, only: list[str] | None = None, settings: tuple[str, ...] = ()) -> dict:
     """Every method on one task (or those named in `only`, keeping the others' earlier results), each
     RL run with `settings` (overrides) on top of the demo config."""
     saved = task.out / "results.json"
-    results: dict[str, dict] = json.loads(saved.read_text())["algorithms"] if only and saved.exists() else {}
+    results: dict[str, dict] = {}
+    if only and saved.exists():  # the earlier runs keep the number of steps they ran
+        earlier = json.loads(saved.read_text())
+        results = {k: {"steps": earlier["steps"], **v} if not k.startswith("best-of") else v
+                   for k, v in earlier["algorithms"].items()}
     rm_acc = ensure_base(task)
     common = DEMO + [f"run.out_dir={task.out}", "run.overwrite=true", *task.files()]
     for name, extra in ALGORITHMS.items():
@@ -221,7 +225,8 @@ def table(task: str, r: dict) -> str:
         rate = f"{a['samples_per_s']:.1f}" if a["samples_per_s"] else "— (no sampling)"
         kl = f"≤ {a['kl']:.2f}" if name.startswith("best-of") else f"{a['kl']:.2f}"  # the analytic bound
         closed = gain / (1 - sft["gold"]) if sft["gold"] < 1 else float("nan")
-        lines.append(f"| {name} | {a['gold']:.3f} ± {a['stderr']:.3f} | {gain:+.3f} ({z:.1f}) | {100 * closed:.0f}% | "
+        label = f"{name} ({a['steps']} steps)" if a.get("steps", r["steps"]) != r["steps"] and name != "DPO" else name
+        lines.append(f"| {label} | {a['gold']:.3f} ± {a['stderr']:.3f} | {gain:+.3f} ({z:.1f}) | {100 * closed:.0f}% | "
                      f"{kl} | {a['wall_s']:.0f} | {rate} |")
     return "\n".join(lines)
 
@@ -234,7 +239,8 @@ def summary(per_task: dict[str, dict], n: int, bar: float = 0.5) -> str:
         a = r["algorithms"].get(name)
         if a is None:
             return "–"
-        return f"{a['gold']:.3f} ± {a['stderr']:.3f} ({100 * (a['gold'] - sft) / (1 - sft):.0f}%)"
+        other = f", {a['steps']} steps" if a.get("steps", r["steps"]) != r["steps"] else ""
+        return f"{a['gold']:.3f} ± {a['stderr']:.3f} ({100 * (a['gold'] - sft) / (1 - sft):.0f}%{other})"
 
     lines = ["| task | SFT gold | PPO gold (gap closed) | PPO KL | GRPO | RLOO | best-of-" + str(n) +
              " | RM accuracy (labels' ceiling) | PPO wall time (s) |", "| --- |" + " --- |" * 8]

@@ -66,6 +66,7 @@ SETTINGS |= {
     "defaults-lr-3e-4": ["ppo.policy.optim.lr=3.0e-4"],
     "defaults-32x4": ["ppo.samples_per_prompt=4"],
     "defaults-32x4-lr-3e-4": ["ppo.samples_per_prompt=4", "ppo.policy.optim.lr=3.0e-4"],
+    "defaults-beta-0.4": ["ppo.kl_coef=0.4"],
     "defaults-beta-0.3": ["ppo.kl_coef=0.3"],
     "defaults-beta-0.2": ["ppo.kl_coef=0.2"],
 }

@@ -66,3 +66,22 @@ def test_every_sweep_setting_is_a_valid_demo_config():
     old = load_config("demo", SETTINGS["demo-2026-11-24"]).ppo
     assert (old.kl_coef, old.ppo_epochs, old.policy.optim.lr, old.policy.optim.min_lr_ratio) == (0.2, 2, 1e-4, 1.0)
     assert (old.missing_eos_score, old.score_scale) == (None, "none")
+
+
+def test_the_suite_table_names_a_column_run_at_another_budget():
+    """`compare_algorithms.py --only X --steps N` reruns X alone: the other methods' saved results keep
+    the steps they ran with, and the table says so beside them instead of passing them off as N-step runs."""
+    from bench.compare_algorithms import summary, table
+
+    def run(gold: float, steps: int | None = None) -> dict:
+        return {"gold": gold, "stderr": 0.02, "kl": 0.3, "wall_s": 100, "samples_per_s": 10.0,
+                **({"steps": steps} if steps else {})}
+
+    result = {"sft": {"gold": 0.4, "stderr": 0.02}, "rm_accuracy": 0.85, "label_accuracy": 0.9, "steps": 300,
+              "algorithms": {"PPO (GAE, critic)": run(0.7, 300), "GRPO": run(0.6, 150), "RLOO": run(0.65),
+                             "best-of-8": {**run(0.8), "kl": 1.2}}}
+    text = summary({"arithmetic": result}, 8)
+    assert "0.700 ± 0.020 (50%)" in text and "0.600 ± 0.020 (33%, 150 steps)" in text
+    assert "0.650 ± 0.020 (42%)" in text  # no steps saved: the task's own
+    rows = table("arithmetic", result)
+    assert "| GRPO (150 steps) |" in rows and "| PPO (GAE, critic) |" in rows
