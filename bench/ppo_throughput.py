@@ -6,7 +6,7 @@ minibatches; 2 CPU threads. Prints samples/s and generated tokens/s at the media
 phase split (generate, score, train, sync), and each phase's model FLOPs and their utilisation (MFU)
 of the machine's measured fp32 matmul peak (bench/matmul_peak.py).
 
-    python bench/ppo_throughput.py [--steps 8] [--backend local|ray] [--no-packing] [--eos-gap 4]
+    python bench/ppo_throughput.py [--steps 8] [--backend local|ray] [--no-packing] [--eos-gap 4] [--ppo-epochs 4]
 
 --eos-gap makes responses end early at varied lengths, as a trained policy's do (ppo_reference.boost_eos);
 --no-packing scores and trains on the padded batches (engine.packing false) instead of packed rows.
@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--eos-gap", type=float, default=0.0, help="> 0: EOS logit this far above the mean")
     ap.add_argument("--estimator", choices=("gae", "grpo", "rloo", "reinforce_pp"), default="gae",
                     help="ppo.advantage_estimator; without gae no critic group runs")
+    ap.add_argument("--ppo-epochs", type=int, default=1, help="ppo.ppo_epochs (the reference configuration's 1)")
     ap.add_argument("--samples-per-prompt", type=int, default=None,
                     help="ppo.samples_per_prompt (default: 1 with gae, 4 otherwise)")
     args = ap.parse_args()
@@ -57,9 +58,10 @@ def main() -> int:
 
     samples = args.samples_per_prompt or (1 if args.estimator == "gae" else 4)
     ppo = PPOConfig(steps=args.steps, prompts_per_step=ROLLOUTS, max_new_tokens=NEW_TOKENS, max_prompt_len=31,
-                    temperature=1.0, ppo_epochs=1, minibatches=MINIBATCHES, normalize_scores=False, eval_every=10**9,
+                    temperature=1.0, ppo_epochs=args.ppo_epochs, minibatches=MINIBATCHES, normalize_scores=False,
+                    eval_every=10**9,
                     recompute_logprobs_every=args.recompute_every, advantage_estimator=args.estimator,
-                    samples_per_prompt=samples)
+                    samples_per_prompt=samples, score_baseline="none", critic_warmup_steps=0, missing_eos_score=None)
     with tempfile.TemporaryDirectory() as tmp:
         tok, texts, lm_dir, rm_dir = reference_setup(tmp)
         if args.eos_gap:

@@ -196,6 +196,9 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
 def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None, step: int,
            prompt_ids: list[int], kl_coef: float) -> tuple[dict[str, float], str | None]:
     """ppo_epochs × minibatches updates; policy and critic train on each minibatch at the same time.
+    Every update is sent before any answer is awaited: a group runs its calls in the order sent, so
+    the updates are the same, and neither group waits for the other's minibatch (nor for the driver)
+    between two of its own.
     During the first critic_warmup_steps the policy stays fixed while the critic fits the returns:
     a critic initialised from the reward model predicts scores, not values, and its early advantages
     are noise that would push the policy at random. Returns the metrics and, if a worker skipped an
@@ -207,8 +210,7 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None,
     # Fewer minibatches when rows were filtered out: every data-parallel rank needs a row.
     n_minibatches = min(cfg.minibatches, r.sequences.shape[0] // dp)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-    metrics: dict[str, list[float]] = {}
-    problem = None
+    sent = []  # (epoch, minibatch, its rows, the groups' handles), in the order sent
     for epoch in range(cfg.ppo_epochs):
         for j, index in enumerate(torch.randperm(r.sequences.shape[0], generator=gen).chunk(n_minibatches)):
             mb = r.select(index)
@@ -224,15 +226,19 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None,
                     mb = mb.select(order)
                 batch = {"rollout": mb, "ptx": ptx.batch(position, dp) if ptx else None}
                 handles.append(roles.policy.map(PolicyWorker.ppo_step, batch, hp))
-            for h in handles:
-                out = h.get()
-                for k, v in out.items():
-                    metrics.setdefault(k, []).append(v)
-                skipped = [k for k in out if k.endswith("/skipped") and out[k] > 0]
-                if skipped and problem is None:
-                    ids = sorted({prompt_ids[i] for i in index.tolist()})
-                    problem = f"non-finite {skipped[0].split('/')[0]} loss or gradient in epoch {epoch + 1}, " \
-                              f"minibatch {j + 1} (prompts {ids})"
+            sent.append((epoch, j, index, handles))
+    metrics: dict[str, list[float]] = {}
+    problem = None
+    for epoch, j, index, handles in sent:
+        for h in handles:
+            out = h.get()
+            for k, v in out.items():
+                metrics.setdefault(k, []).append(v)
+            skipped = [k for k in out if k.endswith("/skipped") and out[k] > 0]
+            if skipped and problem is None:
+                ids = sorted({prompt_ids[i] for i in index.tolist()})
+                problem = f"non-finite {skipped[0].split('/')[0]} loss or gradient in epoch {epoch + 1}, " \
+                          f"minibatch {j + 1} (prompts {ids})"
     return {k: sum(v) / len(v) for k, v in metrics.items()}, problem
 
 

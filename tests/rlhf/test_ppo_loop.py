@@ -191,3 +191,36 @@ def test_score_lands_on_the_last_real_token(setup):
     with torch.no_grad():
         expected = [rm.scores(seqs[0:1, 2:6], attn[0:1, 2:6])[0], rm.scores(seqs[1:2, :7], attn[1:2, :7])[0]]
     torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_updates_sent_ahead_to_ray_groups_equal_the_in_process_ones(ray_cluster, setup):
+    """update() sends every minibatch of every epoch to the policy and critic groups before it awaits
+    an answer; each Ray actor runs them in the order sent, so 2 steps × 2 epochs × 2 minibatches on
+    one-rank Ray groups log what the in-process groups (each call done before the next is made) log."""
+    from launcher.worker_group import GroupSpec, build_groups, shutdown_groups
+
+    root, tok, prompts = setup
+    cfg = base_cfg(steps=2, ppo_epochs=2, samples_per_prompt=2, score_baseline="leave_one_out")
+    local, _ = run(root, tok, prompts, cfg)
+    policy, reward = ModelSource(path=str(root / "policy")), ModelSource(path=str(root / "reward"))
+    spec = GroupSpec(ranks=1, cpus_per_rank=0.5)
+    groups = build_groups({"policy": (PolicyWorker, spec, (policy, PLAIN, OPT, 100, 4), {}),
+                           "reference": (ReferenceWorker, spec, (policy, EngineConfig()), {}),
+                           "critic": (CriticWorker, spec, (reward, EngineConfig(), OPT, 100, 4), {}),
+                           "reward": (RewardWorker, spec, (reward, EngineConfig()), {})}, timeout_s=120)
+    logged: dict[int, dict] = {}
+    try:
+        roles_on_ray = Roles(groups["policy"], groups["reference"], groups["critic"], groups["reward"])
+        train_ppo(roles_on_ray, tok, prompts, cfg, lambda m, s: logged.__setitem__(s, m), None, lambda s: None,
+                  lambda step, state: None)
+    finally:
+        shutdown_groups(groups)
+    assert sorted(logged) == sorted(local) == [1, 2]
+    for step in (1, 2):
+        keys = [k for k in local[step] if k.startswith(("policy/", "critic/", "kl/", "reward/"))]
+        assert "policy/pg_loss" in keys and "critic/value_error" in keys
+        for k in keys:
+            # one process or another, its threads may sum in another order: not bit-equal, but an
+            # update applied out of order or twice moves these by orders of magnitude more
+            assert logged[step][k] == pytest.approx(local[step][k], rel=1e-4, abs=1e-6), (step, k)
