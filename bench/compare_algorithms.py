@@ -183,7 +183,7 @@ def run_task(task: Task, steps: int, n: int, only: list[str] | None = None, sett
     results: dict[str, dict] = {}
     if only and saved.exists():  # the earlier runs keep the number of steps they ran
         earlier = json.loads(saved.read_text())
-        results = {k: {"steps": earlier["steps"], **v} if not k.startswith("best-of") else v
+        results = {k: v if k == "DPO" or k.startswith("best-of") else {"steps": earlier["steps"], **v}
                    for k, v in earlier["algorithms"].items()}
     rm_acc = ensure_base(task)
     common = DEMO + [f"run.out_dir={task.out}", "run.overwrite=true", *task.files()]
@@ -209,6 +209,11 @@ def run_task(task: Task, steps: int, n: int, only: list[str] | None = None, sett
             "label_accuracy": task.label_accuracy(), "steps": steps, "settings": list(settings), "algorithms": results}
 
 
+def other_budget(a: dict, r: dict) -> int | None:
+    """The RL steps of result `a` when they are not its task's (`r`'s): a column kept from an earlier run."""
+    return a["steps"] if a.get("steps", r["steps"]) != r["steps"] else None
+
+
 def table(task: str, r: dict) -> str:
     sft = r["sft"]
     ceiling = f" (the labels' own agreement with the gold: {r['label_accuracy']:.3f})" if r.get("label_accuracy") \
@@ -225,7 +230,7 @@ def table(task: str, r: dict) -> str:
         rate = f"{a['samples_per_s']:.1f}" if a["samples_per_s"] else "— (no sampling)"
         kl = f"≤ {a['kl']:.2f}" if name.startswith("best-of") else f"{a['kl']:.2f}"  # the analytic bound
         closed = gain / (1 - sft["gold"]) if sft["gold"] < 1 else float("nan")
-        label = f"{name} ({a['steps']} steps)" if a.get("steps", r["steps"]) != r["steps"] and name != "DPO" else name
+        label = f"{name} ({a['steps']} steps)" if other_budget(a, r) else name
         lines.append(f"| {label} | {a['gold']:.3f} ± {a['stderr']:.3f} | {gain:+.3f} ({z:.1f}) | {100 * closed:.0f}% | "
                      f"{kl} | {a['wall_s']:.0f} | {rate} |")
     return "\n".join(lines)
@@ -239,7 +244,7 @@ def summary(per_task: dict[str, dict], n: int, bar: float = 0.5) -> str:
         a = r["algorithms"].get(name)
         if a is None:
             return "–"
-        other = f", {a['steps']} steps" if a.get("steps", r["steps"]) != r["steps"] else ""
+        other = f", {a['steps']} steps" if other_budget(a, r) else ""
         return f"{a['gold']:.3f} ± {a['stderr']:.3f} ({100 * (a['gold'] - sft) / (1 - sft):.0f}%{other})"
 
     lines = ["| task | SFT gold | PPO gold (gap closed) | PPO KL | GRPO | RLOO | best-of-" + str(n) +

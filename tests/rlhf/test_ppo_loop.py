@@ -21,12 +21,17 @@ OPT = OptimConfig(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0)
 PLAIN = EngineConfig()
 
 
-def roles(root, policy_engine=PLAIN) -> Roles:
+def role_args(root, policy_engine=PLAIN) -> dict[str, tuple]:
+    """Each role's worker class and arguments, in Roles' order."""
     policy, reward = ModelSource(path=str(root / "policy")), ModelSource(path=str(root / "reward"))
-    return Roles(LocalGroup(PolicyWorker, policy, policy_engine, OPT, 100, 4),
-                 LocalGroup(ReferenceWorker, policy, EngineConfig()),
-                 LocalGroup(CriticWorker, reward, EngineConfig(), OPT, 100, 4),
-                 LocalGroup(RewardWorker, reward, EngineConfig()))
+    return {"policy": (PolicyWorker, policy, policy_engine, OPT, 100, 4),
+            "reference": (ReferenceWorker, policy, EngineConfig()),
+            "critic": (CriticWorker, reward, EngineConfig(), OPT, 100, 4),
+            "reward": (RewardWorker, reward, EngineConfig())}
+
+
+def roles(root, policy_engine=PLAIN) -> Roles:
+    return Roles(*(LocalGroup(*args) for args in role_args(root, policy_engine).values()))
 
 
 def run(root, tok, prompts, cfg: PPOConfig, start=None, saved=None, engine=PLAIN, nan_steps=(), out=None):
@@ -203,17 +208,13 @@ def test_updates_sent_ahead_to_ray_groups_equal_the_in_process_ones(ray_cluster,
     root, tok, prompts = setup
     cfg = base_cfg(steps=2, ppo_epochs=2, samples_per_prompt=2, score_baseline="leave_one_out")
     local, _ = run(root, tok, prompts, cfg)
-    policy, reward = ModelSource(path=str(root / "policy")), ModelSource(path=str(root / "reward"))
     spec = GroupSpec(ranks=1, cpus_per_rank=0.5)
-    groups = build_groups({"policy": (PolicyWorker, spec, (policy, PLAIN, OPT, 100, 4), {}),
-                           "reference": (ReferenceWorker, spec, (policy, EngineConfig()), {}),
-                           "critic": (CriticWorker, spec, (reward, EngineConfig(), OPT, 100, 4), {}),
-                           "reward": (RewardWorker, spec, (reward, EngineConfig()), {})}, timeout_s=120)
+    groups = build_groups({role: (cls, spec, args, {}) for role, (cls, *args) in role_args(root).items()},
+                          timeout_s=120)
     logged: dict[int, dict] = {}
     try:
-        roles_on_ray = Roles(groups["policy"], groups["reference"], groups["critic"], groups["reward"])
-        train_ppo(roles_on_ray, tok, prompts, cfg, lambda m, s: logged.__setitem__(s, m), None, lambda s: None,
-                  lambda step, state: None)
+        train_ppo(Roles(*groups.values()), tok, prompts, cfg, lambda m, s: logged.__setitem__(s, m), None,
+                  lambda s: None, lambda step, state: None)
     finally:
         shutdown_groups(groups)
     assert sorted(logged) == sorted(local) == [1, 2]
