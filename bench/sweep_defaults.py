@@ -60,16 +60,20 @@ SETTINGS = {
     "rloo": ["ppo.advantage_estimator=rloo", "ppo.score_baseline=none"],
 }
 SETTINGS = {"defaults": [], **{label: [*DEMO_2026_11_24, *overrides] for label, overrides in SETTINGS.items()}}
-# Variations of the defaults of 2026-11-25 (configs/demo.yaml as it is: β 0.5, 4 epochs, policy lr 2e-4
-# with cosine decay, the EOS rule, 150 steps)
-SETTINGS |= {
+# The defaults of the second round (2026-11-25 morning: β 0.5, 16 prompts × 8 samples; the rest as
+# PPOConfig has it now), pinned under their variations so that these mean the same runs after the
+# defaults moved to β 0.4 and 32 × 4 (the third round). "defaults" alone is PPOConfig as it is.
+DEFAULTS_2026_11_25 = ["ppo.kl_coef=0.5", "ppo.samples_per_prompt=8"]
+SETTINGS |= {label: [*DEFAULTS_2026_11_25, *overrides] for label, overrides in {
+    "defaults-2026-11-25": [],
     "defaults-lr-3e-4": ["ppo.policy.optim.lr=3.0e-4"],
     "defaults-32x4": ["ppo.samples_per_prompt=4"],
     "defaults-32x4-lr-3e-4": ["ppo.samples_per_prompt=4", "ppo.policy.optim.lr=3.0e-4"],
     "defaults-beta-0.4": ["ppo.kl_coef=0.4"],
     "defaults-beta-0.3": ["ppo.kl_coef=0.3"],
     "defaults-beta-0.2": ["ppo.kl_coef=0.2"],
-}
+    "defaults-beta-0.4-32x4": ["ppo.kl_coef=0.4", "ppo.samples_per_prompt=4"],  # the third round's defaults
+}.items()}
 
 
 # Reward-model settings (--rm): overrides of the rm section on top of the demo config; each trains a

@@ -55,14 +55,19 @@ def test_gold_file_agrees_with_the_generators_scorer(module, fields, tmp_path):
 def test_every_sweep_setting_is_a_valid_demo_config():
     """bench/sweep_defaults.py's settings, each on top of the demo config, pass config validation (a
     mistyped key would otherwise fail only minutes into a sweep); the PPO ones of 2026-11-24 pin that
-    day's demo config under their own overrides, so that they mean the same runs after the demo changed."""
-    from bench.sweep_defaults import DEMO_2026_11_24, RM_SETTINGS, SETTINGS
+    day's demo config under their own overrides, and the variations of the defaults of 2026-11-25 pin
+    those, so that they mean the same runs after the demo and the defaults changed."""
+    from bench.sweep_defaults import DEFAULTS_2026_11_25, DEMO_2026_11_24, RM_SETTINGS, SETTINGS
     from launcher.config import load_config
 
     for label, overrides in {**SETTINGS, **RM_SETTINGS}.items():
         load_config("demo", overrides)
-        if label in SETTINGS and not label.startswith("defaults"):
-            assert overrides[:len(DEMO_2026_11_24)] == DEMO_2026_11_24, label
+        if label in SETTINGS and label != "defaults":
+            pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else DEMO_2026_11_24
+            assert overrides[:len(pinned)] == pinned, label
+    assert SETTINGS["defaults"] == []
+    morning = load_config("demo", SETTINGS["defaults-2026-11-25"]).ppo
+    assert (morning.kl_coef, morning.samples_per_prompt, morning.ppo_epochs) == (0.5, 8, 4)
     old = load_config("demo", SETTINGS["demo-2026-11-24"]).ppo
     assert (old.kl_coef, old.ppo_epochs, old.policy.optim.lr, old.policy.optim.min_lr_ratio) == (0.2, 2, 1e-4, 1.0)
     assert (old.missing_eos_score, old.score_scale) == (None, "none")
