@@ -266,14 +266,21 @@ def summary(per_task: dict[str, dict], n: int, bar: float = 0.5) -> str:
 
 def curve(run: Path, stage: str = "ppo") -> str:
     """A run's held-out evaluations as a Markdown table: gold, the reward model's score (the proxy),
-    √KL and response length per evaluation step (the over-optimisation curve, Gao et al. 2022)."""
+    √KL and response length per evaluation step (the over-optimisation curve, Gao et al. 2022), and
+    the KL coefficient β of the training step at each (it moves when ppo.kl_target is set)."""
     evals = json.loads((run / stage / "result.json").read_text())["evaluations"]
     steps = sorted(evals, key=int)
+    metrics = run / stage / "metrics.jsonl"
+    beta = {} if not metrics.exists() else {str(m["step"]): m["kl/coef"] for m in map(json.loads, metrics.open())
+                                           if "kl/coef" in m}
     rows = [("gold", "eval/gold_score", "{:.3f}"), ("reward-model score (proxy, raw)", "eval/rm_score", "{:.2f}"),
             ("√KL", "eval/sqrt_kl", "{:.2f}"), ("response length (tokens)", "eval/response_length", "{:.1f}")]
     lines = ["| PPO step | " + " | ".join(steps) + " |", "| --- |" + " --- |" * len(steps)]
     for label, key, fmt in rows:
         lines.append(f"| {label} | " + " | ".join(fmt.format(evals[s].get(key, float("nan"))) for s in steps) + " |")
+    if beta:
+        cells = (f"{beta[s]:.3f}" if s in beta else "–" for s in steps)
+        lines.append("| β (KL coefficient) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -30,8 +30,10 @@ from bench.tasks import SUITE  # noqa: E402
 # Each setting: overrides on top of the demo config of 2026-11-24 (DEMO_2026_11_24, pinned over
 # configs/demo.yaml), so that a setting means the same run whatever the demo config holds now.
 # "defaults" is configs/demo.yaml as it is.
+FIXED_BETA = ["ppo.kl_target=null", "ppo.kl_horizon=10000"]  # the defaults before the fourth round
 DEMO_2026_11_24 = ["ppo.kl_coef=0.2", "ppo.ppo_epochs=2", "ppo.missing_eos_score=null", "ppo.score_scale=none",
-                   "ppo.policy.optim.lr=1.0e-4", "ppo.policy.optim.min_lr_ratio=1.0"]
+                   "ppo.policy.optim.lr=1.0e-4", "ppo.policy.optim.min_lr_ratio=1.0", "ppo.samples_per_prompt=8",
+                   *FIXED_BETA]
 EOS = ["ppo.missing_eos_score=-1"]  # the EOS rule: on in every sweep run below
 TARGET = [*EOS, "ppo.kl_coef=0.2", "ppo.kl_horizon=1000"]
 B5E4 = [*EOS, "ppo.kl_coef=0.5", "ppo.ppo_epochs=4"]
@@ -63,7 +65,7 @@ SETTINGS = {"defaults": [], **{label: [*DEMO_2026_11_24, *overrides] for label, 
 # The defaults of the second round (2026-11-25 morning: β 0.5, 16 prompts × 8 samples; the rest as
 # PPOConfig has it now), pinned under their variations so that these mean the same runs after the
 # defaults moved to β 0.4 and 32 × 4 (the third round). "defaults" alone is PPOConfig as it is.
-DEFAULTS_2026_11_25 = ["ppo.kl_coef=0.5", "ppo.samples_per_prompt=8"]
+DEFAULTS_2026_11_25 = ["ppo.kl_coef=0.5", "ppo.samples_per_prompt=8", *FIXED_BETA]
 SETTINGS |= {label: [*DEFAULTS_2026_11_25, *overrides] for label, overrides in {
     "defaults-2026-11-25": [],
     "defaults-lr-3e-4": ["ppo.policy.optim.lr=3.0e-4"],
@@ -72,7 +74,18 @@ SETTINGS |= {label: [*DEFAULTS_2026_11_25, *overrides] for label, overrides in {
     "defaults-beta-0.4": ["ppo.kl_coef=0.4"],
     "defaults-beta-0.3": ["ppo.kl_coef=0.3"],
     "defaults-beta-0.2": ["ppo.kl_coef=0.2"],
-    "defaults-beta-0.4-32x4": ["ppo.kl_coef=0.4", "ppo.samples_per_prompt=4"],  # the third round's defaults
+    "defaults-beta-0.4-32x4": ["ppo.kl_coef=0.4", "ppo.samples_per_prompt=4"],  # the third round's candidate
+}.items()}
+# The fourth round (2026-12-02): the third round's candidate pinned (β 0.4, 32 prompts × 4 samples),
+# and the adaptive KL controller started from it (Ziegler et al. 2019), horizon 1,000 rollouts.
+ROUND_4 = ["ppo.kl_coef=0.4", "ppo.samples_per_prompt=4", *FIXED_BETA]
+ADAPTIVE = ["ppo.kl_horizon=1000"]
+SETTINGS |= {label: [*ROUND_4, *overrides] for label, overrides in {
+    "r4-beta-0.4": [],
+    "r4-beta-0.2": ["ppo.kl_coef=0.2"],
+    "r4-target-0.5": [*ADAPTIVE, "ppo.kl_target=0.5"],
+    "r4-target-1": [*ADAPTIVE, "ppo.kl_target=1.0"],
+    "r4-target-2": [*ADAPTIVE, "ppo.kl_target=2.0"],
 }.items()}
 
 

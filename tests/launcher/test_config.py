@@ -86,7 +86,8 @@ def test_the_demo_runs_ppo_under_the_defaults():
 
     demo = load_config("demo").ppo
     assert demo == PPOConfig(max_new_tokens=demo.max_new_tokens, max_prompt_len=demo.max_prompt_len)
-    assert (demo.kl_coef, demo.ppo_epochs, demo.steps, demo.samples_per_prompt) == (0.5, 4, 150, 8)
+    assert (demo.kl_coef, demo.ppo_epochs, demo.steps, demo.samples_per_prompt) == (0.4, 4, 150, 4)
+    assert (demo.kl_target, demo.kl_horizon) == (0.5, 1000)
     assert (demo.policy.optim.lr, demo.policy.optim.min_lr_ratio, demo.missing_eos_score) == (2e-4, 0.1, -1.0)
 
 
@@ -151,7 +152,7 @@ def test_a_preset_extends_another(tmp_path):
     """demo_ptx is the demo plus its own keys; an error in the child names the child's line, one in
     the parent the parent's; a cycle is refused."""
     demo, ptx = load_config("demo"), load_config("demo_ptx")
-    assert ptx.ppo.ptx_coef == 0.5 and ptx.ppo.samples_per_prompt == demo.ppo.samples_per_prompt == 8
+    assert ptx.ppo.ptx_coef == 0.5 and ptx.ppo.samples_per_prompt == demo.ppo.samples_per_prompt == 4
     assert ptx.run.name == "demo-ptx" and ptx.sft == demo.sft
     child = tmp_path / "child.yaml"
     child.write_text("extends: demo\nppo:\n  kl_coef: -1\n")

@@ -55,22 +55,27 @@ def test_gold_file_agrees_with_the_generators_scorer(module, fields, tmp_path):
 def test_every_sweep_setting_is_a_valid_demo_config():
     """bench/sweep_defaults.py's settings, each on top of the demo config, pass config validation (a
     mistyped key would otherwise fail only minutes into a sweep); the PPO ones of 2026-11-24 pin that
-    day's demo config under their own overrides, and the variations of the defaults of 2026-11-25 pin
-    those, so that they mean the same runs after the demo and the defaults changed."""
-    from bench.sweep_defaults import DEFAULTS_2026_11_25, DEMO_2026_11_24, RM_SETTINGS, SETTINGS
+    day's demo config under their own overrides, and the variations of the defaults of 2026-11-25 and of
+    the fourth round's fixed β pin those, so that they mean the same runs after the defaults changed."""
+    from bench.sweep_defaults import DEFAULTS_2026_11_25, DEMO_2026_11_24, RM_SETTINGS, ROUND_4, SETTINGS
     from launcher.config import load_config
 
     for label, overrides in {**SETTINGS, **RM_SETTINGS}.items():
         load_config("demo", overrides)
         if label in SETTINGS and label != "defaults":
-            pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else DEMO_2026_11_24
+            pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else \
+                ROUND_4 if label.startswith("r4-") else DEMO_2026_11_24
             assert overrides[:len(pinned)] == pinned, label
     assert SETTINGS["defaults"] == []
     morning = load_config("demo", SETTINGS["defaults-2026-11-25"]).ppo
-    assert (morning.kl_coef, morning.samples_per_prompt, morning.ppo_epochs) == (0.5, 8, 4)
+    assert (morning.kl_coef, morning.samples_per_prompt, morning.ppo_epochs, morning.kl_target) == (0.5, 8, 4, None)
     old = load_config("demo", SETTINGS["demo-2026-11-24"]).ppo
     assert (old.kl_coef, old.ppo_epochs, old.policy.optim.lr, old.policy.optim.min_lr_ratio) == (0.2, 2, 1e-4, 1.0)
-    assert (old.missing_eos_score, old.score_scale) == (None, "none")
+    assert (old.missing_eos_score, old.score_scale, old.samples_per_prompt, old.kl_target) == (None, "none", 8, None)
+    candidate = load_config("demo", SETTINGS["r4-beta-0.4"]).ppo
+    assert (candidate.kl_coef, candidate.samples_per_prompt, candidate.kl_target) == (0.4, 4, None)
+    adaptive = load_config("demo", SETTINGS["r4-target-0.5"]).ppo
+    assert (adaptive.kl_coef, adaptive.kl_target, adaptive.kl_horizon) == (0.4, 0.5, 1000)
 
 
 def test_the_suite_table_names_a_column_run_at_another_budget():
@@ -90,3 +95,20 @@ def test_the_suite_table_names_a_column_run_at_another_budget():
     assert "0.650 ± 0.020 (42%)" in text  # no steps saved: the task's own
     rows = table("arithmetic", result)
     assert "| GRPO (150 steps) |" in rows and "| PPO (GAE, critic) |" in rows
+
+
+def test_the_curve_shows_beta_at_each_evaluation(tmp_path):
+    """`compare_algorithms.py --curve RUN`: one column per evaluation, and the β the controller had
+    reached at that step (from metrics.jsonl; none before the first step)."""
+    from bench.compare_algorithms import curve
+
+    stage = tmp_path / "ppo"
+    stage.mkdir()
+    evals = {str(s): {"eval/gold_score": g, "eval/rm_score": 0.1, "eval/sqrt_kl": 0.5, "eval/response_length": 2.0}
+             for s, g in ((0, 0.4), (2, 0.6))}
+    (stage / "result.json").write_text(json.dumps({"evaluations": evals}))
+    rows = [{"step": s, "kl/coef": b} for s, b in ((1, 0.4), (2, 0.39))] + [{"step": 2, "eval/gold_score": 0.6}]
+    (stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = curve(tmp_path).splitlines()
+    assert lines[0] == "| PPO step | 0 | 2 |" and "| gold | 0.400 | 0.600 |" in lines
+    assert lines[-1] == "| β (KL coefficient) | – | 0.390 |"

@@ -94,11 +94,11 @@ def test_a_reward_function_alone_drives_the_policy(setup, tmp_path):
 def base_cfg(**kw) -> PPOConfig:
     """The loop tests' settings: random models, whose responses rarely end before 6 tokens, so they are
     scored as they are unless a test sets missing_eos_score; one sample per prompt, no baseline, one
-    epoch, no critic warm-up and InstructGPT's β (not the suite-tuned defaults), unless a test says."""
+    epoch, no critic warm-up and InstructGPT's β, fixed (not the suite-tuned defaults), unless a test says."""
     return PPOConfig(**{"prompts_per_step": 16, "minibatches": 2, "max_new_tokens": 6, "max_prompt_len": 12,
                         "normalize_scores": False, "eval_every": 1000, "missing_eos_score": None,
                         "samples_per_prompt": 1, "score_baseline": "none", "ppo_epochs": 1,
-                        "critic_warmup_steps": 0, "kl_coef": 0.02} | kw)
+                        "critic_warmup_steps": 0, "kl_coef": 0.02, "kl_target": None} | kw)
 
 
 def test_larger_beta_gives_smaller_kl(setup):
