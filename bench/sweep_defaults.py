@@ -85,7 +85,7 @@ SETTINGS |= {label: [*ROUND_4, *overrides] for label, overrides in {
     "r4-beta-0.2": ["ppo.kl_coef=0.2"],
     "r4-target-0.5": [*ADAPTIVE, "ppo.kl_target=0.5"],
     "r4-target-1": [*ADAPTIVE, "ppo.kl_target=1.0"],
-    "r4-target-2": [*ADAPTIVE, "ppo.kl_target=2.0"],
+    "r4-target-0.5-16x8": [*ADAPTIVE, "ppo.kl_target=0.5", "ppo.samples_per_prompt=8"],
 }.items()}
 
 
