@@ -62,9 +62,9 @@ SETTINGS = {
     "rloo": ["ppo.advantage_estimator=rloo", "ppo.score_baseline=none"],
 }
 SETTINGS = {"defaults": [], **{label: [*DEMO_2026_11_24, *overrides] for label, overrides in SETTINGS.items()}}
-# The defaults of the second round (2026-11-25 morning: β 0.5, 16 prompts × 8 samples; the rest as
-# PPOConfig has it now), pinned under their variations so that these mean the same runs after the
-# defaults moved to β 0.4 and 32 × 4 (the third round). "defaults" alone is PPOConfig as it is.
+# The defaults of the second round (2026-11-25 morning: β 0.5 fixed, 16 prompts × 8 samples; the rest
+# as PPOConfig has it now), pinned under their variations so that these mean the same runs after the
+# defaults moved (the fourth round: β adaptive from 0.4, 32 × 4). "defaults" alone is PPOConfig as it is.
 DEFAULTS_2026_11_25 = ["ppo.kl_coef=0.5", "ppo.samples_per_prompt=8", *FIXED_BETA]
 SETTINGS |= {label: [*DEFAULTS_2026_11_25, *overrides] for label, overrides in {
     "defaults-2026-11-25": [],

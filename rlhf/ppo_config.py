@@ -5,9 +5,9 @@ the embedded one; docs/results.md has the sweeps and what they leave short):
 150 steps × 128 rollouts (32 prompts × 4 samples, leave-one-out baseline), a per-token KL penalty
 (k1) whose β starts at 0.4 and adapts toward 0.5 nats per response, 4 PPO epochs × 4 minibatches,
 policy lr 2e-4 with cosine decay to 2e-5, critic lr 3e-4 after 4 warm-up steps, cut-off responses
-scored −1. The rest follows InstructGPT (Ouyang et al. 2022, §3.5
-and appendix C.4): γ = 1, λ = 0.95, clip 0.2, score normalised with the reward model's held-out
-statistics. InstructGPT's own β = 0.02 and lr ~1e-5 are for 1.3B–175B models and far more rollouts.
+scored −1. The rest follows InstructGPT (Ouyang et al. 2022, §3.5 and appendix C.4): γ = 1,
+λ = 0.95, clip 0.2, score normalised with the reward model's held-out statistics. InstructGPT's
+own β = 0.02 and lr ~1e-5 are for 1.3B–175B models and far more rollouts.
 """
 
 from __future__ import annotations
