@@ -114,8 +114,10 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                       group=cfg.run.name, resume=resuming)
     n_updates = p.steps * p.ppo_epochs * p.minibatches
     evaluations: dict[int, dict] = tracker.history("eval/")  # a resumed run keeps its earlier evaluations
-    log.info("PPO: %d steps × %d rollouts; policy %s, reward %s (+ %d function(s)), critic %s", p.steps,
-             p.prompts_per_step, models["policy"], models["reward"], len(p.reward_functions), models["critic"])
+    log.info("PPO: %d steps × %d rollouts; policy %s, reward %s (+ %d function(s)), critic %s; KL β %s", p.steps,
+             p.prompts_per_step, models["policy"], models["reward"], len(p.reward_functions), models["critic"],
+             f"{p.kl_coef:g} fixed" if p.kl_target is None else
+             f"from {p.kl_coef:g} toward {p.kl_target:g} nats per response (horizon {p.kl_horizon} rollouts)")
     bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)
     prepare_ops(*(getattr(p, role).engine for role in ROLES if role != "critic" or p.uses_critic))
 
