@@ -271,8 +271,8 @@ def curve(run: Path, stage: str = "ppo") -> str:
     evals = json.loads((run / stage / "result.json").read_text())["evaluations"]
     steps = sorted(evals, key=int)
     metrics = run / stage / "metrics.jsonl"
-    beta = {} if not metrics.exists() else {str(m["step"]): m["kl/coef"] for m in map(json.loads, metrics.open())
-                                           if "kl/coef" in m}
+    rows_logged = map(json.loads, metrics.read_text().splitlines()) if metrics.exists() else ()
+    beta = {str(m["step"]): m["kl/coef"] for m in rows_logged if "kl/coef" in m}
     rows = [("gold", "eval/gold_score", "{:.3f}"), ("reward-model score (proxy, raw)", "eval/rm_score", "{:.2f}"),
             ("√KL", "eval/sqrt_kl", "{:.2f}"), ("response length (tokens)", "eval/response_length", "{:.1f}")]
     lines = ["| PPO step | " + " | ".join(steps) + " |", "| --- |" + " --- |" * len(steps)]
