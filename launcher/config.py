@@ -126,13 +126,6 @@ class Config(BaseModel):
                              f"model.pretrained (a checkpoint with its tokenizer), model.tokenizer, or "
                              f"model.bpe_vocab (train a BPE on your data); the embedded word tokenizer only "
                              f"knows the embedded task's words")
-        if self.run.algorithm == "dpo" and not self.uses_embedded_task and self.rm.train_data is None:
-            raise ValueError("run.algorithm: dpo learns from ranked comparisons, and there is no rm.train_data: give "
-                             "comparisons (rm.train_data)")
-        if self.trains_rm and not self.uses_embedded_task and self.rm.train_data is None:
-            raise ValueError("ppo.reward_model: 'auto' is this run's reward model, and there is no rm.train_data to "
-                             "train one: give comparisons (rm.train_data), a reward model checkpoint "
-                             "(ppo.reward_model=<dir>), or ppo.reward_model=null with ppo.reward_functions")
         if self.run.backend == "local":
             for name, spec in self.groups.items():
                 if spec.ranks != 1:

@@ -26,6 +26,7 @@ from launcher.stages import (
     note_restart,
     prepare_ops,
     record_placement,
+    reward_role,
     run_dpo,
     run_rm,
     run_sft,
@@ -37,7 +38,7 @@ from parallel import checkpoint as checkpoints
 from rlhf.coordinator import LR_KEYS, Roles, train_ppo
 from rlhf.evaluate import Judges, evaluate_policy
 from rlhf.guards import BadSteps
-from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
+from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker
 
 log = logging.getLogger("instructrl")
 ROLES = ("policy", "reference", "critic", "reward")
@@ -50,16 +51,13 @@ def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> d
     p = cfg.ppo
     src = partial(checkpoint_source, cfg)
     micro = max(1, p.prompts_per_step // p.minibatches)
-    functions = tuple(f.resolved(Path.cwd()) for f in p.reward_functions)
-    reward_group = p.reward.group if models["reward"] else p.reward.group.model_copy(update={"gpus_per_rank": 0.0})
-    reward_source = src(models["reward"]) if models["reward"] else None
     specs = {
         "policy": (PolicyWorker, p.policy.group, (src(models["policy"]), p.policy.engine, p.policy.optim, n_updates,
                                                   micro), {"rollout": p.rollout, "seed": p.seed}),
         "reference": (ReferenceWorker, p.reference.group, (src(models["policy"]), p.reference.engine), {}),
         "critic": (CriticWorker, p.critic.group, (src(models["critic"]), p.critic.engine, p.critic.optim, n_updates,
                                                   micro), {}),
-        "reward": (RewardWorker, reward_group, (reward_source, p.reward.engine, functions, str(Path.cwd())), {}),
+        "reward": reward_role(cfg, models["reward"]),
     }
     if not p.uses_critic:
         del specs["critic"]
@@ -215,7 +213,10 @@ def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None =
         "sft_gold_score": first.get("eval/gold_score"), "sft_gold_stderr": first.get("eval/gold_stderr"),
         "ppo_gold_score": last.get("eval/gold_score"), "ppo_gold_stderr": last.get("eval/gold_stderr"),
         "final_kl": ppo["final_kl"], "sft_eval_loss": sft["eval/loss"] if sft else None,
-        "rm_eval_accuracy": rm["eval/accuracy"] if rm else None, "algorithm": stage,
+        "sft_stop": sft.get("stop_reason") if sft else None,
+        "sft_demonstrations_gold": sft.get("demonstrations_gold") if sft else None,
+        "rm_eval_accuracy": rm["eval/accuracy"] if rm else None, "rm_stop": rm.get("stop_reason") if rm else None,
+        "algorithm": stage,
         "dpo_eval_accuracy": ppo.get("eval/dpo_accuracy"),
         "models": models, "plot": ppo["plot"],
         "metrics": [x["metrics_file"] for x in (sft, rm, ppo) if x],
@@ -250,11 +251,15 @@ def print_summary(s: dict) -> None:
     if s["final_kl"] is not None:
         print(f"final KL(PPO ‖ SFT) per sequence, training batch: {s['final_kl']:.3f}")
     if s["sft_eval_loss"] is not None:
-        print(f"SFT eval loss: {s['sft_eval_loss']:.3f}")
+        print(f"SFT eval loss: {s['sft_eval_loss']:.3f}" + (f"; {s['sft_stop']}" if s.get("sft_stop") else ""))
+    if s.get("sft_demonstrations_gold") is not None and "eval/gold_score" in start:
+        print(f"SFT policy's sampled gold {start['eval/gold_score']:.3f}; the held-out demonstrations' own gold "
+              f"{s['sft_demonstrations_gold']:.3f}")
     if s.get("dpo_eval_accuracy") is not None:
         print(f"DPO held-out pair accuracy (implicit reward): {s['dpo_eval_accuracy']:.3f}")
     if s["rm_eval_accuracy"] is not None:
-        print(f"reward model held-out pair accuracy: {s['rm_eval_accuracy']:.3f}")
+        print(f"reward model held-out pair accuracy: {s['rm_eval_accuracy']:.3f}"
+              + (f"; {s['rm_stop']}" if s.get("rm_stop") else ""))
     for name, path in s["models"].items():
         if path:
             print(f"{name} model: {path}")

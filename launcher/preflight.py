@@ -32,6 +32,7 @@ POLICY_COMPARISONS = {"comparisons_train": "comparisons_policy_train.jsonl",
                       "comparisons_eval": "comparisons_policy_eval.jsonl"}
 PTX_BPE_CHARS = 200_000  # characters of the pretraining text a trained BPE sees, beside the task's data
 MAX_UNKNOWN = 0.05  # share of <unk> tokens in a data file above which its text is not the tokenizer's
+SELECT_PROMPTS = 256  # validation prompts that sft.select=reward samples on at each epoch's end
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Inputs:
     reward_stats: dict | None = None
     resume: dict | None = None  # the coordinator state of ppo.resume
     models: dict[str, Path | None] = field(default_factory=dict)  # see model_paths
+    select_prompts: list[Prompt] = field(default_factory=list)  # sft.select=reward scores SFT epochs on these
+    select_stats: dict | None = None  # the normalisation of sft.select's reward model
 
 
 def stages_of(command: str, cfg: Config) -> tuple[str, ...]:
@@ -61,18 +64,23 @@ def model_paths(cfg: Config) -> dict[str, Path | None]:
     """Where each model starts. sft_init None: a fresh model of cfg.model's shape."""
     run = cfg.run.dir
     pretrained = Path(cfg.model.pretrained) if cfg.model.pretrained else None
-    after_sft = run / "sft" if cfg.runs_sft else pretrained
+    # this run's SFT model: trained by this command, or by an earlier `instructrl sft` of the same run
+    after_sft = run / "sft" if cfg.runs_sft or (run / "sft" / "config.json").exists() else pretrained
     policy = Path(cfg.ppo.policy_init) if cfg.ppo.policy_init else after_sft
     reward = None
     if cfg.ppo.reward_model is not None:
         reward = run / "rm" if cfg.ppo.reward_model == "auto" else Path(cfg.ppo.reward_model)
+    # sft.select=reward scores epochs with a reward model that exists before SFT: not "auto" (trained after)
+    select = cfg.sft.select == "reward" and cfg.ppo.reward_model not in (None, "auto")
     return {"sft_init": pretrained, "rm_init": Path(cfg.rm.init) if cfg.rm.init else after_sft, "policy": policy,
             "dpo_init": Path(cfg.dpo.init) if cfg.dpo.init else after_sft,
-            "reward": reward, "critic": Path(cfg.ppo.critic_init) if cfg.ppo.critic_init else reward or policy}
+            "reward": reward, "critic": Path(cfg.ppo.critic_init) if cfg.ppo.critic_init else reward or policy,
+            "select_reward": Path(cfg.ppo.reward_model) if select else None}
 
 
 def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
     """Read and check everything `stages` will read; raise InputError on the first problem."""
+    check_stage_data(cfg, stages)
     check_output_dir(cfg, stages)
     if cfg.run.backend == "ray" and stages:
         check_ray_address(cfg.run.ray_address or os.environ.get("RAY_ADDRESS"))
@@ -93,14 +101,33 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
     if {"sft", "ppo", "dpo"} & set(stages) and "ppo_train" in sources:
         prompts, inputs.eval_prompts = split_prompts(cfg, sources)
         inputs.prompts = prompts if "ppo" in stages else None
+        if "sft" in stages and cfg.sft.select == "reward":
+            inputs.select_prompts = prompts[:SELECT_PROMPTS]
     inputs.tok = tok = build_tokenizer(cfg, inputs)
     check_models(cfg, stages, inputs)
+    if "sft" in stages and cfg.sft.select == "reward":
+        check_sft_select(cfg, inputs)
     check_text(cfg, tok, sources, inputs)
     apply_chat_template(cfg, inputs)
     check_functions(cfg, stages, inputs)
     if "ppo" in stages:
         check_ppo_inputs(cfg, inputs)
     return inputs
+
+
+def check_stage_data(cfg: Config, stages: tuple[str, ...]) -> None:
+    """The data each of `stages` learns from is named. Only these stages': `instructrl sft` needs no
+    comparisons, even when the pipeline's PPO would train its reward model on some."""
+    if cfg.uses_embedded_task or cfg.rm.train_data is not None:
+        return
+    if "rm" in stages and "ppo" in stages:
+        raise ConfigError("ppo.reward_model: 'auto' is this run's reward model, and there is no rm.train_data to "
+                          "train one: give comparisons (rm.train_data), a reward model checkpoint "
+                          "(ppo.reward_model=<dir>), or ppo.reward_model=null with ppo.reward_functions")
+    for stage, what in (("rm", "the reward model learns"), ("dpo", "DPO learns")):
+        if stage in stages:
+            raise ConfigError(f"rm.train_data: {what} from ranked comparisons, and there is none: give comparisons "
+                              f"(rm.train_data)")
 
 
 # ---------------------------------------------------------------- where things are written
@@ -257,6 +284,7 @@ def apply_chat_template(cfg: Config, inputs: Inputs) -> None:
     if inputs.prompts:
         inputs.prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.prompts]
     inputs.eval_prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.eval_prompts]
+    inputs.select_prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.select_prompts]
 
 
 # ---------------------------------------------------------------- models
@@ -267,7 +295,8 @@ def check_models(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
     paths, run, tok = inputs.models, cfg.run.dir, inputs.tok
     produced = {run / "sft"} if "sft" in stages else set()
     produced |= {run / "rm"} if "rm" in stages else set()
-    needed = {"sft": [("sft_init", "model.pretrained")], "rm": [("rm_init", "rm.init")],
+    needed = {"sft": [("sft_init", "model.pretrained"), ("select_reward", "ppo.reward_model")],
+              "rm": [("rm_init", "rm.init")],
               "dpo": [("dpo_init", "dpo.init")],
               "ppo": [("policy", "ppo.policy_init"), ("reward", "ppo.reward_model")]
               + ([("critic", "ppo.critic_init")] if cfg.ppo.uses_critic else [])}
@@ -275,7 +304,7 @@ def check_models(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
     for stage in stages:
         for role, key in needed[stage]:
             path = paths[role]
-            if role in ("reward", "sft_init") and path is None:
+            if role in ("reward", "sft_init", "select_reward") and path is None:
                 continue  # no reward model (functions only); a fresh model (its shape is checked above)
             if path is None:
                 raise ConfigError(f"{key}: no model to start from; set {key} or model.pretrained (or give SFT data, "
@@ -295,7 +324,7 @@ def check_models(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
             if role in ("sft_init", "policy", "dpo_init") and ("score.weight" in heads or not is_lm):
                 raise InputError(f"{where}: a scalar (reward or value) model, not a causal LM: it has no LM head "
                                  f"to generate with")
-            if role == "reward" and "score.weight" not in heads:
+            if role in ("reward", "select_reward") and "score.weight" not in heads:
                 raise InputError(f"{where}: a causal LM, not a reward model: it has no scalar score head, so its "
                                  f"scores would be random. Train one with `instructrl rm` (ppo.reward_model=auto) "
                                  f"or give a *ForSequenceClassification checkpoint.")
@@ -330,7 +359,9 @@ def check_functions(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> Non
     cwd = Path.cwd()
     field_sets = {"ppo.prompts": _field_names(inputs.prompts or []),
                   "ppo.eval_prompts": _field_names(inputs.eval_prompts)}
-    if "ppo" in stages:
+    if "sft" in stages and cfg.sft.select == "reward":
+        field_sets["the validation prompts of sft.select=reward"] = _field_names(inputs.select_prompts)
+    if "ppo" in stages or inputs.select_prompts:
         for i, spec in enumerate(cfg.ppo.reward_functions):
             fn = _load(spec, cwd, f"ppo.reward_functions.{i}")
             for source, names in field_sets.items():
@@ -350,6 +381,21 @@ def _load(spec: FunctionSpec, cwd: Path, key: str) -> TaskFunction:
         return TaskFunction(spec.resolved(cwd), cwd)
     except FunctionError as e:
         raise FunctionError(f"{key}: {e}") from None
+
+
+def check_sft_select(cfg: Config, inputs: Inputs) -> None:
+    """sft.select=reward: a reward that exists before SFT, and prompts to sample on."""
+    if inputs.models["select_reward"] is None and not cfg.ppo.reward_functions:
+        raise ConfigError("sft.select=reward scores each SFT epoch with a reward that exists before SFT: a reward "
+                          "model checkpoint (ppo.reward_model=<dir>) or reward functions (ppo.reward_functions); "
+                          f"this config has neither (ppo.reward_model={cfg.ppo.reward_model} "
+                          f"{'is trained after SFT' if cfg.ppo.reward_model == 'auto' else 'is none'}). Set one, "
+                          "or sft.select=loss")
+    if not inputs.select_prompts:
+        inputs.select_prompts = [Prompt(r.prompt, dict(r.fields)) for r in inputs.sft[1][:SELECT_PROMPTS]]
+    reward = inputs.models["select_reward"]
+    if reward is not None and cfg.ppo.normalize_scores:
+        inputs.select_stats = read_stats(reward)
 
 
 def check_ppo_inputs(cfg: Config, inputs: Inputs) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import statistics
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -27,11 +28,12 @@ from parallel.mesh import GroupSpec
 from rlhf.batching import decode_responses
 from rlhf.data import load_comparisons, write_jsonl
 from rlhf.evaluate import Evaluation, Judges, evaluate_policy, sample
+from rlhf.functions import FunctionError
 from rlhf.reward_model import read_reward_stats, train_reward_model
 from rlhf.reward_model import total_steps as rm_total_steps
 from rlhf.sft import total_steps, train_sft
 from rlhf.task import EmbeddedTask
-from rlhf.workers import PolicyWorker, ReferenceWorker, RewardModelWorker
+from rlhf.workers import PolicyWorker, ReferenceWorker, RewardModelWorker, RewardWorker
 
 log = logging.getLogger("instructrl")
 
@@ -130,31 +132,85 @@ def log_evaluation(tracker: Tracker, ev: Evaluation, step: int, out_dir: Path) -
     log.info("evaluation at step %d: %s", step, ", ".join(parts))
 
 
+def reward_role(cfg: Config, model: Path | None, functions: bool = True) -> tuple:
+    """The reward role's (worker class, group spec, args, kwargs): the reward model `model` (or none) and
+    the task's reward functions. Without a reward model its ranks only run functions: they ask for no GPU."""
+    p = cfg.ppo
+    spec = p.reward.group if model else p.reward.group.model_copy(update={"gpus_per_rank": 0.0})
+    specs = tuple(f.resolved(Path.cwd()) for f in p.reward_functions) if functions else ()
+    source = checkpoint_source(cfg, model) if model else None
+    return RewardWorker, spec, (source, p.reward.engine, specs, str(Path.cwd())), {}
+
+
+def selection_judges(cfg: Config, inputs: Inputs, reward_group) -> Judges:
+    """sft.select=reward scores an SFT epoch's samples as PPO will score them: the reward model that
+    exists before SFT (normalised as PPO normalises it) and the reward functions, by their weights."""
+    p = cfg.ppo
+    weights = {k: w for k, w in p.score_weights.items() if k != "rm" or inputs.models["select_reward"]}
+    return Judges(reward=reward_group, weights=weights, rm_stats=inputs.select_stats, clip=p.score_clip,
+                  missing_eos_score=p.missing_eos_score)
+
+
+def demonstrations_gold(inputs: Inputs) -> float | None:
+    """The gold score of the held-out demonstrations themselves: what SFT imitates, beside what its policy
+    samples. None when the demonstrations lack fields the gold function reads."""
+    _, evals = inputs.sft
+    fields = {k: [r.fields.get(k) for r in evals] for k in dict.fromkeys(k for r in evals for k in r.fields)}
+    try:
+        inputs.gold.check_fields(list(fields), "the held-out demonstrations")
+    except FunctionError:
+        log.info("SFT: the demonstrations carry no fields for the gold function; their own gold is not measured")
+        return None
+    return statistics.fmean(inputs.gold([r.prompt for r in evals], [r.response for r in evals], fields))
+
+
 def run_sft(cfg: Config, inputs: Inputs) -> dict:
-    """Step 1 on the policy group; returns held-out metrics (NLL; gold score, length on eval prompts)."""
+    """Step 1 on the policy group; returns held-out metrics (NLL; gold score, length on eval prompts) and
+    how training ended (epochs run, the epoch kept, why it stopped)."""
     train, evals = inputs.sft
-    tok = inputs.tok
+    tok, s = inputs.tok, cfg.sft
     out_dir = cfg.run.dir / "sft"
     tracker = Tracker(out_dir, f"{cfg.run.name}-sft", cfg.wandb, cfg.model_dump(mode="json"), "sft",
                       group=cfg.run.name)
-    steps = total_steps(len(train), cfg.sft)
-    log.info("SFT: %d train / %d eval demonstrations, %d steps on %d rank(s)", len(train), len(evals), steps,
-             cfg.sft.group.ranks)
+    steps = total_steps(len(train), s)
+    log.info("SFT: %d train / %d eval demonstrations, at most %d epochs (%d steps) on %d rank(s); stops after %s "
+             "epoch(s) without a better held-out %s", len(train), len(evals), s.epochs, steps, s.group.ranks,
+             s.patience or "∞", "loss" if s.select == "loss" else "reward of sampled responses")
     start = checkpoint_source(cfg, inputs.models["sft_init"]) if inputs.models["sft_init"] else fresh_source(cfg, tok)
-    prepare_ops(cfg.sft.engine)
+    specs = {"policy-sft": (PolicyWorker, s.group, (start, s.engine, s.optim, steps, s.batch_size), {})}
+    if s.select == "reward":
+        specs["reward-sft"] = reward_role(cfg, inputs.models["select_reward"])
+    prepare_ops(s.engine)
 
     def attempt(restarts: int) -> dict:  # SFT keeps no training state: a restart begins the stage again
-        with worker_group(cfg, "policy-sft", PolicyWorker, cfg.sft.group, start, cfg.sft.engine, cfg.sft.optim,
-                          steps, cfg.sft.batch_size) as group:
-            record_placement(out_dir, {"policy": group})
-            metrics = train_sft(group, tok, train, evals, cfg.sft, out_dir, tracker.log, cfg.run.max_bad_steps)
+        with start_groups(cfg, specs) as groups:
+            group = groups["policy-sft"]
+            record_placement(out_dir, {"policy": group, **({"reward": groups["reward-sft"]} if len(groups) > 1
+                                                            else {})})
+            select = None
+            if s.select == "reward":
+                judges = selection_judges(cfg, inputs, groups["reward-sft"])
+
+                def select(step: int) -> dict[str, float]:
+                    ev = evaluate_policy(group, tok, inputs.select_prompts, cfg.evaluation, judges, cfg.run.seed)
+                    return {"select/score": ev.metrics["eval/score"]}
+
+            metrics = train_sft(group, tok, train, evals, s, out_dir, tracker.log, cfg.run.max_bad_steps, select)
+            log.info("SFT: %s", metrics["stop_reason"])
+            tracker.event("stopped", metrics["steps"], reason=metrics["stop_reason"], epochs=metrics["epochs"],
+                          kept_epoch=metrics["kept_epoch"])
             if cfg.uses_embedded_task and cfg.task.rm_candidates == "policy":
                 label_policy_samples(cfg, group, tok)
             if inputs.eval_prompts:
                 ev = evaluate_policy(group, tok, inputs.eval_prompts, cfg.evaluation, Judges(gold=inputs.gold),
                                      cfg.run.seed)
-                log_evaluation(tracker, ev, steps, out_dir)
+                log_evaluation(tracker, ev, metrics["steps"], out_dir)
                 metrics |= ev.metrics
+            if inputs.gold is not None:
+                metrics["demonstrations_gold"] = demonstrations_gold(inputs)
+                if "eval/gold_score" in metrics and metrics["demonstrations_gold"] is not None:
+                    log.info("SFT: sampled gold %.3f ± %.3f; the held-out demonstrations' own gold %.3f",
+                             metrics["eval/gold_score"], metrics["eval/gold_stderr"], metrics["demonstrations_gold"])
             return metrics
 
     try:
@@ -203,14 +259,21 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
     tracker = Tracker(out_dir, f"{cfg.run.name}-rm", cfg.wandb, cfg.model_dump(mode="json"), "reward_model",
                       group=cfg.run.name)
     steps = rm_total_steps(len(train), cfg.rm)
-    log.info("RM: %d train / %d eval rankings from %s, %d steps", len(train), len(evals), init, steps)
+    log.info("RM: %d train / %d eval rankings from %s, at most %d epochs (%d steps); stops after %s epoch(s) "
+             "without a better held-out accuracy", len(train), len(evals), init, cfg.rm.epochs, steps,
+             cfg.rm.patience or "∞")
     prepare_ops(cfg.rm.engine)
 
     def attempt(restarts: int) -> dict:  # RM training keeps no state: a restart begins the stage again
         with worker_group(cfg, "reward-train", RewardModelWorker, cfg.rm.group, checkpoint_source(cfg, init),
                           cfg.rm.engine, cfg.rm.optim, steps, cfg.rm.batch_size) as group:
             record_placement(out_dir, {"reward": group})
-            return train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log, cfg.run.max_bad_steps)
+            metrics = train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log,
+                                         cfg.run.max_bad_steps)
+            log.info("RM: %s", metrics["stop_reason"])
+            tracker.event("stopped", metrics["steps"], reason=metrics["stop_reason"], epochs=metrics["epochs"],
+                          kept_epoch=metrics["kept_epoch"])
+            return metrics
 
     try:
         metrics = with_restarts("RM", attempt, cfg.run.max_restarts, partial(note_restart, tracker))

@@ -72,6 +72,8 @@ class _Record(BaseModel):
 class SFTRecord(_Record):
     prompt: Text
     response: Text
+    # The record's other fields, by name: what a gold function reads to score the demonstration itself
+    fields: dict[str, Any] = {}
 
 
 class RankedRecord(_Record):
@@ -168,12 +170,13 @@ def load_sft(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[SFTRecord]:
     becomes the demonstration, as when SFT runs on HH-RLHF's chosen dialogues."""
     out = []
     for where, row in _records(path, f"demonstrations with '{cfg.prompt_key}' and '{cfg.response_key}'"):
+        fields = {k: v for k, v in row.items() if k not in cfg.names().values()}
         if cfg.response_key in row or not ({cfg.responses_key, cfg.chosen_key} & set(row)):
-            out.append(_validate(SFTRecord, where, row, cfg))
+            out.append(_validate(SFTRecord, where, row, cfg).model_copy(update={"fields": fields}))
         else:
             c = comparison_from_row(where, row, cfg)
             if c is not None:
-                out.append(SFTRecord(prompt=c.prompt, response=c.responses[0]))
+                out.append(SFTRecord(prompt=c.prompt, response=c.responses[0], fields=fields))
     return out
 
 

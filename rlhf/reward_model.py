@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
 from rlhf.algo.ranking import length_bias
-from rlhf.batching import Encoded, count_steps, encode_pair, epoch_batches
+from rlhf.batching import Encoded, count_steps, encode_pair
 from rlhf.data import Comparison
-from rlhf.guards import BadSteps, check_finite
-from rlhf.progress import progress
+from rlhf.early_stopping import EarlyStopping
+from rlhf.epochs import Loop, train_epochs
 from rlhf.workers import RewardModelWorker
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -40,8 +40,13 @@ class RMConfig(BaseModel):
     init: str | None = None  # HF checkpoint to start from; None: the SFT model of this run (§3.5)
     max_len: int = Field(64, ge=2)  # tokens per prompt + response
     batch_size: int = Field(16, ge=1)  # prompts (rankings) per step, each with all its K responses
-    epochs: int = Field(1, ge=1)  # InstructGPT trains the RM for a single epoch
-    eval_every: int = Field(50, ge=1)  # steps between held-out evaluations
+    # At most this many passes over the rankings. InstructGPT trains its RM a single epoch because more
+    # over-fits; here the held-out pair accuracy at each epoch's end stops training (`patience`) and
+    # picks the epoch kept, so a task whose RM needs more epochs gets them and one that over-fits stops.
+    epochs: int = Field(4, ge=1)
+    patience: int | None = Field(1, ge=1)  # epochs in a row without a better held-out accuracy; null: all epochs
+    keep_best: bool = True  # export the epoch of the best held-out accuracy; false: the last epoch's
+    eval_every: int = Field(50, ge=1)  # steps between held-out evaluations (besides each epoch's end)
     seed: int = 0  # shuffling seed
     optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=10, weight_decay=0.0)  # optimizer and schedule
     engine: EngineConfig = EngineConfig()  # ZeRO stage, offload, precision
@@ -74,40 +79,33 @@ def evaluate_rm(group, rankings: list[list[Encoded]], pad_id: int, batch_size: i
 
 
 def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparison], cfg: RMConfig,
-                       out_dir: str | Path, log: LogFn, max_bad_steps: int = 3) -> dict[str, float]:
-    """Train the reward group's model; writes an HF sequence-classification checkpoint with
-    reward_stats.json (mean and std of held-out rewards, for PPO's reward normalisation)."""
+                       out_dir: str | Path, log: LogFn, max_bad_steps: int = 3) -> dict:
+    """Train the reward group's model until its held-out pair accuracy stops improving (or cfg.epochs);
+    writes the kept epoch's HF sequence-classification checkpoint with reward_stats.json (mean and std
+    of its held-out rewards, for PPO's reward normalisation). Returns its held-out metrics and how the
+    stage ended (epochs, best_epoch, kept_epoch, stop_reason)."""
     out_dir = Path(out_dir)
     train_r = encode_rankings(tok, train, cfg.max_len)
     eval_r = encode_rankings(tok, evals, cfg.max_len)
-    total = total_steps(len(train_r), cfg)
-    metrics, _ = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
-    log(metrics, 0)
-    step = evaluated = 0
-    bad = BadSteps(max_bad_steps, "reward-model", "rm.optim.lr")
-    bar = progress(total=total, desc="reward model", unit="step")
-    for rankings in epoch_batches(train_r, cfg.batch_size, cfg.epochs, cfg.seed):
-        out = group.map(RewardModelWorker.rm_step, rankings, tok.pad_token_id).get()
-        if not bad.stepped(out, step + 1):
-            continue  # a skipped update, or inside a gradient-accumulation window
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['accuracy']:.2f}")
-        log({f"train/{k}": out[k] for k in ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm")}, step)
-        if step % cfg.eval_every == 0:
-            metrics, evaluated = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)[0], step
-            log(metrics, step)
-    bar.close()
-    metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)
-    if evaluated != step:
+
+    def evaluate(step: int, epoch_end: bool) -> dict[str, float]:
+        metrics = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)[0]
         log(metrics, step)
-    check_finite({k: v for k, v in metrics.items() if not k.startswith("eval/length/")},
-                 f"reward model after step {step}", "rm.optim.lr")
+        return metrics
+
+    evaluate(0, False)
+    loop = Loop(RewardModelWorker, lambda b: group.map(RewardModelWorker.rm_step, b, tok.pad_token_id).get(),
+                evaluate, ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm"), "reward-model",
+                "rm.optim.lr")
+    stopper = EarlyStopping("eval/accuracy", "max", cfg.patience)
+    outcome = train_epochs(group, train_r, cfg, stopper, out_dir, loop, log, max_bad_steps,
+                           total_steps(len(train_r), cfg))
+    metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)  # the kept weights' rewards
     warn_length_bias(metrics)
     group.broadcast(RewardModelWorker.export, str(out_dir)).get()
     tok.save_pretrained(out_dir)
     write_reward_stats(out_dir, rewards)
-    return metrics
+    return {**metrics, **outcome.record()}
 
 
 def warn_length_bias(metrics: dict[str, float], tolerance: float = 0.1) -> None:

@@ -10,18 +10,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
-from rlhf.batching import Encoded, collate_lm, count_steps, encode_pair, epoch_batches
+from rlhf.batching import Encoded, collate_lm, count_steps, encode_pair
 from rlhf.data import SFTRecord
-from rlhf.guards import BadSteps, check_finite
-from rlhf.progress import progress
+from rlhf.early_stopping import EarlyStopping
+from rlhf.epochs import Loop, train_epochs
 from rlhf.workers import PolicyWorker
 
 LogFn = Callable[[dict[str, float], int], None]
+SelectFn = Callable[[int], dict[str, float]]  # step -> {"select/score": ...} of the policy as it is now
+SELECT_METRIC = {"loss": ("eval/loss", "min"), "reward": ("select/score", "max")}
 
 
 class SFTConfig(BaseModel):
@@ -31,13 +34,25 @@ class SFTConfig(BaseModel):
     eval_data: str | None = None  # held-out demonstrations; None: the last 5% of train_data
     max_len: int = Field(64, ge=2)  # tokens per prompt + response (longer are truncated)
     batch_size: int = Field(32, ge=1)  # sequences per micro-batch, split over data-parallel ranks
-    epochs: int = Field(4, ge=1)  # passes over the demonstrations
-    eval_every: int = Field(50, ge=1)  # optimizer steps
+    # At most this many passes over the demonstrations; the held-out measure of `select`, taken at the end
+    # of every epoch, usually stops training sooner (`patience`). InstructGPT trains its SFT 16 epochs.
+    epochs: int = Field(20, ge=1)
+    # Stop after this many epochs in a row without a better `select` measure; null: run all `epochs`.
+    patience: int | None = Field(2, ge=1)
+    # The held-out measure that stops training and picks the epoch kept: "loss" (the NLL of the held-out
+    # demonstrations), or "reward" (the mean PPO score, reward model and/or reward functions, of responses
+    # sampled on validation prompts: InstructGPT §3.5; needs ppo.reward_model as a checkpoint, or
+    # ppo.reward_functions).
+    select: Literal["loss", "reward"] = "loss"
+    keep_best: bool = True  # export the best epoch's weights; false: the last epoch's
+    eval_every: int = Field(50, ge=1)  # optimizer steps between held-out losses in the log (besides each epoch's end)
     save_every: int = Field(0, ge=0)  # optimizer steps; 0: final checkpoint only
     seed: int = 0  # shuffling seed
     optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=30, weight_decay=0.01)  # optimizer and schedule
     engine: EngineConfig = EngineConfig()  # ZeRO stage, offload, precision
     group: GroupSpec = GroupSpec()  # ranks, TP, placement
+
+
 def encode_all(tok, records: list[SFTRecord], max_len: int) -> tuple[list[Encoded], int]:
     encoded = [encode_pair(tok, r.prompt, r.response, max_len) for r in records]
     return encoded, sum(e.truncated for e in encoded)
@@ -58,39 +73,38 @@ def evaluate_nll(group, examples: list[Encoded], pad_id: int, batch_size: int) -
 
 
 def train_sft(group, tok, train: list[SFTRecord], evals: list[SFTRecord], cfg: SFTConfig,
-              out_dir: str | Path, log: LogFn, max_bad_steps: int = 3) -> dict[str, float]:
-    """Fine-tune the policy group's model; writes HF checkpoints under out_dir; returns final eval metrics."""
+              out_dir: str | Path, log: LogFn, max_bad_steps: int = 3, select: SelectFn | None = None) -> dict:
+    """Fine-tune the policy group's model until its held-out `cfg.select` measure stops improving (or
+    `cfg.epochs`), leave the kept epoch's weights in the group and export them as an HF checkpoint in
+    out_dir. `select` scores the policy for cfg.select="reward". Returns the kept weights' held-out
+    metrics and how the stage ended (epochs, best_epoch, kept_epoch, stop_reason)."""
     out_dir = Path(out_dir)
     train_ex, n_trunc = encode_all(tok, train, cfg.max_len)
     eval_ex, _ = encode_all(tok, evals, cfg.max_len)
     if n_trunc:
         log({"data/truncated": float(n_trunc)}, 0)
-    total = total_steps(len(train_ex), cfg)
-    metrics = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size)
-    log(metrics, 0)
-    step = evaluated = 0
-    bad = BadSteps(max_bad_steps, "SFT", "sft.optim.lr")
-    bar = progress(total=total, desc="sft", unit="step")
-    for examples in epoch_batches(train_ex, cfg.batch_size, cfg.epochs, cfg.seed):
-        out = group.map(PolicyWorker.sft_step, collate_lm(examples, tok.pad_token_id)).get()
-        if not bad.stepped(out, step + 1):
-            continue  # a skipped update, or inside a gradient-accumulation window
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{out['loss']:.3f}")
-        log({"train/loss": out["loss"], "train/lr": out["lr"], "train/grad_norm": out["grad_norm"]}, step)
-        if step % cfg.eval_every == 0:
-            metrics, evaluated = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size), step
-            log(metrics, step)
+    if cfg.select == "reward" and select is None:
+        raise ValueError("sft.select=reward needs a `select` function that scores the policy")
+
+    def evaluate(step: int, epoch_end: bool) -> dict[str, float]:
+        metrics = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size)
+        if epoch_end and cfg.select == "reward":
+            metrics |= select(step)
+        log(metrics, step)
+        return metrics
+
+    def export_every(step: int) -> None:
         if cfg.save_every and step % cfg.save_every == 0:
             save_checkpoint(group, tok, out_dir / f"checkpoint-{step}")
-    bar.close()
-    if evaluated != step:
-        metrics = evaluate_nll(group, eval_ex, tok.pad_token_id, cfg.batch_size)
-        log(metrics, step)
-    check_finite(metrics, f"SFT after step {step}", "sft.optim.lr")
+
+    evaluate(0, False)
+    loop = Loop(PolicyWorker, lambda b: group.map(PolicyWorker.sft_step, collate_lm(b, tok.pad_token_id)).get(),
+                evaluate, ("loss", "lr", "grad_norm"), "SFT", "sft.optim.lr", export_every)
+    stopper = EarlyStopping(*SELECT_METRIC[cfg.select], cfg.patience)
+    outcome = train_epochs(group, train_ex, cfg, stopper, out_dir, loop, log, max_bad_steps,
+                           total_steps(len(train_ex), cfg))
     save_checkpoint(group, tok, out_dir)
-    return metrics
+    return {**outcome.metrics, **outcome.record()}
 
 
 def save_checkpoint(group, tok, path: Path) -> None:
