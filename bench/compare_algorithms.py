@@ -113,6 +113,7 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
     gold function; `repeats` independent draws per prompt. KL(best-of-n ‖ SFT) ≤ log n − (n−1)/n."""
     import torch
 
+    from launcher.config import load_config
     from launcher.worker_group import LocalGroup
     from models.generation import SamplingParams
     from models.tokenizer import load_tokenizer
@@ -123,6 +124,7 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
     from rlhf.functions import FunctionSpec, TaskFunction
     from rlhf.workers import PolicyWorker, RewardWorker, ScoreBatch
 
+    lengths = load_config("demo", task.files()).evaluation  # the task's response and prompt lengths
     tok = load_tokenizer(task.base / "tokenizer")
     prompts = load_prompts(task.eval_file(), DataConfig())
     gold = TaskFunction(FunctionSpec(function=task.gold()).resolved(ROOT), ROOT)
@@ -130,9 +132,9 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
     reward = LocalGroup(RewardWorker, ModelSource(path=str(task.base / "rm")), EngineConfig())
     start = time.perf_counter()
     repeated = [p for p in prompts for _ in range(n * repeats)]
-    params = SamplingParams(max_new_tokens=12, temperature=1.0)
+    params = SamplingParams(max_new_tokens=lengths.max_new_tokens, temperature=1.0)
     scores, texts = [], []
-    for i, gen in enumerate(sample(policy, tok, repeated, params, 16, seed, 256)):
+    for i, gen in enumerate(sample(policy, tok, repeated, params, lengths.max_prompt_len, seed, 256)):
         batch = ScoreBatch.of(tok, gen, repeated[i * 256:(i + 1) * 256])
         scores.append(reward.map(RewardWorker.scores, batch).get()["rm"])
         texts += batch.responses

@@ -1,4 +1,4 @@
-"""The task suite (#17): small tasks of different kinds, each in the user file formats with noisy
+"""The task suite (#17, #27): small tasks of different kinds, each in the user file formats with noisy
 demonstrations, noisy rankings and a programmatic gold labeller (bench/tasks/common.py says which
 files). `SUITE` maps each name to its module (write_task(root), overrides(root)).
 
@@ -7,6 +7,9 @@ files). `SUITE` maps each name to its module (write_task(root), overrides(root))
 
 from __future__ import annotations
 
-from bench.tasks import arithmetic, keywords, length, politeness
+from bench.tasks import arithmetic, constraints, copying, counting, keywords, length, politeness, sorting, style
 
-SUITE = {"arithmetic": arithmetic, "length": length, "keywords": keywords, "politeness": politeness}
+SUITE = {"arithmetic": arithmetic, "length": length, "keywords": keywords, "politeness": politeness,
+         # #27: kinds the first four lack (copying from the prompt, several constraints, long responses, a
+         # start far below the demonstrations, a style with no single keyword)
+         "copying": copying, "constraints": constraints, "counting": counting, "sorting": sorting, "style": style}

@@ -36,7 +36,7 @@ def write_task(root: Path, n_sft: int = 4000, n_pairs: int = 3000, n_prompts: in
     sft = []
     for _ in range(n_sft):
         p, ans = item()
-        sft.append({"prompt": p, "response": str(slip(ans) if rng.random() < 0.3 else ans)})
+        sft.append({"prompt": p, "answer": ans, "response": str(slip(ans) if rng.random() < 0.3 else ans)})
     pairs, agreement = [], Agreement()
     for _ in range(n_pairs):
         p, ans = item()

@@ -67,3 +67,31 @@ def ranked(candidates: list[str], score, rng, flip: float) -> list[str]:
         if rng.random() < flip:
             order[i], order[i + 1] = order[i + 1], order[i]
     return order
+
+
+def labelled_task(root: Path, rng, item, demonstrate, candidates, score, gold_code: str, n_sft: int,
+                  n_rankings: int, n_prompts: int, n_eval: int, flip: float = 0.1) -> dict[str, Path]:
+    """A task's files from its parts: `item()` draws a prompt with its fields ({"prompt": ..., field: ...});
+    `demonstrate(item)` writes a (noisy) demonstration; `candidates(item)` the responses a labelling team
+    ranks, by `score(response, **fields)` with adjacent pairs swapped with probability `flip`. Every
+    record keeps its item's fields, the demonstrations too (so their own gold can be measured)."""
+    def fields(it: dict) -> dict:
+        return {k: v for k, v in it.items() if k != "prompt"}
+
+    sft = [{**it, "response": demonstrate(it)} for it in (item() for _ in range(n_sft))]
+    rankings, agreement = [], Agreement()
+    for _ in range(n_rankings):
+        it = item()
+        judge = lambda c, it=it: score(c, **fields(it))  # noqa: E731
+        order = ranked(candidates(it), judge, rng, flip)
+        if len(order) >= 2:
+            rankings.append({"prompt": it["prompt"], "responses": order})
+            agreement.add(order, judge)
+    return write_files(root, sft, rankings, [item() for _ in range(n_prompts)], [item() for _ in range(n_eval)],
+                       gold_code, agreement)
+
+
+def positions_right(response: str, target: list[str]) -> float:
+    """The share of the target's words in their place, over the longer of the two (extra words cost)."""
+    words = response.split()
+    return sum(a == b for a, b in zip(words, target, strict=False)) / max(len(words), len(target), 1)

@@ -52,7 +52,7 @@ def write_task(root: Path, n_sft: int = 4000, n_pairs: int = 3000, n_prompts: in
         words = [it["subject"], rng.choice(FILLER), colour, *extra]
         return " ".join(words)
 
-    sft = [{"prompt": it["prompt"], "response": phrase(it, rng.random() >= 0.3)} for it in
+    sft = [{**it, "response": phrase(it, rng.random() >= 0.3)} for it in
            (item() for _ in range(n_sft))]
     pairs, agreement = [], Agreement()
     for _ in range(n_pairs):

@@ -48,7 +48,7 @@ def write_task(root: Path, n_sft: int = 4000, n_rankings: int = 3000, n_prompts:
     for _ in range(n_sft):
         it = item()
         k = it["n"] + (rng.choice((-1, 1)) if rng.random() < 0.3 else 0)
-        sft.append({"prompt": it["prompt"], "response": words(max(1, k), it["first"])})
+        sft.append({**it, "response": words(max(1, k), it["first"])})
     rankings, agreement = [], Agreement()
     for _ in range(n_rankings):
         it = item()

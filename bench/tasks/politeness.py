@@ -63,7 +63,7 @@ def write_task(root: Path, n_sft: int = 4000, n_rankings: int = 3000, n_prompts:
     for _ in range(n_sft):
         it = item()
         quality = "polite" if rng.random() >= 0.3 else rng.choice(("curt", "rude"))
-        sft.append({"prompt": it["prompt"], "response": reply(it["request"], quality)})
+        sft.append({**it, "response": reply(it["request"], quality)})
     rankings, agreement = [], Agreement()
     for _ in range(n_rankings):
         it = item()

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from bench.tasks import SUITE, keywords, length, politeness
+from bench.tasks import SUITE, constraints, copying, counting, keywords, length, politeness, sorting, style
 from launcher.cli import main
 
 
@@ -50,6 +50,68 @@ def test_gold_file_agrees_with_the_generators_scorer(module, fields, tmp_path):
     want = [module.score(r, *f.values()) for r, f in zip(responses, rows, strict=True)]
     assert got == pytest.approx(want)
     assert len(set(want)) >= 3  # the responses covered several gold levels
+
+
+NEW_TASKS = {"copying": copying, "constraints": constraints, "counting": counting, "sorting": sorting, "style": style}
+
+
+def gold_of(module, tmp_path):
+    namespace = {}
+    exec(module.GOLD, namespace)  # noqa: S102 — the task's own gold.py text
+    return namespace[next(o for o in module.overrides(tmp_path) if o.startswith("evaluation.gold_function="))
+                     .rsplit(":", 1)[1]]
+
+
+@pytest.mark.parametrize("name", list(NEW_TASKS))
+def test_new_tasks_gold_file_scores_the_demonstrations_as_the_generator_does(name, tmp_path):
+    """#27's tasks: gold.py against the generator's scorer on every demonstration (their fields are in
+    the SFT file, so a run can measure the demonstrations' own gold too)."""
+    module = NEW_TASKS[name]
+    files = module.write_task(tmp_path / name, n_sft=400, n_rankings=50, n_prompts=20, n_eval=10)
+    rows = [json.loads(line) for line in files["sft"].read_text().splitlines()]
+    fields = [{k: v for k, v in r.items() if k not in ("prompt", "response")} for r in rows]
+    columns = {k: [f[k] for f in fields] for k in fields[0]}
+    got = gold_of(module, tmp_path)([r["prompt"] for r in rows], [r["response"] for r in rows], **columns)
+    assert got == pytest.approx([module.score(r["response"], **f) for r, f in zip(rows, fields, strict=True)])
+    assert len(set(got)) >= 3 and 0.4 < sum(got) / len(got) < 1.0  # noisy demonstrations, several gold levels
+
+
+@pytest.mark.parametrize(("name", "fields", "response", "want"), [
+    ("copying", {"text": "moon fish red boat"}, "moon fish red boat", 1.0),
+    ("copying", {"text": "moon fish red boat"}, "moon red fish boat", 0.5),  # a swap: two of four in place
+    ("copying", {"text": "moon fish red boat"}, "moon fish red boat boat", 0.8),  # an extra word: 4 of 5
+    ("constraints", {"topic": "tea", "n": 4, "avoid": "red"}, "tea is warm green", 1.0),
+    ("constraints", {"topic": "tea", "n": 4, "avoid": "red"}, "red is warm", 0.0),
+    ("constraints", {"topic": "tea", "n": 4, "avoid": "red"}, "tea red", 1 / 3),
+    ("counting", {"start": 3, "n": 4}, "3 4 5 6", 1.0),
+    ("counting", {"start": 3, "n": 4}, "3 5 6", 0.25),  # a skip shifts what follows
+    ("counting", {"start": 3, "n": 4}, "3 4 5 6 7 8 9 10", 0.5),  # counting on costs too
+    ("sorting", {"numbers": "14 3 9 0"}, "0 3 9 14", 1.0),
+    ("sorting", {"numbers": "14 3 9 0"}, "3 0 14 9", 0.0),
+    ("sorting", {"numbers": "14 3 9 0"}, "14 3 9 0", 0.5),  # as given: 3 and 9 happen to be in place
+    ("sorting", {"numbers": "14 3 9 0"}, "0 3 14 9", 0.5),
+    ("style", {}, "serene vast noble radiant", 1.0),
+    ("style", {}, "serene serene serene serene", 0.25),  # one formal word, however often
+    ("style", {}, "nice vast cool fun good okay", 1 / 6),  # extra words dilute
+])
+def test_new_tasks_gold_by_hand(name, fields, response, want, tmp_path):
+    module = NEW_TASKS[name]
+    assert gold_of(module, tmp_path)(["p"], [response], **{k: [v] for k, v in fields.items()}) == [pytest.approx(want)]
+    assert module.score(response, **fields) == pytest.approx(want)
+
+
+def test_counting_responses_are_long_and_fit_its_lengths(tmp_path):
+    """The long-response task: every demonstration is 24 tokens or more under the run's own tokenizer
+    kind (a BPE on the task's text), and its overrides leave room for the longest."""
+    from models.tokenizer import train_bpe_tokenizer
+
+    files = counting.write_task(tmp_path / "counting", n_sft=300, n_rankings=10, n_prompts=10, n_eval=10)
+    rows = [json.loads(line) for line in files["sft"].read_text().splitlines()]
+    tok = train_bpe_tokenizer([r["prompt"] + r["response"] for r in rows], 320)
+    lengths = [len(tok(r["response"], add_special_tokens=False)["input_ids"]) for r in rows]
+    assert min(lengths) >= 24
+    limits = dict(o.split("=") for o in counting.LENGTHS)
+    assert max(lengths) < int(limits["ppo.max_new_tokens"])
 
 
 def test_every_sweep_setting_is_a_valid_demo_config():
