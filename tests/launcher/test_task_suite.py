@@ -119,14 +119,14 @@ def test_every_sweep_setting_is_a_valid_demo_config():
     mistyped key would otherwise fail only minutes into a sweep); the PPO ones of 2026-11-24 pin that
     day's demo config under their own overrides, and the variations of the defaults of 2026-11-25 and of
     the fourth round's fixed β pin those, so that they mean the same runs after the defaults changed."""
-    from bench.sweep_defaults import DEFAULTS_2026_11_25, DEMO_2026_11_24, RM_SETTINGS, ROUND_4, SETTINGS
+    from bench.sweep_defaults import DEFAULTS_2026_11_25, DEMO_2026_11_24, RM_SETTINGS, ROUND_4, ROUND_5, SETTINGS
     from launcher.config import load_config
 
     for label, overrides in {**SETTINGS, **RM_SETTINGS}.items():
         load_config("demo", overrides)
         if label in SETTINGS and label != "defaults":
             pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else \
-                ROUND_4 if label.startswith("r4-") else DEMO_2026_11_24
+                ROUND_4 if label.startswith("r4-") else ROUND_5 if label.startswith("r5-") else DEMO_2026_11_24
             assert overrides[:len(pinned)] == pinned, label
     assert SETTINGS["defaults"] == []
     morning = load_config("demo", SETTINGS["defaults-2026-11-25"]).ppo
@@ -138,6 +138,9 @@ def test_every_sweep_setting_is_a_valid_demo_config():
     assert (candidate.kl_coef, candidate.samples_per_prompt, candidate.kl_target) == (0.4, 4, None)
     adaptive = load_config("demo", SETTINGS["r4-target-0.5"]).ppo
     assert (adaptive.kl_coef, adaptive.kl_target, adaptive.kl_horizon) == (0.4, 0.5, 1000)
+    fixed = load_config("demo", SETTINGS["r5-beta-0.1"]).ppo
+    assert (fixed.kl_coef, fixed.kl_target, fixed.samples_per_prompt) == (0.1, None, 4)
+    assert load_config("demo", SETTINGS["r5-target-2"]).ppo.kl_target == 2.0
 
 
 def test_the_suite_table_names_a_column_run_at_another_budget():
