@@ -19,6 +19,7 @@ SW = "tests/rlhf/test_ppo_switches.py::"
 SH = "tests/rlhf/test_ppo_shaping.py::"
 PK = "tests/rlhf/test_packing.py::"
 VL = "tests/rlhf/test_vllm_rollout.py::"
+ES = "tests/rlhf/test_early_stopping.py::"
 
 # (what the break does, file, line as it is, line broken, tests that must fail)
 MUTATIONS = [
@@ -137,6 +138,15 @@ MUTATIONS = [
      "scores = scores", [SH + "test_score_scale_divides_the_baselined_scores_by_the_within_prompt_spread"]),
     ("the running score scale not restored on resume", "rlhf/coordinator.py",
      'spread.load_state_dict(start["spread"])', "pass", [SW + "test_roles_without_a_critic_save_and_resume"]),
+    ("SFT/RM patience ignored (every epoch runs)", "rlhf/epochs.py",
+     "        if stopper.should_stop:\n            break\n", "", [ES + "test_sft_stops_at_patience_and_keeps_the_best_epoch", ES + "test_reward_model_stops_after_patience"]),
+    ("SFT/RM keep_best ignored (the last epoch kept)", "rlhf/epochs.py",
+     "if cfg.keep_best and stopper.best_epoch != epoch:", "if False:",
+     [ES + "test_sft_stops_at_patience_and_keeps_the_best_epoch",
+      ES + "test_reward_model_keeps_its_best_held_out_accuracy"]),
+    ("SFT's select=reward ignored (chosen by loss)", "rlhf/sft.py",
+     "EarlyStopping(*SELECT_METRIC[cfg.select], cfg.patience)", 'EarlyStopping(*SELECT_METRIC["loss"], cfg.patience)',
+     [ES + "test_sft_select_reward_keeps_the_epoch_the_reward_prefers"]),
 ]
 
 
