@@ -17,8 +17,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from launcher.config import Config, ConfigError
+from launcher.model_checks import check_models
 from models.errors import InputError
-from models.hf import inspect_checkpoint
 from models.tokenizer import build_word_tokenizer, chat_prompt, load_tokenizer, train_bpe_tokenizer
 from models.vllm_sampler import INSTALL_HINT, vllm_available
 from parallel import checkpoint as checkpoints
@@ -104,7 +104,7 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
         if "sft" in stages and cfg.sft.select == "reward":
             inputs.select_prompts = prompts[:SELECT_PROMPTS]
     inputs.tok = tok = build_tokenizer(cfg, inputs)
-    check_models(cfg, stages, inputs)
+    check_models(cfg, stages, inputs.models, tok)
     if "sft" in stages and cfg.sft.select == "reward":
         check_sft_select(cfg, inputs)
     check_text(cfg, tok, sources, inputs)
@@ -285,70 +285,6 @@ def apply_chat_template(cfg: Config, inputs: Inputs) -> None:
         inputs.prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.prompts]
     inputs.eval_prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.eval_prompts]
     inputs.select_prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.select_prompts]
-
-
-# ---------------------------------------------------------------- models
-
-def check_models(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
-    """Every checkpoint a stage starts from, read from its headers: config, tensor names and shapes,
-    the right head for its role, a vocabulary that covers the tokenizer, positions for every length."""
-    paths, run, tok = inputs.models, cfg.run.dir, inputs.tok
-    produced = {run / "sft"} if "sft" in stages else set()
-    produced |= {run / "rm"} if "rm" in stages else set()
-    needed = {"sft": [("sft_init", "model.pretrained"), ("select_reward", "ppo.reward_model")],
-              "rm": [("rm_init", "rm.init")],
-              "dpo": [("dpo_init", "dpo.init")],
-              "ppo": [("policy", "ppo.policy_init"), ("reward", "ppo.reward_model")]
-              + ([("critic", "ppo.critic_init")] if cfg.ppo.uses_critic else [])}
-    shapes = [cfg.model.fresh_config()] if "sft" in stages and paths["sft_init"] is None else []
-    for stage in stages:
-        for role, key in needed[stage]:
-            path = paths[role]
-            if role in ("reward", "sft_init", "select_reward") and path is None:
-                continue  # no reward model (functions only); a fresh model (its shape is checked above)
-            if path is None:
-                raise ConfigError(f"{key}: no model to start from; set {key} or model.pretrained (or give SFT data, "
-                                  f"sft.train_data, so this run trains one)")
-            if path in produced:
-                continue
-            earlier = {run / "sft": ("SFT", "sft"), run / "rm": ("reward", "rm")}.get(path)
-            if earlier and not path.exists():
-                raise InputError(f"{path}: this run's {earlier[0]} model does not exist yet; run `instructrl "
-                                 f"{earlier[1]}` (or `instructrl pipeline`) first, or set {key}")
-            where = f"{key}={path}" if path not in (run / "sft", run / "rm") else f"{path} (this run's model)"
-            try:
-                model, heads = inspect_checkpoint(path)
-            except InputError as e:
-                raise type(e)(f"{where}: {e}") from None
-            is_lm = "lm_head.weight" in heads or model.tied
-            if role in ("sft_init", "policy", "dpo_init") and ("score.weight" in heads or not is_lm):
-                raise InputError(f"{where}: a scalar (reward or value) model, not a causal LM: it has no LM head "
-                                 f"to generate with")
-            if role in ("reward", "select_reward") and "score.weight" not in heads:
-                raise InputError(f"{where}: a causal LM, not a reward model: it has no scalar score head, so its "
-                                 f"scores would be random. Train one with `instructrl rm` (ppo.reward_model=auto) "
-                                 f"or give a *ForSequenceClassification checkpoint.")
-            if len(tok) > model.vocab_size:
-                raise InputError(f"{where}: its vocabulary ({model.vocab_size}) is smaller than the tokenizer's "
-                                 f"({len(tok)}); use the tokenizer the model was trained with")
-            shapes.append(model)
-    for model in shapes:
-        check_lengths(cfg, stages, model.max_seq_len)
-
-
-def check_lengths(cfg: Config, stages: tuple[str, ...], positions: int) -> None:
-    """Every configured sequence length fits the model's positions (else an index error deep in torch)."""
-    lengths = {"sft": [("sft.max_len", cfg.sft.max_len)], "rm": [("rm.max_len", cfg.rm.max_len)],
-               "dpo": [("dpo.max_len", cfg.dpo.max_len)],
-               "ppo": [("ppo.max_prompt_len + ppo.max_new_tokens", cfg.ppo.max_prompt_len + cfg.ppo.max_new_tokens),
-                       ("ppo.ptx_max_len", cfg.ppo.ptx_max_len if cfg.ppo.ptx_coef else 0)]}
-    evals = ("evaluation.max_prompt_len + evaluation.max_new_tokens",
-             cfg.evaluation.max_prompt_len + cfg.evaluation.max_new_tokens)
-    for stage in stages:
-        for key, value in lengths[stage] + ([evals] if stage in ("sft", "ppo", "dpo") else []):
-            if value > positions:
-                raise ConfigError(f"{key} = {value} is longer than the model's {positions} positions "
-                                  f"(max_seq_len / max_position_embeddings); lower it")
 
 
 # ---------------------------------------------------------------- functions, PPO

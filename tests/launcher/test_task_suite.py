@@ -177,3 +177,24 @@ def test_the_curve_shows_beta_at_each_evaluation(tmp_path):
     lines = curve(tmp_path).splitlines()
     assert lines[0] == "| PPO step | 0 | 2 |" and "| gold | 0.400 | 0.600 |" in lines
     assert lines[-1] == "| β (KL coefficient) | – | 0.390 |"
+
+
+def test_held_out_table_chooses_each_tasks_setting_on_the_other_tasks():
+    """Leave one task out by hand: setting 'a' wins on x and y, 'b' on z; so x is judged under the
+    setting that wins on {y, z}, and so on. 'lost': a final gold more than one s.e. below the run's best."""
+    from bench.sweep_defaults import held_out_table
+
+    def run(closed: float, gold: float = 0.8, peak: float = 0.8) -> dict:
+        return {"closed": closed, "kl": 0.5, "gold": gold, "peak": peak, "peak_stderr": 0.01}
+
+    per_task = {"x": {"a/s0/150": run(0.9), "b/s0/150": run(0.1)},
+                "y": {"a/s0/150": run(0.6), "a/s1/150": run(0.4), "b/s0/150": run(0.3)},
+                "z": {"a/s0/150": run(0.2, 0.70, 0.75), "b/s0/150": run(0.8)}}
+    # on the others: for x, a = mean(0.5, 0.2) = 0.35 < b = mean(0.3, 0.8) = 0.55 → b (x gets 10%);
+    # for y, a = mean(0.9, 0.2) = 0.55 > b = 0.45 → a (y: 50%, seeds 60 and 40);
+    # for z, a = mean(0.9, 0.5) = 0.70 > b = 0.2 → a (z: 20%, its gold 0.70 lost its best 0.75)
+    lines = held_out_table(per_task, ["a", "b"], 150).splitlines()
+    assert lines[2].startswith("| x | b (55% on the others) | 10% (10) |")
+    assert lines[3].startswith("| y | a (55% on the others) | 50% (60, 40) |") and lines[3].endswith("(kept) |")
+    assert lines[4].startswith("| z | a (70% on the others) | 20% (20) |") and "0.700 vs 0.750 (lost)" in lines[4]
+    assert lines[-1] == "held out, PPO closes ≥ 50% of the gap on every task: no: x, z below"
