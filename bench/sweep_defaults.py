@@ -99,9 +99,12 @@ SETTINGS |= {label: [*ROUND_5, *overrides] for label, overrides in {
     "r5-target-1": ["ppo.kl_target=1.0"],
     "r5-beta-0.1": [*FIXED_BETA, "ppo.kl_coef=0.1"],
     "r5-beta-0.05": [*FIXED_BETA, "ppo.kl_coef=0.05"],
-    "r5-grpo": ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"],
-    "r5-oracle": [],  # + the task's gold as the only reward (setting_overrides adds it)
 }.items()}
+GRPO = ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
+for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracle under each candidate
+    SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]
+    SETTINGS[f"{label}-oracle"] = SETTINGS[label]  # + the task's gold as the only reward (setting_overrides)
+SETTINGS |= {"r5-grpo": [*ROUND_5, *GRPO], "r5-oracle": ROUND_5}  # under the defaults of the round's start
 
 
 # Reward-model settings (--rm): overrides of the rm section on top of the demo config; each trains a
@@ -249,6 +252,39 @@ def held_out_table(per_task: dict[str, dict], candidates: list[str], steps: int,
     return "\n".join(lines) + f"\n\nheld out, PPO closes ≥ {100 * bar:.0f}% of the gap on every task: {verdict}"
 
 
+def report(tasks: dict[str, Task], per_task: dict[str, dict], chosen: str, steps: int, n: int = 8) -> str:
+    """#27's one table: per task the SFT policy's gold beside its demonstrations' own, best-of-n from the
+    SFT policy, PPO under `chosen` (mean over seeds), GRPO and PPO on the gold itself (the oracle) under
+    the same setting, PPO's KL, the reward model's held-out accuracy beside the labels' ceiling, and
+    PPO's wall time. best-of-n is computed once per task (<out>/<task>/best_of.json)."""
+    from bench.compare_algorithms import best_of_n
+
+    def cell(runs: dict, label: str, key: str = "gold", fmt: str = "{:.3f}") -> str:
+        value = seed_mean(runs, label, steps, key)
+        return "–" if value is None else fmt.format(value)
+
+    lines = [f"| task | SFT gold (demonstrations') | best-of-{n} | PPO ({chosen}) gold · gap closed | GRPO | oracle "
+             "(gold as reward) | PPO KL | RM accuracy (labels' ceiling) | PPO wall (s) |", "| --- |" + " --- |" * 8]
+    for name, task in tasks.items():
+        runs = per_task[name]
+        saved = task.out / "best_of.json"
+        if not saved.exists():
+            saved.write_text(json.dumps(best_of_n(task, n, repeats=4)))
+        bon = json.loads(saved.read_text())
+        sft = json.loads((task.base / "sft" / "result.json").read_text())
+        rm = json.loads((task.base / "rm" / "result.json").read_text())
+        demos = sft.get("demonstrations_gold")
+        start = seed_mean(runs, chosen, steps, "sft") or sft.get("eval/gold_score")
+        closed = seed_mean(runs, chosen, steps)
+        ppo = f"{cell(runs, chosen)} · {100 * closed:.0f}%" if closed is not None else "–"
+        base = "r5" if chosen == "defaults" else chosen
+        grpo, oracle = cell(runs, f"{base}-grpo"), cell(runs, f"{base}-oracle")
+        lines.append(f"| {name} | {start:.3f} ({demos:.3f}) | {bon['gold']:.3f} | {ppo} | {grpo} | {oracle} | "
+                     f"{cell(runs, chosen, 'kl', '{:.2f}')} | {rm['eval/accuracy']:.3f} "
+                     f"({task.label_accuracy():.3f}) | {cell(runs, chosen, 'wall_s', '{:.0f}')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["suite"], choices=["suite", "embedded", *SUITE],
@@ -263,6 +299,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the saved results; run nothing")
     parser.add_argument("--held-out", nargs="+", metavar="SETTING",
                         help="with --table: the leave-one-task-out table over these candidate settings")
+    parser.add_argument("--report", metavar="SETTING",
+                        help="with --table: #27's table under SETTING, with best-of-8, GRPO and the oracle")
     args = parser.parse_args()
     wrong = [s for s in args.settings if (s in RM_SETTINGS) != args.rm]
     if wrong and not args.table:
@@ -281,6 +319,9 @@ def main() -> None:
     print(rm_table(per_task, args.settings) if args.rm else table(per_task, args.settings, args.steps))
     if args.held_out:
         print("\n" + held_out_table(per_task, args.held_out, args.steps))
+    if args.report:
+        tasks = {name: Task(name, (ROOT / args.out / name).resolve()) for name in names}
+        print("\n" + report(tasks, per_task, args.report, args.steps))
 
 
 if __name__ == "__main__":
