@@ -83,11 +83,14 @@ class Tracker:
         self.run.log(metrics, step=step)
 
     def event(self, kind: str, step: int, **fields) -> None:
-        """A run event (a restart, a skipped update, a preemption) in the metrics file and as a W&B count."""
+        """A run event (a restart, a skipped update, a preemption, a supervised stage's stop) in the metrics
+        file, and in the W&B summary as a count with the latest event's fields (events/<kind>/<field>)."""
         self._file.write(json.dumps({"event": kind, "step": step, "time": time.time(), **fields}) + "\n")
         self._file.flush()
         self._events[kind] = self._events.get(kind, 0) + 1
         self.run.summary[f"events/{kind}"] = self._events[kind]
+        for key, value in fields.items():
+            self.run.summary[f"events/{kind}/{key}"] = value
 
     def table(self, key: str, columns: list[str], rows: list[list], step: int) -> None:
         import wandb
