@@ -126,34 +126,33 @@ def noisy_rankings(n: int, seed: int) -> list[Comparison]:
     return out
 
 
-@pytest.mark.parametrize("keep_best", [True, False])
-def test_reward_model_keeps_its_best_held_out_accuracy(tmp_path, keep_best):
+def run_rm(tmp_path, **overrides):
+    """A reward model trained on noisy rankings; (its result, the held-out accuracy at each epoch's end,
+    the held-out accuracy of the weights the group holds after training)."""
     tok = build_word_tokenizer(WORDS)
     train, evals = noisy_rankings(64, 0), noisy_rankings(64, 1)
-    cfg = RMConfig(max_len=16, batch_size=8, epochs=8, patience=None, keep_best=keep_best, eval_every=10_000,
-                   optim=OptimConfig(lr=2e-3, warmup_steps=0, min_lr_ratio=1.0))
+    cfg = RMConfig(max_len=16, batch_size=8, epochs=8, eval_every=10_000,
+                   optim=OptimConfig(lr=2e-3, warmup_steps=0, min_lr_ratio=1.0), **overrides)
     group = LocalGroup(RewardModelWorker, ModelSource(config=model_cfg(tok), seed=0), cfg.engine, cfg.optim,
                        rm_steps(len(train), cfg))
     logged = []
     result = train_reward_model(group, tok, train, evals, cfg, tmp_path / "rm", lambda m, s: logged.append((s, m)))
     accs = [m["eval/accuracy"] for s, m in logged if "eval/accuracy" in m and s > 0]
+    held = evaluate_rm(group, encode_rankings(tok, evals, 16), tok.pad_token_id, 8)[0]["eval/accuracy"]
+    return result, accs, held
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_reward_model_keeps_its_best_held_out_accuracy(tmp_path, keep_best):
+    result, accs, held = run_rm(tmp_path, patience=None, keep_best=keep_best)
     assert len(accs) == result["epochs"] == 8
     best = max(range(8), key=accs.__getitem__)
     assert accs[best] > accs[-1]  # the setting over-fits: the last epoch is not the best
-    held = evaluate_rm(group, encode_rankings(tok, evals, 16), tok.pad_token_id, 8)[0]["eval/accuracy"]
     assert held == pytest.approx(accs[best] if keep_best else accs[-1])
     assert result["eval/accuracy"] == pytest.approx(held) and result["kept_epoch"] == (best + 1 if keep_best else 8)
 
 
 def test_reward_model_stops_after_patience(tmp_path):
-    tok = build_word_tokenizer(WORDS)
-    train, evals = noisy_rankings(64, 0), noisy_rankings(64, 1)
-    cfg = RMConfig(max_len=16, batch_size=8, epochs=8, patience=1, eval_every=10_000,
-                   optim=OptimConfig(lr=2e-3, warmup_steps=0, min_lr_ratio=1.0))
-    group = LocalGroup(RewardModelWorker, ModelSource(config=model_cfg(tok), seed=0), cfg.engine, cfg.optim,
-                       rm_steps(len(train), cfg))
-    logged = []
-    result = train_reward_model(group, tok, train, evals, cfg, tmp_path / "rm", lambda m, s: logged.append((s, m)))
-    accs = [m["eval/accuracy"] for s, m in logged if "eval/accuracy" in m and s > 0]
+    result, accs, _ = run_rm(tmp_path, patience=1)
     assert result["epochs"] == len(accs) < 8 and accs[-1] <= max(accs[:-1])  # the first epoch without a new best
     assert all(a < b for a, b in zip(accs[:-2], accs[1:-1], strict=True))  # each before it was one
