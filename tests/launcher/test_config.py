@@ -86,8 +86,8 @@ def test_the_demo_runs_ppo_under_the_defaults():
 
     demo = load_config("demo").ppo
     assert demo == PPOConfig(max_new_tokens=demo.max_new_tokens, max_prompt_len=demo.max_prompt_len)
-    assert (demo.kl_coef, demo.ppo_epochs, demo.steps, demo.samples_per_prompt) == (0.4, 4, 150, 4)
-    assert (demo.kl_target, demo.kl_horizon) == (0.5, 1000)
+    assert (demo.kl_coef, demo.ppo_epochs, demo.steps, demo.samples_per_prompt) == (0.1, 4, 150, 4)
+    assert demo.kl_target is None
     assert (demo.policy.optim.lr, demo.policy.optim.min_lr_ratio, demo.missing_eos_score) == (2e-4, 0.1, -1.0)
 
 
