@@ -10,6 +10,6 @@ from __future__ import annotations
 from bench.tasks import arithmetic, constraints, copying, counting, keywords, length, politeness, sorting, style
 
 SUITE = {"arithmetic": arithmetic, "length": length, "keywords": keywords, "politeness": politeness,
-         # #27: kinds the first four lack (copying from the prompt, several constraints, long responses, a
-         # start far below the demonstrations, a style with no single keyword)
+         # #27: kinds the first four lack (copying from the prompt, several constraints, long responses,
+         # sorting (meant as a start far below the demonstrations; it is not), a style with no single keyword)
          "copying": copying, "constraints": constraints, "counting": counting, "sorting": sorting, "style": style}

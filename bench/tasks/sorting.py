@@ -1,5 +1,6 @@
-"""A start far below the demonstrations: "sort : 14 3 9 0 11" → "0 3 9 11 14". The demonstrations are
-nearly always right; a small model imitating them samples much worse, so RL starts from a low gold.
+"""Sorting: "sort : 14 3 9 0 11" → "0 3 9 11 14". The demonstrations are nearly always right. Meant as a
+start far below them; but an SFT policy trained to convergence samples 0.949 against their 0.959
+(docs/results.md, fifth round), so the suite still lacks that kind of start.
 
 Gold (gold.py:sorted_share): the share of the sorted numbers in their place, over the longer of the
 response and the list. Demonstrations swap one adjacent pair 10% of the time; rankings of 3 candidates
