@@ -185,8 +185,7 @@ def run_sft(cfg: Config, inputs: Inputs) -> dict:
     def attempt(restarts: int) -> dict:  # SFT keeps no training state: a restart begins the stage again
         with start_groups(cfg, specs) as groups:
             group = groups["policy-sft"]
-            record_placement(out_dir, {"policy": group, **({"reward": groups["reward-sft"]} if len(groups) > 1
-                                                            else {})})
+            record_placement(out_dir, {role.removesuffix("-sft"): g for role, g in groups.items()})
             select = None
             if s.select == "reward":
                 judges = selection_judges(cfg, inputs, groups["reward-sft"])

@@ -9,7 +9,7 @@ decides both without fixing the epoch count per task. Pure Python: no torch, ray
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 
@@ -21,9 +21,8 @@ class EarlyStopping:
     mode: Literal["min", "max"]  # lower is better (a loss) or higher (an accuracy, a score)
     patience: int | None  # epochs in a row without a new best before stopping; None: never stop early
     best: float | None = None
-    best_epoch: int = 0  # 0: the start, before any training
+    best_epoch: int = 0  # 0: none yet
     epochs_without_best: int = 0
-    history: list[tuple[int, float]] = field(default_factory=list)
 
     def improves(self, value: float) -> bool:
         if self.best is None:
@@ -31,8 +30,7 @@ class EarlyStopping:
         return value < self.best if self.mode == "min" else value > self.best
 
     def update(self, epoch: int, value: float) -> bool:
-        """Record the measure after `epoch` (0: before training); true when it is a new best."""
-        self.history.append((epoch, value))
+        """Record the measure after `epoch`; true when it is a new best."""
         if self.improves(value):
             self.best, self.best_epoch, self.epochs_without_best = value, epoch, 0
             return True

@@ -82,8 +82,7 @@ def train_epochs(group, items: list, cfg, stopper: EarlyStopping, out_dir: Path,
         epoch += 1
         metrics = loop.evaluate(step, True)
         log({"train/epoch": float(epoch)}, step)
-        check_finite({k: v for k, v in metrics.items() if "length" not in k},
-                     f"{loop.name} after epoch {epoch} (step {step})", loop.lr_key)
+        check_finite(metrics, f"{loop.name} after epoch {epoch} (step {step})", loop.lr_key)
         if stopper.update(epoch, metrics[stopper.metric]):
             best = metrics
             if cfg.keep_best:

@@ -55,15 +55,18 @@ def noise_demonstrations(n: int, seed: int) -> list[SFTRecord]:
                       response=" ".join(rng.choices(DIGITS, k=6))) for _ in range(n)]
 
 
-def run_sft(tmp_path, **overrides):
+def run_sft(tmp_path, select_fn=None, **overrides):
+    """SFT on noise demonstrations; (its result, the held-out loss at each epoch's end, the held-out loss
+    of the weights the group holds after training, that of the exported checkpoint)."""
     tok = build_word_tokenizer(WORDS)
     train, evals = noise_demonstrations(48, 0), noise_demonstrations(64, 1)
-    cfg = SFTConfig(max_len=16, batch_size=8, epochs=14, eval_every=10_000,
-                    optim=OptimConfig(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0), **overrides)
+    cfg = SFTConfig(**{"max_len": 16, "batch_size": 8, "epochs": 14, "eval_every": 10_000,
+                       "optim": OptimConfig(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0), **overrides})
     group = LocalGroup(PolicyWorker, ModelSource(config=model_cfg(tok), seed=0), cfg.engine, cfg.optim,
                        total_steps(len(train), cfg))
     logged = []
-    result = train_sft(group, tok, train, evals, cfg, tmp_path / "sft", lambda m, s: logged.append((s, m)))
+    result = train_sft(group, tok, train, evals, cfg, tmp_path / "sft", lambda m, s: logged.append((s, m)),
+                       select=select_fn)
     epoch_losses = [m["eval/loss"] for s, m in logged if "eval/loss" in m and s > 0]  # eval_every: epoch ends only
     held = evaluate_nll(group, encode_all(tok, evals, 16)[0], tok.pad_token_id, 64)["eval/loss"]
     exported = LocalGroup(PolicyWorker, ModelSource(path=str(tmp_path / "sft")), cfg.engine)
@@ -94,23 +97,14 @@ def test_sft_select_reward_keeps_the_epoch_the_reward_prefers(tmp_path):
     """sft.select=reward: the `select` score decides, not the loss (here it prefers the second epoch)."""
     calls = []
 
-    def select(step: int) -> dict[str, float]:
+    def score(step: int) -> dict[str, float]:
         calls.append(step)
         return {"select/score": 1.0 if len(calls) == 2 else 0.0}
 
-    tok = build_word_tokenizer(WORDS)
-    train, evals = noise_demonstrations(48, 0), noise_demonstrations(64, 1)
-    cfg = SFTConfig(max_len=16, batch_size=8, epochs=6, patience=3, select="reward", eval_every=10_000,
-                    optim=OptimConfig(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0))
-    group = LocalGroup(PolicyWorker, ModelSource(config=model_cfg(tok), seed=0), cfg.engine, cfg.optim,
-                       total_steps(len(train), cfg))
-    logged = []
-    result = train_sft(group, tok, train, evals, cfg, tmp_path / "sft", lambda m, s: logged.append(m), select=select)
-    assert calls == [6, 12, 18, 24, 30] and result["epochs"] == 5 and result["kept_epoch"] == 2
-    epoch_losses = [m["eval/loss"] for m in logged if "select/score" in m]
-    assert result["eval/loss"] == pytest.approx(epoch_losses[1]) and result["select/score"] == 1.0
-    held = evaluate_nll(group, encode_all(tok, evals, 16)[0], tok.pad_token_id, 64)["eval/loss"]
-    assert held == pytest.approx(epoch_losses[1], abs=1e-6)
+    result, losses, held, exported = run_sft(tmp_path, score, epochs=6, patience=3, select="reward")
+    assert calls == [6, 12, 18, 24, 30] and result["epochs"] == len(losses) == 5 and result["kept_epoch"] == 2
+    assert result["eval/loss"] == pytest.approx(losses[1]) and result["select/score"] == 1.0
+    assert held == pytest.approx(losses[1], abs=1e-6) and exported == pytest.approx(held, abs=1e-5)
 
 
 def noisy_rankings(n: int, seed: int) -> list[Comparison]:
