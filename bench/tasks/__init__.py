@@ -11,5 +11,5 @@ from bench.tasks import arithmetic, constraints, copying, counting, keywords, le
 
 SUITE = {"arithmetic": arithmetic, "length": length, "keywords": keywords, "politeness": politeness,
          # #27: kinds the first four lack (copying from the prompt, several constraints, long responses,
-         # sorting (meant as a start far below the demonstrations; it is not), a style with no single keyword)
+         # sorting from 400 demonstrations (a start far below them), a style with no single keyword)
          "copying": copying, "constraints": constraints, "counting": counting, "sorting": sorting, "style": style}

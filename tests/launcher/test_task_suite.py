@@ -114,6 +114,24 @@ def test_counting_responses_are_long_and_fit_its_lengths(tmp_path):
     assert max(lengths) < int(limits["ppo.max_new_tokens"])
 
 
+def test_sorting_has_scarce_demonstrations_and_rankings_of_the_slips_a_weak_policy_makes(tmp_path):
+    """The start far below the demonstrations: 400 of them against 3,000 rankings by default, each
+    ranking holding the sorted list, an adjacent swap, a dropped number and a number not in the list."""
+    files = sorting.write_task(tmp_path / "sorting")
+    assert len(files["sft"].read_text().splitlines()) == 400
+    rankings = [json.loads(line) for line in files["comparisons"].read_text().splitlines()]
+    assert len(rankings) == 3000
+    gold = {r["prompt"]: sorted(int(x) for x in r["prompt"].split(":")[1].split()) for r in rankings}
+    for r in rankings[:50]:
+        lists = [[int(x) for x in resp.split()] for resp in r["responses"]]
+        target = gold[r["prompt"]]
+        assert target in lists
+        assert any(len(xs) == len(target) - 1 and set(xs) < set(target) for xs in lists)  # dropped
+        assert any(len(xs) == len(target) and set(xs) - set(target) for xs in lists)  # changed
+        assert any(sorted(xs) == target and xs != target and sum(a != b for a, b in zip(xs, target, strict=True)) == 2
+                   for xs in lists)  # adjacent swap
+
+
 def test_every_sweep_setting_is_a_valid_demo_config():
     """bench/sweep_defaults.py's settings, each on top of the demo config, pass config validation (a
     mistyped key would otherwise fail only minutes into a sweep); the PPO ones of 2026-11-24 pin that
