@@ -87,6 +87,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
         return
     text = read_text(path)
     if kind in ("csv", "tsv"):
+        _not_json(path, text, kind)
         yield from _csv_rows(path, text, "\t" if kind == "tsv" else ",")
     elif kind == "json" and text.lstrip().startswith("["):
         yield from _json_array_rows(path, text)
@@ -94,8 +95,25 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
         yield from _jsonl_rows(path, text)
 
 
+def _not_json(path: Path, text: str, kind: str) -> None:
+    """A file named .csv/.tsv whose first line is a JSON object or array is JSON, not a table of one column."""
+    first = next((line.strip() for line in text.split("\n") if line.strip()), "")
+    if first[:1] not in ("{", "["):
+        return
+    try:
+        json.loads(first)
+        looks = "JSON Lines (its first line is one JSON record)"
+    except json.JSONDecodeError:
+        if first[:1] != "[":
+            return
+        looks = "a JSON array"
+    raise DataError(f"{path}:1: named .{kind} but holds {looks}; rename it .jsonl (or .json)")
+
+
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # A record ends at "\n" only: str.splitlines() would also split at U+2028, U+2029, U+0085 and other
+    # separators that JSON strings may hold unescaped (common in web text)
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -193,6 +193,8 @@ CASES = {
                     r"p\.jsonl:\d+: a binary file, not text"),
     "truncated gzip": ("sft", lambda w, t: [f"sft.train_data={gz_truncated(t)}"],
                        r"sft\.jsonl\.gz: a corrupt or truncated gzip file"),
+    "JSON Lines named .csv": ("sft", lambda w, t: [f"sft.train_data={write(t / 's.csv', ONE_SFT * 3)}"],
+                              r"s\.csv:1: named \.csv but holds JSON Lines"),
     "corrupt parquet": ("sft", lambda w, t: [f"sft.train_data={write(t / 's.parquet', b'PAR1 nope PAR1')}"],
                         r"s\.parquet: not a readable Parquet"),
     "empty prompt file": ("ppo", lambda w, t: [f"ppo.prompts={write(t / 'p.jsonl', '')}"],

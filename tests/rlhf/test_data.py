@@ -124,6 +124,10 @@ BAD_FILES = {
                        r"f\.json:3: invalid JSON"),
     "JSON array of lists": (lambda t: (t / "f.json").write_text('[\n {"prompt": "a"},\n ["b"]\n]'),
                             r"f\.json:3: expected a JSON object"),
+    "JSON Lines named .csv": (lambda t: write_jsonl(t / "f.csv", ROWS),
+                              r"f\.csv:1: named \.csv but holds JSON Lines .*; rename it \.jsonl"),
+    "JSON array named .tsv": (lambda t: (t / "f.tsv").write_text(json.dumps(ROWS, indent=1)),
+                              r"f\.tsv:1: named \.tsv but holds a JSON array"),
     "CSV row too long": (lambda t: (t / "f.csv").write_text("prompt,answer\na,1\nb,2,3\n"),
                          r"f\.csv:3: 3 values for 2 columns"),
     "CSV repeated header": (lambda t: (t / "f.csv").write_text("prompt,prompt\na,b\n"), r"f\.csv:1: repeated column"),
@@ -143,6 +147,19 @@ def test_bad_files_get_one_clear_error(tmp_path, case):
     path = next(iter(sorted(tmp_path.iterdir())), tmp_path / "f.jsonl")
     with pytest.raises(DataError, match=message):
         load_prompts(path)
+
+
+def test_a_record_ends_at_a_newline_only(tmp_path):
+    """Web text holds U+2028/U+2029 (and U+0085) unescaped inside JSON strings; JSON Lines ends a record
+    at "\\n" alone, so such a record is one record, its text intact, and the next keeps its line number."""
+    text = "one\u2028two\u2029three\x85four\x1cfive"
+    (tmp_path / "w.jsonl").write_text(json.dumps({"prompt": text, "response": "b"}, ensure_ascii=False) + "\r\n"
+                                      + '{"prompt": "c", "response": ""}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"w\.jsonl:2: field 'response': must not be empty"):
+        load_sft(tmp_path / "w.jsonl")
+    (tmp_path / "w.jsonl").write_text(json.dumps({"prompt": text, "response": "b"}, ensure_ascii=False) + "\n",
+                                      encoding="utf-8")
+    assert [r.prompt for r in load_sft(tmp_path / "w.jsonl")] == [text]
 
 
 def test_utf16_and_bom_files_are_read(tmp_path):
