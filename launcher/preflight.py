@@ -10,6 +10,7 @@ Every problem is an InputError naming the file and line, or the config key, and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass, field, replace
@@ -19,13 +20,16 @@ from urllib.parse import urlparse
 from launcher.config import Config, ConfigError
 from launcher.model_checks import check_models
 from models.errors import InputError
-from models.tokenizer import build_word_tokenizer, chat_prompt, load_tokenizer, train_bpe_tokenizer
+from models.tokenizer import build_word_tokenizer, load_tokenizer, train_bpe_tokenizer
 from models.vllm_sampler import INSTALL_HINT, vllm_available
 from parallel import checkpoint as checkpoints
-from rlhf.data import Comparison, DataError, Prompt, load_comparisons, load_prompts, load_sft, load_text
+from rlhf.chat import DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_NAME, ROLE_TOKENS, assistant_spans, chat_prompt
+from rlhf.data import Comparison, DataError, Prompt, SFTRecord, load_comparisons, load_prompts, load_sft, load_text
 from rlhf.functions import FunctionError, FunctionSpec, TaskFunction
 from rlhf.reward_model import read_reward_stats
 from rlhf.task import WORDS, EmbeddedTask
+
+log = logging.getLogger("instructrl")
 
 STAGE_DIRS = ("sft", "rm", "ppo", "dpo")
 POLICY_COMPARISONS = {"comparisons_train": "comparisons_policy_train.jsonl",
@@ -228,23 +232,48 @@ def split_prompts(cfg: Config, sources: dict) -> tuple[list[Prompt], list[Prompt
 
 def build_tokenizer(cfg: Config, inputs: Inputs):
     """The run's tokenizer, in memory: the user's, the pretrained model's, a BPE trained on the data
-    (or the one an earlier stage of this run trained), or the embedded task's words."""
+    (or the one an earlier stage of this run trained), or the embedded task's words; with a chat
+    template when the run reads conversations."""
     saved = cfg.run.dir / "tokenizer"
+    conversations = [r for part in inputs.sft or () for r in part if r.messages]
     if cfg.model.tokenizer or cfg.model.pretrained:
-        return load_tokenizer(cfg.model.tokenizer or cfg.model.pretrained)
+        source = cfg.model.tokenizer or cfg.model.pretrained
+        return with_chat_template(load_tokenizer(source), conversations, source)
     if cfg.model.bpe_vocab and (saved / "tokenizer.json").exists() and not cfg.run.overwrite:
-        return load_tokenizer(saved)
-    if cfg.model.bpe_vocab:
-        texts = [r.prompt + r.response for r in inputs.sft[0]] if inputs.sft else []
-        texts += [c.prompt + r for c in (inputs.rm[0] if inputs.rm else []) for r in c.responses]
-        texts += [p.text for p in inputs.prompts or []]
-        if cfg.ppo.ptx_coef and cfg.ppo.ptx_data:  # the pretraining mix is text the policy reads too
-            texts += load_text(cfg.ppo.ptx_data)[:PTX_BPE_CHARS].splitlines()
-        if not texts:
-            raise ConfigError("model.bpe_vocab: a BPE is trained on the run's data, and this command reads none; "
-                              "run `instructrl sft` first (it saves the tokenizer) or set model.tokenizer")
+        return with_chat_template(load_tokenizer(saved), conversations, str(saved))
+    if not cfg.model.bpe_vocab:
+        return build_word_tokenizer(WORDS)
+    texts = [r.prompt + r.response for r in inputs.sft[0]] if inputs.sft else []
+    texts += [c.prompt + r for c in (inputs.rm[0] if inputs.rm else []) for r in c.responses]
+    texts += [p.text for p in inputs.prompts or []]
+    if cfg.ppo.ptx_coef and cfg.ppo.ptx_data:  # the pretraining mix is text the policy reads too
+        texts += load_text(cfg.ppo.ptx_data)[:PTX_BPE_CHARS].splitlines()
+    if not texts:
+        raise ConfigError("model.bpe_vocab: a BPE is trained on the run's data, and this command reads none; "
+                          "run `instructrl sft` first (it saves the tokenizer) or set model.tokenizer")
+    if not conversations:
         return train_bpe_tokenizer(texts, cfg.model.bpe_vocab)
-    return build_word_tokenizer(WORDS)
+    # the default template's role markers are tokens of their own, never split or merged with text
+    tok = train_bpe_tokenizer(texts, cfg.model.bpe_vocab, ROLE_TOKENS)
+    return with_chat_template(tok, conversations, "trained on this run's data")
+
+
+def with_chat_template(tok, conversations: list[SFTRecord], source: str):
+    """Conversations are read through a chat template: the tokenizer's own, or instructrl's default
+    (rlhf/chat.py) where it has none. Every one is rendered here, so a template that refuses one, or
+    renders turns inconsistently, fails at launch, naming the record."""
+    if not conversations:
+        return tok
+    if not getattr(tok, "chat_template", None):
+        log.info("the tokenizer (%s) has no chat template: conversations use instructrl's default '%s'",
+                 source, DEFAULT_TEMPLATE_NAME)
+        tok.chat_template = DEFAULT_TEMPLATE
+    for r in conversations:
+        try:
+            assistant_spans(tok, r.messages)
+        except InputError as e:
+            raise InputError(f"{r.where}: {e}") from None
+    return tok
 
 
 def check_text(cfg: Config, tok, sources: dict, inputs: Inputs) -> None:
@@ -276,9 +305,9 @@ def apply_chat_template(cfg: Config, inputs: Inputs) -> None:
         source = cfg.model.tokenizer or cfg.model.pretrained or "built for this run"
         raise ConfigError(f"data.chat_template=true, but the tokenizer ({source}) has no chat template; give a "
                           f"tokenizer with one, or set data.chat_template=false")
-    if inputs.sft:
-        inputs.sft = tuple([r.model_copy(update={"prompt": chat_prompt(tok, r.prompt)}) for r in part]
-                           for part in inputs.sft)
+    if inputs.sft:  # conversations are rendered whole by the template already (rlhf/chat.py)
+        inputs.sft = tuple([r if r.messages else r.model_copy(update={"prompt": chat_prompt(tok, r.prompt)})
+                            for r in part] for part in inputs.sft)
     if inputs.rm:
         inputs.rm = tuple([replace(c, prompt=chat_prompt(tok, c.prompt)) for c in part] for part in inputs.rm)
     if inputs.prompts:

@@ -6,7 +6,6 @@ deepspeed, megatron or ray.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -35,16 +34,19 @@ def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     return tok
 
 
-def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(texts: list[str], vocab_size: int,
+                        extra_special: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (GPT-2's scheme) trained on local text, for data sets that come
-    without a tokenizer and a machine that cannot download one. Deterministic for the same texts."""
+    without a tokenizer and a machine that cannot download one. Deterministic for the same texts.
+    `extra_special`: tokens never split (a chat template's role markers), after <pad>, <eos>, <unk>."""
     core = Tokenizer(models.BPE(unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS.values(), *extra_special],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     core.train_from_iterator(texts, trainer=trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS,
+                                  **({"additional_special_tokens": list(extra_special)} if extra_special else {}))
     tok.padding_side = "left"
     return tok
 
@@ -73,17 +75,3 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
-
-
-def chat_prompt(tok: PreTrainedTokenizerBase, prompt: str) -> str:
-    """`prompt` as the model's chat template renders a user turn plus the assistant's opening; an
-    Anthropic HH-RLHF transcript ("\n\nHuman: ... \n\nAssistant: ...") becomes its turns."""
-    turns = re.split(r"\n\n(Human|Assistant):", prompt) if prompt.startswith("\n\nHuman:") else None
-    if turns:
-        roles = {"Human": "user", "Assistant": "assistant"}
-        messages = [{"role": roles[r], "content": c.strip()} for r, c in zip(turns[1::2], turns[2::2], strict=True)]
-        if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
-            messages.pop()  # the transcript ends with the assistant's turn to speak
-    else:
-        messages = [{"role": "user", "content": prompt}]
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

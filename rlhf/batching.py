@@ -15,26 +15,47 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf.chat import encode_dialogue
 from rlhf.data import Comparison
 
 
 @dataclass
 class Encoded:
     prompt: list[int]
-    response: list[int]  # ends with EOS unless truncated
+    response: list[int]  # ends with EOS (or the chat template's end of turn) unless truncated
     truncated: bool
+    # Per prompt token, whether the loss covers it too: the earlier assistant turns of a conversation
+    # (SFT on chat records); None: none of the prompt
+    prompt_targets: list[bool] | None = None
+
+
+def fit(p: list[int], r: list[int], max_len: int, targets: list[bool] | None = None) -> Encoded:
+    """Prompt and response ids within max_len: the oldest prompt tokens go first (at least one stays),
+    then the response's last."""
+    truncated = len(p) + len(r) > max_len
+    if truncated:
+        keep_p = max(1, max_len - len(r))
+        p, targets = p[-keep_p:], targets[-keep_p:] if targets is not None else None
+        r = r[: max_len - len(p)]
+    return Encoded(p, r, truncated, targets)
 
 
 def encode_pair(tok, prompt: str, response: str, max_len: int) -> Encoded:
     """Token ids of prompt and response (+EOS) fitting max_len."""
-    p = tok(prompt, add_special_tokens=False)["input_ids"]
-    r = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    truncated = len(p) + len(r) > max_len
-    if truncated:
-        keep_p = max(1, max_len - len(r))  # drop the oldest prompt tokens first, keep at least one
-        p = p[-keep_p:]
-        r = r[: max_len - len(p)]
-    return Encoded(p, r, truncated)
+    return fit(tok(prompt, add_special_tokens=False)["input_ids"],
+               tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], max_len)
+
+
+def encode_conversation(tok, messages, max_len: int) -> Encoded:
+    """A conversation ending on an assistant turn, as its chat template renders it: the last turn is the
+    response, and the earlier assistant turns are marked in the prompt, so the loss covers every
+    assistant turn (its end-of-turn token included) and never a user or system turn."""
+    ids, trained = encode_dialogue(tok, messages)
+    cut = len(trained)
+    while cut and trained[cut - 1]:  # the last assistant turn: the trained tokens at the end
+        cut -= 1
+    assert cut < len(ids), "a demonstration ends on an assistant turn"
+    return fit(ids[:cut], ids[cut:], max_len, trained[:cut])
 
 
 def encode_prompt(tok, prompt: str, max_len: int) -> list[int]:
@@ -61,7 +82,8 @@ class LMBatch:
 
 
 def collate_lm(examples: list[Encoded], pad_id: int) -> LMBatch:
-    """Right-padded batch; the loss covers response tokens (incl. EOS), never the prompt (§3.5 SFT)."""
+    """Right-padded batch; the loss covers response tokens (incl. EOS), never the prompt (§3.5 SFT)
+    except a conversation's earlier assistant turns."""
     T = max(len(e.prompt) + len(e.response) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
     attn = torch.zeros(len(examples), T, dtype=torch.bool)
@@ -71,6 +93,8 @@ def collate_lm(examples: list[Encoded], pad_id: int) -> LMBatch:
         ids[b, :n] = torch.tensor(e.prompt + e.response)
         attn[b, :n] = True
         loss[b, n_p:n] = True
+        if e.prompt_targets is not None:
+            loss[b, :n_p] = torch.tensor(e.prompt_targets, dtype=torch.bool)
     return LMBatch(ids, attn, loss)
 
 

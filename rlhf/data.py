@@ -2,6 +2,8 @@
 
 Records (field names are mapped by DataConfig, e.g. `data.prompt_key=question`):
   SFT          {"prompt": str, "response": str}
+               {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}  (rlhf/chat.py:
+               every assistant turn is learned; a file holds one kind of record or the other)
   comparisons  {"prompt": str, "responses": [best, ..., worst]}  (K >= 2, ranked, all different)
                {"prompt": str, "chosen": str, "rejected": str}    (the K = 2 case)
                {"chosen": str, "rejected": str}                   (Anthropic HH-RLHF dialogues)
@@ -22,10 +24,11 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlhf.chat import check_dialogue, check_messages, hh_messages, split_reply
 from rlhf.files import DataError, read_rows, read_text
 
-__all__ = ["DataError", "DataConfig", "Prompt", "Comparison", "load_sft", "load_comparisons", "load_prompts",
-           "load_text", "write_jsonl", "split_hh_dialogue", "fields_of"]
+__all__ = ["DataError", "DataConfig", "Prompt", "Comparison", "SFTRecord", "load_sft", "load_comparisons",
+           "load_prompts", "load_text", "write_jsonl", "split_hh_dialogue", "fields_of"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class DataConfig(BaseModel):
     responses_key: str = "responses"  # field with the ranked responses, best first (comparisons)
     chosen_key: str = "chosen"  # field with the preferred response (pairwise comparisons, HH-RLHF)
     rejected_key: str = "rejected"  # field with the other response (pairwise comparisons, HH-RLHF)
+    messages_key: str = "messages"  # field with a whole conversation (SFT chat records)
     # Wrap every prompt in the tokenizer's chat template as a user turn (an HH-RLHF transcript as
     # its turns), with the generation prompt; reward and gold functions still see the plain prompt.
     chat_template: bool = False
@@ -50,7 +54,7 @@ class DataConfig(BaseModel):
     def names(self) -> dict[str, str]:
         """Our field name → the user's."""
         return {"prompt": self.prompt_key, "response": self.response_key, "responses": self.responses_key,
-                "chosen": self.chosen_key, "rejected": self.rejected_key}
+                "chosen": self.chosen_key, "rejected": self.rejected_key, "messages": self.messages_key}
 
 
 DEFAULT_KEYS = DataConfig()  # frozen: safe as a shared default
@@ -70,10 +74,20 @@ class _Record(BaseModel):
 
 
 class SFTRecord(_Record):
-    prompt: Text
-    response: Text
+    prompt: Text  # a conversation's: the text of its turns before the last reply, one a line
+    response: Text  # a conversation's: its last reply
     # The record's other fields, by name: what a gold function reads to score the demonstration itself
     fields: dict[str, Any] = {}
+    messages: tuple[dict[str, str], ...] | None = None  # a chat record's conversation (rlhf/chat.py)
+    where: str = ""  # a chat record's file and line, for errors found once its template is known
+
+
+def dialogue_record(where: str, field: str, value, fields: dict) -> SFTRecord:
+    """A chat record's demonstration: the whole conversation, checked."""
+    messages = check_dialogue(where, field, check_messages(where, field, value))
+    context, reply = split_reply(where, field, messages)
+    return SFTRecord(prompt="\n".join(m["content"] for m in context), response=reply, fields=fields,
+                     messages=messages, where=where)
 
 
 class RankedRecord(_Record):
@@ -167,17 +181,49 @@ def _records(source: Source, kind: str) -> list[tuple[str, dict]]:
 
 def load_sft(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[SFTRecord]:
     """Demonstrations. A comparisons file also serves: each ranking's best response (the `chosen` one)
-    becomes the demonstration, as when SFT runs on HH-RLHF's chosen dialogues."""
-    out = []
-    for where, row in _records(path, f"demonstrations with '{cfg.prompt_key}' and '{cfg.response_key}'"):
+    becomes the demonstration, as when SFT runs on HH-RLHF's chosen dialogues; with
+    `data.chat_template`, an HH-RLHF dialogue is read as its turns and every assistant turn is learned."""
+    out, kinds = [], RecordKinds()
+    for where, row in _records(path, f"demonstrations with '{cfg.prompt_key}' and '{cfg.response_key}', or "
+                                     f"conversations in '{cfg.messages_key}'"):
         fields = {k: v for k, v in row.items() if k not in cfg.names().values()}
+        if cfg.messages_key in row:
+            kinds.see(where, "a conversation ('" + cfg.messages_key + "')")
+            out.append(dialogue_record(where, cfg.messages_key, row[cfg.messages_key], fields))
+            continue
+        kinds.see(where, f"a '{cfg.prompt_key}'/'{cfg.response_key}' record" if cfg.response_key in row
+                  else "a comparison" if {cfg.responses_key, cfg.chosen_key} & set(row) else "a text record")
         if cfg.response_key in row or not ({cfg.responses_key, cfg.chosen_key} & set(row)):
             out.append(_validate(SFTRecord, where, row, cfg).model_copy(update={"fields": fields}))
+        elif cfg.chat_template and cfg.prompt_key not in row and cfg.chosen_key in row:
+            # an HH-RLHF dialogue read through a chat template: the whole chosen conversation, every
+            # assistant turn a target (unusable ones skipped and logged, as for comparisons)
+            try:
+                text = _validate(HHRecord, where, row, cfg).chosen
+                out.append(dialogue_record(where, cfg.chosen_key, list(hh_messages(text)), fields))
+            except DataError as e:
+                log.warning("%s; skipped", e)
         else:
             c = comparison_from_row(where, row, cfg)
             if c is not None:
                 out.append(SFTRecord(prompt=c.prompt, response=c.responses[0], fields=fields))
     return out
+
+
+class RecordKinds:
+    """A file holds records of one kind: conversations or text. The first record sets the kind."""
+
+    def __init__(self):
+        self.first: tuple[str, bool] | None = None
+
+    def see(self, where: str, kind: str) -> None:
+        chat = kind.startswith("a conversation")
+        if self.first is None:
+            self.first = (where, chat)
+        elif self.first[1] != chat:
+            raise DataError(f"{where}: {kind}, in a file whose first record ({self.first[0]}) is "
+                            f"{'a conversation' if self.first[1] else 'text'}; a file holds one kind of record "
+                            f"(split it in two, or convert one kind)")
 
 
 def load_prompts(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Prompt]:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
-from rlhf.batching import Encoded, collate_lm, count_steps, encode_pair
+from rlhf.batching import Encoded, collate_lm, count_steps, encode_conversation, encode_pair
 from rlhf.data import SFTRecord
 from rlhf.early_stopping import EarlyStopping
 from rlhf.epochs import Loop, train_epochs
@@ -54,7 +54,8 @@ class SFTConfig(BaseModel):
 
 
 def encode_all(tok, records: list[SFTRecord], max_len: int) -> tuple[list[Encoded], int]:
-    encoded = [encode_pair(tok, r.prompt, r.response, max_len) for r in records]
+    encoded = [encode_conversation(tok, r.messages, max_len) if r.messages else
+               encode_pair(tok, r.prompt, r.response, max_len) for r in records]
     return encoded, sum(e.truncated for e in encoded)
 
 

@@ -149,6 +149,11 @@ def rewards_file(tmp, body: str) -> Path:
 BAD_UTF8 = b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff"}\n'
 BAD_UTF16 = b"\xff\xfe" + '{"p'.encode("utf-16-le") + b"\x00\xd8"
 ONE_SFT = '{"prompt": "a", "response": "b"}\n'
+CHAT_UNKNOWN_ROLE = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}) + "\n"
+CHAT_ENDS_ON_USER = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                                             {"role": "user", "content": "and?"}]}) + "\n"
+CHAT_MIXED = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + \
+    "\n" + ONE_SFT
 
 # name: (command, function(world, tmp) -> overrides, expected message). "{tmp}" in a message is the case's folder.
 CASES = {
@@ -193,6 +198,12 @@ CASES = {
                     r"p\.jsonl:\d+: a binary file, not text"),
     "truncated gzip": ("sft", lambda w, t: [f"sft.train_data={gz_truncated(t)}"],
                        r"sft\.jsonl\.gz: a corrupt or truncated gzip file"),
+    "conversation with an unknown role": ("sft", lambda w, t: [f"sft.train_data={write(t / 'c.jsonl', CHAT_UNKNOWN_ROLE)}"],
+                                          r"c\.jsonl:1: field 'messages\.1\.role': 'bot'; a role is one of system"),
+    "conversation ending on a user turn": ("sft", lambda w, t: [f"sft.train_data={write(t / 'c.jsonl', CHAT_ENDS_ON_USER)}"],
+                                           r"c\.jsonl:1: field 'messages\.2': the conversation ends on a user turn"),
+    "conversations and text in one file": ("sft", lambda w, t: [f"sft.train_data={write(t / 'c.jsonl', CHAT_MIXED)}"],
+                                           r"c\.jsonl:2: a 'prompt'/'response' record, in a file whose first record"),
     "JSON Lines named .csv": ("sft", lambda w, t: [f"sft.train_data={write(t / 's.csv', ONE_SFT * 3)}"],
                               r"s\.csv:1: named \.csv but holds JSON Lines"),
     "corrupt parquet": ("sft", lambda w, t: [f"sft.train_data={write(t / 's.parquet', b'PAR1 nope PAR1')}"],

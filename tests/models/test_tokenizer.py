@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.errors import InputError
-from models.tokenizer import build_word_tokenizer, chat_prompt, load_tokenizer, train_bpe_tokenizer
+from models.tokenizer import build_word_tokenizer, load_tokenizer, train_bpe_tokenizer
 from rlhf.task import WORDS
 
 
@@ -36,16 +36,6 @@ def test_bad_tokenizer_directories_are_named(tmp_path):
     tok.save_pretrained(tmp_path / "no-eos")
     with pytest.raises(InputError, match=r"no-eos: the tokenizer has no EOS token, so a response could never end"):
         load_tokenizer(tmp_path / "no-eos")
-
-
-def test_chat_prompt_single_turn_and_hh_transcript():
-    tok = build_word_tokenizer(WORDS)
-    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
-    assert chat_prompt(tok, "copy : 1 =") == "<user>copy : 1 =</user><assistant>"
-    transcript = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: sort : 2 1 =\n\nAssistant:"
-    assert chat_prompt(tok, transcript) == ("<user>hi</user><assistant>hello</assistant>"
-                                            "<user>sort : 2 1 =</user><assistant>")
 
 
 def test_bpe_tokenizer_trained_locally_round_trips(tmp_path):
