@@ -227,5 +227,21 @@ def test_hh_rlhf_harmless_real_file(shared_data, caplog):
         assert len(c.responses) == 2 and "\n\nAssistant:" not in c.responses[0]
 
 
+def test_hh_rlhf_dialogues_as_conversations(shared_data, caplog):
+    """Under data.chat_template the chosen dialogues are conversations: every record used or reported,
+    most of several turns, and the text of every turn kept (speaker labels aside)."""
+    import re
+
+    got = load_sft(shared_data / "hh_harmless_dev.jsonl.gz", DataConfig(chat_template=True))
+    skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(got) + len(skipped) == 1800 and len(got) > 1780
+    assert sum(len(r.messages) >= 4 for r in got) > 900
+    with gzip.open(shared_data / "hh_harmless_dev.jsonl.gz", "rt") as f:
+        rows = {json.loads(line)["chosen"] for line in f}
+    words = lambda text: re.sub(r"\s+|Human:|Assistant:", "", text)  # noqa: E731
+    texts = {words(t) for t in rows}
+    assert all(words("".join(m["content"] for m in r.messages)) in texts for r in got)
+
+
 def test_tinyshakespeare_text(shared_data):
     assert load_text(shared_data / "tinyshakespeare.txt.gz").startswith("First Citizen:")
