@@ -23,8 +23,16 @@ from models.errors import InputError
 from models.tokenizer import build_word_tokenizer, load_tokenizer, train_bpe_tokenizer
 from models.vllm_sampler import INSTALL_HINT, vllm_available
 from parallel import checkpoint as checkpoints
-from rlhf.chat import DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_NAME, ROLE_TOKENS, assistant_spans, chat_prompt
-from rlhf.data import Comparison, DataError, Prompt, SFTRecord, load_comparisons, load_prompts, load_sft, load_text
+from rlhf.chat import (
+    DEFAULT_TEMPLATE,
+    DEFAULT_TEMPLATE_NAME,
+    ROLE_TOKENS,
+    assistant_spans,
+    chat_prompt,
+    render,
+    turn_end,
+)
+from rlhf.data import Comparison, DataError, Prompt, load_comparisons, load_prompts, load_sft, load_text
 from rlhf.functions import FunctionError, FunctionSpec, TaskFunction
 from rlhf.reward_model import read_reward_stats
 from rlhf.task import WORDS, EmbeddedTask
@@ -98,7 +106,7 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
         inputs.rm = load_split(load_comparisons, policy_comparisons(cfg, sources), "comparisons_train",
                                "comparisons_eval", cfg)
     if "dpo" in stages and inputs.rm and "ppo_eval" not in sources and "ppo_train" not in sources:
-        inputs.eval_prompts = [Prompt(c.prompt) for c in inputs.rm[1]]  # DPO's gold is measured on these
+        inputs.eval_prompts = [c.as_prompt() for c in inputs.rm[1]]  # DPO's gold is measured on these
     if "ppo" in stages and "ppo_train" not in sources:
         raise ConfigError("ppo.prompts: PPO needs prompts (a file of {\"prompt\": ...} records, or comparisons "
                           "or HH-RLHF pairs, whose prompts serve); set ppo.prompts")
@@ -235,7 +243,11 @@ def build_tokenizer(cfg: Config, inputs: Inputs):
     (or the one an earlier stage of this run trained), or the embedded task's words; with a chat
     template when the run reads conversations."""
     saved = cfg.run.dir / "tokenizer"
-    conversations = [r for part in inputs.sft or () for r in part if r.messages]
+    conversations = [(r.where, r.messages) for part in inputs.sft or () for r in part if r.messages]
+    conversations += [(c.where, (*c.context, {"role": "assistant", "content": reply}))
+                      for part in inputs.rm or () for c in part if c.context is not None for reply in c.responses]
+    conversations += [(p.where, p.messages) for name in ("prompts", "eval_prompts", "select_prompts")
+                      for p in getattr(inputs, name) or () if p.messages is not None]
     if cfg.model.tokenizer or cfg.model.pretrained:
         source = cfg.model.tokenizer or cfg.model.pretrained
         return with_chat_template(load_tokenizer(source), conversations, source)
@@ -258,7 +270,7 @@ def build_tokenizer(cfg: Config, inputs: Inputs):
     return with_chat_template(tok, conversations, "trained on this run's data")
 
 
-def with_chat_template(tok, conversations: list[SFTRecord], source: str):
+def with_chat_template(tok, conversations: list[tuple[str, tuple]], source: str):
     """Conversations are read through a chat template: the tokenizer's own, or instructrl's default
     (rlhf/chat.py) where it has none. Every one is rendered here, so a template that refuses one, or
     renders turns inconsistently, fails at launch, naming the record."""
@@ -268,11 +280,11 @@ def with_chat_template(tok, conversations: list[SFTRecord], source: str):
         log.info("the tokenizer (%s) has no chat template: conversations use instructrl's default '%s'",
                  source, DEFAULT_TEMPLATE_NAME)
         tok.chat_template = DEFAULT_TEMPLATE
-    for r in conversations:
+    for where, messages in conversations:
         try:
-            assistant_spans(tok, r.messages)
+            assistant_spans(tok, messages)
         except InputError as e:
-            raise InputError(f"{r.where}: {e}") from None
+            raise InputError(f"{where}: {e}") from None
     return tok
 
 
@@ -298,9 +310,18 @@ def check_text(cfg: Config, tok, sources: dict, inputs: Inputs) -> None:
 
 
 def apply_chat_template(cfg: Config, inputs: Inputs) -> None:
+    """Every prompt the policy reads as the template renders it: a conversation always (with the
+    generation prompt), a text prompt under data.chat_template (as a user turn)."""
+    tok = inputs.tok
+    sets = ("prompts", "eval_prompts", "select_prompts")
+    if any(p.messages is not None for name in sets for p in getattr(inputs, name) or ()):
+        check_turn_end(tok)
+    for name in sets:
+        if getattr(inputs, name):
+            setattr(inputs, name, [replace(p, query=render(tok, p.messages, generation_prompt=True))
+                                   if p.messages is not None else p for p in getattr(inputs, name)])
     if not cfg.data.chat_template:
         return
-    tok = inputs.tok
     if not getattr(tok, "chat_template", None):
         source = cfg.model.tokenizer or cfg.model.pretrained or "built for this run"
         raise ConfigError(f"data.chat_template=true, but the tokenizer ({source}) has no chat template; give a "
@@ -309,11 +330,22 @@ def apply_chat_template(cfg: Config, inputs: Inputs) -> None:
         inputs.sft = tuple([r if r.messages else r.model_copy(update={"prompt": chat_prompt(tok, r.prompt)})
                             for r in part] for part in inputs.sft)
     if inputs.rm:
-        inputs.rm = tuple([replace(c, prompt=chat_prompt(tok, c.prompt)) for c in part] for part in inputs.rm)
-    if inputs.prompts:
-        inputs.prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.prompts]
-    inputs.eval_prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.eval_prompts]
-    inputs.select_prompts = [replace(p, query=chat_prompt(tok, p.text)) for p in inputs.select_prompts]
+        inputs.rm = tuple([c if c.context is not None else replace(c, prompt=chat_prompt(tok, c.prompt))
+                           for c in part] for part in inputs.rm)
+    for name in sets:
+        if getattr(inputs, name):
+            setattr(inputs, name, [p if p.messages is not None else replace(p, query=chat_prompt(tok, p.text))
+                                   for p in getattr(inputs, name)])
+
+
+def check_turn_end(tok) -> None:
+    """Samples stop at the tokenizer's EOS; a template that ends a turn with another token (and no EOS
+    after it) would let a sampled reply run on into the next turn."""
+    end = turn_end(tok)
+    if end is not None and end != tok.eos_token:
+        raise ConfigError(f"the chat template ends an assistant turn with {end!r}, not the tokenizer's EOS "
+                          f"{tok.eos_token!r}, and samples stop at EOS: set the tokenizer's eos_token to {end!r} "
+                          f"(in its tokenizer_config.json), as chat checkpoints do")
 
 
 # ---------------------------------------------------------------- functions, PPO
@@ -357,7 +389,7 @@ def check_sft_select(cfg: Config, inputs: Inputs) -> None:
                           f"{'is trained after SFT' if cfg.ppo.reward_model == 'auto' else 'is none'}). Set one, "
                           "or sft.select=loss")
     if not inputs.select_prompts:
-        inputs.select_prompts = [Prompt(r.prompt, dict(r.fields)) for r in inputs.sft[1][:SELECT_PROMPTS]]
+        inputs.select_prompts = [r.as_prompt() for r in inputs.sft[1][:SELECT_PROMPTS]]
     reward = inputs.models["select_reward"]
     if reward is not None and cfg.ppo.normalize_scores:
         inputs.select_stats = read_stats(reward)

@@ -26,6 +26,7 @@ from models.generation import SamplingParams
 from parallel.host import ModelSource
 from parallel.mesh import GroupSpec
 from rlhf.batching import decode_responses
+from rlhf.chat import transcript
 from rlhf.data import load_comparisons, write_jsonl
 from rlhf.evaluate import Evaluation, Judges, evaluate_policy, sample
 from rlhf.functions import FunctionError
@@ -127,7 +128,8 @@ def log_evaluation(tracker: Tracker, ev: Evaluation, step: int, out_dir: Path) -
     with open(samples / f"step-{step}.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in ev.rows)
     columns = list(ev.rows[0]) if ev.rows else ["prompt", "response"]
-    tracker.table("samples", columns, [[row.get(c) for c in columns] for row in ev.rows[:64]], step)
+    cell = lambda v: transcript(v) if isinstance(v, list) else v  # noqa: E731 (a conversation as its turns)
+    tracker.table("samples", columns, [[cell(row.get(c)) for c in columns] for row in ev.rows[:64]], step)
     parts = [f"{k.removeprefix('eval/')} {v:.4g}" for k, v in ev.metrics.items()]
     log.info("evaluation at step %d: %s", step, ", ".join(parts))
 
@@ -161,7 +163,7 @@ def demonstrations_gold(inputs: Inputs) -> float | None:
     except FunctionError:
         log.info("SFT: the demonstrations carry no fields for the gold function; their own gold is not measured")
         return None
-    return statistics.fmean(inputs.gold([r.prompt for r in evals], [r.response for r in evals], fields))
+    return statistics.fmean(inputs.gold([r.as_prompt().judged for r in evals], [r.response for r in evals], fields))
 
 
 def run_sft(cfg: Config, inputs: Inputs) -> dict:

@@ -46,16 +46,23 @@ def encode_pair(tok, prompt: str, response: str, max_len: int) -> Encoded:
                tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], max_len)
 
 
-def encode_conversation(tok, messages, max_len: int) -> Encoded:
+def encode_conversation(tok, messages, max_len: int, mark_turns: bool = True) -> Encoded:
     """A conversation ending on an assistant turn, as its chat template renders it: the last turn is the
-    response, and the earlier assistant turns are marked in the prompt, so the loss covers every
-    assistant turn (its end-of-turn token included) and never a user or system turn."""
+    response (its end-of-turn token included), and with `mark_turns` the earlier assistant turns are
+    marked in the prompt, so SFT's loss covers every assistant turn and never a user or system turn."""
     ids, trained = encode_dialogue(tok, messages)
     cut = len(trained)
     while cut and trained[cut - 1]:  # the last assistant turn: the trained tokens at the end
         cut -= 1
     assert cut < len(ids), "a demonstration ends on an assistant turn"
-    return fit(ids[:cut], ids[cut:], max_len, trained[:cut])
+    return fit(ids[:cut], ids[cut:], max_len, trained[:cut] if mark_turns else None)
+
+
+def encode_response(tok, c: Comparison, response: str, max_len: int) -> Encoded:
+    """One ranked response of a comparison: a reply rendered after its conversation, or text + EOS."""
+    if c.context is None:
+        return encode_pair(tok, c.prompt, response, max_len)
+    return encode_conversation(tok, (*c.context, {"role": "assistant", "content": response}), max_len, False)
 
 
 def encode_prompt(tok, prompt: str, max_len: int) -> list[int]:
@@ -108,7 +115,7 @@ class RankedBatch:
 
 def collate_ranked(tok, comparisons: list[Comparison], max_len: int) -> tuple[RankedBatch, int]:
     """Flatten comparisons into one padded batch; returns it and the number of truncated sequences."""
-    encoded = [encode_pair(tok, c.prompt, r, max_len) for c in comparisons for r in c.responses]
+    encoded = [encode_response(tok, c, r, max_len) for c in comparisons for r in c.responses]
     batch = RankedBatch(collate_lm(encoded, tok.pad_token_id), [len(c.responses) for c in comparisons])
     return batch, sum(e.truncated for e in encoded)
 

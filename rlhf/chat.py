@@ -74,9 +74,26 @@ def check_dialogue(where: str, field: str, messages: tuple[Message, ...]) -> tup
 def check_context(where: str, field: str, messages: tuple[Message, ...]) -> tuple[Message, ...]:
     """A prompt: the conversation so far, ending on the user turn the policy answers."""
     if messages[-1]["role"] != "user":
-        raise DataError(f"{where}: field '{field}.{len(messages) - 1}': the prompt ends on a "
-                        f"{messages[-1]['role']} turn; a prompt ends on the user turn to answer")
+        role = messages[-1]["role"]
+        raise DataError(f"{where}: field '{field}.{len(messages) - 1}': the prompt ends on "
+                        f"{'an' if role == 'assistant' else 'a'} {role} turn; a prompt ends on the user turn to answer")
     return messages
+
+
+def check_reply(where: str, field: str, value) -> str:
+    """A ranked reply in a chat comparison: a list holding one assistant message; its text."""
+    if value is None:
+        raise DataError(f"{where}: field '{field}': missing")
+    if not (isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict)
+            and value[0].get("role") == "assistant"):
+        raise DataError(f"{where}: field '{field}': expected the reply as a list of one assistant message "
+                        f"[{{\"role\": \"assistant\", \"content\": ...}}]; got {_kind(value)}"
+                        + (f" of {len(value)}" if isinstance(value, list) else ""))
+    content = value[0].get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise DataError(f"{where}: field '{field}.0.content': {'empty' if isinstance(content, str) else 'not text'}; "
+                        f"a reply needs text")
+    return content
 
 
 def split_reply(where: str, field: str, messages: tuple[Message, ...]) -> tuple[tuple[Message, ...], str]:
@@ -138,6 +155,18 @@ def assistant_spans(tok, messages) -> tuple[str, list[tuple[int, int]]]:
     return full, spans
 
 
+def turn_end(tok) -> str | None:
+    """The special token the template writes right after an assistant reply's text (its end of turn),
+    or None where it writes none."""
+    probe = ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "fine"})
+    text, [(start, end)] = assistant_spans(tok, probe)
+    tail = text[start:end]
+    after = tail[tail.index("fine") + len("fine"):]
+    ids = tok(after, add_special_tokens=False)["input_ids"] if after else []
+    first = tok.convert_ids_to_tokens(ids[:1])
+    return first[0] if first and first[0] in tok.all_special_tokens else None
+
+
 def encode_dialogue(tok, messages) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation (exactly `apply_chat_template(messages, tokenize=True)`'s)
     and, per token, whether the loss covers it: tokens starting inside an assistant turn."""
@@ -145,6 +174,11 @@ def encode_dialogue(tok, messages) -> tuple[list[int], list[bool]]:
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     trained = [any(s <= start < e for s, e in spans) for start, _ in enc["offset_mapping"]]
     return list(enc["input_ids"]), trained
+
+
+def transcript(messages) -> str:
+    """A conversation as readable text, a turn a line ("user: ..."), for tables and logs."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
 def _kind(value) -> str:

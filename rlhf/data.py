@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlhf.chat import check_dialogue, check_messages, hh_messages, split_reply
+from rlhf.chat import check_context, check_dialogue, check_messages, check_reply, hh_messages, split_reply
 from rlhf.files import DataError, read_rows, read_text
 
 __all__ = ["DataError", "DataConfig", "Prompt", "Comparison", "SFTRecord", "load_sft", "load_comparisons",
@@ -81,6 +81,11 @@ class SFTRecord(_Record):
     messages: tuple[dict[str, str], ...] | None = None  # a chat record's conversation (rlhf/chat.py)
     where: str = ""  # a chat record's file and line, for errors found once its template is known
 
+    def as_prompt(self) -> Prompt:
+        """The demonstration's prompt (a conversation's turns before its last reply), with its fields."""
+        return Prompt(self.prompt, dict(self.fields), messages=self.messages[:-1] if self.messages else None,
+                      where=self.where)
+
 
 def dialogue_record(where: str, field: str, value, fields: dict) -> SFTRecord:
     """A chat record's demonstration: the whole conversation, checked."""
@@ -126,21 +131,33 @@ class HHRecord(_Record):
 class Comparison:
     """One prompt with K >= 2 responses ranked best first: one batch element of the ranking loss."""
 
-    prompt: str
+    prompt: str  # a conversation's: the text of its turns, one a line
     responses: tuple[str, ...]
+    context: tuple[dict[str, str], ...] | None = None  # a chat comparison's conversation before the replies
+    where: str = ""  # a chat comparison's file and line
+
+    def as_prompt(self) -> Prompt:
+        return Prompt(self.prompt, messages=self.context, where=self.where)
 
 
 @dataclass(frozen=True)
 class Prompt:
     """A PPO or evaluation prompt with the rest of its record."""
 
-    text: str  # the prompt as in the file: what reward and gold functions see
+    text: str  # the prompt as in the file (a conversation's: the text of its turns, one a line)
     fields: dict[str, Any] = field(default_factory=dict)  # the record's other fields, by name
     query: str = ""  # what the policy reads (chat template applied); "" means `text`
+    messages: tuple[dict[str, str], ...] | None = None  # a chat prompt's conversation, ending on a user turn
+    where: str = ""  # a chat prompt's file and line
 
     @property
     def model_text(self) -> str:
         return self.query or self.text
+
+    @property
+    def judged(self) -> str | list[dict[str, str]]:
+        """What reward and gold functions receive as the prompt: the text, or the conversation's messages."""
+        return [dict(m) for m in self.messages] if self.messages is not None else self.text
 
 
 def fields_of(prompts: list[Prompt]) -> dict[str, list]:
@@ -228,19 +245,34 @@ class RecordKinds:
 
 def load_prompts(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Prompt]:
     """Prompts, each with its record's other fields (e.g. the `answer` a reward function checks)."""
-    out = []
+    out, kinds = [], RecordKinds()
     for where, row in _records(path, f"prompts in a '{cfg.prompt_key}' field"):
-        if cfg.prompt_key not in row and cfg.chosen_key in row:  # an HH-RLHF pair: its dialogue so far
+        messages = None
+        if isinstance(row.get(cfg.prompt_key), list) or (cfg.prompt_key not in row and
+                                                          isinstance(row.get(cfg.chosen_key), list)):
+            kinds.see(where, "a conversation")
+            if cfg.prompt_key in row:
+                messages = check_messages(where, cfg.prompt_key, row[cfg.prompt_key])
+            else:  # a comparison of whole conversations: the conversation before its replies
+                messages = split_reply(where, cfg.chosen_key, check_messages(where, cfg.chosen_key,
+                                                                             row[cfg.chosen_key]))[0]
+            check_context(where, cfg.prompt_key if cfg.prompt_key in row else cfg.chosen_key, messages)
+            prompt = "\n".join(m["content"] for m in messages)
+            fields = {k: v for k, v in row.items() if k not in (cfg.prompt_key, cfg.chosen_key, cfg.rejected_key,
+                                                                cfg.responses_key)}
+        elif cfg.prompt_key not in row and cfg.chosen_key in row:  # an HH-RLHF pair: its dialogue so far
+            kinds.see(where, "a text prompt")
             prompt = split_hh_dialogue(_validate(HHRecord, where, row, cfg).chosen, where, cfg.chosen_key)[0]
             fields = {k: v for k, v in row.items() if k not in (cfg.chosen_key, cfg.rejected_key)}
         else:
+            kinds.see(where, "a text prompt")
             prompt = _validate(PromptRecord, where, row, cfg).prompt
             fields = {k: v for k, v in row.items() if k != cfg.prompt_key}
         clash = [k for k in RESERVED_FIELDS if k in fields]
         if clash:
             raise DataError(f"{where}: field '{clash[0]}' has the name of a reward function's own argument "
                             f"(fn(prompts, responses, **fields)); rename the field")
-        out.append(Prompt(prompt, fields))
+        out.append(Prompt(prompt, fields, messages=messages, where=where if messages else ""))
     return out
 
 
@@ -258,8 +290,48 @@ def split_hh_dialogue(text: str, where: str, field_name: str) -> tuple[str, str]
     return text[:cut], text[cut:]
 
 
+def is_chat_comparison(row: dict, cfg: DataConfig) -> bool:
+    """A comparison of conversations: its prompt, replies or dialogues are lists of messages."""
+    ranked = row.get(cfg.responses_key)
+    return any(isinstance(row.get(k), list) for k in (cfg.prompt_key, cfg.chosen_key, cfg.rejected_key)) or \
+        (isinstance(ranked, list) and bool(ranked) and isinstance(ranked[0], list))
+
+
+def chat_comparison(where: str, row: dict, cfg: DataConfig) -> Comparison:
+    """A ranking of replies to one conversation: {prompt: [messages], responses: [[reply], ...]} best
+    first, {prompt, chosen: [reply], rejected: [reply]}, or {chosen, rejected} as whole conversations
+    that share everything before their last reply."""
+    if cfg.prompt_key in row:
+        context = check_context(where, cfg.prompt_key, check_messages(where, cfg.prompt_key, row[cfg.prompt_key]))
+        if cfg.responses_key in row:
+            ranked = row[cfg.responses_key]
+            if not isinstance(ranked, list) or len(ranked) < 2:
+                raise DataError(f"{where}: field '{cfg.responses_key}': expected K >= 2 replies, best first, each a "
+                                f"list of one assistant message")
+            replies = [check_reply(where, f"{cfg.responses_key}.{i}", r) for i, r in enumerate(ranked)]
+        else:
+            replies = [check_reply(where, k, row.get(k)) for k in (cfg.chosen_key, cfg.rejected_key)]
+    else:
+        (context, chosen), (other, rejected) = (split_reply(where, k, check_messages(where, k, row.get(k)))
+                                                for k in (cfg.chosen_key, cfg.rejected_key))
+        if context != other:
+            turn = next((i for i, (a, b) in enumerate(zip(context, other, strict=False)) if a != b),
+                        min(len(context), len(other)))
+            raise DataError(f"{where}: field '{cfg.rejected_key}.{turn}': differs from '{cfg.chosen_key}' before the "
+                            f"reply; a comparison ranks replies to one conversation")
+        check_context(where, cfg.chosen_key, context)
+        replies = [chosen, rejected]
+    for i, r in enumerate(replies):
+        if r.strip() in (x.strip() for x in replies[:i]):
+            raise DataError(f"{where}: reply {i + 1} has the same text as an earlier one; a ranking orders "
+                            f"different replies (remove the repeat)")
+    return Comparison("\n".join(m["content"] for m in context), tuple(replies), context, where)
+
+
 def comparison_from_row(where: str, row: dict, cfg: DataConfig = DEFAULT_KEYS) -> Comparison | None:
     """One record in any comparison format; None (logged) for an unusable HH-RLHF pair."""
+    if is_chat_comparison(row, cfg):
+        return chat_comparison(where, row, cfg)
     if cfg.responses_key in row:
         rec = _validate(RankedRecord, where, row, cfg)
         return Comparison(rec.prompt, tuple(rec.responses))
@@ -287,7 +359,9 @@ def load_comparisons(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Compa
     prompts), or whose final turns are empty or the same, cannot train a ranking; the public data has
     a few, so they are skipped and each is logged with its line and reason.
     """
-    rows = _records(path, "ranked comparisons")
+    rows, kinds = _records(path, "ranked comparisons"), RecordKinds()
+    for where, row in rows:
+        kinds.see(where, "a conversation" if is_chat_comparison(row, cfg) else "a text comparison")
     out = [c for where, row in rows if (c := comparison_from_row(where, row, cfg)) is not None]
     if not out:
         raise DataError(f"{path}: none of its {len(rows)} records is a usable comparison (see the warnings)")

@@ -114,10 +114,10 @@ def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges:
                 parts.setdefault(k, []).append(v)
     metrics["eval/response_length"] = statistics.fmean(lengths)
     metrics["eval/unfinished"] = 1.0 - statistics.fmean(done)
-    rows = [{"prompt": p.text, "response": t} for p, t in zip(repeated, texts, strict=True)]
+    rows = [{"prompt": p.judged, "response": t} for p, t in zip(repeated, texts, strict=True)]
     gold = None
     if judges.gold is not None:
-        values = judges.gold([p.text for p in repeated], texts, fields_of(repeated))
+        values = judges.gold([p.judged for p in repeated], texts, fields_of(repeated))
         gold = summarize_gold(values, cfg.samples_per_prompt)
         metrics |= {"eval/gold_score": gold.mean, "eval/gold_stderr": gold.stderr}
         for row, v in zip(rows, values, strict=True):

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
 from rlhf.algo.ranking import length_bias
-from rlhf.batching import Encoded, count_steps, encode_pair
+from rlhf.batching import Encoded, count_steps, encode_response
 from rlhf.data import Comparison
 from rlhf.early_stopping import EarlyStopping
 from rlhf.epochs import Loop, train_epochs
@@ -56,7 +56,7 @@ def total_steps(n_rankings: int, cfg: RMConfig) -> int:
 
 
 def encode_rankings(tok, comparisons: list[Comparison], max_len: int) -> list[list[Encoded]]:
-    return [[encode_pair(tok, c.prompt, r, max_len) for r in c.responses] for c in comparisons]
+    return [[encode_response(tok, c, r, max_len) for r in c.responses] for c in comparisons]
 
 
 def evaluate_rm(group, rankings: list[list[Encoded]], pad_id: int, batch_size: int) -> tuple[dict, torch.Tensor]:

@@ -332,7 +332,7 @@ class ScoreBatch:
     reward functions), row for row. Split by data-parallel rank like any batch."""
 
     rollout: Rollout  # sequences, masks
-    prompts: list[str]  # (B,) each row's prompt as in the data file
+    prompts: list  # (B,) each row's prompt as in the data file (a conversation: its messages)
     responses: list[str]  # (B,) each row's decoded response, without EOS
     fields: dict[str, list] = field(default_factory=dict)  # name → (B,) the prompt records' other fields
 
@@ -350,7 +350,7 @@ class ScoreBatch:
         r = Rollout(gen.sequences, gen.attention_mask, gen.response_mask, gen.prompt_len, gen_logprobs=gen.logprobs)
         if not with_text:
             return cls(r, [], [])
-        return cls(r, [p.text for p in prompts], decode_responses(tok, gen.responses, gen.response_mask),
+        return cls(r, [p.judged for p in prompts], decode_responses(tok, gen.responses, gen.response_mask),
                    fields_of(prompts))
 
 

@@ -152,6 +152,8 @@ ONE_SFT = '{"prompt": "a", "response": "b"}\n'
 CHAT_UNKNOWN_ROLE = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}) + "\n"
 CHAT_ENDS_ON_USER = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
                                              {"role": "user", "content": "and?"}]}) + "\n"
+CHAT_TWO_CONVERSATIONS = json.dumps({"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                                     "rejected": [{"role": "user", "content": "ho"}, {"role": "assistant", "content": "x"}]}) + "\n"
 CHAT_MIXED = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + \
     "\n" + ONE_SFT
 
@@ -204,6 +206,9 @@ CASES = {
                                            r"c\.jsonl:1: field 'messages\.2': the conversation ends on a user turn"),
     "conversations and text in one file": ("sft", lambda w, t: [f"sft.train_data={write(t / 'c.jsonl', CHAT_MIXED)}"],
                                            r"c\.jsonl:2: a 'prompt'/'response' record, in a file whose first record"),
+    "chat comparison of two conversations": ("rm", lambda w, t: [f"rm.train_data={write(t / 'c.jsonl', CHAT_TWO_CONVERSATIONS)}",
+                                                                f"rm.init={w['ckpt']}"],
+                                             r"c\.jsonl:1: field 'rejected\.0': differs from 'chosen' before the reply"),
     "JSON Lines named .csv": ("sft", lambda w, t: [f"sft.train_data={write(t / 's.csv', ONE_SFT * 3)}"],
                               r"s\.csv:1: named \.csv but holds JSON Lines"),
     "corrupt parquet": ("sft", lambda w, t: [f"sft.train_data={write(t / 's.parquet', b'PAR1 nope PAR1')}"],

@@ -64,3 +64,41 @@ def test_sft_on_conversations_uses_the_checkpoints_own_template(chat_file, tmp_p
             "run.backend=local", "sft.max_len=48", "sft.epochs=1", "sft.batch_size=16"]
     assert main(args) == 0, capsys.readouterr().err
     assert load_tokenizer(tmp_path / "own" / "sft").chat_template == template
+
+
+GOLD = '''
+def recalled(prompts, responses, answer, **fields):
+    """1 when the reply is the number kept in the first turn; the prompts are conversations."""
+    if not all(isinstance(p, list) and p[-1]["role"] == "user" for p in prompts):
+        raise TypeError("expected conversations as prompts")
+    return [float(r.strip() == str(a)) for r, a in zip(responses, answer)]
+'''
+
+
+def test_pipeline_and_dpo_on_conversations(chat_file, tmp_path, capsys):
+    """SFT → RM → PPO, and DPO, from chat records alone: comparisons of replies to a conversation,
+    prompts that are conversations; the gold function receives the messages, and the samples show them."""
+    rows = recall_dialogues(160, seed=1)
+    context = lambda r: r["messages"][:-1]  # noqa: E731
+    reply = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    comparisons = [{"prompt": context(r), "chosen": reply(str(r["answer"])), "rejected": reply(str(r["answer"] + 1))}
+                   for r in rows]
+    prompts = [{"prompt": context(r), "answer": r["answer"]} for r in recall_dialogues(80, seed=2)]
+    for name, data in (("comparisons", comparisons), ("prompts", prompts)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    (tmp_path / "gold.py").write_text(GOLD)
+    common = [f"sft.train_data={chat_file}", f"rm.train_data={tmp_path}/comparisons.jsonl",
+              f"ppo.prompts={tmp_path}/prompts.jsonl", f"evaluation.gold_function={tmp_path}/gold.py:recalled",
+              f"run.out_dir={tmp_path}", "model.bpe_vocab=300", *SMALL, "rm.max_len=48", "rm.epochs=1",
+              "ppo.max_prompt_len=40", "ppo.max_new_tokens=4", "ppo.steps=2", "ppo.prompts_per_step=8",
+              "ppo.minibatches=2", "ppo.samples_per_prompt=2", "evaluation.max_prompt_len=40",
+              "evaluation.max_new_tokens=4", "evaluation.samples_per_prompt=1"]
+    assert main(["pipeline", *common, "run.name=chat"]) == 0, capsys.readouterr().err
+    run = tmp_path / "chat"
+    assert json.loads((run / "rm" / "result.json").read_text())["eval/accuracy"] >= 0.5
+    samples = sorted((run / "ppo" / "samples").glob("*.jsonl"))[-1]
+    row = json.loads(samples.read_text().splitlines()[0])
+    assert row["prompt"][-1] == {"role": "user", "content": "what was it ?"} and "gold" in row
+    assert main(["pipeline", *common, "run.name=chat-dpo", "run.algorithm=dpo", "dpo.epochs=1"]) == 0, \
+        capsys.readouterr().err
+    assert (tmp_path / "chat-dpo" / "dpo" / "policy" / "model.safetensors").exists()

@@ -187,3 +187,72 @@ def test_a_file_holds_one_kind_of_record(tmp_path):
     path.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + json.dumps({"messages": DIALOGUE}) + "\n")
     with pytest.raises(DataError, match=r"chat\.jsonl:2: a conversation \('messages'\), in a file whose first"):
         load_sft(path)
+
+
+CONTEXT = turns((U, "keep 7"), (A, "kept"), (U, "what was it ?"))
+
+
+def reply(text):
+    return [{"role": A, "content": text}]
+
+
+def test_chat_comparisons_in_every_form_and_prompts(tmp_path):
+    from rlhf.data import load_comparisons, load_prompts
+
+    rows = [{"prompt": CONTEXT, "responses": [reply("7"), reply("8"), reply("kept")]},
+            {"prompt": CONTEXT, "chosen": reply("7"), "rejected": reply("9")},
+            {"chosen": CONTEXT + reply("7"), "rejected": CONTEXT + reply("6")}]
+    got = load_comparisons(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert [c.responses for c in got] == [("7", "8", "kept"), ("7", "9"), ("7", "6")]
+    assert all(c.context == tuple(CONTEXT) for c in got)
+    prompts = load_prompts(write_jsonl(tmp_path / "p.jsonl", [{"prompt": CONTEXT, "answer": 7}]))
+    assert prompts[0].judged == CONTEXT and prompts[0].fields == {"answer": 7}
+    assert load_prompts(tmp_path / "c.jsonl")[2].messages == tuple(CONTEXT)  # comparisons serve as prompts
+
+
+def test_chat_comparisons_rendered_reply_after_its_conversation():
+    """A reply is encoded as the template renders it after its conversation (end of turn included, no
+    EOS appended), the conversation as the prompt."""
+    from rlhf.batching import encode_response
+    from rlhf.data import Comparison
+
+    tok = default_tokenizer()
+    c = Comparison("x", ("7", "8"), tuple(CONTEXT))
+    e = encode_response(tok, c, "7", 64)
+    assert e.prompt == tok(tok.apply_chat_template(CONTEXT, tokenize=False, add_generation_prompt=True),
+                           add_special_tokens=False)["input_ids"]
+    assert e.response == tok("7", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert e.prompt_targets is None
+
+
+BAD_CHAT_COMPARISONS = {
+    "differ before the reply": ({"chosen": CONTEXT + reply("7"), "rejected": turns((U, "keep 8"), (A, "kept"),
+                                                                                   (U, "what was it ?"), (A, "8"))},
+                                r"c\.jsonl:1: field 'rejected\.0': differs from 'chosen' before the reply"),
+    "reply not one assistant message": ({"prompt": CONTEXT, "chosen": reply("7") * 2, "rejected": reply("8")},
+                                        r"field 'chosen': expected the reply as a list of one assistant message"),
+    "prompt ending on the assistant": ({"prompt": CONTEXT[:2], "chosen": reply("7"), "rejected": reply("8")},
+                                       r"field 'prompt\.1': the prompt ends on an assistant turn"),
+    "the same reply twice": ({"prompt": CONTEXT, "responses": [reply("7"), reply("7 ")]},
+                             r"c\.jsonl:1: reply 2 has the same text as an earlier one"),
+    "one reply": ({"prompt": CONTEXT, "responses": [reply("7")]}, r"field 'responses': expected K >= 2 replies"),
+    "empty reply": ({"prompt": CONTEXT, "chosen": reply(""), "rejected": reply("8")},
+                    r"field 'chosen\.0\.content': empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHAT_COMPARISONS))
+def test_bad_chat_comparisons_are_named(tmp_path, case):
+    from rlhf.data import load_comparisons
+
+    row, message = BAD_CHAT_COMPARISONS[case]
+    with pytest.raises(DataError, match=message):
+        load_comparisons(write_jsonl(tmp_path / "c.jsonl", [row]))
+
+
+def test_a_template_whose_turn_ends_without_eos_is_named():
+    from rlhf.chat import turn_end
+
+    assert turn_end(default_tokenizer()) == "<eos>"
+    assert turn_end(family_tokenizer("qwen2")) == "<|im_end|>"
+    assert turn_end(family_tokenizer("llama3")) == "<|eot_id|>"
