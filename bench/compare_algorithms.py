@@ -119,6 +119,7 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
     from models.tokenizer import load_tokenizer
     from parallel.engine import EngineConfig
     from parallel.host import ModelSource
+    from rlhf.chat import render_prompts
     from rlhf.data import DataConfig, load_prompts
     from rlhf.evaluate import sample, summarize_gold
     from rlhf.functions import FunctionSpec, TaskFunction
@@ -126,7 +127,7 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
 
     lengths = load_config("demo", task.files()).evaluation  # the task's response and prompt lengths
     tok = load_tokenizer(task.base / "tokenizer")
-    prompts = load_prompts(task.eval_file(), DataConfig())
+    prompts = render_prompts(tok, load_prompts(task.eval_file(), DataConfig()))
     gold = TaskFunction(FunctionSpec(function=task.gold()).resolved(ROOT), ROOT)
     policy = LocalGroup(PolicyWorker, ModelSource(path=str(task.base / "sft")), EngineConfig())
     reward = LocalGroup(RewardWorker, ModelSource(path=str(task.base / "rm")), EngineConfig())
@@ -143,10 +144,10 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
     chosen_prompts = [p for p in prompts for _ in range(repeats)]
     from rlhf.data import fields_of
 
-    values = gold([p.text for p in chosen_prompts], chosen, fields_of(chosen_prompts))
+    values = gold([p.judged for p in chosen_prompts], chosen, fields_of(chosen_prompts))
     g = summarize_gold(values, repeats)
     wall = time.perf_counter() - start
-    every = summarize_gold(gold([p.text for p in repeated], texts, fields_of(repeated)), n * repeats)
+    every = summarize_gold(gold([p.judged for p in repeated], texts, fields_of(repeated)), n * repeats)
     return {"gold": g.mean, "stderr": g.stderr, "kl": math.log(n) - (n - 1) / n, "wall_s": wall,
             "samples_per_s": len(repeated) / wall,  # "start": the SFT policy, from all n × repeats samples
             "start": {"eval/gold_score": every.mean, "eval/gold_stderr": every.stderr}}

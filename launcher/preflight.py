@@ -29,7 +29,7 @@ from rlhf.chat import (
     ROLE_TOKENS,
     assistant_spans,
     chat_prompt,
-    render,
+    render_prompts,
     turn_end,
 )
 from rlhf.data import Comparison, DataError, Prompt, load_comparisons, load_prompts, load_sft, load_text
@@ -318,8 +318,7 @@ def apply_chat_template(cfg: Config, inputs: Inputs) -> None:
         check_turn_end(tok)
     for name in sets:
         if getattr(inputs, name):
-            setattr(inputs, name, [replace(p, query=render(tok, p.messages, generation_prompt=True))
-                                   if p.messages is not None else p for p in getattr(inputs, name)])
+            setattr(inputs, name, render_prompts(tok, getattr(inputs, name)))
     if not cfg.data.chat_template:
         return
     if not getattr(tok, "chat_template", None):

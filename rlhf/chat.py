@@ -9,6 +9,7 @@ template, or DEFAULT_TEMPLATE for a fresh model). Must not import ray, deepspeed
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from jinja2 import TemplateError
 
@@ -124,6 +125,13 @@ def chat_prompt(tok, prompt: str) -> str:
     transcript becomes its turns (data.chat_template on text records)."""
     messages = hh_messages(prompt) if prompt.startswith("\n\nHuman:") else ()
     return render(tok, messages or ({"role": "user", "content": prompt},), generation_prompt=True)
+
+
+def render_prompts(tok, prompts: list) -> list:
+    """Prompts with what the policy reads filled in: a conversation rendered with the generation prompt
+    (text prompts as they are)."""
+    return [replace(p, query=render(tok, p.messages, generation_prompt=True)) if p.messages is not None else p
+            for p in prompts]
 
 
 def render(tok, messages, generation_prompt: bool = False) -> str:

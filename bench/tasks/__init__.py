@@ -7,9 +7,11 @@ files). `SUITE` maps each name to its module (write_task(root), overrides(root))
 
 from __future__ import annotations
 
-from bench.tasks import arithmetic, constraints, copying, counting, keywords, length, politeness, sorting, style
+from bench.tasks import arithmetic, constraints, copying, counting, keywords, length, politeness, recall, sorting, style
 
 SUITE = {"arithmetic": arithmetic, "length": length, "keywords": keywords, "politeness": politeness,
          # #27: kinds the first four lack (copying from the prompt, several constraints, long responses,
          # sorting from 400 demonstrations (a start far below them), a style with no single keyword)
-         "copying": copying, "constraints": constraints, "counting": counting, "sorting": sorting, "style": style}
+         "copying": copying, "constraints": constraints, "counting": counting, "sorting": sorting, "style": style,
+         # #28: a conversation of 2-4 user turns whose reply depends on an earlier turn, in chat records
+         "recall": recall}

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from bench.tasks import SUITE, constraints, copying, counting, keywords, length, politeness, sorting, style
+from bench.tasks import SUITE, constraints, copying, counting, keywords, length, politeness, recall, sorting, style
 from launcher.cli import main
 
 
@@ -130,6 +130,27 @@ def test_sorting_has_scarce_demonstrations_and_rankings_of_the_slips_a_weak_poli
         assert any(len(xs) == len(target) and set(xs) - set(target) for xs in lists)  # changed
         assert any(sorted(xs) == target and xs != target and sum(a != b for a, b in zip(xs, target, strict=True)) == 2
                    for xs in lists)  # adjacent swap
+
+
+def test_recall_is_a_multi_turn_task_in_chat_records_scored_from_the_conversation(tmp_path):
+    """#28's suite task: 2-4 stated facts, the reply names the one asked for; gold.py reads the
+    conversation it is given (not a field) and agrees with the generator's scorer on every
+    demonstration, and on replies of every gold level."""
+    from rlhf.data import load_comparisons, load_prompts, load_sft
+
+    files = recall.write_task(tmp_path / "recall", n_sft=300, n_rankings=30, n_prompts=20, n_eval=10)
+    demos = load_sft(files["sft"])
+    assert {len(r.messages) for r in demos} == {6, 8, 10}  # 2-4 facts, each acknowledged, then the question
+    gold = gold_of(recall, tmp_path)
+    stated = lambda r: [m["content"].split()[-1] for m in r.messages[:-2] if m["role"] == "user"]  # noqa: E731
+    prompts = [r.as_prompt().judged for r in demos]
+    got = gold(prompts, [r.response for r in demos], [r.fields["value"] for r in demos])
+    want = [recall.score(r.response, r.fields["value"], [v for v in stated(r) if v != r.fields["value"]])
+            for r in demos]
+    assert got == want and set(got) == {1.0, 0.5}
+    assert gold(prompts[:1], ["nowhere"], [demos[0].fields["value"]]) == [0.0]
+    assert all(len(c.responses) == 3 and c.context for c in load_comparisons(files["comparisons"]))
+    assert all(p.messages[-1]["content"].startswith("what is my") for p in load_prompts(files["eval"]))
 
 
 def test_every_sweep_setting_is_a_valid_demo_config():
