@@ -27,6 +27,11 @@ SLOTS = {"colour": ["red", "blue", "green", "gold", "grey", "pink"], "pet": ["ca
          "city": ["rome", "oslo", "lima", "kyiv", "cairo"], "food": ["rice", "soup", "bread", "cake", "pasta"],
          "number": ["three", "seven", "nine", "twelve", "forty"]}
 
+# Conversations of up to 4 facts are up to about 60 tokens before the reply: room for all of them (the demo
+# config's 16-token prompts would keep only the question, and the policy could not know the answer)
+LENGTHS = ["sft.max_len=72", "rm.max_len=72", "dpo.max_len=72", "ppo.max_prompt_len=64", "evaluation.max_prompt_len=64",
+           "ppo.max_new_tokens=6", "evaluation.max_new_tokens=6"]
+
 GOLD = '''
 def recalled(prompts, responses, value, **fields):
     """1 for the asked value, 0.5 for another value the user stated in the conversation, else 0."""
@@ -86,4 +91,4 @@ def write_task(root: Path, n_sft: int = 4000, n_rankings: int = 3000, n_prompts:
 
 
 def overrides(root: Path) -> list[str]:
-    return task_overrides(root, "recalled")
+    return task_overrides(root, "recalled") + LENGTHS
