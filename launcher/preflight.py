@@ -121,6 +121,7 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
         check_sft_select(cfg, inputs)
     check_text(cfg, tok, sources, inputs)
     apply_chat_template(cfg, inputs)
+    warn_long_prompts(cfg, stages, inputs)
     check_functions(cfg, stages, inputs)
     if "ppo" in stages:
         check_ppo_inputs(cfg, inputs)
@@ -335,6 +336,21 @@ def apply_chat_template(cfg: Config, inputs: Inputs) -> None:
         if getattr(inputs, name):
             setattr(inputs, name, [p if p.messages is not None else replace(p, query=chat_prompt(tok, p.text))
                                    for p in getattr(inputs, name)])
+
+
+def warn_long_prompts(cfg: Config, stages: tuple[str, ...], inputs: Inputs) -> None:
+    """Prompts longer than the prompt budget lose their oldest tokens when sampled: for a conversation,
+    its first turns, which the reply may depend on. Said once per set, with the longest."""
+    sets = [("ppo.prompts", inputs.prompts or [], cfg.ppo.max_prompt_len, "ppo.max_prompt_len")]
+    if {"sft", "ppo", "dpo"} & set(stages):
+        sets.append(("the evaluation prompts", inputs.eval_prompts, cfg.evaluation.max_prompt_len,
+                     "evaluation.max_prompt_len"))
+    for name, prompts, budget, key in sets:
+        lengths = [len(inputs.tok(p.model_text, add_special_tokens=False)["input_ids"]) for p in prompts]
+        over = sum(n > budget for n in lengths)
+        if over:
+            log.warning("%s: %d of %d prompts are longer than %s = %d tokens (the longest %d); their oldest tokens "
+                        "are cut when the policy reads them", name, over, len(lengths), key, budget, max(lengths))
 
 
 def check_turn_end(tok) -> None:

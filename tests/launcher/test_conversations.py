@@ -102,3 +102,23 @@ def test_pipeline_and_dpo_on_conversations(chat_file, tmp_path, capsys):
     assert main(["pipeline", *common, "run.name=chat-dpo", "run.algorithm=dpo", "dpo.epochs=1"]) == 0, \
         capsys.readouterr().err
     assert (tmp_path / "chat-dpo" / "dpo" / "policy" / "model.safetensors").exists()
+
+
+def test_prompts_longer_than_the_budget_are_said(chat_file, tmp_path, caplog):
+    """A conversation cut to the prompt budget loses its first turns, which the reply depends on: the
+    launch says how many prompts are cut, and by which setting."""
+    from launcher.config import load_config
+    from launcher.preflight import check_inputs, stages_of
+
+    rows = recall_dialogues(40, seed=3)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": r["messages"][:-1], "answer": r["answer"]}) + "\n"
+                                              for r in rows))
+    args = [f"sft.train_data={chat_file}", f"ppo.prompts={tmp_path}/p.jsonl", f"run.out_dir={tmp_path}",
+            "model.bpe_vocab=300", "run.backend=local"]
+    for budget, said in ((8, True), (64, False)):
+        caplog.clear()
+        cfg = load_config(None, [*args, f"evaluation.max_prompt_len={budget}"])
+        with caplog.at_level("WARNING", logger="instructrl"):
+            check_inputs(cfg, stages_of("sft", cfg))
+        assert ("2 of 2 prompts are longer than evaluation.max_prompt_len = 8 tokens" in caplog.text) == said, \
+            caplog.text
