@@ -264,6 +264,11 @@ def load_prompts(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Prompt]:
             kinds.see(where, "a text prompt")
             prompt = split_hh_dialogue(_validate(HHRecord, where, row, cfg).chosen, where, cfg.chosen_key)[0]
             fields = {k: v for k, v in row.items() if k not in (cfg.chosen_key, cfg.rejected_key)}
+            if cfg.chat_template:  # read through a chat template: as its turns
+                messages = hh_context(where, cfg.chosen_key, prompt)
+                if messages is None:
+                    continue
+                prompt = "\n".join(m["content"] for m in messages)
         else:
             kinds.see(where, "a text prompt")
             prompt = _validate(PromptRecord, where, row, cfg).prompt
@@ -347,9 +352,24 @@ def comparison_from_row(where: str, row: dict, cfg: DataConfig = DEFAULT_KEYS) -
         log.warning("%s: skipped: an empty final assistant turn", where)
     elif chosen.strip() == rejected.strip():
         log.warning("%s: skipped: 'chosen' and 'rejected' end in the same assistant turn", where)
+    elif cfg.chat_template:  # read through a chat template: the dialogue so far as its turns
+        context = hh_context(where, cfg.chosen_key, prompt)
+        if context is not None:
+            return Comparison("\n".join(m["content"] for m in context), (chosen.strip(), rejected.strip()), context,
+                              where)
     else:
         return Comparison(prompt, (chosen, rejected))
     return None
+
+
+def hh_context(where: str, field: str, prompt: str) -> tuple[dict[str, str], ...] | None:
+    """An HH-RLHF dialogue up to its last assistant turn as a conversation ending on the user's turn;
+    None (logged) where its turns do not make one."""
+    try:
+        return check_context(where, field, check_messages(where, field, list(hh_messages(prompt))))
+    except DataError as e:
+        log.warning("%s; skipped", e)
+        return None
 
 
 def load_comparisons(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Comparison]:

@@ -122,3 +122,26 @@ def test_prompts_longer_than_the_budget_are_said(chat_file, tmp_path, caplog):
             check_inputs(cfg, stages_of("sft", cfg))
         assert ("2 of 2 prompts are longer than evaluation.max_prompt_len = 8 tokens" in caplog.text) == said, \
             caplog.text
+
+
+def test_pipeline_on_hh_rlhf_as_conversations(shared_data, tmp_path, capsys):
+    """The real HH-RLHF file (its first 240 pairs) under data.chat_template: SFT on every assistant turn
+    of the chosen dialogues, the reward model on replies to the dialogue so far, PPO prompts that are
+    conversations: SFT → RM → PPO end to end."""
+    import gzip
+
+    with gzip.open(shared_data / "hh_harmless_dev.jsonl.gz", "rt") as f:
+        lines = [next(f) for _ in range(240)]
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("".join(lines))
+    args = ["pipeline", f"sft.train_data={hh}", f"rm.train_data={hh}", f"ppo.prompts={hh}", "data.chat_template=true",
+            f"run.out_dir={tmp_path}", "run.name=hh", "model.bpe_vocab=512", "run.backend=local", "model.preset=toy",
+            "sft.max_len=128", "sft.epochs=1", "rm.max_len=128", "rm.epochs=1", "ppo.max_prompt_len=96",
+            "ppo.max_new_tokens=8", "ppo.steps=1", "ppo.prompts_per_step=8", "ppo.minibatches=2",
+            "ppo.samples_per_prompt=2", "evaluation.max_prompt_len=96", "evaluation.max_new_tokens=8",
+            "evaluation.samples_per_prompt=1"]
+    assert main(args) == 0, capsys.readouterr().err
+    run = tmp_path / "hh"
+    assert (run / "ppo" / "policy" / "model.safetensors").exists()
+    row = json.loads(sorted((run / "ppo" / "samples").glob("*.jsonl"))[-1].read_text().splitlines()[0])
+    assert isinstance(row["prompt"], list) and row["prompt"][-1]["role"] == "user"

@@ -241,6 +241,11 @@ def test_hh_rlhf_dialogues_as_conversations(shared_data, caplog):
     words = lambda text: re.sub(r"\s+|Human:|Assistant:", "", text)  # noqa: E731
     texts = {words(t) for t in rows}
     assert all(words("".join(m["content"] for m in r.messages)) in texts for r in got)
+    pairs = load_comparisons(shared_data / "hh_harmless_dev.jsonl.gz", DataConfig(chat_template=True))
+    prompts = load_prompts(shared_data / "hh_harmless_dev.jsonl.gz", DataConfig(chat_template=True))
+    assert len(pairs) > 1780 and len(prompts) > 1790
+    assert all(c.context[-1]["role"] == "user" and c.responses[0] == c.responses[0].strip() for c in pairs)
+    assert all(p.judged[-1]["role"] == "user" for p in prompts)
 
 
 def test_tinyshakespeare_text(shared_data):
