@@ -19,7 +19,7 @@ from rlhf.chat import (
     assistant_spans,
     chat_prompt,
     render_prompts,
-    turn_end,
+    stop_at_turn_end,
 )
 from rlhf.data import DataError, load_text
 from rlhf.task import WORDS
@@ -145,10 +145,9 @@ def warn_long_prompts(cfg: Config, stages: tuple[str, ...], inputs) -> None:
 
 
 def check_turn_end(tok) -> None:
-    """Samples stop at the tokenizer's EOS; a template that ends a turn with another token (and no EOS
-    after it) would let a sampled reply run on into the next turn."""
-    end = turn_end(tok)
-    if end is not None and end != tok.eos_token:
-        raise ConfigError(f"the chat template ends an assistant turn with {end!r}, not the tokenizer's EOS "
-                          f"{tok.eos_token!r}, and samples stop at EOS: set the tokenizer's eos_token to {end!r} "
-                          f"(in its tokenizer_config.json), as chat checkpoints do")
+    """Samples stop at the tokenizer's EOS: where the template ends a turn with another token, that
+    token becomes the run's EOS (rlhf/chat.py)."""
+    old = stop_at_turn_end(tok)
+    if old is not None:
+        log.info("samples stop at the chat template's end of turn %r: it is this run's EOS (the tokenizer's was %r)",
+                 tok.eos_token, old)

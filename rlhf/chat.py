@@ -175,6 +175,26 @@ def turn_end(tok) -> str | None:
     return first[0] if first and first[0] in tok.all_special_tokens else None
 
 
+def stop_at_turn_end(tok) -> str | None:
+    """Make the template's end of turn the tokenizer's EOS, where they differ, so that a sampled reply
+    stops where its turn ends (samples stop at EOS) and the saved tokenizer says so, as chat
+    checkpoints do (Qwen2's base tokenizer ends text with <|endoftext|>, its template a turn with
+    <|im_end|>). Returns the EOS it replaced, or None. A template that writes the EOS itself cannot be
+    changed so: refused."""
+    end = turn_end(tok)
+    if end is None or end == tok.eos_token:
+        return None
+    probe = ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "fine"})
+    before, old = render(tok, probe), tok.eos_token
+    tok.eos_token = end
+    if render(tok, probe) != before:
+        tok.eos_token = old
+        raise InputError(f"the chat template ends an assistant turn with {end!r} and also writes the tokenizer's "
+                         f"EOS {old!r}, so samples cannot stop where a turn ends; give a template that ends a turn "
+                         f"with the EOS")
+    return old
+
+
 def encode_dialogue(tok, messages) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation (exactly `apply_chat_template(messages, tokenize=True)`'s)
     and, per token, whether the loss covers it: tokens starting inside an assistant turn."""

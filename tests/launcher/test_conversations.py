@@ -60,10 +60,18 @@ def test_sft_on_conversations_uses_the_checkpoints_own_template(chat_file, tmp_p
                 "{% endif %}")
     tok.chat_template = template
     ckpt = make_checkpoint("gpt2", tok, tmp_path / "ckpt")
+    # held-out prompts as conversations: the SFT stage samples replies to them, which must stop where the
+    # template ends a turn (<|im_end|>), not at the tokenizer's <eos>
+    evals = [{"prompt": r["messages"][:-1], "answer": r["answer"]} for r in recall_dialogues(40, seed=5)]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    (tmp_path / "gold.py").write_text(GOLD)
     args = ["sft", f"sft.train_data={chat_file}", f"run.out_dir={tmp_path}", "run.name=own", f"model.pretrained={ckpt}",
-            "run.backend=local", "sft.max_len=48", "sft.epochs=1", "sft.batch_size=16"]
+            "run.backend=local", "sft.max_len=48", "sft.epochs=1", "sft.batch_size=16",
+            f"ppo.prompts={tmp_path}/eval.jsonl", f"evaluation.gold_function={tmp_path}/gold.py:recalled",
+            "evaluation.max_prompt_len=40", "evaluation.max_new_tokens=4"]
     assert main(args) == 0, capsys.readouterr().err
-    assert load_tokenizer(tmp_path / "own" / "sft").chat_template == template
+    saved = load_tokenizer(tmp_path / "own" / "sft")
+    assert saved.chat_template == template and saved.eos_token == "<|im_end|>"
 
 
 GOLD = '''

@@ -250,9 +250,21 @@ def test_bad_chat_comparisons_are_named(tmp_path, case):
         load_comparisons(write_jsonl(tmp_path / "c.jsonl", [row]))
 
 
-def test_a_template_whose_turn_ends_without_eos_is_named():
-    from rlhf.chat import turn_end
+def test_samples_stop_where_the_templates_turn_ends():
+    """The end of turn, found by rendering; where it is not the EOS (Qwen2-style: <|im_end|>), it becomes
+    the EOS and the rendering is unchanged; a template that writes both is refused, its EOS kept."""
+    from models.errors import InputError
+    from rlhf.chat import stop_at_turn_end, turn_end
 
-    assert turn_end(default_tokenizer()) == "<eos>"
-    assert turn_end(family_tokenizer("qwen2")) == "<|im_end|>"
-    assert turn_end(family_tokenizer("llama3")) == "<|eot_id|>"
+    assert turn_end(default_tokenizer()) == "<eos>" and turn_end(family_tokenizer("llama3")) == "<|eot_id|>"
+    tok = family_tokenizer("qwen2")
+    before = tok.apply_chat_template(DIALOGUE, tokenize=False)
+    assert stop_at_turn_end(tok) == "<eos>"
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.apply_chat_template(DIALOGUE, tokenize=False) == before
+    assert stop_at_turn_end(default_tokenizer()) is None
+    both = family_tokenizer("qwen2")
+    both.chat_template = QWEN2.replace("'<|im_end|>' + '\n'", "'<|im_end|>' + eos_token")
+    with pytest.raises(InputError, match=r"turn with '<\|im_end\|>' and also writes the tokenizer's EOS"):
+        stop_at_turn_end(both)
+    assert both.eos_token == "<eos>"
