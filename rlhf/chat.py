@@ -8,6 +8,7 @@ template, or DEFAULT_TEMPLATE for a fresh model). Must not import ray, deepspeed
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import replace
 
@@ -25,6 +26,7 @@ DEFAULT_TEMPLATE = ("{% for message in messages %}{{ '<|' + message['role'] + '|
                     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
 
 Message = dict[str, str]
+log = logging.getLogger(__name__)
 
 
 def check_messages(where: str, field: str, value) -> tuple[Message, ...]:
@@ -125,6 +127,16 @@ def chat_prompt(tok, prompt: str) -> str:
     transcript becomes its turns (data.chat_template on text records)."""
     messages = hh_messages(prompt) if prompt.startswith("\n\nHuman:") else ()
     return render(tok, messages or ({"role": "user", "content": prompt},), generation_prompt=True)
+
+
+def hh_context(where: str, field: str, prompt: str) -> tuple[dict[str, str], ...] | None:
+    """An HH-RLHF dialogue up to its last assistant turn as a conversation ending on the user's turn;
+    None (logged) where its turns do not make one."""
+    try:
+        return check_context(where, field, check_messages(where, field, list(hh_messages(prompt))))
+    except DataError as e:
+        log.warning("%s; skipped", e)
+        return None
 
 
 def render_prompts(tok, prompts: list) -> list:

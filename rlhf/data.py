@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlhf.chat import check_context, check_dialogue, check_messages, check_reply, hh_messages, split_reply
+from rlhf.chat import check_context, check_dialogue, check_messages, check_reply, hh_context, hh_messages, split_reply
 from rlhf.files import DataError, read_rows, read_text
 
 __all__ = ["DataError", "DataConfig", "Prompt", "Comparison", "SFTRecord", "load_sft", "load_comparisons",
@@ -360,16 +360,6 @@ def comparison_from_row(where: str, row: dict, cfg: DataConfig = DEFAULT_KEYS) -
     else:
         return Comparison(prompt, (chosen, rejected))
     return None
-
-
-def hh_context(where: str, field: str, prompt: str) -> tuple[dict[str, str], ...] | None:
-    """An HH-RLHF dialogue up to its last assistant turn as a conversation ending on the user's turn;
-    None (logged) where its turns do not make one."""
-    try:
-        return check_context(where, field, check_messages(where, field, list(hh_messages(prompt))))
-    except DataError as e:
-        log.warning("%s; skipped", e)
-        return None
 
 
 def load_comparisons(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Comparison]:
