@@ -157,12 +157,15 @@ DEMO = ["--config", "demo"]
 
 
 def ensure_base(task: Task, extra: tuple[str, ...] = ()) -> float:
-    """The task's SFT policy and reward model (trained once, with `extra` overrides, kept under
-    <out>/base); returns the reward model's held-out pair accuracy."""
-    if not (task.base / "rm" / "result.json").exists():
+    """The task's SFT policy and reward model (each trained once, with `extra` overrides, kept under
+    <out>/base: a missing reward model is trained from the SFT policy that is there); returns the
+    reward model's held-out pair accuracy."""
+    base = DEMO + [f"run.out_dir={task.out}", "run.name=base", *task.base_overrides(), *extra]
+    if not (task.base / "sft" / "result.json").exists():
         shutil.rmtree(task.base, ignore_errors=True)
-        base = DEMO + [f"run.out_dir={task.out}", "run.name=base", *task.base_overrides(), *extra]
         cli(["sft", *base], task.out / "sft.log")
+    if not (task.base / "rm" / "result.json").exists():
+        shutil.rmtree(task.base / "rm", ignore_errors=True)
         cli(["rm", *base], task.out / "rm.log")
     return json.loads((task.base / "rm" / "result.json").read_text())["eval/accuracy"]
 

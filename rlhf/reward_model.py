@@ -43,7 +43,7 @@ class RMConfig(BaseModel):
     # At most this many passes over the rankings. InstructGPT trains its RM a single epoch because more
     # over-fits; here the held-out pair accuracy at each epoch's end stops training (`patience`) and
     # picks the epoch kept, so a task whose RM needs more epochs gets them and one that over-fits stops.
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(10, ge=1)
     patience: int | None = Field(2, ge=1)  # epochs in a row without a better held-out accuracy; null: all epochs
     keep_best: bool = True  # export the epoch of the best held-out accuracy; false: the last epoch's
     eval_every: int = Field(50, ge=1)  # steps between held-out evaluations (besides each epoch's end)
