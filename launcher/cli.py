@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from launcher.config import ConfigError, dump_config, load_config
 from launcher.reference import config_reference
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                        ("ppo", "step 3: PPO against the reward model and reward functions"),
                        ("dpo", "DPO (or IPO, dpo.loss=ipo) on the ranked comparisons, from the SFT model"),
                        ("check", "read and check every input of the pipeline; run nothing"),
+                       ("sample", "K responses per prompt from policy checkpoints (sample.*), as a file to label"),
                        ("data", "write the embedded task's data sets as JSONL")]:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", default="demo" if name == "demo" else None, help=help_cfg)
@@ -40,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("-v", "--verbose", action="store_true",
                        help="show every rank's output and every library's log (else: in <run>/logs/)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.batch_size=16")
+    lab = sub.add_parser("label", help="rank a file to label: on a local web page, or by a labeller function")
+    lab.add_argument("file", help="a file written by `instructrl sample`")
+    lab.add_argument("--labeller", default=None,
+                       help="'file.py:fn' or 'module:fn' ranks every prompt (else: serve the labelling page)")
+    lab.add_argument("--returns", choices=["scores", "ranking"], default="scores",
+                       help="what the labeller function returns per prompt: K scores, or indices best first")
+    lab.add_argument("--out", default=None, help="the comparisons file (default: FILE's name + .comparisons.jsonl)")
+    lab.add_argument("--host", default="127.0.0.1", help="the page's address (beyond loopback only with --token)")
+    lab.add_argument("--port", type=int, default=8377, help="the page's port (0: any free one)")
+    lab.add_argument("--token", default=None, help="the secret every request must carry (required off loopback)")
     show = sub.add_parser("config", help="print a resolved config").add_subparsers(dest="action", required=True)
     s = show.add_parser("show", help="print the resolved config of a preset")
     s.add_argument("config", nargs="?", default=None, help=help_cfg)
@@ -69,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config" and args.action == "reference":
             print(config_reference(), end="")
             return 0
+        if args.command == "label":
+            return label(args)
         overrides = list(args.overrides)
         if getattr(args, "ray_address", None):
             overrides.append(f"run.ray_address={args.ray_address}")
@@ -112,6 +126,11 @@ def _run(command: str, cfg) -> None:
 
     if command == "demo" and not cfg.uses_embedded_task:
         raise ConfigError("the demo runs on the embedded task; use `instructrl pipeline` for your data")
+    if command == "sample":
+        from launcher.sampling import run_sample
+
+        print(f"to label: {run_sample(cfg)}")
+        return
     if command == "data":
         if not cfg.uses_embedded_task:
             raise ConfigError("`instructrl data` writes the embedded task; your config names your own files "
@@ -133,6 +152,26 @@ def _run(command: str, cfg) -> None:
     else:
         out = pipeline.run_stage(cfg, command, inputs)
         print("\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()))
+
+
+def label(args) -> int:
+    """`instructrl label FILE`: by a labeller function, or by people on the labelling page."""
+    from rlhf.data import write_jsonl
+    from rlhf.labelling import Labeller, LabellerSpec, label_items, load_items
+
+    items = load_items(args.file)
+    out = Path(args.out) if args.out else Path(args.file).with_suffix(".comparisons.jsonl")
+    if args.labeller is None:
+        from labelpage.server import serve
+
+        serve(args.file, items, out, host=args.host, port=args.port, token=args.token)
+        return 0
+    labeller = Labeller(LabellerSpec(function=args.labeller, returns=args.returns).resolved(Path.cwd()), Path.cwd())
+    records, left_out = label_items(labeller, items)
+    write_jsonl(out, records)
+    print(f"{len(records)} comparisons ({labeller.identity['name']}, version {labeller.identity['version']}): {out}"
+          + (f"; {len(left_out)} prompts left out (fewer than two different responses after ties)" if left_out else ""))
+    return 0
 
 
 def describe(cfg, inputs, stage_list: tuple[str, ...]) -> str:

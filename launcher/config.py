@@ -22,6 +22,7 @@ from parallel.mesh import GroupSpec
 from rlhf.data import DataConfig
 from rlhf.dpo import DPOConfig
 from rlhf.evaluate import EvalConfig
+from rlhf.labelling import SampleConfig
 from rlhf.ppo_config import PPOConfig
 from rlhf.reward_model import RMConfig
 from rlhf.sft import SFTConfig
@@ -117,6 +118,7 @@ class Config(BaseModel):
     ppo: PPOConfig = PPOConfig()
     dpo: DPOConfig = DPOConfig()
     evaluation: EvalConfig = EvalConfig()
+    sample: SampleConfig = SampleConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:

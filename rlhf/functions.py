@@ -32,13 +32,12 @@ class FunctionError(InputError):
     """A user function could not be loaded, failed, hung, or returned something that is not a score."""
 
 
-class FunctionSpec(BaseModel):
-    """A task function and how it is called; a plain string is read as {function: <string>}."""
+class FunctionRef(BaseModel):
+    """A user function and how long one call may take; a plain string is read as {function: <string>}."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     function: str  # "module.path:name" or "path/to/file.py:name" (relative to the working directory)
-    weight: float = 1.0  # its weight in the PPO score (reward functions only)
     timeout_s: float = Field(60.0, gt=0)  # the longest one batched call may take
 
     @model_validator(mode="before")
@@ -47,7 +46,7 @@ class FunctionSpec(BaseModel):
         return {"function": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _check(self) -> FunctionSpec:
+    def _check(self) -> FunctionRef:
         module, sep, name = self.function.rpartition(":")
         if not sep or not module or not name.isidentifier():
             raise ValueError(f"function={self.function!r}: write it as 'module.path:name' or 'path/to/file.py:name'")
@@ -57,7 +56,7 @@ class FunctionSpec(BaseModel):
     def name(self) -> str:
         return self.function.rpartition(":")[2]
 
-    def resolved(self, base: str | Path) -> FunctionSpec:
+    def resolved(self, base: str | Path) -> FunctionRef:
         """The same spec with a file path made absolute against `base` (the driver's working directory),
         so ranks started elsewhere load the same file."""
         module, _, name = self.function.rpartition(":")
@@ -67,7 +66,13 @@ class FunctionSpec(BaseModel):
         return self.model_copy(update={"function": f"{path}:{name}"})
 
 
-def load_function(spec: FunctionSpec, search_path: str | Path | None = None) -> Callable:
+class FunctionSpec(FunctionRef):
+    """A reward or gold function: fn(prompts, responses, **fields) -> one score per response."""
+
+    weight: float = 1.0  # its weight in the PPO score (reward functions only)
+
+
+def load_function(spec: FunctionRef, search_path: str | Path | None = None) -> Callable:
     """Import the function; `search_path` (the driver's working directory) is where modules are looked
     up first, as `uvicorn module:app` does, so a user's rewards.py beside their config is found."""
     module_name, _, name = spec.function.rpartition(":")
@@ -105,7 +110,7 @@ def _user_frame(e: BaseException) -> str:
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
-def _call_with_timeout(fn: Callable, args: tuple, kwargs: dict, timeout_s: float) -> tuple[bool, Any]:
+def call_with_timeout(fn: Callable, args: tuple, kwargs: dict, timeout_s: float) -> tuple[bool, Any]:
     """(finished, result or exception). The call runs in a daemon thread: a hung checker cannot be
     killed from Python, but it no longer holds the run, and the process may still exit."""
     box: dict[str, Any] = {}
@@ -124,7 +129,7 @@ def _call_with_timeout(fn: Callable, args: tuple, kwargs: dict, timeout_s: float
     return True, box.get("error", box.get("value"))
 
 
-def _sample(prompt: str, response: str) -> str:
+def excerpt(prompt: str, response: str) -> str:
     def clip(text: str) -> str:
         return repr(text if len(text) <= 200 else text[:200] + "…")
 
@@ -156,10 +161,10 @@ class TaskFunction:
     def __call__(self, prompts: list[str], responses: list[str], fields: dict[str, list]) -> list[float]:
         """One score per (prompt, response); raises FunctionError naming the culprit."""
         n = len(prompts)
-        finished, out = _call_with_timeout(self.fn, (prompts, responses), fields, self.spec.timeout_s)
+        finished, out = call_with_timeout(self.fn, (prompts, responses), fields, self.spec.timeout_s)
         if not finished:
             raise FunctionError(f"{self.spec.function} did not return within {self.spec.timeout_s:g} s on a batch "
-                                f"of {n} (first: {_sample(prompts[0], responses[0])}); make it faster or raise its "
+                                f"of {n} (first: {excerpt(prompts[0], responses[0])}); make it faster or raise its "
                                 f"timeout_s")
         if isinstance(out, BaseException):
             raise self._locate_failure(prompts, responses, fields, out)
@@ -170,14 +175,14 @@ class TaskFunction:
                                 f"numbers (one per response)") from None
         if len(values) != n:
             raise FunctionError(f"{self.spec.function} returned {len(values)} values for {n} responses; it must "
-                                f"return one number per response (first: {_sample(prompts[0], responses[0])})")
+                                f"return one number per response (first: {excerpt(prompts[0], responses[0])})")
         scores = []
         for i, v in enumerate(values):
             ok = isinstance(v, numbers.Real) or (hasattr(v, "item") and getattr(v, "ndim", 1) == 0)
             value = float(v.item() if hasattr(v, "item") else v) if ok else None
             if value is None or not math.isfinite(value):
                 what = f"{v!r}, not a number" if value is None else f"{value}, not a finite number"
-                raise FunctionError(f"{self.spec.function} returned {what} for {_sample(prompts[i], responses[i])}")
+                raise FunctionError(f"{self.spec.function} returned {what} for {excerpt(prompts[i], responses[i])}")
             scores.append(value)
         return scores
 
@@ -186,10 +191,10 @@ class TaskFunction:
         kind = f"{type(error).__name__}: {error}{_user_frame(error)}"
         for i in range(len(prompts)):
             one = {k: v[i:i + 1] for k, v in fields.items()}
-            finished, out = _call_with_timeout(self.fn, (prompts[i:i + 1], responses[i:i + 1]), one,
+            finished, out = call_with_timeout(self.fn, (prompts[i:i + 1], responses[i:i + 1]), one,
                                                self.spec.timeout_s)
             if finished and isinstance(out, BaseException):
                 kind = f"{type(out).__name__}: {out}{_user_frame(out)}"
-                return FunctionError(f"{self.spec.function} raised {kind} on {_sample(prompts[i], responses[i])}")
+                return FunctionError(f"{self.spec.function} raised {kind} on {excerpt(prompts[i], responses[i])}")
         return FunctionError(f"{self.spec.function} raised {kind} on a batch of {len(prompts)} (first: "
-                             f"{_sample(prompts[0], responses[0])}); no single sample of it fails alone")
+                             f"{excerpt(prompts[0], responses[0])}); no single sample of it fails alone")

@@ -11,10 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPORT = re.compile(r"^\s*(?:import|from)\s+([a-zA-Z_][\w.]*)", re.MULTILINE)
 
 FORBIDDEN = {
-    "models": {"ray", "deepspeed", "megatron", "launcher", "parallel", "rlhf"},
-    "parallel": {"ray", "launcher", "rlhf"},
-    "rlhf": {"ray", "launcher"},
-    "rlhf/algo": {"ray", "deepspeed", "megatron", "triton", "launcher", "parallel", "models", "transformers"},
+    "models": {"ray", "deepspeed", "megatron", "launcher", "parallel", "rlhf", "labelpage"},
+    "parallel": {"ray", "launcher", "rlhf", "labelpage"},
+    "rlhf": {"ray", "launcher", "labelpage"},
+    "rlhf/algo": {"ray", "deepspeed", "megatron", "triton", "launcher", "parallel", "models", "transformers",
+                  "labelpage"},
+    # the labelling page reads and writes records through rlhf; it starts no model and no cluster
+    "labelpage": {"ray", "deepspeed", "megatron", "triton", "torch", "launcher", "parallel"},
 }
 
 
