@@ -18,6 +18,7 @@ from launcher.config import ConfigError, dump_config, load_config
 from launcher.reference import config_reference
 from models.errors import InputError
 
+EXIT_AWAITING_LABELS = 3  # rm.labeller=human: a round's samples wait for people (not a failure, not a requeue)
 QUIET = ("DeepSpeed", "deepspeed", "megatron", "ray", "transformers", "datasets", "wandb", "torch.distributed",
          "urllib3", "filelock", "fsspec", "matplotlib", "PIL")
 
@@ -104,6 +105,7 @@ def run(command: str, cfg) -> int:
     """Run a command; its exit status: 0, or EXIT_PREEMPTED after a stop signal (the sbatch script
     requeues the job), or 1 when a worker was lost more often than run.max_restarts allows."""
     from launcher.recovery import EXIT_PREEMPTED, STOP
+    from launcher.rounds import AwaitingLabels
     from launcher.worker_group import WorkerLost
     from rlhf.coordinator import Preempted
 
@@ -116,6 +118,9 @@ def run(command: str, cfg) -> int:
     except WorkerLost as e:
         print(f"instructrl: error: {e}", file=sys.stderr)
         return 1
+    except AwaitingLabels as e:
+        print(f"instructrl: paused: {e}", file=sys.stderr)
+        return EXIT_AWAITING_LABELS
     return 0
 
 
@@ -124,6 +129,9 @@ def _run(command: str, cfg) -> None:
     from launcher import pipeline, preflight, stages
     from rlhf.task import EmbeddedTask
 
+    if command == "rm" and cfg.rm.labeller is not None:
+        raise ConfigError("rm.labeller labels the policy's samples in `instructrl pipeline` (run.rounds); for a file "
+                          "to label use `instructrl label FILE --labeller fn`, then `instructrl rm` on its comparisons")
     if command == "demo" and not cfg.uses_embedded_task:
         raise ConfigError("the demo runs on the embedded task; use `instructrl pipeline` for your data")
     if command == "sample":

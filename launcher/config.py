@@ -49,6 +49,10 @@ class RunConfig(BaseModel):
     # What `instructrl pipeline` runs after SFT: "ppo" (reward model, then PPO) or "dpo" (DPO on the
     # comparisons themselves: no reward model, no sampling)
     algorithm: Literal["ppo", "dpo"] = "ppo"
+    # Rounds of sample → label → reward model → PPO (InstructGPT: "steps 2 and 3 can be iterated"), with
+    # rm.labeller ranking each round's samples; ppo.steps is the total over the rounds.
+    rounds: int = Field(1, ge=1)
+    round: int = Field(1, ge=1)  # the round a stage belongs to (set by the pipeline per round; its dir: round-<n>/)
 
     @model_validator(mode="after")
     def _check_run(self) -> RunConfig:
@@ -67,6 +71,14 @@ class RunConfig(BaseModel):
     @property
     def dir(self) -> Path:
         return Path(self.out_dir) / self.name
+
+    def stage_dir(self, stage: str) -> Path:
+        """Where a stage writes: <run>/<stage>, or <run>/round-<n>/<stage> for the rounds after the first."""
+        return self.dir / stage if self.round == 1 else self.dir / f"round-{self.round}" / stage
+
+    def tag(self, stage: str) -> str:
+        """A stage's W&B run name: <run>-<stage>, or <run>-round<n>-<stage>."""
+        return f"{self.name}-{stage}" if self.round == 1 else f"{self.name}-round{self.round}-{stage}"
 
 
 class ModelSpec(BaseModel):
@@ -134,7 +146,21 @@ class Config(BaseModel):
                     raise ValueError(f"run.backend=local runs one rank per group; {name}.group.ranks must be 1")
         self._check_colocation()
         self._check_tensor_parallel()
+        self._check_rounds()
         return self
+
+    def _check_rounds(self) -> None:
+        if self.rm.labeller is None:
+            if self.run.rounds > 1:
+                raise ValueError(f"run.rounds={self.run.rounds}: each round labels the current policy's samples; set "
+                                 f"rm.labeller ('file.py:fn', or human for the labelling page)")
+            return
+        if self.run.algorithm != "ppo" or self.ppo.reward_model != "auto":
+            raise ValueError("rm.labeller labels samples for this run's reward model: it needs run.algorithm=ppo and "
+                             "ppo.reward_model=auto")
+        if self.ppo.steps % self.run.rounds:
+            raise ValueError(f"ppo.steps={self.ppo.steps} is the total over run.rounds={self.run.rounds}: make it a "
+                             f"multiple of the rounds")
 
     def _check_colocation(self) -> None:
         roles = ("policy", "reference", "critic", "reward")

@@ -20,6 +20,7 @@ from launcher.config import Config
 from launcher.plots import plot_overoptimization
 from launcher.preflight import Inputs, read_stats
 from launcher.recovery import STOP, with_restarts
+from launcher.rounds import run_rounds
 from launcher.stages import (
     checkpoint_source,
     log_evaluation,
@@ -54,7 +55,7 @@ def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> d
     specs = {
         "policy": (PolicyWorker, p.policy.group, (src(models["policy"]), p.policy.engine, p.policy.optim, n_updates,
                                                   micro), {"rollout": p.rollout, "seed": p.seed}),
-        "reference": (ReferenceWorker, p.reference.group, (src(models["policy"]), p.reference.engine), {}),
+        "reference": (ReferenceWorker, p.reference.group, (src(models["reference"]), p.reference.engine), {}),
         "critic": (CriticWorker, p.critic.group, (src(models["critic"]), p.critic.engine, p.critic.optim, n_updates,
                                                   micro), {}),
         "reward": reward_role(cfg, models["reward"]),
@@ -102,13 +103,13 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
     """Step 3 on four groups. Returns every evaluation's metrics by step, the final training metrics,
     and where the models, logs and plots are. A lost worker restarts the groups from the newest
     checkpoint (launcher/recovery.py); a preemption signal saves at the end of the step."""
-    p, run_dir, tok, models = cfg.ppo, cfg.run.dir, inputs.tok, inputs.models
+    p, tok, models = cfg.ppo, inputs.tok, inputs.models
     stats = inputs.reward_stats
     if stats is None and models["reward"] is not None and p.normalize_scores:  # trained by this run's step 2
         stats = read_stats(models["reward"])
-    out_dir = run_dir / "ppo"
+    out_dir = cfg.run.stage_dir("ppo")
     resuming = inputs.resume is not None or (cfg.run.resume and (out_dir / "metrics.jsonl").exists())
-    tracker = Tracker(out_dir, f"{cfg.run.name}-ppo", cfg.wandb, cfg.model_dump(mode="json"), "ppo",
+    tracker = Tracker(out_dir, cfg.run.tag("ppo"), cfg.wandb, cfg.model_dump(mode="json"), "ppo",
                       group=cfg.run.name, resume=resuming)
     n_updates = p.steps * p.ppo_epochs * p.minibatches
     evaluations: dict[int, dict] = tracker.history("eval/")  # a resumed run keeps its earlier evaluations
@@ -177,7 +178,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
 def run_stage(cfg: Config, stage: str, inputs: Inputs) -> dict:
     """One stage; its result is kept as <stage>/result.json, so that with run.resume=true a stage an
     earlier attempt finished is not run again."""
-    done = cfg.run.dir / stage / "result.json"
+    done = cfg.run.stage_dir(stage) / "result.json"
     if cfg.run.resume and done.exists():
         log.info("%s: finished by an earlier attempt (%s); not run again", stage, done)
         result = json.loads(done.read_text())
@@ -191,11 +192,17 @@ def run_stage(cfg: Config, stage: str, inputs: Inputs) -> dict:
 
 def run_pipeline(cfg: Config, inputs: Inputs, stages: tuple[str, ...]) -> dict:
     """SFT → reward model → PPO, or SFT → DPO (run.algorithm), in one run directory (the steps this
-    config has); ends with a summary."""
-    sft = run_stage(cfg, "sft", inputs) if "sft" in stages else None
-    rm = run_stage(cfg, "rm", inputs) if "rm" in stages else None
-    last = run_stage(cfg, stages[-1], inputs)
-    summary = summarize(cfg, last, sft, rm, stages[-1])
+    config has); with rm.labeller, SFT then run.rounds rounds of sample → label → RM → PPO
+    (launcher/rounds.py). Ends with a summary."""
+    rounds = None
+    if cfg.rm.labeller is not None:
+        out = run_rounds(cfg, inputs, stages, run_stage)
+        sft, rm, last, rounds = out["sft"], out["rm"], out["ppo"], out["rounds"]
+    else:
+        sft = run_stage(cfg, "sft", inputs) if "sft" in stages else None
+        rm = run_stage(cfg, "rm", inputs) if "rm" in stages else None
+        last = run_stage(cfg, stages[-1], inputs)
+    summary = summarize(cfg, last, sft, rm, stages[-1]) | ({"rounds": rounds} if rounds else {})
     (cfg.run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     return summary
@@ -263,6 +270,20 @@ def print_summary(s: dict) -> None:
     for name, path in s["models"].items():
         if path:
             print(f"{name} model: {path}")
+    if s.get("rounds"):
+        print_rounds(s["rounds"])
     if s["plot"]:
         print(f"over-optimisation plot (gold and proxy score against √KL): {s['plot']}")
     print(f"metrics: {', '.join(s['metrics'])}\nW&B (offline): {s['wandb']}")
+
+
+def print_rounds(rounds: list[dict]) -> None:
+    print("rounds (each: sample → label → reward model on every comparison so far → PPO from the policy so far):")
+    print(f"  {'round':>5}  {'comparisons':>11}  {'RM accuracy':>11}  {'gold at start':>13}  {'gold at end':>15}  "
+          f"{'KL to SFT':>9}")
+    for r in rounds:
+        def num(v, fmt):
+            return format(v, fmt) if v is not None else "–"
+        end = f"{num(r['gold'], '.3f')} ± {num(r['gold_stderr'], '.3f')}" if r["gold"] is not None else "–"
+        print(f"  {r['round']:>5}  {r['comparisons_so_far']:>11}  {num(r['rm_eval_accuracy'], '.3f'):>11}  "
+              f"{num(r['start_gold'], '.3f'):>13}  {end:>15}  {num(r['kl'], '.2f'):>9}")

@@ -13,8 +13,10 @@ import math
 from pathlib import Path
 
 
-def plot_overoptimization(evaluations: dict[int, dict[str, float]], path: Path) -> Path:
-    """Write the plot as a PNG (matplotlib, no display needed); returns its path."""
+def plot_overoptimization(evaluations: dict[int, dict[str, float]], path: Path,
+                          round_of: dict[int, int] | None = None) -> Path:
+    """Write the plot as a PNG (matplotlib, no display needed); returns its path. With `round_of` (step →
+    round, launcher/rounds.py) each round's evaluations are drawn in a colour of their own."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,14 +30,22 @@ def plot_overoptimization(evaluations: dict[int, dict[str, float]], path: Path) 
     # One panel each: the two scores have different units, and twin axes would suggest comparing levels.
     rows = 2 if all(p is not None for p in proxy) else 1
     fig, axes = plt.subplots(rows, 1, sharex=True, figsize=(6.4, 2.4 + 2.2 * rows), dpi=120, squeeze=False)
-    top = axes[0][0]
+    top, ax = axes[0][0], axes[-1][0]
+    groups = sorted({round_of[s] for s in steps}) if round_of else [None]
+    for n, group in enumerate(groups):
+        at = [i for i, s in enumerate(steps) if group is None or round_of[s] == group]
+        pick = lambda values, at=at: [values[i] for i in at]  # noqa: E731
+        label = f"round {group}" if group is not None else None
+        if rows == 2:  # a round's proxy is its own reward model's: levels differ between rounds
+            top.plot(pick(x), pick(proxy), color="tab:orange" if group is None else f"C{n}", marker="s", label=label)
+        ax.errorbar(pick(x), pick(gold), yerr=pick(err), color="tab:blue" if group is None else f"C{n}", marker="o",
+                    capsize=3, label=label)
+    if round_of:
+        ax.legend(fontsize=7)
     if rows == 2:
-        top.plot(x, proxy, color="tab:orange", marker="s")
         top.set_ylabel("proxy score\n(what PPO optimises)")
         for s, xi, yi in zip(steps, x, proxy, strict=True):
             top.annotate(str(s), (xi, yi), textcoords="offset points", xytext=(3, 5), fontsize=7)
-    ax = axes[-1][0]
-    ax.errorbar(x, gold, yerr=err, color="tab:blue", marker="o", capsize=3)
     ax.set_ylabel("gold score (± 1 s.e.)")
     for s, xi, yi in zip(steps, x, gold, strict=True):
         ax.annotate(str(s), (xi, yi), textcoords="offset points", xytext=(3, 5), fontsize=7)

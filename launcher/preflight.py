@@ -25,6 +25,7 @@ from models.vllm_sampler import INSTALL_HINT, vllm_available
 from parallel import checkpoint as checkpoints
 from rlhf.data import Comparison, DataError, Prompt, load_comparisons, load_prompts, load_sft, load_text
 from rlhf.functions import FunctionError, FunctionSpec, TaskFunction
+from rlhf.labelling import Labeller
 from rlhf.reward_model import read_reward_stats
 from rlhf.task import EmbeddedTask
 
@@ -52,6 +53,8 @@ class Inputs:
     models: dict[str, Path | None] = field(default_factory=dict)  # see model_paths
     select_prompts: list[Prompt] = field(default_factory=list)  # sft.select=reward scores SFT epochs on these
     select_stats: dict | None = None  # the normalisation of sft.select's reward model
+    label_pool: list[Prompt] = field(default_factory=list)  # rounds (rm.labeller): the prompts sampled to label
+    labeller: Labeller | None = None  # rm.labeller's function (None: people, or no labeller)
 
 
 def stages_of(command: str, cfg: Config) -> tuple[str, ...]:
@@ -73,7 +76,9 @@ def model_paths(cfg: Config) -> dict[str, Path | None]:
         reward = run / "rm" if cfg.ppo.reward_model == "auto" else Path(cfg.ppo.reward_model)
     # sft.select=reward scores epochs with a reward model that exists before SFT: not "auto" (trained after)
     select = cfg.sft.select == "reward" and cfg.ppo.reward_model not in (None, "auto")
+    # the reference is the policy's start (InstructGPT's π^SFT), also when rounds continue a later policy
     return {"sft_init": pretrained, "rm_init": Path(cfg.rm.init) if cfg.rm.init else after_sft, "policy": policy,
+            "reference": policy,
             "dpo_init": Path(cfg.dpo.init) if cfg.dpo.init else after_sft,
             "reward": reward, "critic": Path(cfg.ppo.critic_init) if cfg.ppo.critic_init else reward or policy,
             "select_reward": Path(cfg.ppo.reward_model) if select else None}
@@ -90,8 +95,14 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
     inputs = Inputs(tok=None, embedded=embedded, models=model_paths(cfg))
     if "sft" in stages:
         inputs.sft = load_split(load_sft, sources, "sft_train", "sft_eval", cfg)
+    labelling = cfg.rm.labeller is not None and "rm" in stages
+    if labelling:  # rounds: comparisons of the policy's samples; rm.train_data's and rm.eval_data's join them
+        inputs.label_pool = read_label_pool(cfg)
+        if "comparisons_train" not in sources and "comparisons_eval" in sources:
+            inputs.rm = ([], load_comparisons(sources["comparisons_eval"], cfg.data))
     if {"rm", "dpo"} & set(stages) and not (cfg.uses_embedded_task and cfg.task.rm_candidates == "policy"
-                                            and "sft" in stages):
+                                            and "sft" in stages) and not (labelling and
+                                                                          "comparisons_train" not in sources):
         inputs.rm = load_split(load_comparisons, policy_comparisons(cfg, sources), "comparisons_train",
                                "comparisons_eval", cfg)
     if "dpo" in stages and inputs.rm and "ppo_eval" not in sources and "ppo_train" not in sources:
@@ -112,6 +123,8 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
     apply_chat_template(cfg, inputs)
     warn_long_prompts(cfg, stages, inputs)
     check_functions(cfg, stages, inputs)
+    if labelling:
+        inputs.labeller = load_labeller(cfg)
     if "ppo" in stages:
         check_ppo_inputs(cfg, inputs)
     return inputs
@@ -120,7 +133,7 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
 def check_stage_data(cfg: Config, stages: tuple[str, ...]) -> None:
     """The data each of `stages` learns from is named. Only these stages': `instructrl sft` needs no
     comparisons, even when the pipeline's PPO would train its reward model on some."""
-    if cfg.uses_embedded_task or cfg.rm.train_data is not None:
+    if cfg.uses_embedded_task or cfg.rm.train_data is not None or cfg.rm.labeller is not None:
         return
     if "rm" in stages and "ppo" in stages:
         raise ConfigError("ppo.reward_model: 'auto' is this run's reward model, and there is no rm.train_data to "
@@ -149,7 +162,7 @@ def check_output_dir(cfg: Config, stages: tuple[str, ...]) -> None:
                          f"to a directory you can write")
     if cfg.run.overwrite:
         return
-    for stage in stages:
+    for stage in (*stages, "labels") if cfg.rm.labeller is not None else stages:
         out = run / stage
         resuming = cfg.run.resume or (
             stage == "ppo" and cfg.ppo.resume and Path(cfg.ppo.resume).resolve().is_relative_to(out.resolve()))
@@ -260,6 +273,31 @@ def _load(spec: FunctionSpec, cwd: Path, key: str) -> TaskFunction:
         raise FunctionError(f"{key}: {e}") from None
 
 
+def read_label_pool(cfg: Config) -> list[Prompt]:
+    """The prompts rounds sample for: run.rounds slices of sample.limit (or an equal share each)."""
+    source = cfg.sample.prompts or cfg.rm.train_data or cfg.ppo.prompts
+    if source is None:
+        raise ConfigError("sample.prompts: rm.labeller labels samples of the policy on prompts; name them "
+                          "(sample.prompts, or rm.train_data / ppo.prompts, whose prompts serve)")
+    pool = load_prompts(source, cfg.data)
+    rounds = cfg.run.rounds
+    per_round = cfg.sample.limit or len(pool) // rounds
+    if per_round < 1 or per_round * rounds > len(pool):
+        raise DataError(f"{source}: {len(pool)} prompts, and {rounds} round(s) of {max(1, per_round)} prompts "
+                        f"(sample.limit) need {max(1, per_round) * rounds}; lower sample.limit or run.rounds")
+    return pool[:per_round * rounds]
+
+
+def load_labeller(cfg: Config) -> Labeller | None:
+    """rm.labeller's function, imported at launch (None: people rank, on the labelling page)."""
+    if cfg.rm.labeller == "human":
+        return None
+    try:
+        return Labeller(cfg.rm.labeller.resolved(Path.cwd()), Path.cwd())
+    except FunctionError as e:
+        raise FunctionError(f"rm.labeller: {e}") from None
+
+
 def check_sft_select(cfg: Config, inputs: Inputs) -> None:
     """sft.select=reward: a reward that exists before SFT, and prompts to sample on."""
     if inputs.models["select_reward"] is None and not cfg.ppo.reward_functions:
@@ -280,7 +318,7 @@ def check_ppo_inputs(cfg: Config, inputs: Inputs) -> None:
     reward = inputs.models["reward"]
     if reward is not None and p.normalize_scores:
         stats_file = reward / "reward_stats.json"
-        if reward != cfg.run.dir / "rm" or stats_file.exists():  # else this run's step 2 writes it
+        if reward != cfg.run.stage_dir("rm") or stats_file.exists():  # else this run's step 2 writes it
             inputs.reward_stats = read_stats(reward)
     if p.ptx_coef:
         text = load_text(p.ptx_data)

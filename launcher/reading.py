@@ -38,7 +38,7 @@ def build_tokenizer(cfg: Config, inputs):
     conversations = [(r.where, r.messages) for part in inputs.sft or () for r in part if r.messages]
     conversations += [(c.where, (*c.context, {"role": "assistant", "content": reply}))
                       for part in inputs.rm or () for c in part if c.context is not None for reply in c.responses]
-    conversations += [(p.where, p.messages) for name in ("prompts", "eval_prompts", "select_prompts")
+    conversations += [(p.where, p.messages) for name in ("prompts", "eval_prompts", "select_prompts", "label_pool")
                       for p in getattr(inputs, name) or () if p.messages is not None]
     if cfg.model.tokenizer or cfg.model.pretrained:
         source = cfg.model.tokenizer or cfg.model.pretrained
@@ -105,7 +105,7 @@ def apply_chat_template(cfg: Config, inputs) -> None:
     """Every prompt the policy reads as the template renders it: a conversation always (with the
     generation prompt), a text prompt under data.chat_template (as a user turn)."""
     tok = inputs.tok
-    sets = ("prompts", "eval_prompts", "select_prompts")
+    sets = ("prompts", "eval_prompts", "select_prompts", "label_pool")
     if any(p.messages is not None for name in sets for p in getattr(inputs, name) or ()):
         check_turn_end(tok)
     for name in sets:

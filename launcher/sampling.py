@@ -76,7 +76,8 @@ def read_sample_inputs(cfg: Config) -> tuple[list[Prompt], object, list[Path], P
     return prompts, tok, paths, out
 
 
-def sample_responses(cfg: Config, prompts: list[Prompt], tok, paths: list[Path], seed: int) -> list[LabelItem]:
+def sample_responses(cfg: Config, prompts: list[Prompt], tok, paths: list[Path], seed: int,
+                     id_prefix: str = "") -> list[LabelItem]:
     """K responses per prompt, each written by the policy `allocate` deals it to, one policy at a time."""
     s, p = cfg.sample, cfg.ppo
     params = SamplingParams(max_new_tokens=s.max_new_tokens or cfg.evaluation.max_new_tokens,
@@ -97,7 +98,7 @@ def sample_responses(cfg: Config, prompts: list[Prompt], tok, paths: list[Path],
             texts[i][j] = text
         log.info("sample: %d responses from %s", len(wanted), path)
     steps = [{"model": str(path), "step": checkpoint_step(path)} for path in paths]
-    return [LabelItem(str(i), pr.messages if pr.messages is not None else pr.text, tuple(texts[i]),
+    return [LabelItem(f"{id_prefix}{i}", pr.messages if pr.messages is not None else pr.text, tuple(texts[i]),
                       tuple(steps[m] for m in slots[i]), seed, pr.fields) for i, pr in enumerate(prompts)]
 
 

@@ -50,6 +50,10 @@ def prepare_run(cfg: Config, inputs: Inputs, stages: tuple[str, ...]) -> None:
                 shutil.rmtree(run / stage)
         if len(stages) > 1 and (run / "summary.json").exists():  # a pipeline writes a new one
             (run / "summary.json").unlink()
+        if cfg.rm.labeller is not None and "rm" in stages:  # the rounds' samples, labels and stages
+            for old in [run / "labels", *run.glob("round-*")]:
+                log.warning("run.overwrite=true: replacing %s", old)
+                shutil.rmtree(old)
     save_config(cfg, run)
     inputs.tok.save_pretrained(run / "tokenizer")
     if inputs.embedded is not None:
@@ -171,8 +175,8 @@ def run_sft(cfg: Config, inputs: Inputs) -> dict:
     how training ended (epochs run, the epoch kept, why it stopped)."""
     train, evals = inputs.sft
     tok, s = inputs.tok, cfg.sft
-    out_dir = cfg.run.dir / "sft"
-    tracker = Tracker(out_dir, f"{cfg.run.name}-sft", cfg.wandb, cfg.model_dump(mode="json"), "sft",
+    out_dir = cfg.run.stage_dir("sft")
+    tracker = Tracker(out_dir, cfg.run.tag("sft"), cfg.wandb, cfg.model_dump(mode="json"), "sft",
                       group=cfg.run.name)
     steps = total_steps(len(train), s)
     log.info("SFT: %d train / %d eval demonstrations, at most %d epochs (%d steps) on %d rank(s); stops after %s "
@@ -256,8 +260,8 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
     """Step 2 on the reward group, initialised from this run's SFT model unless rm.init says otherwise."""
     train, evals = comparisons(cfg, inputs)
     tok, init = inputs.tok, inputs.models["rm_init"]
-    out_dir = cfg.run.dir / "rm"
-    tracker = Tracker(out_dir, f"{cfg.run.name}-rm", cfg.wandb, cfg.model_dump(mode="json"), "reward_model",
+    out_dir = cfg.run.stage_dir("rm")
+    tracker = Tracker(out_dir, cfg.run.tag("rm"), cfg.wandb, cfg.model_dump(mode="json"), "reward_model",
                       group=cfg.run.name)
     steps = rm_total_steps(len(train), cfg.rm)
     log.info("RM: %d train / %d eval rankings from %s, at most %d epochs (%d steps); stops after %s epoch(s) "
@@ -292,8 +296,8 @@ def run_dpo(cfg: Config, inputs: Inputs) -> dict:
 
     train, evals = comparisons(cfg, inputs)
     d, tok, init = cfg.dpo, inputs.tok, inputs.models["dpo_init"]
-    out_dir = cfg.run.dir / "dpo"
-    tracker = Tracker(out_dir, f"{cfg.run.name}-dpo", cfg.wandb, cfg.model_dump(mode="json"), "dpo",
+    out_dir = cfg.run.stage_dir("dpo")
+    tracker = Tracker(out_dir, cfg.run.tag("dpo"), cfg.wandb, cfg.model_dump(mode="json"), "dpo",
                       group=cfg.run.name)
     steps = dpo_total_steps(len(train), d)
     log.info("DPO (%s, β=%g): %d train / %d eval rankings from %s, %d steps", d.loss, d.beta, len(train), len(evals),

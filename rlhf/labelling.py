@@ -44,11 +44,14 @@ class SampleConfig(BaseModel):
 
     policies: list[PolicyShare] = []  # who writes the responses; rounds use the current policy and the SFT one
     prompts: str | None = None  # prompts (or comparisons, whose prompts serve); None: rm.train_data's
-    limit: int | None = Field(None, ge=1)  # the first this many prompts; None: all
+    limit: int | None = Field(None, ge=1)  # the first this many prompts (rounds: per round); None: all (÷ rounds)
     k: int = Field(4, ge=2)  # responses per prompt (InstructGPT: 4–9)
     max_new_tokens: int | None = Field(None, ge=1)  # None: evaluation.max_new_tokens
     temperature: float = Field(1.0, gt=0)  # sampling temperature
     seed: int = 0  # the same seed, policies and prompts write the same file
+    # Rounds (run.rounds): the share of each round's responses the SFT policy writes beside the current
+    # policy (InstructGPT: "most of our comparison data comes from our supervised policies").
+    sft_share: float = Field(0.25, ge=0, lt=1)
     out: str | None = None  # the file to label; None: <run>/sample/to_label.jsonl
 
 

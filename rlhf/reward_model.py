@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,7 @@ from rlhf.batching import Encoded, count_steps, encode_response
 from rlhf.data import Comparison
 from rlhf.early_stopping import EarlyStopping
 from rlhf.epochs import Loop, train_epochs
+from rlhf.labelling import LabellerSpec
 from rlhf.workers import RewardModelWorker
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -48,6 +50,13 @@ class RMConfig(BaseModel):
     keep_best: bool = True  # export the epoch of the best held-out accuracy; false: the last epoch's
     eval_every: int = Field(50, ge=1)  # steps between held-out evaluations (besides each epoch's end)
     seed: int = 0  # shuffling seed
+    # Who ranks the samples of each round (`instructrl pipeline`, run.rounds): a function "file.py:fn" or
+    # {function, returns: scores|ranking, ties: drop|random, timeout_s}, or "human" (the labelling page:
+    # the run stops after writing the file to label and goes on with run.resume=true). None: rm.train_data.
+    labeller: LabellerSpec | Literal["human"] | None = None
+    # The reward model of rounds after the first: "fresh" from rm.init (the SFT model) on every comparison
+    # so far, or "continue" from the previous round's, on the same comparisons.
+    rounds_init: Literal["fresh", "continue"] = "fresh"
     optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=10, weight_decay=0.0)  # optimizer and schedule
     engine: EngineConfig = EngineConfig()  # ZeRO stage, offload, precision
     group: GroupSpec = GroupSpec()  # ranks, TP, placement

@@ -19,10 +19,10 @@ LABELLER = '''
 __version__ = "sums-1"
 
 def closeness(prompts, responses, answer, **fields):
-    """The nearer a response's first number is to the sum, the better; not a number is worst."""
+    """The nearer a response's first number is to the sum, the better; not a number is worst (longer, worse)."""
     def score(r, a):
         words = r.split()
-        return -abs(int(words[0]) - a) if words and words[0].lstrip("-").isdigit() else -1000
+        return -abs(int(words[0]) - a) if words and words[0].lstrip("-").isdigit() else -1000 - len(r)
     return [[score(r, a) for r in rs] for rs, a in zip(responses, answer)]
 '''
 
@@ -72,7 +72,7 @@ def test_a_labeller_function_ranks_a_sample_for_the_reward_model(policies, tmp_p
     fields = {r["id"]: json.loads(line)["fields"]["answer"]
               for line in to_label.read_text().splitlines() for r in [json.loads(line)]}
     for r in records:  # best first: no response nearer the sum than the one ranked above it
-        gaps = [abs(int(x.split()[0]) - fields[r["id"]]) if x.split() and x.split()[0].isdigit() else 1000
+        gaps = [abs(int(x.split()[0]) - fields[r["id"]]) if x.split() and x.split()[0].isdigit() else 1000 + len(x)
                 for x in r["responses"]]
         assert gaps == sorted(gaps) and len(set(gaps)) == len(gaps)  # ties dropped
     assert len(load_comparisons(out)) == len(records)
