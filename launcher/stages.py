@@ -51,7 +51,7 @@ def prepare_run(cfg: Config, inputs: Inputs, stages: tuple[str, ...]) -> None:
         if len(stages) > 1 and (run / "summary.json").exists():  # a pipeline writes a new one
             (run / "summary.json").unlink()
         if cfg.rm.labeller is not None and "rm" in stages:  # the rounds' samples, labels and stages
-            for old in [run / "labels", *run.glob("round-*")]:
+            for old in [p for p in (run / "labels", *run.glob("round-*")) if p.exists()]:
                 log.warning("run.overwrite=true: replacing %s", old)
                 shutil.rmtree(old)
     save_config(cfg, run)

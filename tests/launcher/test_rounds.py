@@ -37,7 +37,7 @@ def test_people_label_through_pauses_then_a_function_finishes_the_rounds(task, c
     root, files = task
     run = root / "rounds"
     # rm.labeller=human: the run writes round 1's file to label and pauses
-    assert main(pipeline_args(root, files, "human")) == EXIT_AWAITING_LABELS
+    assert main(pipeline_args(root, files, "human", "run.overwrite=true")) == EXIT_AWAITING_LABELS
     to_label = run / "labels" / "to_label.jsonl"
     assert "waits for people to rank it" in capsys.readouterr().err and to_label.exists()
     rows = [json.loads(line) for line in to_label.read_text().splitlines()]
