@@ -174,7 +174,11 @@ def label(args) -> int:
 
         serve(args.file, items, out, host=args.host, port=args.port, token=args.token)
         return 0
-    labeller = Labeller(LabellerSpec(function=args.labeller, returns=args.returns).resolved(Path.cwd()), Path.cwd())
+    try:
+        spec = LabellerSpec(function=args.labeller, returns=args.returns)
+    except ValueError as e:  # pydantic's ValidationError is one
+        raise InputError(f"--labeller {args.labeller}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    labeller = Labeller(spec.resolved(Path.cwd()), Path.cwd())
     records, left_out = label_items(labeller, items)
     write_jsonl(out, records)
     print(f"{len(records)} comparisons ({labeller.identity['name']}, version {labeller.identity['version']}): {out}"

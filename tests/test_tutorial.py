@@ -23,7 +23,7 @@ BASH_BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
 def test_tutorial_runs_as_written(tmp_path):
     text = TUTORIAL.read_text()
     files = FILE_BLOCK.findall(text)
-    assert [name for name, _ in files] == ["make_data.py", "reward.py", "my.yaml"]
+    assert [name for name, _ in files] == ["make_data.py", "reward.py", "my.yaml", "labeller.py"]
     for name, body in files:
         (tmp_path / name).write_text(body)
     script = "set -euo pipefail\n" + "\n".join(BASH_BLOCK.findall(text))
@@ -42,6 +42,13 @@ def test_tutorial_runs_as_written(tmp_path):
     # the page reports +0.208 (9.2 s.e.); +0.217 and +0.237 on two seeds before SFT stopped on its held-out loss
     assert gain > 0.05 and gain > 2 * noise, summary
     assert (tmp_path / "runs" / "addition" / "ppo" / "overoptimization.png").stat().st_size > 10_000
+    # section 7: a file to label, its comparisons, and three rounds of sample → label → RM → PPO
+    ranked = [json.loads(line) for line in (tmp_path / "runs/addition/sample/to_label.comparisons.jsonl").open()]
+    assert ranked and all(r["labeller"]["name"].endswith("labeller.py:team") for r in ranked)
+    rounds = json.loads((tmp_path / "runs" / "addition-rounds" / "summary.json").read_text())
+    assert [r["round"] for r in rounds["rounds"]] == [1, 2, 3], rounds
+    assert rounds["rounds"][-1]["comparisons_so_far"] > rounds["rounds"][0]["comparisons_so_far"]
+    assert rounds["final"]["eval/gold_score"] > rounds["start"]["eval/gold_score"], rounds
     logs = list((tmp_path / "runs" / "addition" / "logs").glob("*.log"))
     assert len(logs) == 5  # sft policy + policy, reference, critic, reward: one file per rank
     # a non-terminal log gets whole lines, not a bar redrawn with carriage returns

@@ -5,14 +5,24 @@ its KL still to the SFT policy; people label through a pause and run.resume=true
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from launcher.cli import EXIT_AWAITING_LABELS, main
 from tests.launcher.test_sampling import LABELLER
 from tests.launcher.test_stage_commands import SMALL
 from tests.launcher.user_task import write_task
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +84,34 @@ def test_rounds_need_a_labeller_and_whole_steps(task, capsys):
     assert "rm.labeller: " in capsys.readouterr().err
     assert main(pipeline_args(root, files, "human", "sample.limit=50", "run.name=other")) == 2
     assert "2 round(s) of 50 prompts (sample.limit) need 100" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_round_preempted_in_its_ppo_resumes_there_and_ends_as_an_uninterrupted_run(task, capsys):
+    """SIGTERM during round 2's PPO: exit 75; run.resume=true skips round 1 and round 2's labels and reward
+    model, resumes round 2's PPO from its checkpoint, and ends with the uninterrupted run's weights."""
+    root, files = task
+    labeller = f"{root / 'lab.py'}:closeness"
+    extra = ("ppo.steps=8", "ppo.save_every=1")
+    run = root / "preempted"
+    log = root / "preempted.log"
+    env = {**os.environ, "INSTRUCTRL_PROGRESS_INTERVAL": "1"}
+    args = [str(BIN / "instructrl"), *pipeline_args(root, files, labeller, *extra, "run.name=preempted")]
+    proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
+    metrics = run / "round-2" / "ppo" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while not (metrics.exists() and any('"reward/score"' in x for x in metrics.read_text().splitlines())):
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 75, log.read_text()[-3000:]
+    done_before = {p: p.stat().st_mtime for p in [run / "ppo" / "result.json", run / "round-2" / "rm" / "result.json",
+                                                  run / "round-2" / "labels" / "to_label.comparisons.jsonl"]}
+    assert main(pipeline_args(root, files, labeller, *extra, "run.name=preempted", "run.resume=true")) == 0
+    assert all(p.stat().st_mtime == t for p, t in done_before.items())
+    events = [json.loads(x) for x in metrics.read_text().splitlines() if '"event": "resume"' in x]
+    assert len(events) == 1 and "round-2/ppo/checkpoint-" in events[0]["checkpoint"]
+    assert main(pipeline_args(root, files, labeller, *extra, "run.name=straight", "run.overwrite=true")) == 0
+    resumed = load_file(run / "round-2" / "ppo" / "policy" / "model.safetensors")
+    straight = load_file(root / "straight" / "round-2" / "ppo" / "policy" / "model.safetensors")
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)

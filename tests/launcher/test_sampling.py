@@ -87,3 +87,13 @@ def test_a_labeller_function_ranks_a_sample_for_the_reward_model(policies, tmp_p
 def test_sample_refuses_bad_policies(tmp_path, capsys, override, message):
     assert main(["sample", f"run.out_dir={tmp_path}", *SMALL, "sample.prompts=x.jsonl", *override]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_label_refuses_a_bad_labeller_or_file(tmp_path, capsys):
+    to_label = tmp_path / "to_label.jsonl"
+    to_label.write_text(json.dumps({"id": 1, "prompt": "p", "responses": ["a", "b"]}) + "\n")
+    for args, message in [([str(tmp_path / "none.jsonl")], "none.jsonl: no such file"),
+                          ([str(to_label), "--labeller", "foo"], "--labeller foo: function='foo': write it as"),
+                          ([str(to_label), "--labeller", "lab.py:f"], "lab.py:f: no file")]:
+        assert main(["label", *args]) == 2
+        assert message in capsys.readouterr().err
