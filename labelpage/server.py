@@ -42,10 +42,16 @@ class LabelStore:
             for n, line in enumerate(self.log_path.read_text().splitlines(), 1):
                 try:
                     row = json.loads(line)
-                    self.rankings[row["labeller"]][str(row["id"])] = row["order"]
+                    item_id, name, order = str(row["id"]), row["labeller"], row["order"]
                 except (ValueError, KeyError, TypeError):
                     raise InputError(f"{self.log_path}:{n}: not a saved ranking ({line[:80]!r}); the file is "
                                      f"damaged: mend or remove that line") from None
+                item = self.items.get(item_id)
+                if item is None or check_ranking(order, len(item.responses)) is None:
+                    raise InputError(f"{self.log_path}:{n}: a ranking of prompt {item_id!r}, which {file} "
+                                     f"{'lacks' if item is None else 'gives another number of responses'}: the file "
+                                     f"to label changed after it was ranked; rank the new file under another name")
+                self.rankings[name][item_id] = order
 
     def save(self, labeller: str, item_id: str, order: list[int]) -> None:
         row = {"id": item_id, "labeller": labeller, "order": order, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

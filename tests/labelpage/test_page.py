@@ -141,3 +141,11 @@ def test_a_token_guards_the_page(to_label):
     refused = subprocess.run([sys.executable, "-m", "launcher.cli", "label", str(to_label), "--host", "0.0.0.0"],
                              capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert refused.returncode == 2 and "beyond loopback the page is served only with --token" in refused.stderr
+
+
+def test_rankings_of_a_changed_file_are_refused(to_label, capsys):
+    from launcher.cli import main
+
+    to_label.with_suffix(".labels.jsonl").write_text(json.dumps({"id": "z", "labeller": "a", "order": [0, 1]}) + "\n")
+    assert main(["label", str(to_label), "--port", "0"]) == 2
+    assert "to_label.labels.jsonl:1: a ranking of prompt 'z', which" in capsys.readouterr().err
