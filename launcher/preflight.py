@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -160,6 +161,11 @@ def check_output_dir(cfg: Config, stages: tuple[str, ...]) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"{probe}: not writable, so the run directory {run} cannot be made; set run.out_dir "
                          f"to a directory you can write")
+    try:  # permissions say nothing of a read-only or pseudo file system (/sys, a read-only mount), even to root
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".instructrl-probe-"))
+    except OSError as e:
+        raise InputError(f"{probe}: cannot make directories there ({e.strerror}), so the run directory {run} cannot "
+                         f"be made; set run.out_dir to a directory you can write") from None
     if cfg.run.overwrite:
         return
     for stage in (*stages, "labels") if cfg.rm.labeller is not None else stages:
@@ -320,6 +326,11 @@ def check_ppo_inputs(cfg: Config, inputs: Inputs) -> None:
         stats_file = reward / "reward_stats.json"
         if reward != cfg.run.stage_dir("rm") or stats_file.exists():  # else this run's step 2 writes it
             inputs.reward_stats = read_stats(reward)
+    if p.ptx_data and not p.ptx_coef:  # named, so checked; and said to be left out
+        if not Path(p.ptx_data).exists():
+            raise DataError(f"{p.ptx_data}: no such file (ppo.ptx_data names it, though ppo.ptx_coef=0 leaves the "
+                            f"pretraining mix out: correct the path, or remove ppo.ptx_data)")
+        log.warning("ppo.ptx_data=%s is not mixed in: ppo.ptx_coef=0 (set it above 0 for PPO-ptx)", p.ptx_data)
     if p.ptx_coef:
         text = load_text(p.ptx_data)
         n = len(inputs.tok(text[:2_000_000], add_special_tokens=False)["input_ids"])

@@ -240,6 +240,8 @@ CASES = {
     # -- pretraining text
     "ptx text missing": ("ppo", lambda w, t: ["ppo.ptx_coef=0.1", f"ppo.ptx_data={t / 'nope.txt'}",
                                               "ppo.critic_warmup_steps=1"], r"nope\.txt: no such file"),
+    "ptx text missing, the mix off": ("ppo", lambda w, t: ["ppo.ptx_coef=0", f"ppo.ptx_data={t / 'nope.txt'}"],
+                                      r"nope\.txt: no such file.*ppo\.ptx_coef=0"),
     "ptx text is a directory": ("ppo", lambda w, t: ["ppo.ptx_coef=0.1", f"ppo.ptx_data={t}"],
                                 r": is a directory; expected a text file"),
     "ptx text is binary": ("ppo", lambda w, t: ["ppo.ptx_coef=0.1", f"ppo.ptx_data={write(t / 'x.txt', bytes(range(256)))}"],
@@ -295,6 +297,8 @@ CASES = {
     # -- where the run goes
     "output directory is a file": ("sft", lambda w, t: [f"run.out_dir={write(t / 'f', 'x')}"],
                                    r"/f: a file where the run directory .* should go"),
+    "output directory cannot be made": ("sft", lambda w, t: ["run.out_dir=/sys/instructrl-runs"],
+                                        r"/sys: cannot make directories there .*set run\.out_dir"),
     "unreachable Ray address": ("sft", lambda w, t: ["--ray-address", "127.0.0.1:1", "run.backend=ray"],
                                 r"run\.ray_address='127\.0\.0\.1:1': nothing answers there"),
     # -- task functions
