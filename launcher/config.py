@@ -42,6 +42,9 @@ class RunConfig(BaseModel):
     # Continue this run directory: finished stages are skipped, PPO goes on from its newest whole
     # checkpoint (the Slurm script sets it when a preempted job is requeued).
     resume: bool = False
+    # A resume whose data files differ from those the run started with (size and SHA-256, kept in
+    # <run>/inputs.json) stops with an error naming the file; true: go on with the new data.
+    resume_changed_data: bool = False
     max_restarts: int = Field(3, ge=0)  # times a stage is restarted after a lost or stalled worker
     call_timeout_s: float = Field(900.0, gt=0)  # a group call or collective unanswered this long is a stall
     max_bad_steps: int = Field(3, ge=1)  # consecutive steps with a skipped non-finite update before stopping

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from launcher.config import Config, ConfigError
 from launcher.model_checks import check_models
+from launcher.provenance import check_unchanged
 from launcher.reading import apply_chat_template, build_tokenizer, check_text, warn_long_prompts
 from models.errors import InputError
 from models.vllm_sampler import INSTALL_HINT, vllm_available
@@ -89,6 +90,7 @@ def check_inputs(cfg: Config, stages: tuple[str, ...]) -> Inputs:
     """Read and check everything `stages` will read; raise InputError on the first problem."""
     check_stage_data(cfg, stages)
     check_output_dir(cfg, stages)
+    check_unchanged(cfg)
     if cfg.run.backend == "ray" and stages:
         check_ray_address(cfg.run.ray_address or os.environ.get("RAY_ADDRESS"))
     embedded = EmbeddedTask(cfg.task).generate() if cfg.uses_embedded_task else None

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+from launcher import provenance
 from launcher.config import Config, save_config
 from launcher.preflight import POLICY_COMPARISONS, Inputs, load_split
 from launcher.recovery import with_restarts
@@ -55,6 +56,8 @@ def prepare_run(cfg: Config, inputs: Inputs, stages: tuple[str, ...]) -> None:
                 log.warning("run.overwrite=true: replacing %s", old)
                 shutil.rmtree(old)
     save_config(cfg, run)
+    if not cfg.run.resume or cfg.run.resume_changed_data or not (run / provenance.RECORD).exists():
+        provenance.record(cfg)
     inputs.tok.save_pretrained(run / "tokenizer")
     if inputs.embedded is not None:
         for name, rows in inputs.embedded.items():
