@@ -49,6 +49,10 @@ class RunConfig(BaseModel):
     call_timeout_s: float = Field(900.0, gt=0)  # a group call or collective unanswered this long is a stall
     max_bad_steps: int = Field(3, ge=1)  # consecutive steps with a skipped non-finite update before stopping
     save_total_limit: int = Field(2, ge=0)  # PPO checkpoints kept (the newest); 0: all
+    # A PPO save that fails on storage (a full disk, a quota, EIO): "stop" with an error naming the path
+    # and the space needed; "continue": warn and save again at the next save. Either way the partial
+    # save is removed and the previous checkpoint stays whole.
+    on_save_error: Literal["stop", "continue"] = "stop"
     # What `instructrl pipeline` runs after SFT: "ppo" (reward model, then PPO) or "dpo" (DPO on the
     # comparisons themselves: no reward model, no sampling)
     algorithm: Literal["ppo", "dpo"] = "ppo"

@@ -33,6 +33,7 @@ from launcher.stages import (
     run_sft,
     start_groups,
 )
+from launcher.storage import failed_save, storage_cause
 from launcher.tracking import Tracker
 from models.errors import InputError
 from parallel import checkpoint as checkpoints
@@ -144,9 +145,18 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
             def checkpoint(step: int, state: dict) -> None:
                 staging = checkpoints.staging_dir(out_dir, step)
                 shutil.rmtree(staging, ignore_errors=True)
-                for role, worker in trained_roles(roles):
-                    getattr(roles, role).broadcast(worker.save_state, str(staging / role), state).get()
-                path = checkpoints.commit(out_dir, step, state)
+                try:
+                    for role, worker in trained_roles(roles):
+                        getattr(roles, role).broadcast(worker.save_state, str(staging / role), state).get()
+                    path = checkpoints.commit(out_dir, step, state)
+                except Exception as e:
+                    cause = storage_cause(e)
+                    if cause is None:
+                        raise
+                    tracker.event("save_failed", step, path=str(staging), cause=str(cause)[:200])
+                    keep_going = cfg.run.on_save_error == "continue"
+                    log.warning("PPO: %s", failed_save(out_dir, staging, step, cause, keep_going))
+                    return
                 checkpoints.prune(out_dir, cfg.run.save_total_limit)
                 log.info("PPO: saved %s", path)
 

@@ -5,13 +5,20 @@ metrics JSONL that needs no tool to read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from launcher.storage import StorageError
+from models.errors import InputError
+
+log = logging.getLogger("instructrl")
 
 
 class WandbConfig(BaseModel):
@@ -56,8 +63,7 @@ class Tracker:
         run_id = id_file.read_text().strip() if resume and id_file.exists() else secrets.token_hex(6)
         self.earlier: list[dict] = []  # the records of the file this stage resumes
         if resume and self.metrics_path.exists():
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-                record = json.loads(line) if line.strip() else {}
+            for record in self._read_whole_records():
                 if "step" in record and "event" not in record:
                     self._seen.setdefault(record["step"], set()).update(record)
                     self.earlier.append(record)
@@ -67,6 +73,33 @@ class Tracker:
                               job_type=job_type, config=config, dir=str(self.run_dir), mode=cfg.resolved_mode(),
                               id=run_id, resume="allow", reinit="create_new",
                               settings=wandb.Settings(silent=True, console="off"))
+
+    def _read_whole_records(self) -> list[dict]:
+        """The file's records. A last line cut short (the disk filled, or the process died, mid-write) is
+        dropped and the file cut back to its last whole line; a damaged line before it is an error."""
+        text = self.metrics_path.read_text(encoding="utf-8")
+        lines, records = text.split("\n"), []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if any(x.strip() for x in lines[n:]):
+                    raise InputError(f"{self.metrics_path}:{n}: not a JSON record ({line[:60]!r}); the metrics file is "
+                                     f"damaged: mend or remove that line") from None
+                log.warning("%s:%d: a record cut short (%d bytes), dropped", self.metrics_path, n, len(line))
+                self.metrics_path.write_text("\n".join(lines[:n - 1]) + ("\n" if n > 1 else ""), encoding="utf-8")
+        return records
+
+    def _write(self, record: dict) -> None:
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise StorageError(f"{self.metrics_path}: writing metrics failed ({e.strerror}); "
+                               f"{shutil.disk_usage(self.run_dir).free / 1e6:.1f} MB free there. Free space, then "
+                               f"continue with run.resume=true (a record cut short is dropped)") from None
 
     def _new(self, step: int, keys) -> list[str]:
         seen = self._seen.setdefault(step, set())
@@ -78,15 +111,13 @@ class Tracker:
         metrics = {k: metrics[k] for k in self._new(step, metrics)}
         if not metrics:
             return
-        self._file.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-        self._file.flush()
+        self._write({"step": step, "time": time.time(), **metrics})
         self.run.log(metrics, step=step)
 
     def event(self, kind: str, step: int, **fields) -> None:
         """A run event (a restart, a skipped update, a preemption, a supervised stage's stop) in the metrics
         file, and in the W&B summary as a count with the latest event's fields (events/<kind>/<field>)."""
-        self._file.write(json.dumps({"event": kind, "step": step, "time": time.time(), **fields}) + "\n")
-        self._file.flush()
+        self._write({"event": kind, "step": step, "time": time.time(), **fields})
         self._events[kind] = self._events.get(kind, 0) + 1
         self.run.summary[f"events/{kind}"] = self._events[kind]
         for key, value in fields.items():
@@ -123,5 +154,8 @@ class Tracker:
         return getattr(self.run, "dir", None)
 
     def finish(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as e:  # the disk filled: what was flushed stays, a record cut short is dropped on resume
+            log.warning("%s: closing it failed (%s)", self.metrics_path, e.strerror)
         self.run.finish()
