@@ -40,6 +40,7 @@ from parallel import checkpoint as checkpoints
 from rlhf.coordinator import LR_KEYS, Roles, train_ppo
 from rlhf.evaluate import Judges, evaluate_policy
 from rlhf.guards import BadSteps
+from rlhf.timeline import Timeline
 from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker
 
 log = logging.getLogger("instructrl")
@@ -165,12 +166,17 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                 start = load_checkpoint(roles, start_dir)
                 log.info("PPO: resumed from %s at step %d", start_dir, start["step"])
                 tracker.event("resume", start["step"], checkpoint=str(start_dir), restarts=restarts)
+            timeline = Timeline()
+            for role in started:
+                group = getattr(roles, role)
+                group.label, group.timeline = role, timeline
             STOP.deferred = True
             try:
                 metrics = train_ppo(roles, tok, inputs.prompts, p, tracker.log, stats, evaluate, checkpoint, start,
-                                    bad_steps, STOP)
+                                    bad_steps, STOP, timeline)
             finally:
                 STOP.deferred = False
+                timeline.write(out_dir / "timeline.json")
             roles.policy.broadcast(PolicyWorker.export, str(out_dir / "policy")).get()
             tok.save_pretrained(out_dir / "policy")
             return metrics, {role: getattr(roles, role).info for role in started}

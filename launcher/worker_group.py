@@ -167,8 +167,11 @@ class Rank:
                 "node_ip": ray.util.get_node_ip_address(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "device": str(mesh.device), "placement_group": ctx.get_placement_group_id()}
 
-    def execute(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
-        return fn(self.worker, *args, **kwargs)
+    def execute(self, fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, float, float]:
+        """The call's result, and when it started and ended on this rank (for the timeline)."""
+        start = time.time()
+        value = fn(self.worker, *args, **kwargs)
+        return value, start, time.time()
 
 
 def _dp_layout(world: int, tp: int) -> list[int]:
@@ -189,13 +192,20 @@ class LocalGroup:
         self._rank = Rank(0, 1, 1, torch.get_num_threads())
         self._rank.worker = worker_cls(mesh, *args, **kwargs)
         self.info = [{"pid": os.getpid(), "rank": 0}]
+        self.label, self.timeline = worker_cls.__name__, None  # the role, and where its calls are traced
+
+    def _call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        value, start, end = self._rank.execute(fn, args, kwargs)
+        if self.timeline is not None:
+            self.timeline.add(self.label, 0, getattr(fn, "__name__", "call"), start, end)
+        return value
 
     def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
-        value = fn(self._rank.worker, batch, *args, **kwargs)
+        value = self._call(fn, (batch, *args), kwargs)
         return Handle(lambda: value)
 
     def broadcast(self, fn: Callable, *args, **kwargs) -> Handle:
-        value = [fn(self._rank.worker, *args, **kwargs)]
+        value = [self._call(fn, args, kwargs)]
         return Handle(lambda: value)
 
     def shutdown(self) -> None:
@@ -213,6 +223,7 @@ class RayGroup:
         from launcher.cluster import rank_env
 
         self.name, self.spec, self.placement, self.timeout_s = name, spec, placement, timeout_s
+        self.label, self.timeline = name, None  # the role, and where its calls are traced
         actor_cls = ray.remote(Rank)
         threads = max(1, int(spec.cpus_per_rank))
         self.actors = [
@@ -242,17 +253,24 @@ class RayGroup:
         """One result per rank (refs in rank order); errors name this group, the rank and the call."""
         return wait_all(refs, [f"{self.name} rank {r}: {call}" for r in range(len(refs))], self.timeout_s)
 
+    def _results(self, refs: list, fn: Callable) -> list:
+        """Each rank's result of an `execute`, its span added to the timeline."""
+        timed = self._wait(refs, getattr(fn, "__qualname__", "call"))
+        if self.timeline is not None:
+            for r, (_, start, end) in enumerate(timed):
+                self.timeline.add(self.label, r, getattr(fn, "__name__", "call"), start, end)
+        return [value for value, _, _ in timed]
+
     def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
         parts = split_batch(batch, self.spec.ranks // self.spec.tp_size)
         refs = [a.execute.remote(fn, (parts[self.dp_of_rank[r]], *args), kwargs) for r, a in enumerate(self.actors)]
         # TP peers return the same result; keep the first rank of each data-parallel slot.
         keep = [r for r in range(self.spec.ranks) if r % self.spec.tp_size == 0]
-        call = getattr(fn, "__qualname__", "call")
-        return Handle(lambda: merge_outputs([v for r, v in enumerate(self._wait(refs, call)) if r in keep]))
+        return Handle(lambda: merge_outputs([v for r, v in enumerate(self._results(refs, fn)) if r in keep]))
 
     def broadcast(self, fn: Callable, *args, **kwargs) -> Handle:
         refs = [a.execute.remote(fn, args, kwargs) for a in self.actors]
-        return Handle(lambda: self._wait(refs, getattr(fn, "__qualname__", "call")))
+        return Handle(lambda: self._results(refs, fn))
 
     def shutdown(self) -> None:
         import ray

@@ -36,6 +36,7 @@ from rlhf.data import Prompt
 from rlhf.guards import BadSteps
 from rlhf.ppo_config import PPOConfig
 from rlhf.progress import progress
+from rlhf.timeline import COORDINATOR, Timeline
 from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker, ScoreBatch
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -51,16 +52,27 @@ class Roles:
 
 
 class PhaseTimer:
-    """One flat wall-clock timer per phase of a step."""
+    """One flat wall-clock timer per phase of a step; each phase also a span of the timeline."""
 
-    def __init__(self):
+    def __init__(self, timeline: Timeline | None = None):
         self.seconds: dict[str, float] = {}
+        self.timeline, self.start, self.end = timeline, time.time(), None
 
     @contextmanager
     def __call__(self, phase: str):
         start = time.perf_counter()
+        began = time.time()
         yield
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+        self.end = time.time()
+        if self.timeline is not None:
+            self.timeline.add(COORDINATOR, 0, phase, began, self.end)
+
+    def busy(self) -> dict[str, float]:
+        """Each group's busy fraction over the step so far (timeline/<group>/busy)."""
+        if self.timeline is None or self.end is None:
+            return {}
+        return {f"timeline/{g}/busy": v for g, v in self.timeline.busy(self.start, self.end).items()}
 
 
 def prompt_batch(n_prompts: int, step: int, size: int, seed: int, repeat: int = 1) -> list[int]:
@@ -264,8 +276,8 @@ def check_stats(cfg: PPOConfig, stats: dict | None) -> None:
 
 def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: LogFn, stats: dict | None,
               evaluate: Callable[[int], None], checkpoint: Callable[[int, dict], None], start: dict | None = None,
-              bad_steps: BadSteps | None = None, stop_requested: Callable[[], bool] = lambda: False
-              ) -> dict[str, float]:
+              bad_steps: BadSteps | None = None, stop_requested: Callable[[], bool] = lambda: False,
+              timeline: Timeline | None = None) -> dict[str, float]:
     """The loop. `evaluate(step)` and `checkpoint(step, state)` are the stage's hooks; `start` resumes.
     An update with non-finite values is skipped (`bad_steps` stops the run after several in a row);
     when `stop_requested()` turns true (a preemption signal), the loop saves at the end of the step
@@ -287,7 +299,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
         evaluate(0)
     bar = progress(range(first, cfg.steps), desc="ppo", unit="step", initial=first, total=cfg.steps)
     for step in bar:
-        timer = PhaseTimer()
+        timer = PhaseTimer(timeline)
         with timer("generate"):
             n = cfg.prompts_per_step // cfg.samples_per_prompt
             index = prompt_batch(len(prompts), step, n, cfg.seed, cfg.samples_per_prompt)
@@ -312,7 +324,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
             kl_ctl.update(metrics.get("kl/sequence", 0.0), cfg.prompts_per_step)
         total = sum(timer.seconds.values())
         n_tokens = float(rollout.response_mask.sum())
-        metrics |= {f"time/{k}": v for k, v in timer.seconds.items()}
+        metrics |= {f"time/{k}": v for k, v in timer.seconds.items()} | timer.busy()
         metrics |= {"perf/samples_per_s": cfg.prompts_per_step / total, "perf/tokens_per_s": n_tokens / total}
         log(metrics, step + 1)
         bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics.get('kl/sequence', 0.0):.3f}",

@@ -42,6 +42,13 @@ def test_each_stage_command_needs_only_its_own_inputs(files, tmp_path, capsys):
     assert main(["ppo", f"ppo.prompts={files['prompts']}", *out, *SMALL, "ppo.steps=1", "ppo.prompts_per_step=8",
                  "ppo.minibatches=2", "ppo.samples_per_prompt=2", "ppo.eval_every=100"]) == 0, capsys.readouterr().err
     assert (tmp_path / "mine" / "ppo" / "policy" / "model.safetensors").exists()
+    # the timeline: the loop's phases and every role's calls as a Chrome trace; busy fractions per step
+    trace = json.loads((tmp_path / "mine" / "ppo" / "timeline.json").read_text())["traceEvents"]
+    groups = {e["args"]["name"] for e in trace if e["name"] == "process_name"}
+    assert groups == {"coordinator", "policy", "reference", "critic", "reward"}
+    assert {e["name"] for e in trace if e.get("cat") == "coordinator"} == {"generate", "score", "train", "sync"}
+    step = next(json.loads(x) for x in (tmp_path / "mine" / "ppo" / "metrics.jsonl").open() if '"time/train"' in x)
+    assert 0 < step["timeline/policy/busy"] <= 1 and 0 < step["timeline/critic/busy"] <= 1
 
 
 def test_pipeline_and_check_still_check_what_the_pipeline_uses(files, tmp_path):
