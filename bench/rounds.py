@@ -68,20 +68,21 @@ def prepare(task: Task, flip: float = 0.1) -> Path:
     return root
 
 
-def run_arm(task: Task, arm: str, labels: int, steps: int, k: int) -> dict:
+def run_arm(task: Task, arm: str, labels: int, steps: int, k: int, seed: int = 0) -> dict:
     """One arm: "<n>" rounds, or "<n>-continue" (each round's reward model from the one before)."""
     rounds = int(arm.split("-")[0])
     root = prepare(task)
-    name = f"rounds-{arm}-{labels}"
+    name = f"rounds-{arm}-{labels}" + (f"-s{seed}" if seed else "")
     files = [o for o in task.files() if not o.startswith(("sft.", "rm.train_data=", "rm.eval_data="))]
     extra = ["rm.rounds_init=continue"] if arm.endswith("-continue") else []
     wall = cli(["pipeline", *DEMO, f"run.out_dir={task.out}", f"run.name={name}", "run.overwrite=true", *files,
                 f"ppo.policy_init={task.base}/sft", f"rm.init={task.base}/sft", f"rm.eval_data={root}/held_out.jsonl",
                 f"sample.prompts={task.out}/task/prompts.jsonl", f"sample.limit={labels // rounds}", f"sample.k={k}",
-                f"rm.labeller={root}/labeller.py:team", f"run.rounds={rounds}", f"ppo.steps={steps}", *extra],
+                f"rm.labeller={root}/labeller.py:team", f"run.rounds={rounds}", f"ppo.steps={steps}", *extra,
+                f"ppo.seed={seed}", f"rm.seed={seed}", f"sample.seed={seed}", f"run.seed={seed}"],
                task.out / f"{name}.log")
     summary = json.loads((task.out / name / "summary.json").read_text())
-    return {"rounds": summary["rounds"], "wall_s": wall, "labels": labels, "steps": steps}
+    return {"rounds": summary["rounds"], "wall_s": wall, "labels": labels, "steps": steps, "seed": seed}
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=1500, help="prompts labelled in all (K responses each)")
     parser.add_argument("--steps", type=int, default=150, help="PPO steps in all")
     parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of sampling, the RM and PPO")
     parser.add_argument("--table", action="store_true", help="print the saved results; run nothing")
     args = parser.parse_args()
     results = {}
@@ -111,11 +113,12 @@ def main() -> None:
         task = Task(name, (ROOT / args.out / name).resolve())
         saved = task.out / "rounds.json"
         done = json.loads(saved.read_text()) if saved.exists() else {}
-        for arm in args.arms:
-            if arm not in done and not args.table:
-                done[arm] = run_arm(task, arm, args.labels, args.steps, args.k)
+        keys = [(arm, seed, arm if not seed else f"{arm}/s{seed}") for arm in args.arms for seed in args.seeds]
+        for arm, seed, key in keys:
+            if key not in done and not args.table:
+                done[key] = run_arm(task, arm, args.labels, args.steps, args.k, seed)
                 saved.write_text(json.dumps(done, indent=1))
-        results[name] = {a: done[a] for a in args.arms if a in done}
+        results[name] = {key: done[key] for _, _, key in keys if key in done}
     print(table(results))
 
 
