@@ -193,6 +193,11 @@ def describe(cfg, inputs, stage_list: tuple[str, ...]) -> str:
         lines.append(f"  SFT: {len(inputs.sft[0])} train / {len(inputs.sft[1])} held-out demonstrations")
     if inputs.rm:
         lines.append(f"  RM: {len(inputs.rm[0])} train / {len(inputs.rm[1])} held-out rankings")
+    if inputs.label_pool:
+        who = "people, on the labelling page" if cfg.rm.labeller == "human" else cfg.rm.labeller.function
+        lines.append(f"  rounds: {cfg.run.rounds} × (sample {len(inputs.label_pool) // cfg.run.rounds} prompts × "
+                     f"{cfg.sample.k} responses, ranked by {who}; reward model on every comparison so far; PPO "
+                     f"{cfg.ppo.steps // cfg.run.rounds} steps)")
     if inputs.prompts is not None:
         fields = sorted({k for p in inputs.prompts for k in p.fields})
         held = "held-out" if cfg.ppo.eval_prompts else "held out from them for"

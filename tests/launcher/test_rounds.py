@@ -74,6 +74,13 @@ def test_people_label_through_pauses_then_a_function_finishes_the_rounds(task, c
     assert {json.loads(c)["labeller"]["version"] for c in comparisons} == {"sums-1"}
 
 
+def test_check_describes_the_rounds(task, capsys):
+    root, files = task
+    assert main(["check", *pipeline_args(root, files, "human", "run.name=checked")[1:]]) == 0
+    assert "rounds: 2 × (sample 24 prompts × 3 responses, ranked by people, on the labelling page" in \
+        capsys.readouterr().out
+
+
 def test_rounds_need_a_labeller_and_whole_steps(task, capsys):
     root, files = task
     args = [a for a in pipeline_args(root, files, "x.py:f") if not a.startswith("rm.labeller")]
