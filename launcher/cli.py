@@ -53,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--host", default="127.0.0.1", help="the page's address (beyond loopback only with --token)")
     lab.add_argument("--port", type=int, default=8377, help="the page's port (0: any free one)")
     lab.add_argument("--token", default=None, help="the secret every request must carry (required off loopback)")
+    plan = sub.add_parser("plan", help="bytes per device of every PPO role under a layout; layouts that fit")
+    plan.add_argument("--model", default="llama-7b", help="a preset (llama-1b, llama-7b, llama-70b, ...) or an HF dir")
+    plan.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=3)
+    plan.add_argument("--tp", type=int, default=1)
+    plan.add_argument("--dp", type=int, default=8)
+    plan.add_argument("--offload", action="store_true", help="optimizer state (and, at ZeRO-3, weights) on the host")
+    plan.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    plan.add_argument("--seq", type=int, default=1024, help="prompt + response tokens")
+    plan.add_argument("--micro-batch", type=int, default=4, help="training sequences per micro-batch per DP rank")
+    plan.add_argument("--gen-batch", type=int, default=64, help="sequences generated at once per DP rank")
+    plan.add_argument("--no-flash", action="store_true", help="attention that keeps its s × s matrix")
+    plan.add_argument("--device-gb", type=float, default=80.0, help="memory of one device, GiB")
+    plan.add_argument("--devices", type=int, default=None, help="list every colocated layout that fits this many")
     show = sub.add_parser("config", help="print a resolved config").add_subparsers(dest="action", required=True)
     s = show.add_parser("show", help="print the resolved config of a preset")
     s.add_argument("config", nargs="?", default=None, help=help_cfg)
@@ -84,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "label":
             return label(args)
+        if args.command == "plan":
+            from launcher.planning import run_plan
+
+            print(run_plan(args))
+            return 0
         overrides = list(args.overrides)
         if getattr(args, "ray_address", None):
             overrides.append(f"run.ray_address={args.ray_address}")

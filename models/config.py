@@ -165,6 +165,11 @@ PRESETS: dict[str, dict] = {
     "llama-tiny": dict(arch="llama", d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128),
     "llama-7b": dict(arch="llama", vocab_size=32000, max_seq_len=4096, d_model=4096, n_layers=32, n_heads=32,
                      d_ff=11008, norm_eps=1e-5),
+    # Llama 3.2 1B and Llama 2 70B's shapes (for `instructrl plan`)
+    "llama-1b": dict(arch="llama", vocab_size=128256, max_seq_len=4096, d_model=2048, n_layers=16, n_heads=32,
+                     n_kv_heads=8, d_ff=8192, tie_embeddings=True),
+    "llama-70b": dict(arch="llama", vocab_size=32000, max_seq_len=4096, d_model=8192, n_layers=80, n_heads=64,
+                      n_kv_heads=8, d_ff=28672),
 }
 
 

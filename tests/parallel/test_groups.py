@@ -11,8 +11,10 @@ import transformers
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from launcher.worker_group import GroupSpec, LocalGroup, RayGroup, build_groups, shutdown_groups
+from models.hf import read_hf_config
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource
+from parallel.memory import Layout, model_state_bytes
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import Encoded, collate_lm
 from rlhf.workers import PolicyWorker
@@ -118,6 +120,13 @@ def test_zero_stages_match_plain_adamw_and_zero3_halves_memory(ray_cluster, tmp_
     # Stage 0: whole fp32 weights and two Adam moments on every rank. Stage 3 at DP=2: half the weights,
     # and half of ZeRO's fp32 master copy and of the moments (bench/zero_memory.py reports these bytes).
     assert numel[0][0]["param_bytes"] == 4 * full and numel[0][0]["optimizer_bytes"] == 2 * 4 * full
+    # `instructrl plan` (parallel/memory.py) from the shape alone, within 10% of what each engine holds
+    assert read_hf_config(src.path).num_params() == full
+    for stage in (0, 2, 3):
+        planned = model_state_bytes(full, Layout(stage, tp=1, dp=2, precision="fp32"), trains=True)
+        for rank in numel[stage]:
+            assert rank["param_bytes"] == pytest.approx(planned["params"], rel=0.1), (stage, rank)
+            assert rank["optimizer_bytes"] == pytest.approx(planned["optimizer"], rel=0.1), (stage, rank)
     for rank in numel[3]:
         assert abs(rank["numel"] / full - 0.5) < 0.02, (rank, full)
         assert abs(rank["param_bytes"] / (4 * full) - 0.5) < 0.02, (rank, full)
