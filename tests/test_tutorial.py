@@ -48,7 +48,9 @@ def test_tutorial_runs_as_written(tmp_path):
     rounds = json.loads((tmp_path / "runs" / "addition-rounds" / "summary.json").read_text())
     assert [r["round"] for r in rounds["rounds"]] == [1, 2, 3], rounds
     assert rounds["rounds"][-1]["comparisons_so_far"] > rounds["rounds"][0]["comparisons_so_far"]
-    assert rounds["final"]["eval/gold_score"] > rounds["start"]["eval/gold_score"], rounds
+    # the page reads the table as a warning: few labels, a weak reward model; each round starts where the last ended
+    assert all(r["rm_eval_accuracy"] is not None and r["gold"] is not None for r in rounds["rounds"]), rounds
+    assert [r["start_gold"] for r in rounds["rounds"][1:]] == [r["gold"] for r in rounds["rounds"][:-1]]
     logs = list((tmp_path / "runs" / "addition" / "logs").glob("*.log"))
     assert len(logs) == 5  # sft policy + policy, reference, critic, reward: one file per rank
     # a non-terminal log gets whole lines, not a bar redrawn with carriage returns
