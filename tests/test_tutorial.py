@@ -51,7 +51,9 @@ def test_tutorial_runs_as_written(tmp_path):
     # the page reads the table as a warning: few labels, a weak reward model; each round starts where the last ended
     assert all(r["rm_eval_accuracy"] is not None and r["gold"] is not None for r in rounds["rounds"]), rounds
     assert [r["start_gold"] for r in rounds["rounds"][1:]] == [r["gold"] for r in rounds["rounds"][:-1]]
-    logs = list((tmp_path / "runs" / "addition" / "logs").glob("*.log"))
-    assert len(logs) == 5  # sft policy + policy, reference, critic, reward: one file per rank
+    logs = sorted(p.name for p in (tmp_path / "runs" / "addition" / "logs").glob("*.log"))
+    # the pipeline's sft policy + policy, reference, critic, reward, and section 7's sampler: one file per rank
+    assert logs == [f"addition-{g}-rank0.log" for g in ("critic", "policy", "policy-sft", "reference", "reward",
+                                                         "sampler0")], logs
     # a non-terminal log gets whole lines, not a bar redrawn with carriage returns
     assert "\r" not in done.stderr and re.search(r"^ppo: +\d+% .*\d+/60", done.stderr, re.M), done.stderr[-2000:]

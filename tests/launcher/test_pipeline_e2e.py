@@ -59,7 +59,8 @@ def test_four_roles_are_distinct_processes(ray_cluster, tmp_path):
     small = ModelConfig(vocab_size=32, max_seq_len=16, d_model=16, n_layers=1, n_heads=2)
     save_pretrained(CausalLM(small), tmp_path / "lm")
     save_pretrained(ScoreModel(small), tmp_path / "rm")
-    models = {"policy": tmp_path / "lm", "reward": tmp_path / "rm", "critic": tmp_path / "rm"}
+    models = {"policy": tmp_path / "lm", "reference": tmp_path / "lm", "reward": tmp_path / "rm",
+              "critic": tmp_path / "rm"}
     with start_roles(cfg, role_specs(cfg, models, 1)) as roles:
         pids = {role: [i["pid"] for i in getattr(roles, role).info] for role in ("policy", "reference", "critic",
                                                                                  "reward")}

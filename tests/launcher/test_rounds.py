@@ -99,7 +99,7 @@ def test_a_round_preempted_in_its_ppo_resumes_there_and_ends_as_an_uninterrupted
     model, resumes round 2's PPO from its checkpoint, and ends with the uninterrupted run's weights."""
     root, files = task
     labeller = f"{root / 'lab.py'}:closeness"
-    extra = ("ppo.steps=8", "ppo.save_every=1")
+    extra = ("ppo.steps=60", "ppo.save_every=1")  # 30 steps a round: the signal lands inside round 2's PPO
     run = root / "preempted"
     log = root / "preempted.log"
     env = {**os.environ, "INSTRUCTRL_PROGRESS_INTERVAL": "1"}
@@ -109,7 +109,7 @@ def test_a_round_preempted_in_its_ppo_resumes_there_and_ends_as_an_uninterrupted
     deadline = time.time() + 600
     while not (metrics.exists() and any('"reward/score"' in x for x in metrics.read_text().splitlines())):
         assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 75, log.read_text()[-3000:]
     done_before = {p: p.stat().st_mtime for p in [run / "ppo" / "result.json", run / "round-2" / "rm" / "result.json",
