@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(command: str, cfg) -> int:
     """Run a command; its exit status: 0, or EXIT_PREEMPTED after a stop signal (the sbatch script
     requeues the job), or 1 when a worker was lost more often than run.max_restarts allows."""
-    from launcher.recovery import EXIT_PREEMPTED, STOP
     from launcher.rounds import AwaitingLabels
+    from launcher.signals import EXIT_PREEMPTED, STOP
     from launcher.worker_group import WorkerLost
     from rlhf.coordinator import Preempted
 

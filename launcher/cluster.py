@@ -13,6 +13,9 @@ import os
 import secrets
 import sys
 
+from launcher.presets import ConfigError
+from launcher.signals import STOP
+
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 
 
@@ -45,8 +48,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
     if not ray.is_initialized():
         if address:
             if os.environ["RAY_AUTH_MODE"] == "token" and not has_token():
-                from launcher.config import ConfigError
-
                 raise ConfigError(f"run.ray_address={address}: joining a Ray cluster needs its authentication "
                                   f"token: export RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as the cluster was "
                                   f"started with; docs/reliability.md (Network) says how")
@@ -58,8 +59,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
                      logging_level="INFO" if verbose else "WARNING")
             global STARTED_LOCAL
             STARTED_LOCAL = True
-        from launcher.recovery import STOP
-
         STOP.reclaim()
     return ray.cluster_resources()
 
@@ -78,8 +77,6 @@ def check_capacity(requests: dict[str, tuple[int, float, float]]) -> None:
     """Fail at once, naming the groups, when {name: (bundles, cpus, gpus per bundle)} cannot fit the
     cluster at all (in total, or one bundle on its largest node) — rather than after a placement timeout."""
     import ray
-
-    from launcher.config import ConfigError
 
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     have = {k: sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}

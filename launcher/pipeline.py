@@ -19,8 +19,9 @@ from pathlib import Path
 from launcher.config import Config
 from launcher.plots import plot_overoptimization
 from launcher.preflight import Inputs, read_stats
-from launcher.recovery import STOP, with_restarts
+from launcher.recovery import with_restarts
 from launcher.rounds import run_rounds
+from launcher.signals import STOP
 from launcher.stages import (
     checkpoint_source,
     log_evaluation,

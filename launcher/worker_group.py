@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from launcher.cluster import check_capacity, make_placement, rank_env, release
 from models.errors import InputError
 from parallel.mesh import GroupSpec, init_mesh
 from rlhf.batching import part_bounds
@@ -220,8 +221,6 @@ class RayGroup:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from launcher.cluster import rank_env
-
         self.name, self.spec, self.placement, self.timeout_s = name, spec, placement, timeout_s
         self.label, self.timeline = name, None  # the role, and where its calls are traced
         actor_cls = ray.remote(Rank)
@@ -288,7 +287,6 @@ def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_pre
     (INSTRUCTRL_VERBOSE=1) it keeps Ray's streams, which Ray forwards to the driver's terminal."""
     if os.environ.get("INSTRUCTRL_VERBOSE") == "1":
         log_dir = None
-    from launcher.cluster import check_capacity, make_placement, release
 
     anchors = {}
     for role, (_, spec, _, _) in roles.items():
@@ -326,7 +324,6 @@ def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_pre
 
 def shutdown_groups(groups: dict[str, RayGroup]) -> None:
     """Kill every rank, then free the placement groups (once each, colocated or not)."""
-    from launcher.cluster import release
 
     for g in groups.values():
         g.shutdown()
