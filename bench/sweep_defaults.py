@@ -100,6 +100,11 @@ SETTINGS |= {label: [*ROUND_5, *overrides] for label, overrides in {
     "r5-beta-0.1": [*FIXED_BETA, "ppo.kl_coef=0.1"],
     "r5-beta-0.05": [*FIXED_BETA, "ppo.kl_coef=0.05"],
 }.items()}
+# The sixth round (2026-12-05): under β 0.1 the first policy updates, taken while the critic is still
+# poor, send the policy 2.5–3.5 nats away within a few steps (sorting, copying, politeness), and the
+# gold falls before it recovers. A linear warm-up of the policy's learning rate over its first 240
+# optimizer steps (15 PPO steps of 4 epochs × 4 minibatches, a tenth of the run) is the candidate.
+SETTINGS["r7-warmup"] = [*SETTINGS["r5-beta-0.1"], "ppo.policy.optim.warmup_steps=240"]
 GRPO = ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
 for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracle under each candidate
     SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]
