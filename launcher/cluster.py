@@ -9,13 +9,16 @@ reach the node from running code on it. A local cluster gets a fresh random toke
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
+import time
 
 from launcher.presets import ConfigError
 from launcher.signals import STOP
 
+log = logging.getLogger("instructrl")
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 
 
@@ -73,39 +76,79 @@ LOOPBACK_ENV = {"INSTRUCTRL_MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo
 STARTED_LOCAL = False
 
 
-def check_capacity(requests: dict[str, tuple[int, float, float]]) -> None:
-    """Fail at once, naming the groups, when {name: (bundles, cpus, gpus per bundle)} cannot fit the
-    cluster at all (in total, or one bundle on its largest node) — rather than after a placement timeout."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+def shortfall(requests: dict[str, tuple[int, float, float]], nodes: list[dict]) -> str | None:
+    """Why {name: (bundles, cpus, gpus per bundle)} cannot fit on nodes (their Ray resources) at all — in
+    total, or one bundle on the largest node — or None when it may."""
     have = {k: sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
     need = {"CPU": sum(b * c for b, c, _ in requests.values()), "GPU": sum(b * g for b, _, g in requests.values())}
     largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in ("CPU", "GPU")}
     detail = ", ".join(f"{name}: {b} × ({c:g} CPU, {g:g} GPU)" for name, (b, c, g) in requests.items())
     for k in ("CPU", "GPU"):
         if need[k] > have[k] + 1e-9:
-            raise ConfigError(f"the groups need {need[k]:g} {k}s but the Ray cluster has {have[k]:g} "
-                              f"on {len(nodes)} node(s) [{detail}]")
+            return (f"the groups need {need[k]:g} {k}s but the Ray cluster has {have[k]:g} on {len(nodes)} "
+                    f"node(s) [{detail}]")
         for name, (_, c, g) in requests.items():
             if (c if k == "CPU" else g) > largest[k] + 1e-9:
-                raise ConfigError(f"{name}: one rank needs {c if k == 'CPU' else g:g} {k}s but the largest "
-                                  f"node has {largest[k]:g}")
+                return f"{name}: one rank needs {c if k == 'CPU' else g:g} {k}s but the largest node has {largest[k]:g}"
+    return None
 
 
-def make_placement(bundles: int, cpus: float, gpus: float, strategy: str, timeout_s: float = 60.0):
-    """A ready placement group of `bundles` × {CPU: cpus, GPU: gpus}; a clear error if it cannot fit."""
+def check_capacity(requests: dict[str, tuple[int, float, float]], wait_s: float = 0.0, poll_s: float = 1.0) -> None:
+    """Fail at once, naming the groups, when the requests cannot fit the cluster (shortfall) — rather
+    than after a placement timeout. On a cluster that has lost nodes (a restart after a node went), wait
+    up to wait_s for capacity to come back, saying so, before failing: the stage's checkpoints stay."""
+    import ray
+
+    deadline, said = time.monotonic() + wait_s, None
+    while True:
+        nodes = ray.nodes()
+        short = shortfall(requests, [n["Resources"] for n in nodes if n["Alive"]])
+        lost = sum(not n["Alive"] for n in nodes)
+        if short is None:
+            if said is not None:
+                log.warning("the cluster fits the groups again: placing them")
+            return
+        left = deadline - time.monotonic()
+        if not lost:
+            raise ConfigError(short)
+        if left <= 0:
+            raise ConfigError(f"{short}, after {lost} node(s) were lost; waited {wait_s:g} s (run.capacity_wait_s) "
+                              f"for capacity. {KEPT}")
+        if said is None or time.monotonic() - said >= 30:
+            log.warning("%s, after %d node(s) were lost: waiting up to %.0f s more for capacity (run.capacity_wait_s)",
+                        short, lost, left)
+            said = time.monotonic()
+        time.sleep(min(poll_s, left))
+
+
+KEPT = "The run's checkpoints are kept: once the cluster has the capacity, run.resume=true goes on from the newest"
+
+
+def place(requests: dict[str, tuple[int, float, float, str]], wait_s: float = 0.0, try_s: float = 30.0) -> dict:
+    """A ready placement group per {name: (bundles, cpus, gpus per bundle, strategy)}. The cluster can
+    change while they are placed: Ray takes a while to declare a lost node dead, and until then counts
+    its resources. A placement not ready within try_s is withdrawn and the capacity checked again
+    (waiting up to wait_s from when a shortfall is seen, as check_capacity does), until placing has
+    taken wait_s (at least 60 s)."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    shape = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-    pg = placement_group([dict(shape) for _ in range(bundles)], strategy=strategy)
-    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
-    if not ready:
-        remove_placement_group(pg)
-        raise RuntimeError(f"cannot place {bundles} × {shape} with {strategy} on a cluster with "
-                           f"{ray.cluster_resources()} (free: {ray.available_resources()})")
-    return pg
+    deadline = time.monotonic() + max(60.0, wait_s)
+    shapes = {name: (b, c, g) for name, (b, c, g, _) in requests.items()}
+    while True:
+        check_capacity(shapes, wait_s)
+        pgs = {name: placement_group([{"CPU": c, **({"GPU": g} if g else {})} for _ in range(b)], strategy=s)
+               for name, (b, c, g, s) in requests.items()}
+        left = deadline - time.monotonic()
+        ready, _ = ray.wait([pg.ready() for pg in pgs.values()], num_returns=len(pgs), timeout=min(try_s, left))
+        if len(ready) == len(pgs):
+            return pgs
+        for pg in pgs.values():
+            remove_placement_group(pg)
+        if time.monotonic() >= deadline:
+            detail = ", ".join(f"{name}: {b} × ({c:g} CPU, {g:g} GPU) {s}" for name, (b, c, g, s) in requests.items())
+            raise ConfigError(f"cannot place the groups [{detail}] within {max(60.0, wait_s):g} s on a cluster with "
+                              f"{ray.cluster_resources()} (free: {ray.available_resources()}). {KEPT}")
 
 
 def release(pg) -> None:

@@ -47,6 +47,10 @@ class RunConfig(BaseModel):
     resume_changed_data: bool = False
     max_restarts: int = Field(3, ge=0)  # times a stage is restarted after a lost or stalled worker
     call_timeout_s: float = Field(900.0, gt=0)  # a group call or collective unanswered this long is a stall
+    # After a node is lost, how long a restart waits for the cluster to fit the groups again (saying so)
+    # before it stops with an error; the checkpoints stay for run.resume=true. A cluster that has lost
+    # no node and cannot fit the groups fails at once.
+    capacity_wait_s: float = Field(600.0, ge=0)
     max_bad_steps: int = Field(3, ge=1)  # consecutive steps with a skipped non-finite update before stopping
     save_total_limit: int = Field(2, ge=0)  # PPO checkpoints kept (the newest); 0: all
     # A PPO save that fails on storage (a full disk, a quota, EIO): "stop" with an error naming the path

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,12 +39,6 @@ def round_config(cfg: Config, r: int) -> Config:
                                   "ppo": cfg.ppo.model_copy(update={"steps": cfg.ppo.steps // cfg.run.rounds})})
 
 
-def write_atomically(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write_jsonl(tmp, rows)
-    os.replace(tmp, path)
-
-
 def sample_round(rc: Config, inputs: Inputs, prompts: list, policy: Path, sft_policy: Path) -> Path:
     """The round's file to label: K responses per prompt from the current policy and the SFT policy's share."""
     path = rc.run.stage_dir("labels") / "to_label.jsonl"
@@ -60,7 +53,7 @@ def sample_round(rc: Config, inputs: Inputs, prompts: list, policy: Path, sft_po
     items = sample_responses(sc, prompts, inputs.tok, [Path(p.path) for p in policies],
                              rc.sample.seed + rc.run.round, id_prefix=f"r{rc.run.round}-")
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, [item.as_record() for item in items])
+    write_jsonl(path, [item.as_record() for item in items])
     return path
 
 
@@ -74,7 +67,7 @@ def label_round(rc: Config, inputs: Inputs, to_label: Path) -> list[dict]:
         records = []
     else:
         records, left_out = label_items(inputs.labeller, items)
-        write_atomically(out, records)
+        write_jsonl(out, records)
         if left_out:
             log.info("round %d: %d of %d prompts left out (fewer than two different responses after ties)",
                      rc.run.round, len(left_out), len(items))

@@ -100,7 +100,7 @@ def start_groups(cfg: Config, specs: dict[str, tuple[type, GroupSpec, tuple, dic
 
     init_ray(cfg.run.ray_address)
     groups = build_groups(specs, name_prefix=f"{cfg.run.name}-", log_dir=cfg.run.dir / "logs",
-                          timeout_s=cfg.run.call_timeout_s)
+                          timeout_s=cfg.run.call_timeout_s, capacity_wait_s=cfg.run.capacity_wait_s)
     try:
         yield groups
     finally:

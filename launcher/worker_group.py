@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from launcher.cluster import check_capacity, make_placement, rank_env, release
+from launcher.cluster import place, rank_env, release
 from models.errors import InputError
 from parallel.mesh import GroupSpec, init_mesh
 from rlhf.batching import part_bounds
@@ -76,6 +76,9 @@ class WorkerLost(RuntimeError):
     torn down and started again. The message names the group, the rank and the call."""
 
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
 def _fetch(ref, label: str):
     """ray.get of one rank's result. A user's error from a rank (a failing reward function, a bad
     checkpoint) reaches the caller as itself, so the CLI prints its one paragraph; a dead rank, or a
@@ -88,8 +91,9 @@ def _fetch(ref, label: str):
         cause = getattr(e, "cause", None)
         if isinstance(cause, InputError):
             raise cause from None
-        # NCCL raises DistBackendError (a DistError); gloo a plain RuntimeError with this message.
-        if isinstance(cause, dist.DistError) or "Connection closed by peer" in str(cause):
+        # NCCL raises DistBackendError (a DistError); gloo a plain RuntimeError naming the broken
+        # connection: closed by a peer process that died, reset when the peer's whole node went.
+        if isinstance(cause, dist.DistError) or any(m in str(cause) for m in PEER_GONE):
             raise WorkerLost(f"{label}: a collective failed, a peer rank is gone ({type(cause).__name__})") from e
         raise
     except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
@@ -280,9 +284,11 @@ class RayGroup:
 
 
 def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_prefix: str = "",
-                 log_dir: str | Path | None = None, timeout_s: float = 900.0) -> dict[str, RayGroup]:
+                 log_dir: str | Path | None = None, timeout_s: float = 900.0,
+                 capacity_wait_s: float = 0.0) -> dict[str, RayGroup]:
     """Place and start one RayGroup per role. A role with `colocate_with` shares the bundles of the
     named role (rank i on bundle i), so colocated roles split each bundle's CPUs/GPUs between them.
+    On a cluster that has lost nodes, placing waits up to capacity_wait_s for the capacity to return.
     With log_dir, each rank writes its output to <log_dir>/<name>-rank<i>.log; with --verbose
     (INSTRUCTRL_VERBOSE=1) it keeps Ray's streams, which Ray forwards to the driver's terminal."""
     if os.environ.get("INSTRUCTRL_VERBOSE") == "1":
@@ -304,8 +310,8 @@ def build_groups(roles: dict[str, tuple[type, GroupSpec, tuple, dict]], name_pre
         members = [roles[r][1] for r in roles if anchors[r] == anchor]
         bundles[anchor] = (roles[anchor][1].ranks, sum(m.cpus_per_rank for m in members),
                            sum(m.gpus_per_rank for m in members))
-    check_capacity({f"{name_prefix}{a}": b for a, b in bundles.items()})
-    placements = {a: make_placement(*b, roles[a][1].strategy) for a, b in bundles.items()}
+    placed = place({f"{name_prefix}{a}": (*b, roles[a][1].strategy) for a, b in bundles.items()}, capacity_wait_s)
+    placements = {a: placed[f"{name_prefix}{a}"] for a in bundles}
     groups = {}
     try:
         for role, (cls, spec, args, kwargs) in roles.items():

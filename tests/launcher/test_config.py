@@ -148,6 +148,31 @@ def test_groups_that_cannot_fit_fail_at_once(ray_cluster):
     check_capacity({"policy": (2, 0.5, 0.0), "reward": (2, 0.5, 0.0)})
 
 
+def test_a_cluster_that_lost_a_node_is_waited_for(monkeypatch, caplog):
+    """Short of capacity after a node was lost: wait (saying so) until a node joins, or until
+    run.capacity_wait_s is spent; short with no node lost: fail at once."""
+    import ray
+
+    from launcher.cluster import check_capacity
+
+    b = {"Alive": True, "Resources": {"CPU": 4.0}}
+    c_dead, d = {"Alive": False, "Resources": {}}, {"Alive": True, "Resources": {"CPU": 2.0}}
+    views = iter([[b, c_dead], [b, c_dead], [b, c_dead, d]])  # a node joins at the third look
+    monkeypatch.setattr(ray, "nodes", lambda: next(views))
+    with caplog.at_level("WARNING", logger="instructrl"):
+        check_capacity({"policy": (5, 1.0, 0.0)}, wait_s=60, poll_s=0.01)
+    assert "after 1 node(s) were lost: waiting up to" in caplog.text
+    assert "the cluster fits the groups again" in caplog.text
+
+    monkeypatch.setattr(ray, "nodes", lambda: [b, c_dead])
+    with pytest.raises(ConfigError, match=r"need 5 CPUs but the Ray cluster has 4 on 1 node\(s\).*after 1 node\(s\) "
+                                          r"were lost; waited 0.05 s \(run.capacity_wait_s\).*run.resume=true"):
+        check_capacity({"policy": (5, 1.0, 0.0)}, wait_s=0.05, poll_s=0.01)
+    monkeypatch.setattr(ray, "nodes", lambda: [b])
+    with pytest.raises(ConfigError, match=r"need 5 CPUs but the Ray cluster has 4 on 1 node\(s\) \[policy"):
+        check_capacity({"policy": (5, 1.0, 0.0)}, wait_s=60, poll_s=0.01)
+
+
 def test_a_preset_extends_another(tmp_path):
     """demo_ptx is the demo plus its own keys; an error in the child names the child's line, one in
     the parent the parent's; a cycle is refused."""

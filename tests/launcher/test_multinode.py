@@ -1,6 +1,8 @@
-"""Two Ray nodes on one machine (two `ray start` daemons with distinct node resources), the job handed
+"""Ray nodes on one machine (`ray start` daemons with distinct node resources). Two nodes, the job handed
 in with `ray job submit` as a user would: an SFT group of 2 ranks placed STRICT_SPREAD must land one rank
-per node, form its gloo group across them, and train (held-out loss falls, model written)."""
+per node, form its gloo group across them, and train (held-out loss falls, model written). Three nodes,
+one of them lost in the middle of PPO (#31 item 1): the stage places its groups on the nodes left when
+they fit, and otherwise waits for capacity, stops, and resumes once a node joins — bit-exact either way."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from parallel import checkpoint as ck
+from tests.launcher.faults import assert_same_run, finish, last_step, ppo_args, rank_pids, records, start, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BIN = Path(sys.executable).parent
@@ -93,3 +98,122 @@ def test_group_spreads_across_two_nodes_via_ray_job_submit(two_node_cluster, tmp
              if "eval/loss" in m]
     assert evals[-1] < 0.8 * evals[0], evals  # the two-node data-parallel group trains
     assert (sft / "config.json").exists()
+
+
+# ------------------------------------------------------------------ a lost node (#31 item 1)
+# A head node that runs only the driver, node B with 4 CPUs and node C with 2, each its own `ray start`
+# (its raylet and every rank it hosts in one process group). The policy has two data-parallel ranks
+# placed SPREAD, so one of them lands on C; losing C leaves B. (Quarter CPUs for the other roles: the
+# reference run's local cluster has this machine's 2.)
+SPREAD = ["ppo.policy.group.ranks=2", "ppo.policy.group.strategy=SPREAD",
+          *(f"ppo.{role}.group.cpus_per_rank=0.25" for role in ("critic", "reward", "reference"))]
+TOO_BIG_FOR_B = [f"ppo.{role}.group.cpus_per_rank=1" for role in ("policy", "critic", "reward", "reference")]
+
+
+@pytest.fixture
+def three_nodes(tmp_path):
+    """(driver env, start_node(name, cpus) → process group, node C's process group)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, groups = free_port(), []
+
+    def start_node(name: str, cpus: int) -> int:
+        groups.append(ray_start(env, f"--address=127.0.0.1:{gcs}", f"--num-cpus={cpus}",
+                                f'--resources={{"{name}": 1}}'))
+        return groups[-1]
+
+    try:
+        groups.append(ray_start(env, "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=false",
+                                f"--ray-client-server-port={free_port()}"))
+        start_node("node_b", 4)
+        node_c = start_node("node_c", 2)
+        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, start_node, node_c
+    finally:
+        for pgid in reversed(groups):
+            stop(pgid)
+        record = Path("/tmp/ray/ray_current_cluster")
+        if record.exists() and record.read_text().strip().endswith(f":{gcs}"):
+            record.unlink()
+
+
+@pytest.fixture(scope="module")
+def spread_reference(models, tmp_path_factory):
+    """The uninterrupted run of the same layout, on a local cluster of its own."""
+    out = tmp_path_factory.mktemp("spread-reference")
+    finish(start(ppo_args(models, out, *SPREAD), out / "log"), out / "log")
+    return out / "demo"
+
+
+def session(sid: int) -> list[int]:
+    """Every process of a session: a node's `ray start` and all it spawned (Ray gives each worker
+    process its own process group, but they stay in the node's session)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    members.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return members
+
+
+def kill_node(sid: int, run: Path) -> list[int]:
+    """SIGKILL node C's raylet and every process on it; returns the run's ranks that were there."""
+    on_node = [pid for pids in rank_pids(run).values() for pid in pids if pid in session(sid)]
+    assert on_node, f"no rank of the run is on node C: {rank_pids(run)}"
+    for pid in session(sid):
+        os.kill(pid, signal.SIGKILL)
+    return on_node
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_lost_node_is_replaced_on_the_nodes_left_and_the_run_ends_exact(three_nodes, spread_reference, models,
+                                                                          tmp_path):
+    """Node C (raylet and ranks) is SIGKILLed after step 4: the driver loses a policy rank, the groups
+    are placed again on B, which fits them, and the run finishes as the uninterrupted one did."""
+    env, _, node_c = three_nodes
+    log, run = tmp_path / "log", tmp_path / "demo"
+    proc = start(ppo_args(models, tmp_path, *SPREAD), log, env)
+    wait_for(lambda: last_step(run) >= 4 and rank_pids(run), proc, log, timeout_s=300)
+    lost = kill_node(node_c, run)
+    text = finish(proc, log)
+    assert not any(alive(pid) for pid in lost)  # the node's ranks went with it
+    restarts = [r for r in records(run) if r.get("event") == "restart"]
+    assert len(restarts) == 1 and "demo-policy" in restarts[0]["reason"], text[-3000:]
+    ranks = [r for group in json.loads((run / "ppo" / "placement.json").read_text()).values() for r in group]
+    assert len({r["node_id"] for r in ranks}) == 1, ranks  # all on B now
+    assert_same_run(run, spread_reference)
+
+
+def test_a_lost_node_that_leaves_too_little_waits_then_stops_and_resumes_when_capacity_is_back(
+        three_nodes, spread_reference, models, tmp_path):
+    """With a CPU a rank the groups need 5 CPUs: B (4) and C (2) fit them, B alone does not. Node C is
+    lost: the stage says it waits for capacity, then stops with an error naming the shortfall and the
+    resume; its checkpoints are whole. A new node joins, and run.resume=true ends bit-exact."""
+    env, start_node, node_c = three_nodes
+    log, run = tmp_path / "log", tmp_path / "demo"
+    args = ppo_args(models, tmp_path, *SPREAD, *TOO_BIG_FOR_B, "run.capacity_wait_s=20")
+    proc = start(args, log, env)
+    wait_for(lambda: last_step(run) >= 4 and rank_pids(run), proc, log, timeout_s=300)
+    kill_node(node_c, run)
+    assert proc.wait(timeout=240) == 2, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "after 1 node(s) were lost: waiting up to" in text, text[-3000:]
+    assert "the groups need 5 CPUs but the Ray cluster has 4" in text, text[-3000:]
+    assert "run.resume=true goes on from the newest" in text, text[-3000:]
+    saved = ck.latest(run / "ppo")
+    assert saved is not None and ck.verify(saved) is None
+    start_node("node_d", 2)
+    log2 = tmp_path / "log2"
+    text = finish(start([*args, "run.resume=true"], log2, env), log2)
+    assert f"resumed from {saved} at step {ck.step_of(saved)}" in text
+    assert_same_run(run, spread_reference)

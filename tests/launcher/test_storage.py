@@ -16,11 +16,9 @@ from launcher.tracking import Tracker, WandbConfig
 from models.errors import InputError
 from parallel import checkpoint as ck
 from rlhf.workers import ModelWorker
+from tests.launcher import faults
 
-# the faults are what is tested: the embedded task, tiny, one PPO epoch of two minibatches a step
-SMALL = ["run.backend=local", "task.n_sft=300", "task.n_comparisons=40", "task.n_ppo=64", "task.n_eval=20",
-         "sft.epochs=1", "rm.epochs=1", "ppo.prompts_per_step=16", "ppo.samples_per_prompt=2", "ppo.eval_every=100",
-         "ppo.critic_warmup_steps=0", "ppo.ppo_epochs=1", "ppo.minibatches=2", "evaluation.samples_per_prompt=1"]
+SMALL = ["run.backend=local", *faults.SMALL]
 
 
 class SafetensorError(Exception):
@@ -43,13 +41,6 @@ def test_storage_failures_are_recognised_in_any_wrapping():
     except RuntimeError as e:
         assert storage_cause(e).errno == errno.EIO
     assert storage_cause(OSError(errno.ENOENT, "No such file")) is None and storage_cause(ValueError("x")) is None
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    out = tmp_path_factory.mktemp("base")
-    assert main(["demo", f"run.out_dir={out}", *SMALL, "ppo.steps=1"]) == 0
-    return out / "demo"
 
 
 def ppo(models: Path, out: Path, *extra: str) -> list[str]:

@@ -280,7 +280,8 @@ def test_a_killed_rank_of_a_two_rank_group_fails_the_call_at_once(ray_cluster, t
 
 
 def test_what_counts_as_a_lost_worker(ray_cluster):
-    """A rank whose collective lost its peer (gloo says so only in a RuntimeError's message) is a lost
+    """A rank whose collective lost its peer (gloo says so only in a RuntimeError's message: closed
+    when the peer process died, reset when its node went) is a lost
     worker, to restart from; a bug in a rank is not: it is raised as it is, never retried."""
     import ray
 
@@ -291,10 +292,15 @@ def test_what_counts_as_a_lost_worker(ray_cluster):
         raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:24494")
 
     @ray.remote(num_cpus=0.1)
+    def node_gone():  # what gloo said when the peer's whole node was killed (test_multinode)
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:7398: Connection reset by peer.")
+
+    @ray.remote(num_cpus=0.1)
     def bug():
         raise ValueError("a bug")
 
-    with pytest.raises(WorkerLost, match="g rank 0: step: a collective failed, a peer rank is gone"):
-        wait_all([peer_gone.remote()], ["g rank 0: step"], 60)
+    for gone in (peer_gone, node_gone):
+        with pytest.raises(WorkerLost, match="g rank 0: step: a collective failed, a peer rank is gone"):
+            wait_all([gone.remote()], ["g rank 0: step"], 60)
     with pytest.raises(ValueError, match="a bug"):
         wait_all([bug.remote()], ["g rank 0: step"], 60)
