@@ -68,9 +68,7 @@ class LabelStore:
                    if (order := self.rankings[name].get(item_id)) is not None
                    and (r := ranked_record(self.items[item_id], order,
                                            {"name": f"human:{name}", "version": PAGE_VERSION})) is not None]
-        tmp = self.out.with_name(self.out.name + ".tmp")
-        write_jsonl(tmp, records)
-        os.replace(tmp, self.out)
+        write_jsonl(self.out, records)
 
     def agreement(self) -> list[dict]:
         """For each pair of labellers: the prompts both ranked, and the share of response pairs they order alike."""

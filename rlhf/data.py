@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -388,9 +389,13 @@ def load_text(path: str | Path, min_chars: int = 1) -> str:
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    """One JSON object per line; the file is replaced whole (written beside it, then renamed), so a
+    reader or a crash never sees it half written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
     return path
