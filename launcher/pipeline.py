@@ -83,6 +83,24 @@ def resume_point(cfg: Config, inputs: Inputs, out_dir: Path) -> Path | None:
     return Path(cfg.ppo.resume) if inputs.resume else None
 
 
+def load_newest(roles: Roles, cfg: Config, inputs: Inputs, out_dir: Path) -> tuple[Path | None, dict | None]:
+    """Load the checkpoint resume_point names into the started groups, and verify it again once its
+    ranks have read it: chosen before the groups start, it would be read tens of seconds after it was
+    verified (the chaos soak corrupted one in between, and the run went on from the damaged weights).
+    A checkpoint that changed while it was loaded is skipped for the one before."""
+    tried = set()
+    while (path := resume_point(cfg, inputs, out_dir)) is not None:
+        state = load_checkpoint(roles, path)
+        problem = checkpoints.verify(path)
+        if problem is None:
+            return path, state
+        if path in tried:
+            raise InputError(f"{path}: {problem}; resume from another checkpoint")
+        tried.add(path)
+        log.warning("PPO: checkpoint %s changed while it was loaded (%s): loading the one before", path, problem)
+    return None, None
+
+
 def trained_roles(roles: Roles) -> list[tuple[str, type]]:
     """The roles a checkpoint holds: the policy, and the critic when there is one."""
     return [("policy", PolicyWorker)] + ([("critic", CriticWorker)] if roles.critic is not None else [])
@@ -124,7 +142,6 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
     prepare_ops(*(getattr(p, role).engine for role in ROLES if role != "critic" or p.uses_critic))
 
     def attempt(restarts: int) -> tuple[dict, dict]:
-        start_dir = resume_point(cfg, inputs, out_dir)
         with start_roles(cfg, role_specs(cfg, models, n_updates)) as roles:
             started = [r for r in ROLES if getattr(roles, r) is not None]
             record_placement(out_dir, {r: getattr(roles, r) for r in started})
@@ -162,9 +179,8 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                 checkpoints.prune(out_dir, cfg.run.save_total_limit)
                 log.info("PPO: saved %s", path)
 
-            start = None
+            start_dir, start = load_newest(roles, cfg, inputs, out_dir)
             if start_dir is not None:
-                start = load_checkpoint(roles, start_dir)
                 log.info("PPO: resumed from %s at step %d", start_dir, start["step"])
                 tracker.event("resume", start["step"], checkpoint=str(start_dir), restarts=restarts)
             timeline = Timeline()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.chaos import SMALL, ppo_args, start
 from launcher.cli import main
-from tests.launcher.faults import SMALL, finish, ppo_args, start
+from tests.launcher.faults import finish
 
 
 @pytest.fixture(scope="session")

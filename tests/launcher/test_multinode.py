@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.chaos import last_step, ppo_args, rank_pids, records, start
 from parallel import checkpoint as ck
-from tests.launcher.faults import assert_same_run, finish, last_step, ppo_args, rank_pids, records, start, wait_for
+from tests.launcher.faults import assert_same_run, finish, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BIN = Path(sys.executable).parent

@@ -11,19 +11,10 @@ import signal
 import pytest
 from safetensors.torch import load_file
 
+from bench.chaos import SMALL, last_step, ppo_args, rank_pids, records, start
 from launcher.cli import main
 from parallel import checkpoint as ck
-from tests.launcher.faults import (
-    SMALL,
-    assert_same_run,
-    finish,
-    last_step,
-    ppo_args,
-    rank_pids,
-    records,
-    start,
-    wait_for,
-)
+from tests.launcher.faults import assert_same_run, finish, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 def test_killed_and_frozen_ranks_of_every_role_are_replaced(models, reference, tmp_path):

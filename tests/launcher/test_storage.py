@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from bench import chaos
 from launcher.cli import main
 from launcher.storage import storage_cause
 from launcher.tracking import Tracker, WandbConfig
 from models.errors import InputError
 from parallel import checkpoint as ck
 from rlhf.workers import ModelWorker
-from tests.launcher import faults
 
-SMALL = ["run.backend=local", *faults.SMALL]
+SMALL = ["run.backend=local", *chaos.SMALL]
 
 
 class SafetensorError(Exception):
