@@ -92,6 +92,7 @@ class Fault:
     kind: str  # kill | freeze | corrupt (a rank killed, then the checkpoint the restart loads) | sigterm | driver_kill
     role: str = "policy"  # kill, freeze, corrupt: whose rank
     then: str | None = None  # a second fault while the recovery from this one runs: kill | sigterm
+    then_role: str = "critic"  # whose rank the second kill hits
 
 
 def schedule(steps: int, n: int, seed: int) -> list[Fault]:
@@ -103,8 +104,8 @@ def schedule(steps: int, n: int, seed: int) -> list[Fault]:
     at = sorted(rng.sample(range(2, steps - 1), min(n, steps - 3)))
     draw_kinds = [*rng.sample(kinds, len(kinds)), *(rng.choice(kinds) for _ in range(len(at)))]
     draw_roles = [*rng.sample(ROLES, len(ROLES)), *(rng.choice(ROLES) for _ in range(len(at)))]
-    return [Fault(s, draw_kinds[i], draw_roles[i], rng.choice(["kill", "sigterm"]) if i % 3 == 2 else None)
-            for i, s in enumerate(at)]
+    return [Fault(s, draw_kinds[i], draw_roles[i], rng.choice(["kill", "sigterm"]) if i % 3 == 2 else None,
+                  rng.choice(ROLES)) for i, s in enumerate(at)]
 
 
 @dataclass
@@ -173,7 +174,7 @@ class Soak:
                 done["corrupted"] = corrupt_newest(self.run)
             if fault.then == "kill":  # the new groups are being placed and loaded: kill one of their ranks
                 self.wait(self.groups_up, "the new groups")
-                os.kill(self.rank(rng.choice(ROLES), rng), signal.SIGKILL)
+                os.kill(self.rank(fault.then_role, rng), signal.SIGKILL)
                 self.wait(lambda: self.count("restart") > restarts + 1, "the second restart")
             elif fault.then == "sigterm":
                 self.proc.send_signal(signal.SIGTERM)
@@ -184,7 +185,7 @@ class Soak:
             if fault.then is not None:  # the resumed driver is loading: fault it again
                 self.wait(self.groups_up, "the resumed groups")
                 if fault.then == "kill":
-                    os.kill(self.rank(rng.choice(ROLES), rng), signal.SIGKILL)
+                    os.kill(self.rank(fault.then_role, rng), signal.SIGKILL)
                 else:
                     self.proc.send_signal(signal.SIGTERM)
                     self.exit_and_resume((75,))

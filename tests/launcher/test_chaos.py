@@ -1,14 +1,16 @@
 """The chaos soak's short form (#31 item 2; the long one is bench/chaos.py, its figures in
 docs/reliability.md): a seeded schedule of five faults over the 12-step PPO run of the fault tests —
-one of each kind (a rank killed, a rank frozen, the newest checkpoint corrupted and a rank killed,
-SIGTERM to the driver, the driver SIGKILLed), one of them followed by a second fault while its
-recovery runs — and the run still ends as the uninterrupted one did, bit for bit."""
+one of each kind (a rank killed, a rank frozen, a rank killed and the checkpoint its restart loads
+corrupted, SIGTERM to the driver, the driver SIGKILLed), one of them followed by a second fault while
+its recovery runs, a rank of every role lost — and the run still ends as the uninterrupted one did,
+bit for bit."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.chaos import Soak, ppo_args, schedule
+from bench.chaos import Soak, ppo_args, records, schedule
+from parallel import checkpoint as ck
 from tests.launcher.faults import assert_same_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -26,16 +28,22 @@ def test_schedule_is_seeded_and_covers_every_kind_and_role():
 
 
 def test_a_short_chaos_soak_ends_bit_exact(models, reference, tmp_path):
-    faults = schedule(12, 5, seed=0)
-    # SIGTERM, the driver killed, a reference rank frozen and a rank killed while the groups come
-    # back, the newest checkpoint corrupted and a reward rank killed, a reward rank killed
-    assert [(f.kind, f.then) for f in faults] == [("sigterm", None), ("driver_kill", None), ("freeze", "kill"),
-                                                  ("corrupt", None), ("kill", None)]
-    soak = Soak(ppo_args(models, tmp_path, "run.max_restarts=100", "run.call_timeout_s=10"), tmp_path / "demo",
-                tmp_path / "log", timeout_s=300)
-    report = soak.go(faults, seed=0)
-    assert_same_run(tmp_path / "demo", reference)
-    assert report.restarts == 4 and report.driver_restarts == 2 and report.steps_recomputed > 0, report
-    text = (tmp_path / "log").read_text()
-    assert "no answer within 10 s (run.call_timeout_s)" in text  # the frozen rank
-    assert "does not match its checksum" in text  # the corrupted checkpoint, skipped for the one before
+    """Every role loses a rank; the restarts name the group, the rank and the cause."""
+    faults = schedule(12, 5, seed=7)
+    assert [(f.step, f.kind, f.role, f.then and f"{f.then} {f.then_role}") for f in faults] == [
+        (2, "kill", "critic", None), (4, "driver_kill", "policy", None), (5, "freeze", "reference", "kill reward"),
+        (7, "sigterm", "reward", None), (10, "corrupt", "policy", None)]
+    run = tmp_path / "demo"
+    soak = Soak(ppo_args(models, tmp_path, "run.max_restarts=100", "run.call_timeout_s=10"), run, tmp_path / "log",
+                timeout_s=300)
+    report = soak.go(faults, seed=7)
+    assert_same_run(run, reference)
+    assert report.driver_restarts == 2 and report.steps_recomputed > 0, report
+    reasons = [r["reason"] for r in records(run) if r.get("event") == "restart"]
+    expected = [("critic", "died"), ("reference", "no answer within 10 s (run.call_timeout_s)"), ("reward", "died"),
+                ("policy", "died")]
+    assert len(reasons) == len(expected), reasons
+    for reason, (role, cause) in zip(reasons, expected, strict=True):
+        assert f"demo-{role} rank 0" in reason and cause in reason, reason
+    assert "does not match its checksum" in (tmp_path / "log").read_text()  # the corrupted checkpoint, skipped
+    assert [p.name for p in ck.list_checkpoints(run / "ppo")] == ["checkpoint-12", "checkpoint-10"]  # save_total_limit
