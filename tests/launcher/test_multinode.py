@@ -14,11 +14,12 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from bench.chaos import last_step, ppo_args, rank_pids, records, start
+from bench.chaos import alive, last_step, ppo_args, rank_pids, records, start
 from parallel import checkpoint as ck
 from tests.launcher.faults import assert_same_run, finish, wait_for
 
@@ -60,21 +61,23 @@ def stop(pgid: int) -> None:
         time.sleep(wait)
 
 
-@pytest.fixture
-def two_node_cluster(tmp_path):
-    # Token authentication, as slurm/instructrl.sbatch runs it: one token for the daemons, the job
-    # CLI and the driver.
+@contextmanager
+def ray_nodes(*head: str):
+    """A head node started with `head` flags; yields (env, add_node(*flags) → its process group).
+    Token authentication, as slurm/instructrl.sbatch runs it: one token for the daemons, the job CLI
+    and the driver. Every node is stopped at the end."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = free_port(), free_port()
-    groups = []
+    gcs, groups = free_port(), []
+
+    def add_node(*flags: str) -> int:
+        groups.append(ray_start(env, f"--address=127.0.0.1:{gcs}", *flags))
+        return groups[-1]
+
     try:
-        groups.append(ray_start(env, "--head", f"--port={gcs}", "--num-cpus=2", '--resources={"node_a": 1}',
-                                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                                f"--ray-client-server-port={free_port()}"))
-        groups.append(ray_start(env, f"--address=127.0.0.1:{gcs}", "--num-cpus=2", '--resources={"node_b": 1}'))
-        yield env, f"http://127.0.0.1:{dashboard}"
+        groups.append(ray_start(env, "--head", f"--port={gcs}", f"--ray-client-server-port={free_port()}", *head))
+        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, add_node
     finally:
         for pgid in reversed(groups):
             stop(pgid)
@@ -82,6 +85,16 @@ def two_node_cluster(tmp_path):
         record = Path("/tmp/ray/ray_current_cluster")
         if record.exists() and record.read_text().strip().endswith(f":{gcs}"):
             record.unlink()
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    dashboard = free_port()
+    with ray_nodes("--num-cpus=2", '--resources={"node_a": 1}', "--dashboard-host=127.0.0.1",
+                   f"--dashboard-port={dashboard}") as (env, add_node):
+        add_node("--num-cpus=2", '--resources={"node_b": 1}')
+        env.pop("RAY_ADDRESS")  # the job goes through the dashboard
+        yield env, f"http://127.0.0.1:{dashboard}"
 
 
 def test_group_spreads_across_two_nodes_via_ray_job_submit(two_node_cluster, tmp_path):
@@ -113,29 +126,13 @@ TOO_BIG_FOR_B = [f"ppo.{role}.group.cpus_per_rank=1" for role in ("policy", "cri
 
 @pytest.fixture
 def three_nodes(tmp_path):
-    """(driver env, start_node(name, cpus) → process group, node C's process group)."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    gcs, groups = free_port(), []
+    """(driver env, start_node(name, cpus) → its process group, node C's process group)."""
+    with ray_nodes("--num-cpus=0", "--include-dashboard=false") as (env, add_node):
+        def start_node(name: str, cpus: int) -> int:
+            return add_node(f"--num-cpus={cpus}", f'--resources={{"{name}": 1}}')
 
-    def start_node(name: str, cpus: int) -> int:
-        groups.append(ray_start(env, f"--address=127.0.0.1:{gcs}", f"--num-cpus={cpus}",
-                                f'--resources={{"{name}": 1}}'))
-        return groups[-1]
-
-    try:
-        groups.append(ray_start(env, "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=false",
-                                f"--ray-client-server-port={free_port()}"))
         start_node("node_b", 4)
-        node_c = start_node("node_c", 2)
-        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, start_node, node_c
-    finally:
-        for pgid in reversed(groups):
-            stop(pgid)
-        record = Path("/tmp/ray/ray_current_cluster")
-        if record.exists() and record.read_text().strip().endswith(f":{gcs}"):
-            record.unlink()
+        yield env, start_node, start_node("node_c", 2)
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +164,6 @@ def kill_node(sid: int, run: Path) -> list[int]:
     for pid in session(sid):
         os.kill(pid, signal.SIGKILL)
     return on_node
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_lost_node_is_replaced_on_the_nodes_left_and_the_run_ends_exact(three_nodes, spread_reference, models,
