@@ -159,6 +159,8 @@ class Soak:
         rc = self.proc.wait(timeout=self.timeout_s)
         if rc not in expected:
             raise RuntimeError(f"the driver exited {rc}, not {expected}:\n{self.log.read_text()[-3000:]}")
+        # the ranks of the driver that went can outlive it for a while: "up" means other ranks than these
+        self.pids = rank_pids(self.run)
         self.launch(resume=True)
 
     def inject(self, fault: Fault, rng: random.Random) -> dict:
