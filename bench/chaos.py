@@ -271,12 +271,14 @@ def main() -> None:
     models = train_models(out / "base")
     extra = ["run.max_restarts=1000", f"run.call_timeout_s={args.call_timeout_s}"]
     reference = out / "reference" / "demo"
-    t0 = time.monotonic()
-    if not (reference / "ppo" / "policy" / "model.safetensors").exists():
+    timing = out / "reference.json"  # the uninterrupted run's wall time, kept for reruns of the soak
+    if not (reference / "ppo" / "policy" / "model.safetensors").exists() or not timing.exists():
+        t0 = time.monotonic()
         ref = start(ppo_args(models, out / "reference", *extra, steps=args.steps), out / "reference.log")
         if ref.wait() != 0:
             raise SystemExit(f"the reference run failed: {out / 'reference.log'}")
-    reference_s = time.monotonic() - t0
+        timing.write_text(json.dumps({"wall_s": time.monotonic() - t0}))
+    reference_s = json.loads(timing.read_text())["wall_s"]
     faults = schedule(args.steps, args.faults, args.seed)
     soak_dir = out / f"soak-s{args.seed}"
     soak = Soak(ppo_args(models, soak_dir, *extra, steps=args.steps), soak_dir / "demo",
