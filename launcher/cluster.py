@@ -128,8 +128,8 @@ def place(requests: dict[str, tuple[int, float, float, str]], wait_s: float = 0.
     """A ready placement group per {name: (bundles, cpus, gpus per bundle, strategy)}. The cluster can
     change while they are placed: Ray takes a while to declare a lost node dead, and until then counts
     its resources. A placement not ready within try_s is withdrawn and the capacity checked again
-    (waiting up to wait_s from when a shortfall is seen, as check_capacity does), until placing has
-    taken wait_s (at least 60 s)."""
+    (waiting up to wait_s from when a shortfall is seen, as check_capacity does); once placing has
+    taken wait_s (at least 60 s), a placement that is still not ready is an error."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
@@ -139,8 +139,7 @@ def place(requests: dict[str, tuple[int, float, float, str]], wait_s: float = 0.
         check_capacity(shapes, wait_s)
         pgs = {name: placement_group([{"CPU": c, **({"GPU": g} if g else {})} for _ in range(b)], strategy=s)
                for name, (b, c, g, s) in requests.items()}
-        left = deadline - time.monotonic()
-        ready, _ = ray.wait([pg.ready() for pg in pgs.values()], num_returns=len(pgs), timeout=min(try_s, left))
+        ready, _ = ray.wait([pg.ready() for pg in pgs.values()], num_returns=len(pgs), timeout=try_s)
         if len(ready) == len(pgs):
             return pgs
         for pg in pgs.values():

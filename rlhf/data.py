@@ -389,8 +389,7 @@ def load_text(path: str | Path, min_chars: int = 1) -> str:
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
-    """One JSON object per line; the file is replaced whole (written beside it, then renamed), so a
-    reader or a crash never sees it half written."""
+    """One JSON object per line, the file replaced whole (written beside it, then renamed): never half written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
