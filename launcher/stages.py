@@ -31,9 +31,10 @@ from rlhf.chat import transcript
 from rlhf.data import load_comparisons, write_jsonl
 from rlhf.evaluate import Evaluation, Judges, evaluate_policy, sample
 from rlhf.functions import FunctionError
+from rlhf.reward_model import decay_steps as rm_decay_steps
 from rlhf.reward_model import read_reward_stats, train_reward_model
 from rlhf.reward_model import total_steps as rm_total_steps
-from rlhf.sft import total_steps, train_sft
+from rlhf.sft import decay_steps, total_steps, train_sft
 from rlhf.task import EmbeddedTask
 from rlhf.workers import PolicyWorker, ReferenceWorker, RewardModelWorker, RewardWorker
 
@@ -186,7 +187,8 @@ def run_sft(cfg: Config, inputs: Inputs) -> dict:
              "epoch(s) without a better held-out %s", len(train), len(evals), s.epochs, steps, s.group.ranks,
              s.patience or "∞", "loss" if s.select == "loss" else "reward of sampled responses")
     start = checkpoint_source(cfg, inputs.models["sft_init"]) if inputs.models["sft_init"] else fresh_source(cfg, tok)
-    specs = {"policy-sft": (PolicyWorker, s.group, (start, s.engine, s.optim, steps, s.batch_size), {})}
+    schedule = decay_steps(len(train), s)
+    specs = {"policy-sft": (PolicyWorker, s.group, (start, s.engine, s.optim, schedule, s.batch_size), {})}
     if s.select == "reward":
         specs["reward-sft"] = reward_role(cfg, inputs.models["select_reward"])
     prepare_ops(s.engine)
@@ -274,7 +276,7 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
 
     def attempt(restarts: int) -> dict:  # RM training keeps no state: a restart begins the stage again
         with worker_group(cfg, "reward-train", RewardModelWorker, cfg.rm.group, checkpoint_source(cfg, init),
-                          cfg.rm.engine, cfg.rm.optim, steps, cfg.rm.batch_size) as group:
+                          cfg.rm.engine, cfg.rm.optim, rm_decay_steps(len(train), cfg.rm), cfg.rm.batch_size) as group:
             record_placement(out_dir, {"reward": group})
             metrics = train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log,
                                          cfg.run.max_bad_steps)

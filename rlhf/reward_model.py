@@ -48,6 +48,9 @@ class RMConfig(BaseModel):
     epochs: int = Field(10, ge=1)
     patience: int | None = Field(2, ge=1)  # epochs in a row without a better held-out accuracy; null: all epochs
     keep_best: bool = True  # export the epoch of the best held-out accuracy; false: the last epoch's
+    # The learning rate's cosine decay spans this many epochs and then stays at its floor (optim.min_lr_ratio),
+    # so the upper bound on epochs does not stretch the schedule; null: the decay spans all `epochs`.
+    decay_epochs: int | None = Field(None, ge=1)
     eval_every: int = Field(50, ge=1)  # steps between held-out evaluations (besides each epoch's end)
     seed: int = 0  # shuffling seed
     # Who ranks the samples of each round (`instructrl pipeline`, run.rounds): a function "file.py:fn" or
@@ -62,6 +65,11 @@ class RMConfig(BaseModel):
     group: GroupSpec = GroupSpec()  # ranks, TP, placement
 def total_steps(n_rankings: int, cfg: RMConfig) -> int:
     return count_steps(n_rankings, cfg.batch_size, cfg.optim.grad_accum, cfg.epochs)
+
+
+def decay_steps(n_rankings: int, cfg: RMConfig) -> int:
+    """Optimizer steps the learning rate's warm-up and cosine decay span (`decay_epochs`, else all epochs)."""
+    return count_steps(n_rankings, cfg.batch_size, cfg.optim.grad_accum, cfg.decay_epochs or cfg.epochs)
 
 
 def encode_rankings(tok, comparisons: list[Comparison], max_len: int) -> list[list[Encoded]]:

@@ -11,6 +11,7 @@ import pytest
 from launcher.cli import main
 from launcher.config import ConfigError, load_config
 from launcher.preflight import check_inputs, stages_of
+from parallel.engine import lr_factor
 from tests.launcher.user_task import write_task
 
 SMALL = ["run.backend=local", "model.preset=toy", "sft.max_len=32", "rm.max_len=32", "ppo.max_new_tokens=4",
@@ -95,3 +96,26 @@ def test_pipeline_selects_sft_by_reward_and_reports_how_sft_ended(files, tmp_pat
     own = sum(float(r["response"] == str(r["answer"])) for r in rows) / len(rows)
     assert summary["sft_demonstrations_gold"] == pytest.approx(own)
     assert "the held-out demonstrations' own gold" in printed and sft["stop_reason"] in printed
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm"])
+def test_the_learning_rate_decays_over_decay_epochs_and_then_stays_at_its_floor(stage, files, tmp_path, capsys):
+    """`decay_epochs` spans the cosine over fewer epochs than the bound: every step's logged rate is the
+    schedule's over decay_epochs' steps (flat at lr × min_lr_ratio after them), not over all epochs'."""
+    data = {"sft": f"sft.train_data={files['sft']}", "rm": f"rm.train_data={files['comparisons']}"}
+    args = [f"run.out_dir={tmp_path}", "run.name=decay", "model.bpe_vocab=512", *SMALL, data["sft"]]
+    if stage == "rm":  # from this run's SFT model
+        assert main(["sft", *args, "sft.epochs=1"]) == 0, capsys.readouterr().err
+        args.append(data["rm"])
+    schedule = [f"{stage}.epochs=3", f"{stage}.decay_epochs=1", f"{stage}.patience=null",
+                f"{stage}.optim.warmup_steps=2", f"{stage}.optim.min_lr_ratio=0.1"]
+    assert main([stage, *args, *schedule]) == 0, capsys.readouterr().err
+    cfg = load_config(None, [*args, *schedule])
+    optim = getattr(cfg, stage).optim
+    lrs = [m["train/lr"] for m in map(json.loads, (tmp_path / "decay" / stage / "metrics.jsonl").open())
+           if "train/lr" in m]
+    per_epoch = len(lrs) // 3
+    assert len(lrs) == 3 * per_epoch and per_epoch > optim.warmup_steps
+    expected = [optim.lr * lr_factor(s, optim.warmup_steps, per_epoch, 0.1) for s in range(len(lrs))]
+    assert lrs == pytest.approx(expected)
+    assert lrs[per_epoch:] == pytest.approx([optim.lr * 0.1] * 2 * per_epoch)
