@@ -200,6 +200,8 @@ class LocalGroup:
         self.label, self.timeline = worker_cls.__name__, None  # the role, and where its calls are traced
 
     def _call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        if self.timeline is not None:
+            self.timeline.called(1)
         value, start, end = self._rank.execute(fn, args, kwargs)
         if self.timeline is not None:
             self.timeline.add(self.label, 0, getattr(fn, "__name__", "call"), start, end)
@@ -264,7 +266,12 @@ class RayGroup:
                 self.timeline.add(self.label, r, getattr(fn, "__name__", "call"), start, end)
         return [value for value, _, _ in timed]
 
+    def _submit(self) -> None:
+        if self.timeline is not None:
+            self.timeline.called(len(self.actors))
+
     def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
+        self._submit()
         parts = split_batch(batch, self.spec.ranks // self.spec.tp_size)
         refs = [a.execute.remote(fn, (parts[self.dp_of_rank[r]], *args), kwargs) for r, a in enumerate(self.actors)]
         # TP peers return the same result; keep the first rank of each data-parallel slot.
@@ -272,6 +279,7 @@ class RayGroup:
         return Handle(lambda: merge_outputs([v for r, v in enumerate(self._results(refs, fn)) if r in keep]))
 
     def broadcast(self, fn: Callable, *args, **kwargs) -> Handle:
+        self._submit()
         refs = [a.execute.remote(fn, args, kwargs) for a in self.actors]
         return Handle(lambda: self._results(refs, fn))
 

@@ -52,21 +52,30 @@ class Roles:
 
 
 class PhaseTimer:
-    """One flat wall-clock timer per phase of a step; each phase also a span of the timeline."""
+    """One flat wall-clock timer per phase of a step; each phase also a span of the timeline, and what the
+    driver spent on it: its group calls (round trips), the rank calls they fan out into, its own CPU time."""
 
     def __init__(self, timeline: Timeline | None = None):
         self.seconds: dict[str, float] = {}
+        self.driver: dict[str, float] = {}
         self.timeline, self.start, self.end = timeline, time.time(), None
 
     @contextmanager
     def __call__(self, phase: str):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         began = time.time()
+        calls, tasks = (self.timeline.calls, self.timeline.tasks) if self.timeline is not None else (0, 0)
         yield
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
         self.end = time.time()
+        self._add(f"driver/cpu_s/{phase}", time.process_time() - cpu)
         if self.timeline is not None:
             self.timeline.add(COORDINATOR, 0, phase, began, self.end)
+            self._add(f"driver/calls/{phase}", self.timeline.calls - calls)
+            self._add(f"driver/rank_calls/{phase}", self.timeline.tasks - tasks)
+
+    def _add(self, key: str, value: float) -> None:
+        self.driver[key] = self.driver.get(key, 0.0) + value
 
     def busy(self) -> dict[str, float]:
         """Each group's busy fraction over the step so far (timeline/<group>/busy)."""
@@ -324,7 +333,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
             kl_ctl.update(metrics.get("kl/sequence", 0.0), cfg.prompts_per_step)
         total = sum(timer.seconds.values())
         n_tokens = float(rollout.response_mask.sum())
-        metrics |= {f"time/{k}": v for k, v in timer.seconds.items()} | timer.busy()
+        metrics |= {f"time/{k}": v for k, v in timer.seconds.items()} | timer.busy() | timer.driver
         metrics |= {"perf/samples_per_s": cfg.prompts_per_step / total, "perf/tokens_per_s": n_tokens / total}
         log(metrics, step + 1)
         bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics.get('kl/sequence', 0.0):.3f}",

@@ -31,6 +31,16 @@ class Timeline:
     def __init__(self, max_spans: int = 200_000):
         self.spans: deque[Span] = deque(maxlen=max_spans)
         self._lock = threading.Lock()
+        # The driver's side: group calls (one round trip each, its ranks answering in parallel) and the
+        # rank calls they fan out into, counted as they are made.
+        self.calls = 0
+        self.tasks = 0
+
+    def called(self, ranks: int) -> None:
+        """One group call from the driver, fanned out to `ranks` ranks."""
+        with self._lock:
+            self.calls += 1
+            self.tasks += ranks
 
     def add(self, group: str, rank: int, name: str, start: float, end: float) -> None:
         with self._lock:

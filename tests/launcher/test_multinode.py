@@ -207,3 +207,18 @@ def test_a_lost_node_that_leaves_too_little_waits_then_stops_and_resumes_when_ca
     text = finish(start([*args, "run.resume=true"], log2, env), log2)
     assert f"resumed from {saved} at step {ck.step_of(saved)}" in text
     assert_same_run(run, spread_reference)
+
+
+def test_the_drivers_calls_per_phase_do_not_grow_with_the_ranks(reference, spread_reference):
+    """#30 item 4: the same run with the policy at one rank and at two: in every phase of every step the
+    driver makes the same group calls (round trips), and only the rank calls they fan out into grow."""
+    phases = ("generate", "score", "train", "sync")
+    one, two = ([r for r in records(run) if "time/train" in r] for run in (reference, spread_reference))
+    assert len(one) == len(two) > 0
+    for a, b in zip(one, two, strict=True):
+        for phase in phases:
+            assert a[f"driver/calls/{phase}"] == b[f"driver/calls/{phase}"] > 0, (phase, a["step"])
+            assert a[f"driver/rank_calls/{phase}"] == a[f"driver/calls/{phase}"]  # every group at one rank
+        # the policy's calls (generation, its log-probs, its updates, the sync) reach both its ranks
+        assert b["driver/rank_calls/generate"] == 2 and b["driver/rank_calls/sync"] == 2
+        assert sum(b[f"driver/rank_calls/{p}"] for p in phases) > sum(a[f"driver/rank_calls/{p}"] for p in phases)

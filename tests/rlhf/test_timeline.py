@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from rlhf.coordinator import PhaseTimer
 from rlhf.timeline import COORDINATOR, Timeline, union_length
 
 
@@ -41,3 +42,20 @@ def test_chrome_trace_has_one_process_per_group_and_a_thread_per_rank(tmp_path):
     assert [(names[e["pid"]], e["tid"], e["name"]) for e in spans] == [
         ("coordinator", 0, "generate"), ("policy", 1, "generate"), ("critic", 0, "values")]
     assert spans[1]["ts"] == 1.0e6 and spans[1]["dur"] == pytest.approx(0.5e6)
+
+
+def test_phase_timer_counts_the_drivers_calls_per_phase():
+    t = Timeline()
+    timer = PhaseTimer(t)
+    with timer("generate"):
+        t.called(4)  # one group call to 4 ranks
+    with timer("score"):
+        t.called(4)
+        t.called(2)
+    with timer("generate"):  # a phase entered twice in a step adds up
+        t.called(4)
+    d = timer.driver
+    assert (d["driver/calls/generate"], d["driver/rank_calls/generate"]) == (2, 8)
+    assert (d["driver/calls/score"], d["driver/rank_calls/score"]) == (2, 6)
+    assert d["driver/cpu_s/generate"] >= 0 and set(timer.seconds) == {"generate", "score"}
+    assert "driver/calls/generate" not in PhaseTimer(None).driver  # no timeline: no counts, CPU time only
