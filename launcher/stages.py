@@ -29,12 +29,12 @@ from parallel.mesh import GroupSpec
 from rlhf.batching import decode_responses
 from rlhf.chat import transcript
 from rlhf.data import load_comparisons, write_jsonl
+from rlhf.epochs import decay_steps
 from rlhf.evaluate import Evaluation, Judges, evaluate_policy, sample
 from rlhf.functions import FunctionError
-from rlhf.reward_model import decay_steps as rm_decay_steps
 from rlhf.reward_model import read_reward_stats, train_reward_model
 from rlhf.reward_model import total_steps as rm_total_steps
-from rlhf.sft import decay_steps, total_steps, train_sft
+from rlhf.sft import total_steps, train_sft
 from rlhf.task import EmbeddedTask
 from rlhf.workers import PolicyWorker, ReferenceWorker, RewardModelWorker, RewardWorker
 
@@ -276,7 +276,7 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
 
     def attempt(restarts: int) -> dict:  # RM training keeps no state: a restart begins the stage again
         with worker_group(cfg, "reward-train", RewardModelWorker, cfg.rm.group, checkpoint_source(cfg, init),
-                          cfg.rm.engine, cfg.rm.optim, rm_decay_steps(len(train), cfg.rm), cfg.rm.batch_size) as group:
+                          cfg.rm.engine, cfg.rm.optim, decay_steps(len(train), cfg.rm), cfg.rm.batch_size) as group:
             record_placement(out_dir, {"reward": group})
             metrics = train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log,
                                          cfg.run.max_bad_steps)

@@ -14,13 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf.batching import epoch_batches
+from rlhf.batching import count_steps, epoch_batches
 from rlhf.early_stopping import EarlyStopping
 from rlhf.guards import BadSteps, check_finite
 from rlhf.progress import progress
 
 LogFn = Callable[[dict[str, float], int], None]
 BEST_STATE = "best-epoch"  # <out_dir>/best-epoch: the best epoch's training state, while the stage trains
+
+
+def decay_steps(n_items: int, cfg) -> int:
+    """Optimizer steps the learning rate's warm-up and cosine decay span: `decay_epochs` of a stage's config
+    (SFTConfig, RMConfig), at most its `epochs`; without it, all of them. Then the rate stays at its floor."""
+    epochs = min(cfg.decay_epochs or cfg.epochs, cfg.epochs)
+    return count_steps(n_items, cfg.batch_size, cfg.optim.grad_accum, epochs)
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ class SFTConfig(BaseModel):
     # ppo.reward_functions).
     select: Literal["loss", "reward"] = "loss"
     keep_best: bool = True  # export the best epoch's weights; false: the last epoch's
-    # The learning rate's cosine decay spans this many epochs and then stays at its floor (optim.min_lr_ratio);
-    # null: the decay spans all `epochs`.
+    # The learning rate's cosine decay spans this many epochs (at most `epochs`) and then stays at its floor
+    # (optim.min_lr_ratio); null: all `epochs`.
     decay_epochs: int | None = Field(None, ge=1)
     eval_every: int = Field(50, ge=1)  # optimizer steps between held-out losses in the log (besides each epoch's end)
     save_every: int = Field(0, ge=0)  # optimizer steps; 0: final checkpoint only
@@ -65,10 +65,6 @@ def encode_all(tok, records: list[SFTRecord], max_len: int) -> tuple[list[Encode
 def total_steps(n_examples: int, cfg: SFTConfig) -> int:
     return count_steps(n_examples, cfg.batch_size, cfg.optim.grad_accum, cfg.epochs)
 
-
-def decay_steps(n_examples: int, cfg: SFTConfig) -> int:
-    """Optimizer steps the learning rate's warm-up and cosine decay span (`decay_epochs`, else all epochs)."""
-    return count_steps(n_examples, cfg.batch_size, cfg.optim.grad_accum, cfg.decay_epochs or cfg.epochs)
 
 
 def evaluate_nll(group, examples: list[Encoded], pad_id: int, batch_size: int) -> dict[str, float]:

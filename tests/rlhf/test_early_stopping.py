@@ -150,3 +150,13 @@ def test_reward_model_stops_after_patience(tmp_path):
     result, accs, _ = run_rm(tmp_path, patience=1)
     assert result["epochs"] == len(accs) < 8 and accs[-1] <= max(accs[:-1])  # the first epoch without a new best
     assert all(a < b for a, b in zip(accs[:-2], accs[1:-1], strict=True))  # each before it was one
+
+
+def test_the_decay_spans_decay_epochs_at_most_the_bound():
+    from rlhf.epochs import decay_steps
+
+    # 10 rankings in batches of 4: 3 steps an epoch
+    assert decay_steps(10, RMConfig(batch_size=4)) == 3 * 10  # the default: 10 of its 20 epochs
+    assert decay_steps(10, RMConfig(batch_size=4, epochs=3)) == 3 * 3  # a lower bound ends the decay with it
+    assert decay_steps(10, RMConfig(batch_size=4, decay_epochs=None)) == 3 * 20
+    assert decay_steps(10, SFTConfig(batch_size=4)) == 3 * 20  # SFT's spans its bound
