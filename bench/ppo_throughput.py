@@ -7,9 +7,12 @@ phase split (generate, score, train, sync), and each phase's model FLOPs and the
 of the machine's measured fp32 matmul peak (bench/matmul_peak.py).
 
     python bench/ppo_throughput.py [--steps 8] [--backend local|ray] [--no-packing] [--eos-gap 4] [--ppo-epochs 4]
+                                   [--schedule sync|async]
 
 --eos-gap makes responses end early at varied lengths, as a trained policy's do (ppo_reference.boost_eos);
 --no-packing scores and trains on the padded batches (engine.packing false) instead of packed rows.
+--schedule async samples in a fifth group, the generator, while the policy trains (ppo.schedule); on Ray
+every group gets an equal share of the --threads CPUs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def main() -> int:
     ap.add_argument("--estimator", choices=("gae", "grpo", "rloo", "reinforce_pp"), default="gae",
                     help="ppo.advantage_estimator; without gae no critic group runs")
     ap.add_argument("--ppo-epochs", type=int, default=1, help="ppo.ppo_epochs (the reference configuration's 1)")
+    ap.add_argument("--schedule", choices=("sync", "async"), default="sync", help="ppo.schedule")
     ap.add_argument("--samples-per-prompt", type=int, default=None,
                     help="ppo.samples_per_prompt (default: 1 with gae, 4 otherwise)")
     args = ap.parse_args()
@@ -61,7 +65,8 @@ def main() -> int:
                     temperature=1.0, ppo_epochs=args.ppo_epochs, minibatches=MINIBATCHES, normalize_scores=False,
                     eval_every=10**9,
                     recompute_logprobs_every=args.recompute_every, advantage_estimator=args.estimator,
-                    samples_per_prompt=samples, score_baseline="none", critic_warmup_steps=0, missing_eos_score=None)
+                    samples_per_prompt=samples, score_baseline="none", critic_warmup_steps=0, missing_eos_score=None,
+                    schedule=args.schedule)
     with tempfile.TemporaryDirectory() as tmp:
         tok, texts, lm_dir, rm_dir = reference_setup(tmp)
         if args.eos_gap:
@@ -78,6 +83,8 @@ def main() -> int:
                  "reward": (RewardWorker, (rm, engine))}
         if not ppo.uses_critic:
             del specs["critic"]
+        if ppo.schedule == "async":
+            specs["generator"] = (PolicyWorker, (lm, engine))
         logged: dict[int, dict] = {}
         if args.backend == "local":
             from launcher.worker_group import LocalGroup
@@ -90,7 +97,7 @@ def main() -> int:
             from launcher.worker_group import build_groups, shutdown_groups
 
             init_ray(num_cpus=args.threads)
-            spec = GroupSpec(ranks=1, cpus_per_rank=args.threads / 4)
+            spec = GroupSpec(ranks=1, cpus_per_rank=args.threads / len(specs))
             groups = build_groups({r: (cls, spec, a, {}) for r, (cls, a) in specs.items()})
             try:
                 train_ppo(Roles(**{"critic": None, **groups}), tok, prompts, ppo,
@@ -112,7 +119,8 @@ def main() -> int:
     total = sum(median[f"time/{p}"] for p in phases)
     print(f"backend={args.backend} threads={args.threads} steps={len(steps)} (after {args.warmup} warm-up) "
           f"packing={not args.no_packing} eos_gap={args.eos_gap} estimator={args.estimator} "
-          f"samples_per_prompt={ppo.samples_per_prompt} recompute_every={args.recompute_every}")
+          f"samples_per_prompt={ppo.samples_per_prompt} recompute_every={args.recompute_every} "
+          f"schedule={ppo.schedule}")
     print(f"median step: {median['perf/samples_per_s']:.2f} samples/s, {median['perf/tokens_per_s']:.1f} "
           f"generated tokens/s, {total:.2f} s/step, {median['response/length']:.1f} tokens/response")
     print("phase split: " + ", ".join(f"{p} {median[f'time/{p}']:.2f} s ({100 * median[f'time/{p}'] / total:.0f}%)"

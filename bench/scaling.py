@@ -47,8 +47,7 @@ def per_step(rows: list[dict], warmup: int) -> dict[str, float]:
     steps = [r for r in rows if "time/train" in r][warmup:]
     if not steps:
         raise RuntimeError("no PPO step after the warm-up was logged")
-    keys = [f"time/{p}" for p in PHASES] + [f"driver/{k}/{p}" for k in ("calls", "rank_calls", "cpu_s")
-                                              for p in PHASES]
+    keys = [f"{k}/{p}" for k in ("time", "time/driver_cpu", "driver/calls", "driver/rank_calls") for p in PHASES]
     out = {k: statistics.median(r.get(k, 0.0) for r in steps) for k in keys}
     out["time/step"] = statistics.median(sum(r[f"time/{p}"] for p in PHASES) for r in steps)
     out["perf/samples_per_s"] = statistics.median(r["perf/samples_per_s"] for r in steps)
@@ -86,7 +85,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         phases = " · ".join(f"{r[f'time/{p}']:.2f}" for p in PHASES)
         calls = " · ".join(f"{r[f'driver/calls/{p}']:.0f}" for p in PHASES)
-        cpu = sum(r[f"driver/cpu_s/{p}"] for p in PHASES)
+        cpu = sum(r[f"time/driver_cpu/{p}"] for p in PHASES)
         rank_calls = sum(r[f"driver/rank_calls/{p}"] for p in PHASES)
         lines.append(f"| {r['dp']} | {r['ranks']} | {r['nodes_used']} | {r['rollouts_per_step']} | "
                      f"{r['time/step']:.2f} | {phases} | {cpu:.3f} | {calls} | {rank_calls:.0f} |")

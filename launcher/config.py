@@ -174,7 +174,7 @@ class Config(BaseModel):
                              f"multiple of the rounds")
 
     def _check_colocation(self) -> None:
-        roles = ("policy", "reference", "critic", "reward")
+        roles = ("policy", "reference", "critic", "reward", "generator")
         for name, spec in self.groups.items():
             target = spec.colocate_with
             if target is None:
@@ -188,6 +188,9 @@ class Config(BaseModel):
             if target == "critic" and not self.ppo.uses_critic:
                 raise ValueError(f"{name}.group.colocate_with=critic: ppo.advantage_estimator="
                                  f"{self.ppo.advantage_estimator} starts no critic; colocate with another role")
+            if target == "generator" and self.ppo.schedule != "async":
+                raise ValueError(f"{name}.group.colocate_with=generator: ppo.schedule={self.ppo.schedule} starts no "
+                                 f"generator; colocate with another role")
             anchor = getattr(self.ppo, target).group
             if anchor.colocate_with:
                 raise ValueError(f"{name}.group.colocate_with={target!r}, which itself colocates with "
@@ -220,7 +223,8 @@ class Config(BaseModel):
     def groups(self) -> dict[str, GroupSpec]:
         """Every worker group's spec, by its config path."""
         return {"sft": self.sft.group, "rm": self.rm.group, "dpo": self.dpo.group,
-                **{f"ppo.{r}": getattr(self.ppo, r).group for r in ("policy", "reference", "critic", "reward")}}
+                **{f"ppo.{r}": getattr(self.ppo, r).group
+                   for r in ("policy", "reference", "critic", "reward", "generator")}}
 
     @property
     def uses_embedded_task(self) -> bool:

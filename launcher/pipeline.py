@@ -8,6 +8,7 @@ function the proxy and gold scores are also drawn against √KL after each evalu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -15,6 +16,8 @@ import shutil
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+
+import torch
 
 from launcher.config import Config
 from launcher.plots import plot_overoptimization
@@ -37,6 +40,7 @@ from launcher.stages import (
 from launcher.storage import failed_save, storage_cause
 from launcher.tracking import Tracker
 from models.errors import InputError
+from models.generation import Generation
 from parallel import checkpoint as checkpoints
 from rlhf.coordinator import LR_KEYS, Roles, train_ppo
 from rlhf.evaluate import Judges, evaluate_policy
@@ -45,7 +49,8 @@ from rlhf.timeline import Timeline
 from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker
 
 log = logging.getLogger("instructrl")
-ROLES = ("policy", "reference", "critic", "reward")
+ROLES = ("policy", "reference", "critic", "reward", "generator")
+PENDING = "pending.pt"  # schedule=async: the next step's sample, drawn before the save
 
 
 def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> dict:
@@ -65,6 +70,9 @@ def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> d
     }
     if not p.uses_critic:
         del specs["critic"]
+    if p.schedule == "async":  # a copy of the policy that samples (no optimizer), its weights pushed after updates
+        specs["generator"] = (PolicyWorker, p.generator.group, (src(models["policy"]), p.generator.engine),
+                              {"seed": p.seed})
     return specs
 
 
@@ -108,8 +116,11 @@ def trained_roles(roles: Roles) -> list[tuple[str, type]]:
 
 def load_checkpoint(roles: Roles, path: Path) -> dict:
     """Load policy and critic from a verified checkpoint; every rank must report the manifest's step
-    (a role's files from another step would otherwise train on silently)."""
+    (a role's files from another step would otherwise train on silently). The state holds the sample an
+    asynchronous run drew for the next step, where it saved one."""
     state = json.loads((path / checkpoints.STATE).read_text())
+    if (path / PENDING).exists():
+        state["pending"] = Generation(**torch.load(path / PENDING, weights_only=True))
     for role, worker in trained_roles(roles):
         reported = getattr(roles, role).broadcast(worker.load_state, str(path / role)).get()
         wrong = [c.get("step") for c in reported if c.get("step") != state["step"]]
@@ -139,7 +150,8 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
              f"{p.kl_coef:g} fixed" if p.kl_target is None else
              f"from {p.kl_coef:g} toward {p.kl_target:g} nats per response (horizon {p.kl_horizon} rollouts)")
     bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)
-    prepare_ops(*(getattr(p, role).engine for role in ROLES if role != "critic" or p.uses_critic))
+    prepare_ops(*(getattr(p, role).engine for role in ROLES if (role != "critic" or p.uses_critic)
+                  and (role != "generator" or p.schedule == "async")))
 
     def attempt(restarts: int) -> tuple[dict, dict]:
         with start_roles(cfg, role_specs(cfg, models, n_updates)) as roles:
@@ -164,7 +176,11 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
             def checkpoint(step: int, state: dict) -> None:
                 staging = checkpoints.staging_dir(out_dir, step)
                 shutil.rmtree(staging, ignore_errors=True)
+                pending = state.pop("pending", None)
                 try:
+                    if pending is not None:
+                        staging.mkdir(parents=True)
+                        torch.save(dataclasses.asdict(pending), staging / PENDING)
                     for role, worker in trained_roles(roles):
                         getattr(roles, role).broadcast(worker.save_state, str(staging / role), state).get()
                     path = checkpoints.commit(out_dir, step, state)

@@ -279,8 +279,12 @@ class RayGroup:
         return Handle(lambda: merge_outputs([v for r, v in enumerate(self._results(refs, fn)) if r in keep]))
 
     def broadcast(self, fn: Callable, *args, **kwargs) -> Handle:
+        import ray
+
         self._submit()
-        refs = [a.execute.remote(fn, args, kwargs) for a in self.actors]
+        # Stored once for every rank (the policy's weights for a generator group are large)
+        shared_args, shared_kwargs = (ray.put(args), ray.put(kwargs)) if len(self.actors) > 1 else (args, kwargs)
+        refs = [a.execute.remote(fn, shared_args, shared_kwargs) for a in self.actors]
         return Handle(lambda: self._results(refs, fn))
 
     def shutdown(self) -> None:

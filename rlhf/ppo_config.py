@@ -95,6 +95,11 @@ class PPOConfig(BaseModel):
     # min(π_old/π_vllm, tis_cap) (truncated importance sampling; null: no correction).
     rollout: Literal["builtin", "vllm"] = "builtin"
     tis_cap: float | None = Field(2.0, gt=0)
+    # "sync": generate → score → train → sync, each phase waiting for the last. "async": a generator group
+    # (`generator`, a copy of the policy for sampling) draws step t + 1's samples while the policy trains on
+    # step t's, with the weights of before that update: one update stale, each token's surrogate weighted
+    # by min(π_old/π_sampler, tis_cap) as for vLLM. The new weights go to the generator after every update.
+    schedule: Literal["sync", "async"] = "sync"
     ppo_epochs: int = Field(4, ge=1)  # passes over each rollout batch
     critic_warmup_steps: int = Field(4, ge=0)  # first steps update the critic only (its values start as rewards)
     minibatches: int = Field(4, ge=1)  # minibatches per PPO epoch (policy and critic)
@@ -138,6 +143,7 @@ class PPOConfig(BaseModel):
     critic: RoleConfig = RoleConfig(optim=CRITIC_OPTIM)
     reward: RoleConfig = RoleConfig()
     reference: RoleConfig = RoleConfig()
+    generator: RoleConfig = RoleConfig()  # schedule=async: the group that samples (its tp_size: the policy's)
 
     @property
     def score_weights(self) -> dict[str, float]:
@@ -184,6 +190,17 @@ class PPOConfig(BaseModel):
             if self.policy.group.tp_size != 1:
                 raise ValueError("rollout=vllm runs one whole vLLM engine per policy rank: it needs "
                                  "policy.group.tp_size: 1 (scale with data parallelism)")
+        if self.schedule == "async":
+            if self.rollout != "builtin":
+                raise ValueError("schedule=async samples in its generator group with the built-in sampler: it "
+                                 "needs rollout: builtin")
+            if self.recompute_logprobs_every != 1:
+                raise ValueError("schedule=async: the sampler's weights are an update old, so the old log-probs must "
+                                 "come from the trainer every step; set recompute_logprobs_every: 1")
+            if self.generator.group.tp_size != self.policy.group.tp_size:
+                raise ValueError(f"schedule=async: generator.group.tp_size={self.generator.group.tp_size} must be "
+                                 f"the policy's ({self.policy.group.tp_size}): each generator rank takes the "
+                                 f"weights of the policy rank of its tensor-parallel rank")
         for role in ("policy", "critic"):
             if getattr(self, role).optim.grad_accum != 1:
                 raise ValueError(f"{role}.optim.grad_accum must be 1: each PPO minibatch is one update")

@@ -132,6 +132,13 @@ class LMWorker(ModelWorker):
             return self._sequence_logprobs(groups, pad_id).float().cpu()
 
 
+def copy_parameters(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy `state` into the model's parameters in place, by name (dtype and device converted)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(state[name])
+
+
 class PolicyWorker(LMWorker):
     """The policy (InstructGPT's π): SFT, sampling, and PPO updates.
 
@@ -166,10 +173,21 @@ class PolicyWorker(LMWorker):
 
             self._vllm.load_weights(to_hf_state_dict(self.cfg, self.engine.local_state_dict()))
         elif self._gen_copy is not None:
-            state = self.engine.local_state_dict()
-            with torch.no_grad():
-                for name, p in self._gen_copy.named_parameters():
-                    p.copy_(state[name])
+            copy_parameters(self._gen_copy, self.engine.local_state_dict())
+        return time.perf_counter() - start
+
+    def weights(self) -> dict[str, torch.Tensor] | None:
+        """The trained weights for a generator group (ppo.schedule=async): whole under every ZeRO stage, this
+        rank's tensor-parallel part; None on data-parallel ranks after the first, whose copies are the same."""
+        if self.mesh.dp_rank != 0:
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.local_state_dict().items()}
+
+    def load_weights(self, policy_ranks: list[dict[str, torch.Tensor] | None]) -> float:
+        """Take the policy's weights for sampling, from `weights` of every policy rank (in rank order: the
+        first data-parallel slot's ranks are its tensor-parallel ranks); returns the seconds it took."""
+        start = time.perf_counter()
+        copy_parameters(self._generation_model, [w for w in policy_ranks if w is not None][self.mesh.tp_rank])
         return time.perf_counter() - start
 
     @property

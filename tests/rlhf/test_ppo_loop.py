@@ -35,9 +35,12 @@ def roles(root, policy_engine=PLAIN) -> Roles:
 
 
 def run(root, tok, prompts, cfg: PPOConfig, start=None, saved=None, engine=PLAIN, nan_steps=(), out=None):
-    """PPO on in-process groups; the reward role's scores are NaN at `nan_steps`; `out` gets the roles."""
+    """PPO on in-process groups; the reward role's scores are NaN at `nan_steps`; `out` gets the roles.
+    With cfg.schedule=async a generator group samples (a copy of the policy without an optimizer)."""
     logged: dict[int, dict] = {}
     r = roles(root, engine)
+    if cfg.schedule == "async":
+        r.generator = LocalGroup(PolicyWorker, ModelSource(path=str(root / "policy")), PLAIN, seed=cfg.seed)
     if nan_steps:
         r.reward = NaNScores(r.reward, nan_steps)
     if out is not None:
@@ -47,9 +50,12 @@ def run(root, tok, prompts, cfg: PPOConfig, start=None, saved=None, engine=PLAIN
         r.critic.broadcast(CriticWorker.load_state, str(saved / "critic")).get()
 
     def checkpoint(step, state):
-        r.policy.broadcast(PolicyWorker.save_state, str(root / f"ck{step}" / "policy"), state).get()
-        r.critic.broadcast(CriticWorker.save_state, str(root / f"ck{step}" / "critic"), state).get()
+        ranks = {k: v for k, v in state.items() if k != "pending"}  # the stage keeps an async run's sample apart
+        r.policy.broadcast(PolicyWorker.save_state, str(root / f"ck{step}" / "policy"), ranks).get()
+        r.critic.broadcast(CriticWorker.save_state, str(root / f"ck{step}" / "critic"), ranks).get()
         checkpoint.state = state
+        if out is not None:
+            out.setdefault("states", {})[step] = state
 
     train_ppo(r, tok, prompts, cfg, lambda m, s: logged.__setitem__(s, m), None, lambda s: None, checkpoint, start)
     return logged, getattr(checkpoint, "state", None)

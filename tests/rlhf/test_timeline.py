@@ -57,5 +57,5 @@ def test_phase_timer_counts_the_drivers_calls_per_phase():
     d = timer.driver
     assert (d["driver/calls/generate"], d["driver/rank_calls/generate"]) == (2, 8)
     assert (d["driver/calls/score"], d["driver/rank_calls/score"]) == (2, 6)
-    assert d["driver/cpu_s/generate"] >= 0 and set(timer.seconds) == {"generate", "score"}
+    assert d["time/driver_cpu/generate"] >= 0 and set(timer.seconds) == {"generate", "score"}
     assert "driver/calls/generate" not in PhaseTimer(None).driver  # no timeline: no counts, CPU time only
