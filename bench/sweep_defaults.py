@@ -108,6 +108,9 @@ SETTINGS |= {label: [*ROUND_5, *overrides] for label, overrides in {
 # candidate: half the policy's peak learning rate.
 SETTINGS["r7-warmup"] = [*SETTINGS["r5-beta-0.1"], "ppo.policy.optim.warmup_steps=240"]
 SETTINGS["r7-lr-1e-4"] = [*SETTINGS["r5-beta-0.1"], "ppo.policy.optim.lr=1.0e-4"]
+# #30: the asynchronous schedule (a generator group one update behind) under the default β 0.1, against
+# the synchronous runs of r5-beta-0.1 at the same number of samples.
+SETTINGS["r9-async"] = [*SETTINGS["r5-beta-0.1"], "ppo.schedule=async"]
 GRPO = ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
 for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracle under each candidate
     SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]
