@@ -6,7 +6,8 @@
 # Prints the matmul peak (fp32 and bf16), the fused Triton attention kernel against SDPA and eager
 # attention (time and memory against sequence length), the kernel's GPU tests, and the #16 targets
 # table (bench/targets.py: PPO and critic-free samples/s, against TRL when its venv is given, train
-# MFU against the bf16 peak, generation against transformers, ZeRO-3 bytes per rank).
+# MFU against the bf16 peak, generation against transformers, ZeRO-3 bytes per rank), and the PPO
+# reference configuration on Ray under ppo.schedule sync and async (the generator on its own share).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -15,3 +16,6 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" bench/attention.py
 "$PY" -m pytest -q -m gpu tests/models/test_flash_attention.py tests/models/test_hf_interop.py
 "$PY" bench/targets.py --threads "$(nproc)" "$@"
+for schedule in sync async; do
+  "$PY" bench/ppo_throughput.py --backend ray --threads "$(nproc)" --schedule "$schedule" --steps 10
+done

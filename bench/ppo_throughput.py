@@ -97,7 +97,9 @@ def main() -> int:
             from launcher.worker_group import build_groups, shutdown_groups
 
             init_ray(num_cpus=args.threads)
-            spec = GroupSpec(ranks=1, cpus_per_rank=args.threads / len(specs))
+            # an equal share of the CPUs, and of the one GPU where there is one
+            spec = GroupSpec(ranks=1, cpus_per_rank=args.threads / len(specs),
+                             gpus_per_rank=1 / len(specs) if torch.cuda.is_available() else 0.0)
             groups = build_groups({r: (cls, spec, a, {}) for r, (cls, a) in specs.items()})
             try:
                 train_ppo(Roles(**{"critic": None, **groups}), tok, prompts, ppo,

@@ -110,8 +110,10 @@ def plot(rows: list[dict], path: Path) -> Path:
     left.legend()
     for key, style, label in (("calls", "o-", "group calls (round trips)"), ("rank_calls", "s--", "rank calls")):
         right.plot(dps, [sum(r[f"driver/{key}/{p}"] for p in PHASES) for r in rows], style, label=label)
-    right.set(xscale="log", xticks=dps, xticklabels=[str(d) for d in dps], xlabel="data-parallel ranks per group",
-              ylabel="per step", title="The driver's calls per step")
+    right.set(xscale="log", xlabel="data-parallel ranks per group", ylabel="per step",
+              title="The driver's calls per step")
+    right.minorticks_off()
+    right.set_xticks(dps, [str(d) for d in dps])
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="PPO steps per layout; the first is not counted")
     parser.add_argument("--cpus-per-rank", type=float, default=0.25)
     parser.add_argument("--out", type=Path, default=Path("runs/scaling"))
+    parser.add_argument("--plot", type=Path, default=None, help="also write the plot here (docs/scaling.png)")
     args = parser.parse_args()
     # The cluster's daemons and the PPO driver share one token, as slurm/instructrl.sbatch runs them.
     os.environ |= {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -148,7 +151,9 @@ def main() -> None:
         cluster.shutdown()
     (args.out / "scaling.json").write_text(json.dumps(rows, indent=1))
     (args.out / "scaling.md").write_text(table(rows) + "\n")
-    plot(rows, args.out / "scaling.png")
+    for path in (args.out / "scaling.png", args.plot):
+        if path is not None:
+            plot(rows, path)
     print(table(rows))
 
 

@@ -81,11 +81,16 @@ def test_config_show_and_cli_error(capsys):
 
 def test_the_demo_runs_ppo_under_the_defaults():
     """The task suite (bench/compare_algorithms.py) runs the demo config: it proves the class defaults
-    only while the demo sets nothing of PPO but the embedded task's lengths."""
+    only while the demo sets nothing of PPO but the embedded task's lengths (and where the roles' ranks
+    go: 0.4 Ray CPUs each, so that five groups fit 2 cores)."""
+    from parallel.mesh import GroupSpec
     from rlhf.ppo_config import PPOConfig
 
     demo = load_config("demo").ppo
-    assert demo == PPOConfig(max_new_tokens=demo.max_new_tokens, max_prompt_len=demo.max_prompt_len)
+    roles = ("policy", "critic", "reward", "reference", "generator")
+    assert all(getattr(demo, r).group == GroupSpec(cpus_per_rank=0.4) for r in roles)
+    placed = {r: getattr(PPOConfig(), r).model_copy(update={"group": GroupSpec(cpus_per_rank=0.4)}) for r in roles}
+    assert demo == PPOConfig(max_new_tokens=demo.max_new_tokens, max_prompt_len=demo.max_prompt_len, **placed)
     assert (demo.kl_coef, demo.ppo_epochs, demo.steps, demo.samples_per_prompt) == (0.1, 4, 150, 4)
     assert demo.kl_target is None
     assert (demo.policy.optim.lr, demo.policy.optim.min_lr_ratio, demo.missing_eos_score) == (2e-4, 0.1, -1.0)
