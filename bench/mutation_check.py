@@ -20,6 +20,7 @@ SH = "tests/rlhf/test_ppo_shaping.py::"
 PK = "tests/rlhf/test_packing.py::"
 VL = "tests/rlhf/test_vllm_rollout.py::"
 ES = "tests/rlhf/test_early_stopping.py::"
+AS = "tests/rlhf/test_async_schedule.py::"
 
 # (what the break does, file, line as it is, line broken, tests that must fail)
 MUTATIONS = [
@@ -37,7 +38,7 @@ MUTATIONS = [
      "CriticWorker.value_step, mb, None)", [SW + "test_value_clip_clips_the_critics_update"]),
     ("kl_estimator ignored", "rlhf/coordinator.py", "kl = kl_estimate(cfg.kl_estimator,", 'kl = kl_estimate("k1",',
      [SH + "test_kl_estimator_is_the_one_configured"]),
-    ("kl_target ignored", "rlhf/coordinator.py", "KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)",
+    ("kl_target ignored", "rlhf/schedules.py", "KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)",
      "KLController(cfg.kl_coef, None, cfg.kl_horizon)", [SW + "test_kl_target_moves_the_coefficient"]),
     ("critic_warmup_steps ignored", "rlhf/coordinator.py",
      "trains_policy = roles.critic is None or step >= cfg.critic_warmup_steps", "trains_policy = True",
@@ -124,7 +125,7 @@ MUTATIONS = [
      "tokens, lp = sample_next(logits[:, -1], params, generator)",
      ["tests/models/test_generation.py::test_dropping_finished_rows_changes_no_sample"]),
     ("importance weights of vLLM samples not computed", "rlhf/coordinator.py",
-     'if cfg.rollout == "vllm" and cfg.tis_cap is not None:', "if False:",
+     'if (cfg.rollout == "vllm" or cfg.schedule == "async") and cfg.tis_cap is not None:', "if False:",
      [VL + "test_shape_weights_tokens_by_the_truncated_ratio_for_vllm_samples_only"]),
     ("importance weights not applied in the policy step", "rlhf/workers.py",
      "hp.clip_eps_high, kl, r.is_weights)", "hp.clip_eps_high, kl, None)",
@@ -132,11 +133,11 @@ MUTATIONS = [
     ("missing_eos_score ignored in shaping", "rlhf/coordinator.py",
      "r.scores = score_unfinished(r.scores, done, cfg.missing_eos_score)", "r.scores = r.scores",
      [SH + "test_responses_cut_off_at_the_length_limit_get_the_missing_eos_score"]),
-    ("the loop checks no EOS", "rlhf/coordinator.py", "kl_ctl.value, stats, tok.eos_token_id)",
-     "kl_ctl.value, stats, None)", [SW + "test_the_loop_scores_cut_off_responses_with_missing_eos_score"]),
+    ("the loop checks no EOS", "rlhf/schedules.py", "self.kl_ctl.value, self.stats, self.tok.eos_token_id,",
+     "self.kl_ctl.value, self.stats, None,", [SW + "test_the_loop_scores_cut_off_responses_with_missing_eos_score"]),
     ("score_scale ignored in shaping", "rlhf/coordinator.py", 'scores = scores / scale["reward/spread"]',
      "scores = scores", [SH + "test_score_scale_divides_the_baselined_scores_by_the_within_prompt_spread"]),
-    ("the running score scale not restored on resume", "rlhf/coordinator.py",
+    ("the running score scale not restored on resume", "rlhf/schedules.py",
      'spread.load_state_dict(start["spread"])', "pass", [SW + "test_roles_without_a_critic_save_and_resume"]),
     ("SFT/RM patience ignored (every epoch runs)", "rlhf/epochs.py",
      "        if stopper.should_stop:\n            break\n", "",
@@ -148,6 +149,14 @@ MUTATIONS = [
     ("SFT's select=reward ignored (chosen by loss)", "rlhf/sft.py",
      "EarlyStopping(*SELECT_METRIC[cfg.select], cfg.patience)", 'EarlyStopping(*SELECT_METRIC["loss"], cfg.patience)',
      [ES + "test_sft_select_reward_keeps_the_epoch_the_reward_prefers"]),
+    ("decay_epochs ignored (the decay spans the bound)", "rlhf/epochs.py",
+     "epochs = min(cfg.decay_epochs or cfg.epochs, cfg.epochs)", "epochs = cfg.epochs",
+     [ES + "test_the_decay_spans_decay_epochs_at_most_the_bound"]),
+    ("async: the generator never takes the policy's new weights", "rlhf/schedules.py",
+     "            pushed = push_weights(roles)\n", "            pushed = Ready(None)\n",
+     [AS + "test_each_step_samples_with_the_weights_of_before_the_last_update"]),
+    ("async: a resumed run draws the next step's sample afresh", "rlhf/schedules.py",
+     'self.pending = start.get("pending")', "self.pending = None", [AS + "test_async_resume_is_bit_exact"]),
 ]
 
 

@@ -55,9 +55,10 @@ def main() -> int:
     from parallel.host import ModelSource
     from parallel.mesh import GroupSpec
     from rlhf.batching import encode_prompt
-    from rlhf.coordinator import Roles, prompt_batch, train_ppo
+    from rlhf.coordinator import Roles, prompt_batch
     from rlhf.data import Prompt
     from rlhf.ppo_config import PPOConfig
+    from rlhf.schedules import train_ppo
     from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
 
     samples = args.samples_per_prompt or (1 if args.estimator == "gae" else 4)

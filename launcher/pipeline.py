@@ -42,9 +42,10 @@ from launcher.tracking import Tracker
 from models.errors import InputError
 from models.generation import Generation
 from parallel import checkpoint as checkpoints
-from rlhf.coordinator import LR_KEYS, Roles, train_ppo
+from rlhf.coordinator import LR_KEYS, Roles
 from rlhf.evaluate import Judges, evaluate_policy
 from rlhf.guards import BadSteps
+from rlhf.schedules import train_ppo
 from rlhf.timeline import Timeline
 from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker
 

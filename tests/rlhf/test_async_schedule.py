@@ -35,10 +35,10 @@ def same(a: dict, b: dict) -> bool:
 
 def test_each_step_samples_with_the_weights_of_before_the_last_update(setup, monkeypatch):
     root, tok, prompts = setup
-    import rlhf.coordinator as coordinator
+    import rlhf.schedules as schedules
 
     seen: dict = {}
-    real = coordinator.Steps.__init__
+    real = schedules.Steps.__init__
 
     def spying(self, roles, *args):  # the generator behind a spy; the policy's weights after every step
         roles.generator = seen["generator"] = Spy(roles.generator)
@@ -47,7 +47,7 @@ def test_each_step_samples_with_the_weights_of_before_the_last_update(setup, mon
         log = self.log
         self.log = lambda m, s: (seen["policy"].append(own_weights(roles.policy)), log(m, s))
 
-    monkeypatch.setattr(coordinator.Steps, "__init__", spying)
+    monkeypatch.setattr(schedules.Steps, "__init__", spying)
     logged, _ = run(root, tok, prompts, base_cfg(steps=4, schedule="async"))
     w, sampled = seen["policy"], seen["generator"].sampled_with  # w[t]: the policy's weights before step t
     assert len(w) == 5 and not same(w[1], w[0]) and not same(w[2], w[1])  # every update moved the policy

@@ -15,7 +15,8 @@ from parallel.host import ModelSource
 from parallel.mesh import GroupSpec
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import balanced_order
-from rlhf.coordinator import Roles, map_by_tokens, train_ppo
+from rlhf.coordinator import Roles, map_by_tokens
+from rlhf.schedules import train_ppo
 from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
 from tests.rlhf.test_ppo_loop import OPT, base_cfg
 

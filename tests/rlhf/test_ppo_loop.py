@@ -11,9 +11,10 @@ from launcher.worker_group import Handle, LocalGroup
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource
 from rlhf.algo.rollout import Rollout
-from rlhf.coordinator import Roles, train_ppo
+from rlhf.coordinator import Roles
 from rlhf.guards import DivergedError
 from rlhf.ppo_config import PPOConfig
+from rlhf.schedules import train_ppo
 from rlhf.task import WORDS
 from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardModelWorker, RewardWorker
 

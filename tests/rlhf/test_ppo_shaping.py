@@ -13,7 +13,8 @@ import torch
 from rlhf.algo.advantages import compute_gae
 from rlhf.algo.ppo import SpreadScale
 from rlhf.algo.rollout import Rollout
-from rlhf.coordinator import shape, train_ppo
+from rlhf.coordinator import shape
+from rlhf.schedules import train_ppo
 from tests.rlhf.test_ppo_loop import base_cfg, roles
 
 

@@ -13,8 +13,9 @@ from models.generation import filter_logits
 from parallel.engine import EngineConfig
 from parallel.host import ModelSource
 from rlhf.algo.rollout import Rollout
-from rlhf.coordinator import PretrainingMix, Roles, train_ppo
+from rlhf.coordinator import PretrainingMix, Roles
 from rlhf.functions import FunctionSpec
+from rlhf.schedules import train_ppo
 from rlhf.task import WORDS
 from rlhf.workers import CriticWorker, PolicyWorker, RewardWorker
 from tests.rlhf.test_ppo_loop import base_cfg, roles

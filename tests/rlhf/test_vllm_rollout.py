@@ -19,9 +19,10 @@ from parallel.host import ModelSource
 from parallel.mesh import GroupSpec
 from rlhf.algo.ppo import loss_weights
 from rlhf.algo.rollout import Rollout
-from rlhf.coordinator import Roles, shape, train_ppo
+from rlhf.coordinator import Roles, shape
 from rlhf.logprobs import sampled_logprobs
 from rlhf.ppo_config import PPOConfig
+from rlhf.schedules import train_ppo
 from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker
 from tests.rlhf.conftest import tiny_task
 from tests.rlhf.test_ppo_loop import OPT, base_cfg
