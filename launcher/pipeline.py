@@ -151,11 +151,11 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
              f"{p.kl_coef:g} fixed" if p.kl_target is None else
              f"from {p.kl_coef:g} toward {p.kl_target:g} nats per response (horizon {p.kl_horizon} rollouts)")
     bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)
-    prepare_ops(*(getattr(p, role).engine for role in ROLES if (role != "critic" or p.uses_critic)
-                  and (role != "generator" or p.schedule == "async")))
+    specs = role_specs(cfg, models, n_updates)  # the roles this run starts (no critic, a generator: by config)
+    prepare_ops(*(getattr(p, role).engine for role in specs))
 
     def attempt(restarts: int) -> tuple[dict, dict]:
-        with start_roles(cfg, role_specs(cfg, models, n_updates)) as roles:
+        with start_roles(cfg, specs) as roles:
             started = [r for r in ROLES if getattr(roles, r) is not None]
             record_placement(out_dir, {r: getattr(roles, r) for r in started})
             judges = Judges(gold=inputs.gold, reward=roles.reward, reference=roles.reference,
