@@ -131,14 +131,21 @@ RM_SETTINGS = {
 
 def accumulate(task: Task, file: str, base: tuple[str, ...], jobs) -> dict:
     """Run each (key, job) of `jobs` whose key <out>/<task>/<file> does not hold yet (after the task's
-    SFT policy and reward model exist), saving after each; job() returns (result, one line to print)."""
+    SFT policy and reward model exist), saving after each; job() returns (result, one line to print).
+    The file is read again before each save, so sweeps of other seeds running beside this one keep
+    their results."""
     saved = task.out / file
-    results = json.loads(saved.read_text()) if saved.exists() else {}
+
+    def load() -> dict:
+        return json.loads(saved.read_text()) if saved.exists() else {}
+
+    results = load()
     ensure_base(task, base)
     for key, job in jobs:
         if key in results:
             continue
-        results[key], line = job()
+        result, line = job()
+        results = load() | {key: result}
         saved.write_text(json.dumps(results, indent=1))
         print(f"{task.name} {key}: {line}", flush=True)
     return results
