@@ -7,7 +7,8 @@
 # attention (time and memory against sequence length), the kernel's GPU tests, and the #16 targets
 # table (bench/targets.py: PPO and critic-free samples/s, against TRL when its venv is given, train
 # MFU against the bf16 peak, generation against transformers, ZeRO-3 bytes per rank), and the PPO
-# reference configuration on Ray under ppo.schedule sync and async (the generator on its own share).
+# reference configuration on Ray under ppo.schedule sync, async (the generator on its own share) and
+# colocated (every role on one share, its state on the GPU only while it works: the allocated peak).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -16,6 +17,6 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" bench/attention.py
 "$PY" -m pytest -q -m gpu tests/models/test_flash_attention.py tests/models/test_hf_interop.py
 "$PY" bench/targets.py --threads "$(nproc)" "$@"
-for schedule in sync async; do
+for schedule in sync async colocated; do
   "$PY" bench/ppo_throughput.py --backend ray --threads "$(nproc)" --schedule "$schedule" --steps 10
 done

@@ -7,12 +7,14 @@ phase split (generate, score, train, sync), and each phase's model FLOPs and the
 of the machine's measured fp32 matmul peak (bench/matmul_peak.py).
 
     python bench/ppo_throughput.py [--steps 8] [--backend local|ray] [--no-packing] [--eos-gap 4] [--ppo-epochs 4]
-                                   [--schedule sync|async]
+                                   [--schedule sync|async|colocated]
 
 --eos-gap makes responses end early at varied lengths, as a trained policy's do (ppo_reference.boost_eos);
 --no-packing scores and trains on the padded batches (engine.packing false) instead of packed rows.
 --schedule async samples in a fifth group, the generator, while the policy trains (ppo.schedule); on Ray
-every group gets an equal share of the --threads CPUs.
+every group gets an equal share of the --threads CPUs. --schedule colocated puts every group on the
+policy's bundle and moves each role's state to host memory while another role works; it prints the
+peak state bytes on the device against every role's together, and the seconds the moves took.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def main() -> int:
     ap.add_argument("--estimator", choices=("gae", "grpo", "rloo", "reinforce_pp"), default="gae",
                     help="ppo.advantage_estimator; without gae no critic group runs")
     ap.add_argument("--ppo-epochs", type=int, default=1, help="ppo.ppo_epochs (the reference configuration's 1)")
-    ap.add_argument("--schedule", choices=("sync", "async"), default="sync", help="ppo.schedule")
+    ap.add_argument("--schedule", choices=("sync", "async", "colocated"), default="sync", help="ppo.schedule")
     ap.add_argument("--samples-per-prompt", type=int, default=None,
                     help="ppo.samples_per_prompt (default: 1 with gae, 4 otherwise)")
     args = ap.parse_args()
@@ -95,13 +97,15 @@ def main() -> int:
                       lambda s, st: None)
         else:
             from launcher.cluster import init_ray, shutdown_ray
+            from launcher.pipeline import colocated
             from launcher.worker_group import build_groups, shutdown_groups
 
             init_ray(num_cpus=args.threads)
             # an equal share of the CPUs, and of the one GPU where there is one
             spec = GroupSpec(ranks=1, cpus_per_rank=args.threads / len(specs),
                              gpus_per_rank=1 / len(specs) if torch.cuda.is_available() else 0.0)
-            groups = build_groups({r: (cls, spec, a, {}) for r, (cls, a) in specs.items()})
+            layout = {r: (cls, spec, a, {}) for r, (cls, a) in specs.items()}
+            groups = build_groups(colocated(layout) if ppo.schedule == "colocated" else layout)
             try:
                 train_ppo(Roles(**{"critic": None, **groups}), tok, prompts, ppo,
                           lambda m, s: logged.__setitem__(s, m), None, lambda s: None, lambda s, st: None)
@@ -128,6 +132,14 @@ def main() -> int:
           f"generated tokens/s, {total:.2f} s/step, {median['response/length']:.1f} tokens/response")
     print("phase split: " + ", ".join(f"{p} {median[f'time/{p}']:.2f} s ({100 * median[f'time/{p}'] / total:.0f}%)"
                                       for p in phases))
+    if ppo.schedule == "colocated":
+        mib = lambda k: median[k] / 2**20  # noqa: E731
+        print(f"state on the shared device: peak {mib('memory/device_peak_bytes'):.1f} MiB (one role at a time), "
+              f"every role's together {mib('memory/all_roles_bytes'):.1f} MiB, the largest role's "
+              f"{mib('memory/largest_role_bytes'):.1f} MiB; moving state {median['time/moves']:.3f} s/step "
+              f"(the driver waited {median['time/moves_wait']:.3f} s, the ranks' queued work included)"
+              + (f"; allocated peak {mib('memory/device_allocated_peak_bytes'):.1f} MiB"
+                 if "memory/device_allocated_peak_bytes" in median else ""))
     print(f"samples/s over all measured steps: mean {statistics.mean(m['perf/samples_per_s'] for m in steps):.2f}")
     print(f"matmul peak ({'bf16 GPU' if torch.cuda.is_available() else f'fp32, {args.threads} threads'}): "
           f"{peak / 1e9:.1f} GFLOP/s; model FLOPs and MFU per phase "
@@ -138,7 +150,10 @@ def main() -> int:
         mfu[p] = rate / peak
         print(f"  {p:<8} {f / 1e9:7.2f} GFLOP  {rate / 1e9:6.1f} GFLOP/s  MFU {100 * rate / peak:4.0f}%")
     # One line for scripts (bench/targets.py).
-    print("RESULT " + json.dumps({"samples_per_s": median["perf/samples_per_s"], "mfu": mfu, "peak": peak}))
+    memory = {k.removeprefix("memory/"): v for k, v in median.items() if k.startswith("memory/")}
+    moves = {"memory": memory, "moves_s": median["time/moves"], "moves_wait_s": median["time/moves_wait"]} \
+        if memory else {}
+    print("RESULT " + json.dumps({"samples_per_s": median["perf/samples_per_s"], "mfu": mfu, "peak": peak, **moves}))
     return 0
 
 

@@ -71,10 +71,21 @@ def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> d
     }
     if not p.uses_critic:
         del specs["critic"]
+    if p.schedule == "colocated":  # every role on the policy's bundles (checked in PPOConfig), one at a time
+        specs = colocated(specs)
     if p.schedule == "async":  # a copy of the policy that samples (no optimizer), its weights pushed after updates
         specs["generator"] = (PolicyWorker, p.generator.group, (src(models["policy"]), p.generator.engine),
                               {"seed": p.seed})
     return specs
+
+
+def colocated(specs: dict) -> dict:
+    """The roles' specs with every role on the policy's bundles, each rank with the bundle's CPUs as its
+    threads (the roles there take turns)."""
+    threads = max(1, round(sum(spec.cpus_per_rank for _, spec, *_ in specs.values())))
+    return {role: (cls, spec.model_copy(update={"colocate_with": None if role == "policy" else "policy",
+                                                "threads": spec.threads or threads}), *rest)
+            for role, (cls, spec, *rest) in specs.items()}
 
 
 @contextmanager

@@ -198,8 +198,11 @@ class LocalGroup:
         self._rank.worker = worker_cls(mesh, *args, **kwargs)
         self.info = [{"pid": os.getpid(), "rank": 0}]
         self.label, self.timeline = worker_cls.__name__, None  # the role, and where its calls are traced
+        self.before: Callable[[Callable], None] | None = None  # called with fn before each call is sent
 
     def _call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        if self.before is not None:
+            self.before(fn)
         if self.timeline is not None:
             self.timeline.called(1)
         value, start, end = self._rank.execute(fn, args, kwargs)
@@ -229,8 +232,9 @@ class RayGroup:
 
         self.name, self.spec, self.placement, self.timeout_s = name, spec, placement, timeout_s
         self.label, self.timeline = name, None  # the role, and where its calls are traced
+        self.before: Callable[[Callable], None] | None = None  # called with fn before each call is sent
         actor_cls = ray.remote(Rank)
-        threads = max(1, int(spec.cpus_per_rank))
+        threads = spec.threads or max(1, int(spec.cpus_per_rank))
         self.actors = [
             actor_cls.options(
                 name=f"{name}-{r}", num_cpus=spec.cpus_per_rank, num_gpus=spec.gpus_per_rank,
@@ -266,12 +270,14 @@ class RayGroup:
                 self.timeline.add(self.label, r, getattr(fn, "__name__", "call"), start, end)
         return [value for value, _, _ in timed]
 
-    def _submit(self) -> None:
+    def _submit(self, fn: Callable) -> None:
+        if self.before is not None:
+            self.before(fn)
         if self.timeline is not None:
             self.timeline.called(len(self.actors))
 
     def map(self, fn: Callable, batch: Any, *args, **kwargs) -> Handle:
-        self._submit()
+        self._submit(fn)
         parts = split_batch(batch, self.spec.ranks // self.spec.tp_size)
         refs = [a.execute.remote(fn, (parts[self.dp_of_rank[r]], *args), kwargs) for r, a in enumerate(self.actors)]
         # TP peers return the same result; keep the first rank of each data-parallel slot.
@@ -281,7 +287,7 @@ class RayGroup:
     def broadcast(self, fn: Callable, *args, **kwargs) -> Handle:
         import ray
 
-        self._submit()
+        self._submit(fn)
         # Stored once for every rank (the policy's weights for a generator group are large)
         shared_args, shared_kwargs = (ray.put(args), ray.put(kwargs)) if len(self.actors) > 1 else (args, kwargs)
         refs = [a.execute.remote(fn, shared_args, shared_kwargs) for a in self.actors]

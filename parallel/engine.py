@@ -141,6 +141,40 @@ def state_bytes(params: list[torch.Tensor], optimizer_tensors: list[torch.Tensor
     return {"param_bytes": param_bytes, "optimizer_bytes": optimizer_bytes}
 
 
+def host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` in host memory, page-locked when it comes from a GPU (so the way back is one DMA)."""
+    return torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda).copy_(t)
+
+
+class HostStore:
+    """An engine's state tensors in host memory between the phases that use them (ppo.schedule=colocated):
+    each tensor's device storage is released, the tensor object kept, so the model and optimizer that
+    hold it see their own tensors again once they are back. On a CPU-only machine host and device are
+    the same memory: the copy is made and the working storage freed all the same."""
+
+    def __init__(self):
+        self.moved: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def on_host(self) -> bool:
+        return self.moved is not None
+
+    def send(self, tensors) -> None:
+        if self.moved is not None:
+            return
+        unique = {id(t): t for t in tensors if t is not None and t.numel()}
+        self.moved = [(t, host_copy(t.data)) for t in unique.values()]
+        for t, _ in self.moved:
+            t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the freed blocks back: the other roles' processes share the device
+
+    def bring_back(self, device: torch.device) -> None:
+        for t, host in self.moved or ():
+            t.data = host.to(device, non_blocking=False)
+        self.moved = None
+
+
 class TorchEngine:
     """ZeRO stage 0: every rank holds the whole (TP-sharded) model and optimizer state."""
 
@@ -155,6 +189,7 @@ class TorchEngine:
             self.scheduler = make_scheduler(self.optimizer, cfg, total_steps)
         self.micro_steps = 0
         self.global_steps = 0
+        self.host = HostStore()
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -234,3 +269,19 @@ class TorchEngine:
     def stored_parameters(self) -> list[torch.Tensor]:
         """The parameter tensors this rank stores."""
         return list(self.module.parameters())
+
+    @property
+    def on_host(self) -> bool:
+        return self.host.on_host
+
+    def to_host(self) -> None:
+        """Weights, gradients and optimizer state to host memory (ppo.schedule=colocated)."""
+        params = list(self.module.parameters())
+        self.host.send([*params, *(p.grad for p in params), *optimizer_state_tensors(self.optimizer)])
+
+    def to_device(self) -> None:
+        self.host.bring_back(self.mesh.device)
+
+    def device_bytes(self) -> dict[str, int]:
+        """state_bytes() of what is on the device now: measured, so none while the state is on the host."""
+        return self.state_bytes()

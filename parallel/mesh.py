@@ -26,6 +26,9 @@ class GroupSpec(BaseModel):
     gpus_per_rank: float = Field(0.0, ge=0)  # > 0 on GPU clusters; a fraction when roles share a GPU
     strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (Ray placement strategies)
     colocate_with: str | None = None  # another role's name: share its placement-group bundles
+    # torch (OpenMP) threads of each rank; null: its whole CPUs, at least 1. ppo.schedule=colocated gives
+    # every role the bundle's CPUs: the roles on a bundle work one at a time there.
+    threads: int | None = Field(None, ge=1)
 
     @property
     def dp_size(self) -> int:

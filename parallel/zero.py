@@ -96,6 +96,7 @@ class ZeroEngine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu)
         self.module = self.engine.module
         self.micro_steps = 0
+        self.offloaded = False  # ppo.schedule=colocated: the state is in host memory
         # Every file DeepSpeed reads back goes through its checkpoint engine's `load`, which unpickles
         # (weights_only=False): a checkpoint a user was sent could run code. Ours cannot.
         self.engine.checkpoint_engine.load = load_safely
@@ -166,6 +167,36 @@ class ZeroEngine:
         master = getattr(opt, "fp32_partitioned_groups_flat", None) or getattr(opt, "single_partition_of_fp32_groups",
                                                                                None) or []
         return state_bytes(params, list(master) + optimizer_state_tensors(getattr(opt, "optimizer", None)))
+
+    @property
+    def on_host(self) -> bool:
+        return self.offloaded
+
+    def to_host(self) -> None:
+        """Weights, gradients and optimizer state to host memory (ppo.schedule=colocated) with DeepSpeed's own
+        `offload_states`: its flat buffers and the parameters that view them move together. Stages 1-2 with an
+        optimizer (an inference-only DeepSpeed engine is stage 3 here, whose states DeepSpeed moves only with
+        its CUDA FusedAdam)."""
+        if self.optim_cfg is None or self.cfg.zero_stage == 3:
+            which = "without" if self.optim_cfg is None else "with"
+            raise ValueError(f"ZeRO-{self.cfg.zero_stage} {which} an optimizer: its state cannot move to host memory "
+                             f"between phases; use zero_stage 0-2")
+        if not self.offloaded:
+            self.engine.offload_states(pin_memory=True)
+            self.offloaded = True
+
+    def to_device(self) -> None:
+        if self.offloaded:
+            self.engine.reload_states()
+            self.offloaded = False
+
+    def device_bytes(self) -> dict[str, int]:
+        """state_bytes() of what is on the device now. DeepSpeed re-points an offloaded optimizer's
+        parameters at its host buffers, which on a CPU-only machine are on the same device as before;
+        its offloaded state is counted as none."""
+        if self.offloaded:
+            return {"param_bytes": 0, "optimizer_bytes": 0}
+        return self.state_bytes()
 
 
 log = logging.getLogger("instructrl")

@@ -137,7 +137,8 @@ def map_by_tokens(group, fn, batch: Rollout | ScoreBatch, *args):
 
 def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[Rollout, dict[str, torch.Tensor]]:
     """Old and reference log-probs, values (with a critic) and the score's parts of one rollout, from
-    the groups at once.
+    the groups at once (under ppo.schedule=colocated, one after another in this order: each call first
+    takes the devices from the last group).
 
     old_logprobs are recomputed by the training path although sampling recorded them: the ratio in
     the PPO loss must start at exactly 1 under the weights that will be trained, and comparing the two
@@ -151,9 +152,9 @@ def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[R
                if recompute else None,
                map_by_tokens(roles.reference, ReferenceWorker.logprobs, r, cfg.temperature) if cfg.kl_coef > 0
                else None,
-               map_by_tokens(roles.critic, CriticWorker.values, r) if roles.critic is not None else None,
-               map_by_tokens(roles.reward, RewardWorker.scores, batch))
-    r.old_logprobs, r.ref_logprobs, r.values, components = (h.get() if h else None for h in handles)
+               map_by_tokens(roles.reward, RewardWorker.scores, batch),
+               map_by_tokens(roles.critic, CriticWorker.values, r) if roles.critic is not None else None)
+    r.old_logprobs, r.ref_logprobs, components, r.values = (h.get() if h else None for h in handles)
     return r, components
 
 
@@ -212,8 +213,10 @@ def shape(r: Rollout, components: dict[str, torch.Tensor], cfg: PPOConfig, kl_co
 
 
 def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None, step: int,
-           prompt_ids: list[int], kl_coef: float) -> tuple[dict[str, float], str | None]:
-    """ppo_epochs × minibatches updates; policy and critic train on each minibatch at the same time.
+           prompt_ids: list[int], kl_coef: float, trainers: tuple[str, ...] = ("critic", "policy")
+           ) -> tuple[dict[str, float], str | None]:
+    """ppo_epochs × minibatches updates of the roles in `trainers`; policy and critic train on each
+    minibatch at the same time (trained one after the other, on the same minibatches, they end the same).
     Every update is sent before any answer is awaited: a group runs its calls in the order sent, so
     the updates are the same, and neither group waits for the other's minibatch (nor for the driver)
     between two of its own.
@@ -223,7 +226,8 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None,
     update for a non-finite loss or gradient, which one and the prompts of its minibatch."""
     hp = PolicyStep(cfg.clip_eps, cfg.entropy_coef, cfg.ptx_coef, cfg.temperature, cfg.clip_eps_high, cfg.top_k,
                     cfg.top_p, kl_coef if cfg.kl_penalty == "loss" else 0.0, cfg.kl_estimator)
-    trains_policy = roles.critic is None or step >= cfg.critic_warmup_steps
+    trains_policy = "policy" in trainers and (roles.critic is None or step >= cfg.critic_warmup_steps)
+    trains_critic = "critic" in trainers and roles.critic is not None
     dp = roles.policy.spec.dp_size
     # Fewer minibatches when rows were filtered out: every data-parallel rank needs a row.
     n_minibatches = min(cfg.minibatches, r.sequences.shape[0] // dp)
@@ -234,7 +238,7 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None,
             mb = r.select(index)
             mb.loss_weights = loss_weights(mb.response_mask, cfg.loss_agg, cfg.max_new_tokens)
             handles = []
-            if roles.critic is not None:
+            if trains_critic:
                 handles.append(map_by_tokens(roles.critic, CriticWorker.value_step, mb, cfg.value_clip))
             if trains_policy:
                 # The pretraining batch is a function of its position: a resumed run draws the same ones.

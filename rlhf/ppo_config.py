@@ -99,7 +99,10 @@ class PPOConfig(BaseModel):
     # (`generator`, a copy of the policy for sampling) draws step t + 1's samples while the policy trains on
     # step t's, with the weights of before that update: one update stale, each token's surrogate weighted
     # by min(π_old/π_sampler, tis_cap) as for vLLM. The new weights go to the generator after every update.
-    schedule: Literal["sync", "async"] = "sync"
+    # "colocated": every role on the policy's bundles (devices); before each phase the roles it does not
+    # use move their weights, gradients and optimizer state to host memory, so a device holds one role's
+    # state at a time (sync's order, the roles scored and trained one after another; the same numbers).
+    schedule: Literal["sync", "async", "colocated"] = "sync"
     ppo_epochs: int = Field(4, ge=1)  # passes over each rollout batch
     critic_warmup_steps: int = Field(4, ge=0)  # first steps update the critic only (its values start as rewards)
     minibatches: int = Field(4, ge=1)  # minibatches per PPO epoch (policy and critic)
@@ -151,6 +154,26 @@ class PPOConfig(BaseModel):
         weights = {"rm": self.reward_model_weight} if self.reward_model is not None else {}
         return weights | {f.name: f.weight for f in self.reward_functions}
 
+    def _check_colocated(self) -> None:
+        if self.rollout != "builtin":
+            raise ValueError("schedule=colocated moves the trainers' state on and off the devices; a vLLM engine "
+                             "keeps its own copy there: it needs rollout: builtin")
+        roles = ("policy", "reference", "reward") + (("critic",) if self.uses_critic else ())
+        for role in roles:
+            spec, engine = getattr(self, role).group, getattr(self, role).engine
+            if spec.ranks != self.policy.group.ranks:
+                raise ValueError(f"schedule=colocated: {role}.group.ranks={spec.ranks}, the policy's "
+                                 f"{self.policy.group.ranks}: every role shares the policy's bundles rank by rank")
+            if spec.colocate_with not in (None, "policy"):
+                raise ValueError(f"schedule=colocated puts every role on the policy's bundles: "
+                                 f"{role}.group.colocate_with={spec.colocate_with!r} must be null or policy")
+            if engine.zero_stage == 3:
+                raise ValueError(f"schedule=colocated: {role}.engine.zero_stage=3 is not supported (DeepSpeed moves "
+                                 f"ZeRO-3 state off the device only with its CUDA FusedAdam); use stage 0-2")
+            if engine.offload_optimizer:
+                raise ValueError(f"schedule=colocated moves {role}'s optimizer state itself: set "
+                                 f"{role}.engine.offload_optimizer: false")
+
     @property
     def uses_critic(self) -> bool:
         return self.advantage_estimator == "gae"
@@ -201,6 +224,8 @@ class PPOConfig(BaseModel):
                 raise ValueError(f"schedule=async: generator.group.tp_size={self.generator.group.tp_size} must be "
                                  f"the policy's ({self.policy.group.tp_size}): each generator rank takes the "
                                  f"weights of the policy rank of its tensor-parallel rank")
+        if self.schedule == "colocated":
+            self._check_colocated()
         for role in ("policy", "critic"):
             if getattr(self, role).optim.grad_accum != 1:
                 raise ValueError(f"{role}.optim.grad_accum must be 1: each PPO minibatch is one update")

@@ -1,7 +1,8 @@
 """The PPO loop's schedules: the order in which the driver runs the phases of a step
 (rlhf/coordinator.py holds the phases themselves). `sync` runs generate → score → train → sync, each
-waiting for the last; `async` lets a generator group sample the next step while the policy trains.
-Both are short loops over the same phase functions (`Steps`). Must not import ray.
+waiting for the last; `async` lets a generator group sample the next step while the policy trains;
+`colocated` puts every role on the same devices and keeps one role's state on them at a time.
+Each is a short loop over the same phase functions (`Steps`). Must not import ray.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from models.generation import Generation
 from rlhf.algo.ppo import KLController, SpreadScale
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import encode_prompt
+from rlhf.colocation import SharedDevices
 from rlhf.coordinator import (
     LR_KEYS,
     LogFn,
@@ -46,7 +48,7 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
     the end of the step and raises Preempted."""
     steps = Steps(roles, tok, prompts, cfg, log, stats, evaluate, checkpoint, start, bad_steps, stop_requested,
                   timeline)
-    return (async_schedule if cfg.schedule == "async" else sync_schedule)(steps)
+    return {"sync": sync_schedule, "async": async_schedule, "colocated": colocated_schedule}[cfg.schedule](steps)
 
 
 def sync_schedule(s: Steps) -> dict[str, float]:
@@ -88,6 +90,29 @@ def async_schedule(s: Steps) -> dict[str, float]:
             pushed = push_weights(roles)
         s.end(step, timer, metrics, rollout, problem, pending=pending[1].get if pending else None)
     pushed.get()
+    return s.metrics
+
+
+def colocated_schedule(s: Steps) -> dict[str, float]:
+    """Every role on the same devices, one role's state on them at a time and the others' in host memory:
+    each call to a role first brings it onto the devices and sends the last one away (`SharedDevices`).
+    sync's order, the critic trained before the policy rather than beside it, so each trainer moves once a
+    step: generate (the policy) → score (policy, reference, reward, critic) → train (critic, policy) → sync."""
+    devices = SharedDevices(s.roles)
+    try:
+        for step in s.steps():
+            timer = PhaseTimer(s.timeline)
+            with timer("generate"):
+                index, sampled = s.sample(s.roles.policy, step)
+                gen = sampled.get()
+            rollout, metrics, problem = s.experience(index, gen, step, timer)
+            problem = s.train(rollout, index, step, timer, metrics, problem, in_turn=True)
+            with timer("sync"):
+                s.roles.policy.broadcast(PolicyWorker.sync_generation).get()
+            s.end(step, timer, metrics | devices.metrics(), rollout, problem)
+        devices.keep("policy")  # what the stage reads after the loop: its export
+    finally:
+        devices.detach()
     return s.metrics
 
 
@@ -161,16 +186,19 @@ class Steps:
         return rollout, metrics, nonfinite_rollout(rollout, index)
 
     def train(self, rollout: Rollout, index: list[int], step: int, timer: PhaseTimer, metrics: dict[str, float],
-              problem: str | None) -> str | None:
-        """The step's updates, unless its rollout is not finite; the problem that skipped them, if any."""
+              problem: str | None, in_turn: bool = False) -> str | None:
+        """The step's updates, unless its rollout is not finite; the problem that skipped them, if any.
+        in_turn: all the critic's updates, then all the policy's (the same updates, not interleaved)."""
         with timer("train"):
             if problem is None:
                 kept, kept_ids, filtered = filter_groups(rollout, self.cfg, index, self.roles.policy.spec.dp_size)
                 metrics |= filtered
-                if kept is not None:
-                    train_metrics, problem = update(self.roles, kept, self.cfg, self.ptx, step, kept_ids,
-                                                    self.kl_ctl.value)
+                for trainers in (() if kept is None else [("critic",), ("policy",)] if in_turn else
+                                 [("critic", "policy")]):
+                    train_metrics, trouble = update(self.roles, kept, self.cfg, self.ptx, step, kept_ids,
+                                                    self.kl_ctl.value, trainers)
                     metrics |= train_metrics
+                    problem = problem or trouble
         self.bad_steps.record(step + 1, problem)
         metrics["check/skipped_step"] = float(problem is not None)
         return problem

@@ -61,7 +61,36 @@ class ModelWorker:
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Outputs (B, T, ...) of a padded batch, packed when the engine config says so (`forward_batch`)."""
+        self._resident()
         return forward_batch(self.engine, input_ids, attention_mask, self.engine_cfg.packing)
+
+    def _resident(self) -> None:
+        """A schedule that calls a role while its state is in host memory has lost track of it: say so,
+        rather than run on the empty tensors left on the device."""
+        if self.engine.on_host:
+            raise RuntimeError(f"{type(self).__name__} rank {self.mesh.rank} was called while its state is in host "
+                               f"memory (ppo.schedule=colocated): bring it back with to_device first")
+
+    def to_host(self) -> dict:
+        """ppo.schedule=colocated: this rank's weights, gradients and optimizer state leave the device for
+        host memory. Returns the state bytes that left, the seconds and the device's allocated bytes after."""
+        moving = sum(self.engine.device_bytes().values())
+        return {"bytes": moving, **self._timed(self.engine.to_host)}
+
+    def to_device(self) -> dict:
+        """The state back on the device from host memory; the bytes now there, the seconds, the allocated bytes."""
+        out = self._timed(self.engine.to_device)
+        return {"bytes": sum(self.engine.device_bytes().values()), **out}
+
+    def _timed(self, move) -> dict:
+        if self.mesh.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        move()
+        if self.mesh.device.type == "cuda":
+            torch.cuda.synchronize()
+        allocated = torch.cuda.memory_allocated() if self.mesh.device.type == "cuda" else None
+        return {"seconds": time.perf_counter() - start, "allocated": allocated}
 
     def _on_device(self, rollout: Rollout) -> Rollout:
         return rollout.to(self.mesh.device)
@@ -90,6 +119,7 @@ class ModelWorker:
     def save_state(self, directory: str | Path, client_state: dict) -> None:
         """This rank's training state. Refused on every rank if any rank holds a non-finite weight:
         a diverged model never becomes the checkpoint that a restart or a resume would load."""
+        self._resident()
         finite = all(bool(torch.isfinite(p).all()) for p in self.engine.stored_parameters())
         if not self._everywhere(finite):
             from rlhf.guards import DivergedError
@@ -98,10 +128,12 @@ class ModelWorker:
         self.engine.save(directory, client_state)
 
     def load_state(self, directory: str | Path) -> dict:
+        self._resident()
         return self.engine.load(directory)
 
     def export(self, path: str | Path) -> str:
         """Consolidated HF checkpoint (collective: call on every rank; rank 0 writes)."""
+        self._resident()
         return str(export_hf(self.engine, self.mesh, path))
 
     def describe(self) -> dict:
@@ -181,6 +213,7 @@ class PolicyWorker(LMWorker):
         rank's tensor-parallel part; None on data-parallel ranks after the first, whose copies are the same."""
         if self.mesh.dp_rank != 0:
             return None
+        self._resident()
         return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.local_state_dict().items()}
 
     def load_weights(self, policy_ranks: list[dict[str, torch.Tensor] | None]) -> float:
@@ -192,6 +225,7 @@ class PolicyWorker(LMWorker):
 
     @property
     def _generation_model(self) -> CausalLM:
+        self._resident()
         return self._gen_copy if self._gen_copy is not None else self.model
 
     def logits(self, batch: LMBatch) -> torch.Tensor:
@@ -383,6 +417,12 @@ class RewardWorker:
         self.rm = RewardModelWorker(mesh, source, engine) if source is not None else None
         self.functions = [TaskFunction(spec, search_path) for spec in functions]
 
+    def to_host(self) -> dict:
+        return self.rm.to_host() if self.rm is not None else {"bytes": 0, "seconds": 0.0, "allocated": None}
+
+    def to_device(self) -> dict:
+        return self.rm.to_device() if self.rm is not None else {"bytes": 0, "seconds": 0.0, "allocated": None}
+
     def scores(self, batch: ScoreBatch) -> dict[str, torch.Tensor]:
         """{"rm": (B,), "<function name>": (B,), ...}: every component of the score, unweighted."""
         out = {}
@@ -391,3 +431,13 @@ class RewardWorker:
         for fn in self.functions:
             out[fn.name] = torch.tensor(fn(batch.prompts, batch.responses, batch.fields), dtype=torch.float32)
         return out
+
+
+def to_host(worker: ModelWorker | RewardWorker) -> dict:
+    """Group call of ppo.schedule=colocated: the role's state off the device (ModelWorker.to_host)."""
+    return worker.to_host()
+
+
+def to_device(worker: ModelWorker | RewardWorker) -> dict:
+    """Group call of ppo.schedule=colocated: the role's state back on the device."""
+    return worker.to_device()

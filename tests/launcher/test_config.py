@@ -35,6 +35,13 @@ def test_preset_and_overrides():
     ("ppo.critic.group.colocate_with=critic", r"colocate_with='critic': name another PPO role"),
     ("sft.group.colocate_with=policy", r"sft\.group\.colocate_with: the sft stage runs one group"),
     ("ppo.critic.group={colocate_with: policy, ranks: 2}", r"ppo\.critic has 2 ranks and ppo\.policy 1"),
+    ("ppo={schedule: colocated, reward: {group: {ranks: 2}}}",
+     r"schedule=colocated: reward\.group\.ranks=2, the policy's 1"),
+    ("ppo={schedule: colocated, critic: {engine: {zero_stage: 3}}}", r"critic\.engine\.zero_stage=3 is not supported"),
+    ("ppo={schedule: colocated, policy: {engine: {zero_stage: 2, offload_optimizer: true}}}",
+     r"moves policy's optimizer state itself: set policy\.engine\.offload_optimizer: false"),
+    ("ppo={schedule: colocated, reference: {group: {colocate_with: critic}}}",
+     r"reference\.group\.colocate_with='critic' must be null or policy"),
 ])
 def test_bad_config_names_the_key_and_the_override(override, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -191,3 +198,16 @@ def test_a_preset_extends_another(tmp_path):
     child.write_text(f"extends: {child}\n")
     with pytest.raises(ConfigError, match="a cycle"):
         load_config(str(child))
+
+
+def test_the_colocated_schedule_puts_every_role_on_the_policys_bundles():
+    from launcher.pipeline import role_specs
+
+    models = dict.fromkeys(("policy", "reference", "critic", "reward"), None)
+    for schedule, anchor in (("sync", None), ("colocated", "policy")):
+        specs = role_specs(load_config("demo", [f"ppo.schedule={schedule}"]), models, 1)
+        assert specs["policy"][1].colocate_with is None
+        assert {r: s[1].colocate_with for r, s in specs.items() if r != "policy"} == dict.fromkeys(
+            ("reference", "critic", "reward"), anchor)
+        # taking turns, each role's ranks use the bundle's CPUs (the demo's 4 × 0.4, rounded)
+        assert {s[1].threads for s in specs.values()} == ({None} if schedule == "sync" else {2})
