@@ -111,6 +111,9 @@ SETTINGS["r7-lr-1e-4"] = [*SETTINGS["r5-beta-0.1"], "ppo.policy.optim.lr=1.0e-4"
 # #30: the asynchronous schedule (a generator group one update behind) under the default β 0.1, against
 # the synchronous runs of r5-beta-0.1 at the same number of samples.
 SETTINGS["r9-async"] = [*SETTINGS["r5-beta-0.1"], "ppo.schedule=async"]
+# #30: the colocated schedule (every role on one bundle, one role's state there at a time): the same
+# updates as r5-beta-0.1's synchronous runs, the roles taking turns.
+SETTINGS["r10-colocated"] = [*SETTINGS["r5-beta-0.1"], "ppo.schedule=colocated"]
 GRPO = ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
 for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracle under each candidate
     SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]
