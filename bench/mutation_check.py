@@ -21,6 +21,7 @@ PK = "tests/rlhf/test_packing.py::"
 VL = "tests/rlhf/test_vllm_rollout.py::"
 ES = "tests/rlhf/test_early_stopping.py::"
 AS = "tests/rlhf/test_async_schedule.py::"
+CO = "tests/rlhf/test_colocated_schedule.py::"
 
 # (what the break does, file, line as it is, line broken, tests that must fail)
 MUTATIONS = [
@@ -157,6 +158,21 @@ MUTATIONS = [
      [AS + "test_each_step_samples_with_the_weights_of_before_the_last_update"]),
     ("async: a resumed run draws the next step's sample afresh", "rlhf/schedules.py",
      'self.pending = start.get("pending")', "self.pending = None", [AS + "test_async_resume_is_bit_exact"]),
+    ("colocated: the schedule ignored (sync's loop runs)", "rlhf/schedules.py",
+     '"colocated": colocated_schedule}', '"colocated": sync_schedule}',
+     [CO + "test_one_role_on_the_device_at_a_time_and_the_same_run_as_sync"]),
+    ("colocated: a moved tensor keeps its device storage", "parallel/engine.py",
+     "t.data = torch.empty(0, dtype=t.dtype, device=t.device)", "pass",
+     [CO + "test_one_role_on_the_device_at_a_time_and_the_same_run_as_sync"]),
+    ("colocated: a call does not move its role in first", "rlhf/colocation.py",
+     "group.before = partial(self._before, name)", "group.before = None",
+     [CO + "test_one_role_on_the_device_at_a_time_and_the_same_run_as_sync"]),
+    ("colocated: critic and policy updates interleaved (a move per minibatch)", "rlhf/schedules.py",
+     "problem, in_turn=True)", "problem, in_turn=False)",
+     [CO + "test_one_role_on_the_device_at_a_time_and_the_same_run_as_sync"]),
+    ("colocated: DeepSpeed's states never offloaded", "parallel/zero.py",
+     "self.engine.offload_states(pin_memory=True)", "pass",
+     [CO + "test_zero_2_and_zero_1_trainers_move_and_come_back_the_same"]),
 ]
 
 

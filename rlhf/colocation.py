@@ -30,7 +30,7 @@ class SharedDevices:
         self.state = {name: [0] * n for name in self.groups}  # the most state bytes each rank has held on its device
         self.allocated: dict[str, list[int]] = {}  # on a GPU: each rank's allocated bytes after its last move
         self.step_peak = self.step_seconds = self.step_copy_seconds = 0.0
-        self.step_allocated_peak = 0
+        self.step_allocated_peak = self.step_arrivals = 0
         for name, group in self.groups.items():
             group.before = partial(self._before, name)
 
@@ -48,6 +48,7 @@ class SharedDevices:
         start = time.perf_counter()
         leaving = [n for n in self.groups if n in self.on_device and n not in names]
         arriving = [n for n in names if n not in self.on_device]
+        self.step_arrivals += len(arriving)
         for move, group_names in ((to_host, leaving), (to_device, arriving)):
             handles = [(n, self.groups[n].broadcast(move)) for n in group_names]
             for n, handle in handles:
@@ -74,15 +75,16 @@ class SharedDevices:
     def metrics(self) -> dict[str, float]:
         """This step's: the peak state bytes on one device, what every role's state would take there
         together (colocated without moves), and the largest role's alone (a device of its own in the
-        separate layout); the seconds the ranks spent moving state, and the driver's wait for the moves
+        separate layout); how many roles came onto the devices; the seconds the ranks spent moving state, and the driver's wait for the moves
         (which includes the calls queued before them at the ranks leaving); on a GPU, the peak of the
         bytes allocated."""
         out = {"memory/device_peak_bytes": float(self.step_peak),
                "memory/all_roles_bytes": float(self.device_bytes(self.groups)),
                "memory/largest_role_bytes": float(max(self.device_bytes([n]) for n in self.groups)),
+               "memory/roles_moved_in": float(self.step_arrivals),
                "time/moves": self.step_copy_seconds, "time/moves_wait": self.step_seconds}
         if self.allocated:
             out["memory/device_allocated_peak_bytes"] = float(self.step_allocated_peak)
         self.step_peak = self.step_seconds = self.step_copy_seconds = 0.0
-        self.step_allocated_peak = 0
+        self.step_allocated_peak = self.step_arrivals = 0
         return out

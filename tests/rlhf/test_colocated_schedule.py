@@ -119,6 +119,8 @@ def test_one_role_on_the_device_at_a_time_and_the_same_run_as_sync(setup):
     assert co[3]["memory/largest_role_bytes"] == pytest.approx(sum(held.values()), rel=0.01)
     assert sum(held.values()) == pytest.approx(3 * 4 * n, rel=0.01)
     assert co[3]["time/moves"] > 0
+    # step 2 (no evaluation or save before it): reference, reward, critic in to score, the policy to train
+    assert co[2]["memory/roles_moved_in"] == 4  # each trainer once: the critic's updates before the policy's
 
 
 def test_zero_2_and_zero_1_trainers_move_and_come_back_the_same(setup):
