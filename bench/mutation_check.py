@@ -168,7 +168,7 @@ MUTATIONS = [
      "group.before = partial(self._before, name)", "group.before = None",
      [CO + "test_one_role_on_the_device_at_a_time_and_the_same_run_as_sync"]),
     ("colocated: critic and policy updates interleaved (a move per minibatch)", "rlhf/schedules.py",
-     "problem, in_turn=True)", "problem, in_turn=False)",
+     "in_turn=devices is not None)", "in_turn=False)",
      [CO + "test_one_role_on_the_device_at_a_time_and_the_same_run_as_sync"]),
     ("colocated: DeepSpeed's states never offloaded", "parallel/zero.py",
      "self.engine.offload_states(pin_memory=True)", "pass",

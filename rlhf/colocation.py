@@ -20,6 +20,8 @@ ROLES = ("policy", "reference", "reward", "critic")
 
 
 class SharedDevices:
+    """The roles' groups of one colocated run, each call to them preceded by its role's move in."""
+
     def __init__(self, roles):
         self.groups = {name: group for name in ROLES if (group := getattr(roles, name)) is not None}
         self.on_device = set(self.groups)  # as the groups start: every role's weights loaded (the first step's peak)
@@ -75,9 +77,9 @@ class SharedDevices:
     def metrics(self) -> dict[str, float]:
         """This step's: the peak state bytes on one device, what every role's state would take there
         together (colocated without moves), and the largest role's alone (a device of its own in the
-        separate layout); how many roles came onto the devices; the seconds the ranks spent moving state, and the driver's wait for the moves
-        (which includes the calls queued before them at the ranks leaving); on a GPU, the peak of the
-        bytes allocated."""
+        separate layout); how many roles came onto the devices; the seconds the ranks spent moving
+        state, and the driver's wait for the moves (which includes the calls queued before them at the
+        ranks leaving); on a GPU, the peak of the bytes allocated."""
         out = {"memory/device_peak_bytes": float(self.step_peak),
                "memory/all_roles_bytes": float(self.device_bytes(self.groups)),
                "memory/largest_role_bytes": float(max(self.device_bytes([n]) for n in self.groups)),

@@ -51,18 +51,19 @@ def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: Log
     return {"sync": sync_schedule, "async": async_schedule, "colocated": colocated_schedule}[cfg.schedule](steps)
 
 
-def sync_schedule(s: Steps) -> dict[str, float]:
-    """generate → score → train → sync, each phase waiting for the last."""
+def sync_schedule(s: Steps, devices: SharedDevices | None = None) -> dict[str, float]:
+    """generate → score → train → sync, each phase waiting for the last. With `devices` (schedule=colocated)
+    the critic trains before the policy rather than beside it, and each step logs what the devices held."""
     for step in s.steps():
         timer = PhaseTimer(s.timeline)
         with timer("generate"):
             index, sampled = s.sample(s.roles.policy, step)
             gen = sampled.get()
         rollout, metrics, problem = s.experience(index, gen, step, timer)
-        problem = s.train(rollout, index, step, timer, metrics, problem)
+        problem = s.train(rollout, index, step, timer, metrics, problem, in_turn=devices is not None)
         with timer("sync"):
             s.roles.policy.broadcast(PolicyWorker.sync_generation).get()
-        s.end(step, timer, metrics, rollout, problem)
+        s.end(step, timer, metrics | (devices.metrics() if devices else {}), rollout, problem)
     return s.metrics
 
 
@@ -96,24 +97,15 @@ def async_schedule(s: Steps) -> dict[str, float]:
 def colocated_schedule(s: Steps) -> dict[str, float]:
     """Every role on the same devices, one role's state on them at a time and the others' in host memory:
     each call to a role first brings it onto the devices and sends the last one away (`SharedDevices`).
-    sync's order, the critic trained before the policy rather than beside it, so each trainer moves once a
+    sync's loop, the critic trained before the policy rather than beside it, so each trainer moves once a
     step: generate (the policy) → score (policy, reference, reward, critic) → train (critic, policy) → sync."""
     devices = SharedDevices(s.roles)
     try:
-        for step in s.steps():
-            timer = PhaseTimer(s.timeline)
-            with timer("generate"):
-                index, sampled = s.sample(s.roles.policy, step)
-                gen = sampled.get()
-            rollout, metrics, problem = s.experience(index, gen, step, timer)
-            problem = s.train(rollout, index, step, timer, metrics, problem, in_turn=True)
-            with timer("sync"):
-                s.roles.policy.broadcast(PolicyWorker.sync_generation).get()
-            s.end(step, timer, metrics | devices.metrics(), rollout, problem)
+        metrics = sync_schedule(s, devices)
         devices.keep("policy")  # what the stage reads after the loop: its export
     finally:
         devices.detach()
-    return s.metrics
+    return metrics
 
 
 def push_weights(roles: Roles):
