@@ -7,7 +7,7 @@ from pathlib import Path
 
 from models.config import PRESETS, ModelConfig, preset
 from models.errors import InputError
-from parallel.memory import GIB, ROLES, Layout, Work, colocated_bytes, layouts_that_fit, role_bytes
+from parallel.memory import GIB, ROLES, Layout, Work, colocated_bytes, layouts_that_fit, role_bytes, turns_bytes
 
 PARTS = ("params", "grads", "optimizer", "activations", "kv_cache", "total")
 
@@ -41,6 +41,14 @@ def plan_table(cfg: ModelConfig, layout: Layout, work: Work, device_gib: float) 
     verdict = "fits" if both <= device_gib * GIB else "does not fit"
     lines.append(f"all four roles on the same devices, one phase at a time: {both / GIB:.2f} GiB per device: "
                  f"{verdict} {device_gib:g} GiB")
+    turns = turns_bytes(cfg, layout, work)
+    if turns is None:
+        lines.append("ppo.schedule=colocated (one role's state on the device at a time): not offered with ZeRO-3 or "
+                     "optimizer offload")
+    else:
+        verdict = "fits" if turns <= device_gib * GIB else "does not fit"
+        lines.append(f"ppo.schedule=colocated, one role's state on the device at a time (the others' in host "
+                     f"memory): {turns / GIB:.2f} GiB per device: {verdict} {device_gib:g} GiB")
     return "\n".join(lines)
 
 

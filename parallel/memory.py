@@ -91,6 +91,14 @@ def colocated_bytes(cfg: ModelConfig, layout: Layout, work: Work, roles: tuple[s
     return state + max(max(p["activations"], p["kv_cache"]) for p in parts)
 
 
+def turns_bytes(cfg: ModelConfig, layout: Layout, work: Work, roles: tuple[str, ...] = ROLES) -> float | None:
+    """Bytes per device under ppo.schedule=colocated: one role's state and working set at a time, the
+    others' state in host memory. None where that schedule is not offered (ZeRO-3, optimizer offload)."""
+    if layout.zero_stage == 3 or layout.offload_optimizer:
+        return None
+    return max(role_bytes(cfg, role, layout, work)["total"] for role in roles)
+
+
 def layouts_that_fit(cfg: ModelConfig, devices: int, device_bytes: float, work: Work) -> list[tuple[Layout, float]]:
     """Layouts with every role over all `devices` (dp = devices / tp) whose bytes per device fit, with them;
     without offload first, then by TP degree and ZeRO stage."""

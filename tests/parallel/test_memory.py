@@ -7,7 +7,17 @@ import pytest
 
 from launcher.cli import main
 from models.config import preset
-from parallel.memory import GIB, ROLES, Layout, Work, colocated_bytes, kv_cache_bytes, model_state_bytes, role_bytes
+from parallel.memory import (
+    GIB,
+    ROLES,
+    Layout,
+    Work,
+    colocated_bytes,
+    kv_cache_bytes,
+    model_state_bytes,
+    role_bytes,
+    turns_bytes,
+)
 
 
 @pytest.mark.parametrize("stage, expected", [
@@ -41,6 +51,12 @@ def test_kv_cache_and_the_colocated_peak():
     state = sum(p["params"] + p["grads"] + p["optimizer"] for p in parts)
     assert colocated_bytes(cfg, layout, work) == pytest.approx(state + 64 * GIB)
     assert colocated_bytes(cfg, layout, work) < sum(p["total"] for p in parts)
+    # ppo.schedule=colocated: one role's state at a time, the policy's (weights, gradients, Adam, KV cache)
+    layout = Layout(2, dp=8)
+    parts = {role: role_bytes(cfg, role, layout, work) for role in ROLES}
+    assert turns_bytes(cfg, layout, work) == parts["policy"]["total"] == max(p["total"] for p in parts.values())
+    assert turns_bytes(cfg, layout, work) < colocated_bytes(cfg, layout, work)
+    assert turns_bytes(cfg, Layout(3, dp=8), work) is None and turns_bytes(cfg, Layout(2, 1, 8, True), work) is None
 
 
 def test_plan_lists_layouts_for_1b_7b_70b_on_eight_80_gib_devices(capsys):
@@ -53,4 +69,7 @@ def test_plan_lists_layouts_for_1b_7b_70b_on_eight_80_gib_devices(capsys):
     assert main(["plan", "--model", "llama-7b", "--zero", "3", "--dp", "8"]) == 0
     table = capsys.readouterr().out
     assert "policy" in table and "all four roles on the same devices, one phase at a time" in table
+    assert "ppo.schedule=colocated (one role's state on the device at a time): not offered with ZeRO-3" in table
+    assert main(["plan", "--model", "llama-7b", "--zero", "2", "--dp", "8"]) == 0
+    assert "ppo.schedule=colocated, one role's state on the device at a time" in capsys.readouterr().out
     assert main(["plan", "--model", "nope"]) == 2 and "--model nope: neither a preset" in capsys.readouterr().err
