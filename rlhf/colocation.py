@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from functools import partial
 
-from rlhf.workers import to_device, to_host
+from rlhf.residency import to_device, to_host
 
 ROLES = ("policy", "reference", "reward", "critic")
 

@@ -30,6 +30,7 @@ from rlhf.batching import Encoded, LMBatch, collate_lm, decode_responses
 from rlhf.data import Prompt, fields_of
 from rlhf.functions import FunctionSpec, TaskFunction
 from rlhf.logprobs import forward_batch, response_logits, response_logprobs, sampled_logprobs, sft_loss, target_logprobs
+from rlhf.residency import Movable
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class PolicyStep:
     kl_estimator: str = "k1"
 
 
-class ModelWorker:
+class ModelWorker(Movable):
     """One rank's model in an engine, with the calls every role shares."""
 
     kind = "lm"
@@ -63,34 +64,6 @@ class ModelWorker:
         """Outputs (B, T, ...) of a padded batch, packed when the engine config says so (`forward_batch`)."""
         self._resident()
         return forward_batch(self.engine, input_ids, attention_mask, self.engine_cfg.packing)
-
-    def _resident(self) -> None:
-        """A schedule that calls a role while its state is in host memory has lost track of it: say so,
-        rather than run on the empty tensors left on the device."""
-        if self.engine.on_host:
-            raise RuntimeError(f"{type(self).__name__} rank {self.mesh.rank} was called while its state is in host "
-                               f"memory (ppo.schedule=colocated): bring it back with to_device first")
-
-    def to_host(self) -> dict:
-        """ppo.schedule=colocated: this rank's weights, gradients and optimizer state leave the device for
-        host memory. Returns the state bytes that left, the seconds and the device's allocated bytes after."""
-        moving = sum(self.engine.device_bytes().values())
-        return {"bytes": moving, **self._timed(self.engine.to_host)}
-
-    def to_device(self) -> dict:
-        """The state back on the device from host memory; the bytes now there, the seconds, the allocated bytes."""
-        out = self._timed(self.engine.to_device)
-        return {"bytes": sum(self.engine.device_bytes().values()), **out}
-
-    def _timed(self, move) -> dict:
-        if self.mesh.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        move()
-        if self.mesh.device.type == "cuda":
-            torch.cuda.synchronize()
-        allocated = torch.cuda.memory_allocated() if self.mesh.device.type == "cuda" else None
-        return {"seconds": time.perf_counter() - start, "allocated": allocated}
 
     def _on_device(self, rollout: Rollout) -> Rollout:
         return rollout.to(self.mesh.device)
@@ -432,12 +405,3 @@ class RewardWorker:
             out[fn.name] = torch.tensor(fn(batch.prompts, batch.responses, batch.fields), dtype=torch.float32)
         return out
 
-
-def to_host(worker: ModelWorker | RewardWorker) -> dict:
-    """Group call of ppo.schedule=colocated: the role's state off the device (ModelWorker.to_host)."""
-    return worker.to_host()
-
-
-def to_device(worker: ModelWorker | RewardWorker) -> dict:
-    """Group call of ppo.schedule=colocated: the role's state back on the device."""
-    return worker.to_device()

@@ -10,8 +10,9 @@ import torch
 from launcher.worker_group import LocalGroup
 from parallel.engine import EngineConfig
 from rlhf.coordinator import Roles
+from rlhf.residency import to_device, to_host
 from rlhf.schedules import train_ppo
-from rlhf.workers import PolicyWorker, to_device, to_host
+from rlhf.workers import PolicyWorker
 from tests.rlhf.test_ppo_loop import base_cfg, role_args, weights
 
 
