@@ -281,7 +281,3 @@ class TorchEngine:
 
     def to_device(self) -> None:
         self.host.bring_back(self.mesh.device)
-
-    def device_bytes(self) -> dict[str, int]:
-        """state_bytes() of what is on the device now: measured, so none while the state is on the host."""
-        return self.state_bytes()

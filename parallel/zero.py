@@ -190,14 +190,6 @@ class ZeroEngine:
             self.engine.reload_states()
             self.offloaded = False
 
-    def device_bytes(self) -> dict[str, int]:
-        """state_bytes() of what is on the device now. DeepSpeed re-points an offloaded optimizer's
-        parameters at its host buffers, which on a CPU-only machine are on the same device as before;
-        its offloaded state is counted as none."""
-        if self.offloaded:
-            return {"param_bytes": 0, "optimizer_bytes": 0}
-        return self.state_bytes()
-
 
 log = logging.getLogger("instructrl")
 STALE_LOCK_S = 600  # a compile takes about a minute here; a lock this old was left by a killed process

@@ -21,13 +21,19 @@ class Movable:
     def to_host(self) -> dict:
         """ppo.schedule=colocated: this rank's weights, gradients and optimizer state leave the device for
         host memory. Returns the state bytes that left, the seconds and the device's allocated bytes after."""
-        moving = sum(self.engine.device_bytes().values())
+        moving = self._device_bytes()
         return {"bytes": moving, **self._timed(self.engine.to_host)}
 
     def to_device(self) -> dict:
         """The state back on the device from host memory; the bytes now there, the seconds, the allocated bytes."""
         out = self._timed(self.engine.to_device)
-        return {"bytes": sum(self.engine.device_bytes().values()), **out}
+        return {"bytes": self._device_bytes(), **out}
+
+    def _device_bytes(self) -> int:
+        """The state bytes on the device: the engine's own counters (state_bytes), none while the state is on
+        the host (DeepSpeed points an offloaded optimizer's parameters at its host buffers, which on a
+        CPU-only machine are CPU tensors like the device's)."""
+        return 0 if self.engine.on_host else sum(self.engine.state_bytes().values())
 
     def _timed(self, move) -> dict:
         if self.mesh.device.type == "cuda":
