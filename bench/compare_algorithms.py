@@ -95,10 +95,13 @@ class Task:
 
 
 def final_eval(run: Path, stage: str) -> tuple[dict, dict]:
-    """The first and last held-out evaluations of a PPO or DPO stage."""
-    evals = json.loads((run / stage / "result.json").read_text())["evaluations"]
+    """The first held-out evaluation of a PPO or DPO stage, and the exported policy's (the last, or the
+    one ppo.export chose)."""
+    result = json.loads((run / stage / "result.json").read_text())
+    evals = result["evaluations"]
     steps = sorted(evals, key=int)
-    return evals[steps[0]], evals[steps[-1]]
+    exported = str(result.get("exported_step") or steps[-1])
+    return evals[steps[0]], evals[exported]
 
 
 def throughput(run: Path) -> float:

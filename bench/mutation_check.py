@@ -22,6 +22,8 @@ VL = "tests/rlhf/test_vllm_rollout.py::"
 ES = "tests/rlhf/test_early_stopping.py::"
 AS = "tests/rlhf/test_async_schedule.py::"
 CO = "tests/rlhf/test_colocated_schedule.py::"
+EX = "tests/rlhf/test_export_choice.py::"
+UT = "tests/launcher/test_user_task.py::"
 
 # (what the break does, file, line as it is, line broken, tests that must fail)
 MUTATIONS = [
@@ -173,6 +175,17 @@ MUTATIONS = [
     ("colocated: DeepSpeed's states never offloaded", "parallel/zero.py",
      "self.engine.offload_states(pin_memory=True)", "pass",
      [CO + "test_zero_2_and_zero_1_trainers_move_and_come_back_the_same"]),
+    ("ppo.export ignored (the objective's choice always made)", "rlhf/export_choice.py",
+     'if self.mode != "objective" or step in', "if step in",
+     [EX + "test_export_last_ignores_a_better_earlier_policy"]),
+    ("export: an earlier policy taken on any gain, noise or not", "rlhf/export_choice.py",
+     "if not gain.beyond_noise:", "if gain.mean <= 0:",
+     [EX + "test_a_gain_within_one_standard_error_keeps_the_last"]),
+    ("export: the KL left out of the objective", "rlhf/algo/selection.py",
+     "values = [s - beta * k for", "values = [s - 0 * k for", [EX + "test_the_kl_counts_against_an_earlier_policy"]),
+    ("export: the kept policy never copied over the last", "rlhf/export_choice.py",
+     "shutil.copytree(self.dir, exported,", "shutil.copytree(self.dir, exported.with_suffix('.x'),",
+     [UT + "test_ppo_exports_the_evaluation_with_the_higher_held_out_objective"]),
 ]
 
 

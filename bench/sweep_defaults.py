@@ -93,7 +93,8 @@ SETTINGS |= {label: [*ROUND_4, *overrides] for label, overrides in {
 # candidates keep more of a gain than a 0.5-nat target does: a higher target, fixed small β. "grpo"
 # is the critic-free estimator under them; "oracle" replaces the reward model by the task's gold
 # function (the gap it leaves is the optimiser's, the rest the reward model's).
-ROUND_5 = ["ppo.kl_coef=0.4", "ppo.kl_target=0.5", "ppo.kl_horizon=1000", "ppo.samples_per_prompt=4"]
+ROUND_5 = ["ppo.kl_coef=0.4", "ppo.kl_target=0.5", "ppo.kl_horizon=1000", "ppo.samples_per_prompt=4",
+           "ppo.export=last"]  # each run exported its last policy (ppo.export came later: r11)
 SETTINGS |= {label: [*ROUND_5, *overrides] for label, overrides in {
     "r5-target-2": ["ppo.kl_target=2.0"],
     "r5-target-1": ["ppo.kl_target=1.0"],
@@ -114,6 +115,9 @@ SETTINGS["r9-async"] = [*SETTINGS["r5-beta-0.1"], "ppo.schedule=async"]
 # #30: the colocated schedule (every role on one bundle, one role's state there at a time): the same
 # updates as r5-beta-0.1's synchronous runs, the roles taking turns.
 SETTINGS["r10-colocated"] = [*SETTINGS["r5-beta-0.1"], "ppo.schedule=colocated"]
+# #27: the same runs as r5-beta-0.1, exporting by the held-out objective (ppo.export=objective, the
+# default since): an earlier evaluation's policy where its score − β·KL beats the last's beyond noise.
+SETTINGS["r11-export"] = [*SETTINGS["r5-beta-0.1"], "ppo.export=objective"]
 GRPO = ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
 for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracle under each candidate
     SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]

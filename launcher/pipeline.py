@@ -44,6 +44,7 @@ from models.generation import Generation
 from parallel import checkpoint as checkpoints
 from rlhf.coordinator import LR_KEYS, Roles
 from rlhf.evaluate import Judges, evaluate_policy
+from rlhf.export_choice import ExportChoice
 from rlhf.guards import BadSteps
 from rlhf.schedules import train_ppo
 from rlhf.timeline import Timeline
@@ -162,10 +163,11 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
              f"{p.kl_coef:g} fixed" if p.kl_target is None else
              f"from {p.kl_coef:g} toward {p.kl_target:g} nats per response (horizon {p.kl_horizon} rollouts)")
     bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)
+    choice = ExportChoice(out_dir, p.export, p.kl_coef, cfg.evaluation.samples_per_prompt, p.steps, resuming)
     specs = role_specs(cfg, models, n_updates)  # the roles this run starts (no critic, a generator: by config)
     prepare_ops(*(getattr(p, role).engine for role in specs))
 
-    def attempt(restarts: int) -> tuple[dict, dict]:
+    def attempt(restarts: int) -> tuple[dict, dict, dict]:
         with start_roles(cfg, specs) as roles:
             started = [r for r in ROLES if getattr(roles, r) is not None]
             record_placement(out_dir, {r: getattr(roles, r) for r in started})
@@ -181,6 +183,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                     ev.metrics["eval/sqrt_kl"] = math.sqrt(max(ev.metrics["eval/kl"], 0.0))
                 log_evaluation(tracker, ev, step, out_dir)
                 evaluations[step] = ev.metrics
+                choice.seen(step, ev, roles.policy, tok)
                 if inputs.gold is not None and len(evaluations) > 1:
                     plot = plot_overoptimization(evaluations, out_dir / "overoptimization.png")
                     tracker.image("eval/overoptimization", plot, step)
@@ -224,14 +227,18 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                 timeline.write(out_dir / "timeline.json")
             roles.policy.broadcast(PolicyWorker.export, str(out_dir / "policy")).get()
             tok.save_pretrained(out_dir / "policy")
-            return metrics, {role: getattr(roles, role).info for role in started}
+            export = choice.finish(out_dir / "policy")
+            log.info("PPO: exported %s", export["export_reason"])
+            tracker.event("exported", export["exported_step"], reason=export["export_reason"])
+            return metrics, {role: getattr(roles, role).info for role in started}, export
 
     try:
-        metrics, info = with_restarts("PPO", attempt, cfg.run.max_restarts, partial(note_restart, tracker))
+        metrics, info, export = with_restarts("PPO", attempt, cfg.run.max_restarts, partial(note_restart, tracker))
     finally:
         tracker.finish()
     plot = out_dir / "overoptimization.png"
     return {"evaluations": evaluations, "final_kl": metrics.get("kl/sequence"), "final_metrics": metrics,
+            **export,
             "policy_model": str(out_dir / "policy"), "metrics_file": str(tracker.metrics_path),
             "plot": str(plot) if plot.exists() else None, "wandb_dir": str(out_dir / "wandb"), "ranks": info}
 
@@ -273,11 +280,12 @@ def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None =
     """The start (step 0: the SFT policy) against the final policy (of PPO or DPO) on every evaluation
     metric."""
     evals = ppo["evaluations"]
-    first, last = (evals[min(evals)], evals[max(evals)]) if evals else ({}, {})
+    final_step = ppo.get("exported_step") if ppo.get("exported_step") in evals else max(evals, default=None)
+    first, last = (evals[min(evals)], evals[final_step]) if evals else ({}, {})
     reward = rm["model"] if rm else (cfg.ppo.reward_model if stage == "ppo" else None)
     models = {"sft": sft["model"] if sft else None, "reward": reward, "policy": ppo["policy_model"]}
     return {
-        "start": first, "final": last, "final_step": max(evals) if evals else None,
+        "start": first, "final": last, "final_step": final_step, "export_reason": ppo.get("export_reason"),
         "sft_gold_score": first.get("eval/gold_score"), "sft_gold_stderr": first.get("eval/gold_stderr"),
         "ppo_gold_score": last.get("eval/gold_score"), "ppo_gold_stderr": last.get("eval/gold_stderr"),
         "final_kl": ppo["final_kl"], "sft_eval_loss": sft["eval/loss"] if sft else None,
@@ -316,6 +324,8 @@ def print_summary(s: dict) -> None:
                 print(f"  {'gold score':<24}  {a:.3f} ± {sa:.3f}  →  {b:.3f} ± {sb:.3f}   {gain}")
             elif key in start:
                 print(f"  {name:<24}  {start[key]:.4f}  →  {final[key]:.4f}")
+    if s.get("export_reason"):
+        print(f"exported: {s['export_reason']}")
     if s["final_kl"] is not None:
         print(f"final KL(PPO ‖ SFT) per sequence, training batch: {s['final_kl']:.3f}")
     if s["sft_eval_loss"] is not None:

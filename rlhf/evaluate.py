@@ -5,7 +5,8 @@ Metrics (each present when its source is): eval/gold_score and eval/gold_stderr 
 standard error over prompts), eval/score (the PPO score as trained: weighted reward model and
 functions) with eval/rm_score and eval/fn/<name>, eval/kl (Σ log π/π_ref over sampled tokens per
 sequence: an unbiased estimate of KL(π‖π_ref) at the sampling temperature), eval/response_length,
-eval/unfinished (the share of responses cut off at the length limit, without EOS).
+eval/unfinished (the share of responses cut off at the length limit, without EOS). Each sample's row
+holds its gold, score and KL where measured.
 Must not import ray: every group is any worker group with map/broadcast.
 """
 
@@ -130,4 +131,6 @@ def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges:
             metrics["eval/rm_score" if k == "rm" else f"eval/fn/{k}"] = statistics.fmean(torch.cat(v).tolist())
         for row, v in zip(rows, scores, strict=True):
             row["score"] = v
+    for row, v in zip(rows, kls, strict=False):  # none without a reference
+        row["kl"] = v
     return Evaluation(metrics, gold, rows)

@@ -139,6 +139,11 @@ class PPOConfig(BaseModel):
     ptx_batch_size: int = Field(16, ge=1)  # pretraining sequences per policy minibatch (× of the DP ranks, rounded up)
     ptx_max_len: int = Field(64, ge=2)  # tokens per pretraining sequence
     eval_every: int = Field(25, ge=1)  # steps between held-out evaluations
+    # The policy the stage exports. "objective": the last, unless an earlier held-out evaluation's
+    # objective, the reward score − kl_coef × KL per response (what PPO maximises), beats the last's by
+    # more than one standard error over prompts; that evaluation's policy, kept as it ran, is exported
+    # instead (rlhf/export_choice.py). It never reads the gold. "last": the last policy.
+    export: Literal["last", "objective"] = "objective"
     save_every: int = Field(10, ge=0)  # steps between checkpoints (what a restart may redo); 0: none
     resume: str | None = None  # a checkpoint directory (<run>/ppo/checkpoint-<step>) to continue from
     seed: int = 0  # sampling and shuffling seed

@@ -166,7 +166,7 @@ def test_every_sweep_setting_is_a_valid_demo_config():
         if label in SETTINGS and label != "defaults":
             pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else \
                 ROUND_4 if label.startswith("r4-") else \
-                ROUND_5 if label.startswith(("r5-", "r7-", "r9-", "r10-")) else DEMO_2026_11_24
+                ROUND_5 if label.startswith(("r5-", "r7-", "r9-", "r10-", "r11-")) else DEMO_2026_11_24
             assert overrides[:len(pinned)] == pinned, label
     assert SETTINGS["defaults"] == []
     morning = load_config("demo", SETTINGS["defaults-2026-11-25"]).ppo
@@ -181,7 +181,8 @@ def test_every_sweep_setting_is_a_valid_demo_config():
     half = load_config("demo", SETTINGS["r7-lr-1e-4"]).ppo  # the sixth round's pilots: on top of β 0.1
     assert (half.kl_coef, half.kl_target, half.policy.optim.lr) == (0.1, None, 1e-4)
     fixed = load_config("demo", SETTINGS["r5-beta-0.1"]).ppo
-    assert (fixed.kl_coef, fixed.kl_target, fixed.samples_per_prompt) == (0.1, None, 4)
+    assert (fixed.kl_coef, fixed.kl_target, fixed.samples_per_prompt, fixed.export) == (0.1, None, 4, "last")
+    assert load_config("demo", SETTINGS["r11-export"]).ppo.export == "objective"
     assert load_config("demo", SETTINGS["r5-target-2"]).ppo.kl_target == 2.0
 
 

@@ -123,3 +123,40 @@ def test_hh_preset_checks_all_three_steps_on_the_real_file(shared_data, capsys, 
     assert main(["check", "--config", "hh", "run.out_dir=/nonexistent-dir-for-check"]) == 0
     out = capsys.readouterr().out
     assert "would run: sft → rm → ppo" in out and "PPO: 1710 prompts" in out, out
+
+
+FALLING_REWARD = '''
+from pathlib import Path
+
+def falling(prompts, responses, **fields):
+    """Every call scores lower than the one before: 0, −1, −2, ... for the whole batch."""
+    calls = Path({count!r})
+    n = int(calls.read_text()) if calls.exists() else 0
+    calls.write_text(str(n + 1))
+    return [-float(n)] * len(prompts)
+'''
+
+
+@pytest.mark.parametrize("export", ["objective", "last"])
+def test_ppo_exports_the_evaluation_with_the_higher_held_out_objective(task, tmp_path, export, capsys):
+    """A reward that falls with every call: step 1's held-out objective is the best, beyond noise, and
+    ppo.export=objective exports step 1's policy (as kept in best-objective/); ppo.export=last the last."""
+    files, tok = task
+    start = make_checkpoint("gpt2", tok, tmp_path / "gpt2")
+    (tmp_path / "falling.py").write_text(FALLING_REWARD.format(count=str(tmp_path / "calls")))
+    rc = main(["ppo", f"model.pretrained={start}", "ppo.reward_model=null", "run.backend=local",
+               *common(files, tmp_path / "runs"), "ppo.steps=3", f"ppo.export={export}",
+               f"ppo.reward_functions=[{{function: '{tmp_path / 'falling.py'}:falling'}}]",
+               "ppo.missing_eos_score=null", "evaluation.gold_function=null"])
+    assert rc == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "t"
+    result = json.loads((run / "ppo" / "result.json").read_text())
+    exported = AutoModelForCausalLM.from_pretrained(run / "ppo" / "policy").state_dict()
+    if export == "last":
+        assert result["exported_step"] == 3 and not (run / "ppo" / "best-objective").exists()
+        return
+    assert result["exported_step"] == 1 and "step 1's policy" in result["export_reason"]
+    kept = AutoModelForCausalLM.from_pretrained(run / "ppo" / "best-objective").state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in exported.items())
+    assert json.loads((run / "ppo" / "best-objective" / "objective.json").read_text())["step"] == 1
+    assert "exported: step 1's policy" in capsys.readouterr().out

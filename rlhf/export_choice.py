@@ -1,0 +1,95 @@
+"""Which PPO policy the stage exports (ppo.export): the last one, or, with "objective", an earlier
+evaluation's policy when its held-out objective (score − β·KL, rlhf/algo/selection.py) beats the last's
+by more than a standard error.
+
+The evaluation with the best objective so far is kept on disk as <ppo>/best-objective (the policy as an
+HF checkpoint, with its tokenizer and per-prompt objective), so a restarted or resumed run keeps it.
+The gold score is never read: a user's run has none.
+Must not import ray: `policy` is any worker group with broadcast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+from pathlib import Path
+
+from rlhf.algo.selection import paired_gain, per_prompt_objective
+from rlhf.evaluate import Evaluation
+from rlhf.workers import PolicyWorker
+
+log = logging.getLogger(__name__)
+BEST = "best-objective"
+RECORD = "objective.json"
+
+
+def objective_of(rows: list[dict], beta: float, samples: int) -> list[float] | None:
+    """An evaluation's per-prompt objective from its sample rows; None where they have no score or no KL
+    (no reward, no reference)."""
+    if not rows or "score" not in rows[0] or "kl" not in rows[0]:
+        return None
+    return per_prompt_objective([r["score"] for r in rows], [r["kl"] for r in rows], beta, samples)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """An evaluation's sample rows as log_evaluation wrote them (<ppo>/samples/step-<n>.jsonl)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class ExportChoice:
+    def __init__(self, out_dir: Path, mode: str, beta: float, samples: int, last_step: int, resuming: bool):
+        self.out_dir, self.dir, self.mode = out_dir, out_dir / BEST, mode
+        self.beta, self.samples, self.last_step = beta, samples, last_step
+        if not resuming:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def best(self) -> dict | None:
+        """{step, per_prompt} of the kept evaluation, if any."""
+        record = self.dir / RECORD
+        return json.loads(record.read_text()) if record.exists() else None
+
+    def seen(self, step: int, ev: Evaluation, policy, tok) -> None:
+        """After each evaluation: keep this policy if its objective is the best of the run's so far."""
+        if self.mode != "objective" or step in (0, self.last_step):  # the start; the last is exported anyway
+            return
+        objective = objective_of(ev.rows, self.beta, self.samples)
+        if objective is None:
+            return
+        best = self.best()
+        if best is not None and statistics.fmean(best["per_prompt"]) >= statistics.fmean(objective):
+            return
+        staging = self.dir.with_name(BEST + ".staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        policy.broadcast(PolicyWorker.export, str(staging)).get()
+        tok.save_pretrained(staging)
+        (staging / RECORD).write_text(json.dumps({"step": step, "per_prompt": objective}))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        staging.rename(self.dir)
+
+    def finish(self, exported: Path) -> dict:
+        """After the last policy was exported to `exported`: put the kept one there instead where it is
+        better beyond noise. Returns the stage result's export fields."""
+        best = self.best()
+        if self.mode != "objective":
+            return {"exported_step": self.last_step, "export_reason": "the last policy (ppo.export=last)"}
+        last = objective_of(read_rows(self.out_dir / "samples" / f"step-{self.last_step}.jsonl"), self.beta,
+                            self.samples)
+        if last is None:
+            return {"exported_step": self.last_step, "export_reason": "the last policy: no held-out evaluation "
+                    "with a score and a KL (a reward and a reference) to compare"}
+        gain = paired_gain(best["per_prompt"], last) if best is not None else None
+        if gain is None or gain.mean <= 0:
+            return {"exported_step": self.last_step,
+                    "export_reason": "the last policy: no earlier evaluation has a higher held-out objective"}
+        fields = {"export_gain": gain.mean, "export_gain_stderr": gain.stderr}
+        if not gain.beyond_noise:
+            return {"exported_step": self.last_step, **fields,
+                    "export_reason": f"the last policy: step {best['step']}'s held-out objective is higher by "
+                                     f"{gain.mean:.4f} ± {gain.stderr:.4f}, within one standard error"}
+        shutil.rmtree(exported, ignore_errors=True)
+        shutil.copytree(self.dir, exported, ignore=shutil.ignore_patterns(RECORD))
+        return {"exported_step": best["step"], **fields,
+                "export_reason": f"step {best['step']}'s policy: its held-out objective (score − β·KL) is higher "
+                                 f"than the last's by {gain.mean:.4f} ± {gain.stderr:.4f}"}

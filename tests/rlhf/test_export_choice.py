@@ -1,0 +1,109 @@
+"""ppo.export: which policy the PPO stage exports, decided on the held-out objective (score − β·KL)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf.evaluate import Evaluation
+from rlhf.export_choice import BEST, ExportChoice
+from rlhf.workers import PolicyWorker
+
+
+class Done:
+    def get(self):
+        return None
+
+
+class FakePolicy:
+    """A policy group whose export writes which step's weights it holds."""
+
+    step = 0
+
+    def broadcast(self, fn, path):
+        assert fn is PolicyWorker.export
+        Path(path).mkdir(parents=True)
+        (Path(path) / "weights").write_text(f"step {self.step}")
+        return Done()
+
+
+class FakeTok:
+    def save_pretrained(self, path):
+        (path / "tokenizer.json").write_text("{}")
+
+
+def rows(scores, kls=None):
+    kls = kls if kls is not None else [0.0] * len(scores)
+    return [{"prompt": f"p{i // 2}", "response": "r", "score": s, "kl": k}
+            for i, (s, k) in enumerate(zip(scores, kls, strict=True))]
+
+
+def run(tmp_path, mode: str, evaluations: dict[int, list[dict]], last: int, resuming: bool = False):
+    """Evaluations by step through an ExportChoice (β 0.5, 2 samples per prompt); the last one's rows as
+    its samples file; then the last policy exported and finish()."""
+    out = tmp_path / "ppo"
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    choice = ExportChoice(out, mode, 0.5, 2, last, resuming)
+    policy = FakePolicy()
+    for step, rs in sorted(evaluations.items()):
+        policy.step = step
+        (out / "samples" / f"step-{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+        choice.seen(step, Evaluation({}, None, rs), policy, FakeTok())
+    exported = out / "policy"  # the stage's own export of the last policy
+    exported.mkdir(exist_ok=True)
+    (exported / "weights").write_text(f"step {last}")
+    result = choice.finish(exported)
+    return result, (exported / "weights").read_text()
+
+
+LOW = [0.0, 0.2, 0.1, -0.1, 0.0, 0.1]  # three prompts, two samples each
+
+
+def test_an_earlier_policy_better_beyond_noise_is_exported(tmp_path):
+    high = [x + 1.0 for x in LOW]
+    middle = [x + 0.5 for x in LOW]
+    result, weights = run(tmp_path, "objective", {0: rows([9.0] * 6), 25: rows(high), 50: rows(middle),
+                                                   75: rows(LOW)}, last=75)
+    assert weights == "step 25" and result["exported_step"] == 25  # not the start (step 0), not step 50
+    assert result["export_gain"] == pytest.approx(1.0)
+    assert "step 25's policy" in result["export_reason"]
+    assert (tmp_path / "ppo" / "policy" / "tokenizer.json").exists()
+
+
+def test_the_kl_counts_against_an_earlier_policy(tmp_path):
+    """Step 25 scores 1.0 higher but sits 4 nats further out: at β 0.5 its objective is 1.0 lower."""
+    high = [x + 1.0 for x in LOW]
+    result, weights = run(tmp_path, "objective", {25: rows(high, [4.0] * 6), 50: rows(LOW)}, last=50)
+    assert weights == "step 50" and result["exported_step"] == 50
+    assert "no earlier evaluation has a higher held-out objective" in result["export_reason"]
+
+
+def test_a_gain_within_one_standard_error_keeps_the_last(tmp_path):
+    noisy = [0.5, 0.5, -0.5, -0.5, 0.1, 0.1]  # per prompt +0.5, −0.5, +0.1 over zero: mean 0.033
+    result, weights = run(tmp_path, "objective", {25: rows(noisy), 50: rows([0.0] * 6)}, last=50)
+    assert weights == "step 50" and result["exported_step"] == 50
+    assert "within one standard error" in result["export_reason"]
+
+
+def test_export_last_ignores_a_better_earlier_policy(tmp_path):
+    high = [x + 1.0 for x in LOW]
+    result, weights = run(tmp_path, "last", {25: rows(high), 50: rows(LOW)}, last=50)
+    assert weights == "step 50" and result["exported_step"] == 50
+    assert not (tmp_path / "ppo" / BEST).exists()
+
+
+def test_without_scores_or_kl_the_last_is_exported(tmp_path):
+    bare = [{"prompt": "p", "response": "r", "gold": 1.0}] * 2
+    result, weights = run(tmp_path, "objective", {25: bare, 50: bare}, last=50)
+    assert weights == "step 50" and "no held-out evaluation with a score and a KL" in result["export_reason"]
+
+
+def test_a_resumed_run_keeps_the_kept_policy_and_a_new_run_drops_it(tmp_path):
+    high = [x + 1.0 for x in LOW]
+    run(tmp_path, "objective", {25: rows(high), 50: rows(LOW)}, last=100)  # stopped before its end
+    resumed, weights = run(tmp_path, "objective", {75: rows(LOW), 100: rows(LOW)}, last=100, resuming=True)
+    assert weights == "step 25" and resumed["exported_step"] == 25
+    fresh, weights = run(tmp_path, "objective", {75: rows(LOW), 100: rows(LOW)}, last=100, resuming=False)
+    assert weights == "step 100" and fresh["exported_step"] == 100
