@@ -44,7 +44,7 @@ from models.generation import Generation
 from parallel import checkpoint as checkpoints
 from rlhf.coordinator import LR_KEYS, Roles
 from rlhf.evaluate import Judges, evaluate_policy
-from rlhf.export_choice import ExportChoice
+from rlhf.export_choice import ExportChoice, exported_step
 from rlhf.guards import BadSteps
 from rlhf.schedules import train_ppo
 from rlhf.timeline import Timeline
@@ -280,7 +280,7 @@ def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None =
     """The start (step 0: the SFT policy) against the final policy (of PPO or DPO) on every evaluation
     metric."""
     evals = ppo["evaluations"]
-    final_step = ppo.get("exported_step") if ppo.get("exported_step") in evals else max(evals, default=None)
+    final_step = exported_step(ppo)
     first, last = (evals[min(evals)], evals[final_step]) if evals else ({}, {})
     reward = rm["model"] if rm else (cfg.ppo.reward_model if stage == "ppo" else None)
     models = {"sft": sft["model"] if sft else None, "reward": reward, "policy": ppo["policy_model"]}

@@ -24,6 +24,7 @@ from launcher.preflight import Inputs
 from launcher.sampling import sample_responses
 from models.errors import InputError
 from rlhf.data import comparison_from_row, write_jsonl
+from rlhf.export_choice import exported_step
 from rlhf.labelling import PolicyShare, label_items, load_items
 
 log = logging.getLogger("instructrl")
@@ -118,7 +119,7 @@ def run_rounds(cfg: Config, inputs: Inputs, stages: tuple[str, ...], run_stage) 
         ppo = run_stage(rc, "ppo", rin)
         policy, last_rm = Path(ppo["policy_model"]), Path(rm["model"])
         offset = (r - 1) * rc.ppo.steps
-        # a later round's step 0 is the policy the round before ended with: kept once, as that round's end
+        # a later round's step 0 is the policy the round before exported: kept once, as that round's
         kept = {offset + s: m for s, m in ppo["evaluations"].items() if s or r == 1}
         evaluations |= kept
         round_of |= dict.fromkeys(kept, r)
@@ -126,12 +127,14 @@ def run_rounds(cfg: Config, inputs: Inputs, stages: tuple[str, ...], run_stage) 
     plot = None
     if any("eval/gold_score" in m for m in evaluations.values()):
         plot = str(plot_overoptimization(evaluations, cfg.run.dir / "overoptimization.png", round_of))
-    return {"sft": sft, "rm": rm, "ppo": {**ppo, "evaluations": evaluations, "plot": plot}, "rounds": rounds}
+    step = exported_step(ppo)
+    last = {**ppo, "evaluations": evaluations, "plot": plot, "exported_step": None if step is None else offset + step}
+    return {"sft": sft, "rm": rm, "ppo": last, "rounds": rounds}
 
 
 def round_summary(r: int, ppo: dict, rm: dict, comparisons: int, trained_on: int) -> dict:
     evals = ppo["evaluations"]
-    first, last = (evals[min(evals)], evals[max(evals)]) if evals else ({}, {})
+    first, last = (evals[min(evals)], evals[exported_step(ppo)]) if evals else ({}, {})
     return {"round": r, "comparisons_so_far": comparisons, "rm_trained_on": trained_on,
             "rm_eval_accuracy": rm.get("eval/accuracy"), "rm_stop": rm.get("stop_reason"),
             "start_gold": first.get("eval/gold_score"), "gold": last.get("eval/gold_score"),

@@ -38,6 +38,13 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def exported_step(result: dict) -> int | None:
+    """The step of the evaluation whose policy a PPO or DPO stage result exported: the one ppo.export
+    chose, else the last evaluated."""
+    evals = result["evaluations"]
+    return result["exported_step"] if result.get("exported_step") in evals else max(evals, default=None)
+
+
 class ExportChoice:
     def __init__(self, out_dir: Path, mode: str, beta: float, samples: int, last_step: int, resuming: bool):
         self.out_dir, self.dir, self.mode = out_dir, out_dir / BEST, mode
