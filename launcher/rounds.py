@@ -119,7 +119,7 @@ def run_rounds(cfg: Config, inputs: Inputs, stages: tuple[str, ...], run_stage) 
         ppo = run_stage(rc, "ppo", rin)
         policy, last_rm = Path(ppo["policy_model"]), Path(rm["model"])
         offset = (r - 1) * rc.ppo.steps
-        # a later round's step 0 is the policy the round before exported: kept once, as that round's
+        # a later round's step 0 is the policy the round before exported, whose evaluation that round holds
         kept = {offset + s: m for s, m in ppo["evaluations"].items() if s or r == 1}
         evaluations |= kept
         round_of |= dict.fromkeys(kept, r)

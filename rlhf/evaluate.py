@@ -131,6 +131,7 @@ def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges:
             metrics["eval/rm_score" if k == "rm" else f"eval/fn/{k}"] = statistics.fmean(torch.cat(v).tolist())
         for row, v in zip(rows, scores, strict=True):
             row["score"] = v
-    for row, v in zip(rows, kls, strict=False):  # none without a reference
-        row["kl"] = v
+    if kls:
+        for row, v in zip(rows, kls, strict=True):
+            row["kl"] = v
     return Evaluation(metrics, gold, rows)

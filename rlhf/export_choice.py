@@ -11,7 +11,6 @@ Must not import ray: `policy` is any worker group with broadcast.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import statistics
 from pathlib import Path
@@ -20,7 +19,6 @@ from rlhf.algo.selection import paired_gain, per_prompt_objective
 from rlhf.evaluate import Evaluation
 from rlhf.workers import PolicyWorker
 
-log = logging.getLogger(__name__)
 BEST = "best-objective"
 RECORD = "objective.json"
 
@@ -46,6 +44,8 @@ def exported_step(result: dict) -> int | None:
 
 
 class ExportChoice:
+    """Follows a PPO run's evaluations (seen) and decides its export at the end (finish)."""
+
     def __init__(self, out_dir: Path, mode: str, beta: float, samples: int, last_step: int, resuming: bool):
         self.out_dir, self.dir, self.mode = out_dir, out_dir / BEST, mode
         self.beta, self.samples, self.last_step = beta, samples, last_step
