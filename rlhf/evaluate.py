@@ -12,7 +12,6 @@ Must not import ray: every group is any worker group with map/broadcast.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.generation import Generation, SamplingParams
 from rlhf.algo.ppo import combine_scores, score_unfinished
+from rlhf.algo.selection import per_prompt_means, stderr
 from rlhf.batching import encode_prompt
 from rlhf.data import Prompt, fields_of
 from rlhf.functions import FunctionSpec, TaskFunction
@@ -62,11 +62,8 @@ class GoldEval:
 
 def summarize_gold(scores: list[float], samples: int = 1) -> GoldEval:
     """Mean and standard error over prompts of `samples` consecutive scores per prompt."""
-    if len(scores) % samples:
-        raise ValueError(f"{len(scores)} scores are not whole groups of {samples} samples")
-    per_prompt = [statistics.fmean(scores[i:i + samples]) for i in range(0, len(scores), samples)]
-    stderr = statistics.stdev(per_prompt) / math.sqrt(len(per_prompt)) if len(per_prompt) > 1 else 0.0
-    return GoldEval(statistics.fmean(per_prompt), stderr)
+    per_prompt = per_prompt_means(scores, samples)
+    return GoldEval(statistics.fmean(per_prompt), stderr(per_prompt))
 
 
 @dataclass(frozen=True)

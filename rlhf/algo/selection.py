@@ -13,14 +13,23 @@ import statistics
 from dataclasses import dataclass
 
 
+def per_prompt_means(values: list[float], samples: int) -> list[float]:
+    """The mean of each prompt's `samples` consecutive values (an evaluation's samples, prompt by prompt)."""
+    if len(values) % samples:
+        raise ValueError(f"{len(values)} samples are not whole groups of {samples} per prompt")
+    return [statistics.fmean(values[i:i + samples]) for i in range(0, len(values), samples)]
+
+
+def stderr(values: list[float]) -> float:
+    """The standard error of the mean of `values` (0 for fewer than two)."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
 def per_prompt_objective(scores: list[float], kls: list[float], beta: float, samples: int) -> list[float]:
     """score − β·KL of each sample, averaged over each prompt's `samples` consecutive samples."""
     if len(scores) != len(kls):
         raise ValueError(f"{len(scores)} scores against {len(kls)} KL values")
-    if len(scores) % samples:
-        raise ValueError(f"{len(scores)} samples are not whole groups of {samples} per prompt")
-    values = [s - beta * k for s, k in zip(scores, kls, strict=True)]
-    return [statistics.fmean(values[i:i + samples]) for i in range(0, len(values), samples)]
+    return per_prompt_means([s - beta * k for s, k in zip(scores, kls, strict=True)], samples)
 
 
 @dataclass(frozen=True)
@@ -38,5 +47,4 @@ def paired_gain(earlier: list[float], last: list[float]) -> Gain:
     if len(earlier) != len(last):
         raise ValueError(f"{len(earlier)} prompts against {len(last)}: not the same held-out prompts")
     diff = [a - b for a, b in zip(earlier, last, strict=True)]
-    stderr = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else math.inf
-    return Gain(statistics.fmean(diff), stderr)
+    return Gain(statistics.fmean(diff), stderr(diff) if len(diff) > 1 else math.inf)  # one prompt: no yardstick

@@ -55,5 +55,5 @@ def test_gold_summary_by_hand():
     assert scores == [1.0, 0.5, 0.5, 0.0]
     g = summarize_gold(scores, samples=2)
     assert g.mean == pytest.approx(0.5) and g.stderr == pytest.approx(0.25)
-    with pytest.raises(ValueError, match="3 scores are not whole groups of 2 samples"):
+    with pytest.raises(ValueError, match="3 samples are not whole groups of 2 per prompt"):
         summarize_gold(scores[:3], samples=2)
