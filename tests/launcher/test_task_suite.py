@@ -9,7 +9,19 @@ import random
 
 import pytest
 
-from bench.tasks import SUITE, constraints, copying, counting, keywords, length, politeness, recall, sorting, style
+from bench.tasks import (
+    SUITE,
+    constraints,
+    copying,
+    counting,
+    keywords,
+    length,
+    notes,
+    politeness,
+    recall,
+    sorting,
+    style,
+)
 from launcher.cli import main
 
 
@@ -52,7 +64,8 @@ def test_gold_file_agrees_with_the_generators_scorer(module, fields, tmp_path):
     assert len(set(want)) >= 3  # the responses covered several gold levels
 
 
-NEW_TASKS = {"copying": copying, "constraints": constraints, "counting": counting, "sorting": sorting, "style": style}
+NEW_TASKS = {"copying": copying, "constraints": constraints, "counting": counting, "sorting": sorting, "style": style,
+             "notes": notes}
 
 
 def gold_of(module, tmp_path):
@@ -76,6 +89,9 @@ def test_new_tasks_gold_file_scores_the_demonstrations_as_the_generator_does(nam
     assert len(set(got)) >= 3 and 0.4 < sum(got) / len(got) < 1.0  # noisy demonstrations, several gold levels
 
 
+GLOOMY_HARBOUR = {"mood": "gloomy", "topic": "harbour"}
+
+
 @pytest.mark.parametrize(("name", "fields", "response", "want"), [
     ("copying", {"text": "moon fish red boat"}, "moon fish red boat", 1.0),
     ("copying", {"text": "moon fish red boat"}, "moon red fish boat", 0.5),  # a swap: two of four in place
@@ -93,6 +109,12 @@ def test_new_tasks_gold_file_scores_the_demonstrations_as_the_generator_does(nam
     ("style", {}, "serene vast noble radiant", 1.0),
     ("style", {}, "serene serene serene serene", 0.25),  # one formal word, however often
     ("style", {}, "nice vast cool fun good okay", 1 / 6),  # extra words dilute
+    # notes: 0.3 topic + 0.5 x mood words (at most 3, less one per other mood's word) / 3 + 0.2 for 6-10 words
+    ("notes", GLOOMY_HARBOUR, "the harbour was grey and bleak again today", 0.3 + 0.5 * 2 / 3 + 0.2),
+    ("notes", GLOOMY_HARBOUR, "the harbour was grey and merry again today", 0.3 + 0.2),
+    ("notes", GLOOMY_HARBOUR, "grey bleak dull dark", 0.5),  # 3 at most; no topic, short
+    ("notes", {"mood": "calm", "topic": "garden"}, "the garden was quiet quiet quiet for us", 0.3 + 0.5 / 3 + 0.2),
+    ("notes", {"mood": "calm", "topic": "garden"}, "the river was loud and wild today again as ever us", 0.0),
 ])
 def test_new_tasks_gold_by_hand(name, fields, response, want, tmp_path):
     module = NEW_TASKS[name]
