@@ -36,6 +36,7 @@ from launcher.stages import (
     run_rm,
     run_sft,
     start_groups,
+    validation_of,
 )
 from launcher.storage import failed_save, storage_cause
 from launcher.tracking import Tracker
@@ -68,7 +69,7 @@ def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> d
         "reference": (ReferenceWorker, p.reference.group, (src(models["reference"]), p.reference.engine), {}),
         "critic": (CriticWorker, p.critic.group, (src(models["critic"]), p.critic.engine, p.critic.optim, n_updates,
                                                   micro), {}),
-        "reward": reward_role(cfg, models["reward"]),
+        "reward": reward_role(cfg, models["reward"], validation=validation_of(cfg, models["reward"])),
     }
     if not p.uses_critic:
         del specs["critic"]
@@ -163,7 +164,12 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
              f"{p.kl_coef:g} fixed" if p.kl_target is None else
              f"from {p.kl_coef:g} toward {p.kl_target:g} nats per response (horizon {p.kl_horizon} rollouts)")
     bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)
-    choice = ExportChoice(out_dir, p.export, p.kl_coef, cfg.evaluation.samples_per_prompt, p.steps, resuming)
+    validation = validation_of(cfg, models["reward"])
+    if validation is not None:
+        log.info("PPO: held-out evaluations are judged again by the validation reward model %s (ppo.export)",
+                 validation)
+    choice = ExportChoice(out_dir, p.export, p.kl_coef, cfg.evaluation.samples_per_prompt, p.steps, resuming,
+                          judge="validation_score" if validation is not None else "score")
     specs = role_specs(cfg, models, n_updates)  # the roles this run starts (no critic, a generator: by config)
     prepare_ops(*(getattr(p, role).engine for role in specs))
 
@@ -173,7 +179,8 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
             record_placement(out_dir, {r: getattr(roles, r) for r in started})
             judges = Judges(gold=inputs.gold, reward=roles.reward, reference=roles.reference,
                             weights=p.score_weights, rm_stats=stats if p.normalize_scores else None, clip=p.score_clip,
-                            missing_eos_score=p.missing_eos_score)
+                            missing_eos_score=p.missing_eos_score, validation=validation is not None,
+                            validation_stats=read_stats(validation) if validation and p.normalize_scores else None)
 
             def evaluate(step: int) -> None:
                 if not inputs.eval_prompts:
@@ -292,6 +299,7 @@ def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None =
         "sft_stop": sft.get("stop_reason") if sft else None,
         "sft_demonstrations_gold": sft.get("demonstrations_gold") if sft else None,
         "rm_eval_accuracy": rm["eval/accuracy"] if rm else None, "rm_stop": rm.get("stop_reason") if rm else None,
+        "rm_validation_accuracy": rm["validation"]["eval/accuracy"] if rm and "validation" in rm else None,
         "algorithm": stage,
         "dpo_eval_accuracy": ppo.get("eval/dpo_accuracy"),
         "models": models, "plot": ppo["plot"],
@@ -301,6 +309,7 @@ def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None =
 
 
 LABELS = {"eval/score": "PPO score (proxy)", "eval/rm_score": "reward model score", "eval/kl": "KL to start, nats",
+          "eval/validation_score": "score by the validation reward model",
           "eval/response_length": "response length", "eval/unfinished": "cut off (no EOS)"}
 
 
@@ -338,6 +347,9 @@ def print_summary(s: dict) -> None:
     if s["rm_eval_accuracy"] is not None:
         print(f"reward model held-out pair accuracy: {s['rm_eval_accuracy']:.3f}"
               + (f"; {s['rm_stop']}" if s.get("rm_stop") else ""))
+    if s.get("rm_validation_accuracy") is not None:
+        print(f"validation reward model (judges the export) held-out pair accuracy: "
+              f"{s['rm_validation_accuracy']:.3f}")
     for name, path in s["models"].items():
         if path:
             print(f"{name} model: {path}")

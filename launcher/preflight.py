@@ -328,6 +328,13 @@ def check_ppo_inputs(cfg: Config, inputs: Inputs) -> None:
         stats_file = reward / "reward_stats.json"
         if reward != cfg.run.stage_dir("rm") or stats_file.exists():  # else this run's step 2 writes it
             inputs.reward_stats = read_stats(reward)
+    if p.validation_model not in (None, "auto"):
+        judge = Path(p.validation_model)
+        if not (judge / "config.json").exists():
+            raise InputError(f"ppo.validation_model={judge}: no reward model checkpoint there (no config.json); name "
+                             f"a reward model directory, or ppo.validation_model=auto (rm.validation trains one)")
+        if p.normalize_scores:
+            read_stats(judge)
     if p.ptx_data and not p.ptx_coef:  # named, so checked; and said to be left out
         if not Path(p.ptx_data).exists():
             raise DataError(f"{p.ptx_data}: no such file (ppo.ptx_data names it, though ppo.ptx_coef=0 leaves the "

@@ -32,7 +32,7 @@ from rlhf.data import load_comparisons, write_jsonl
 from rlhf.epochs import decay_steps
 from rlhf.evaluate import Evaluation, Judges, evaluate_policy, sample
 from rlhf.functions import FunctionError
-from rlhf.reward_model import read_reward_stats, train_reward_model
+from rlhf.reward_model import VALIDATION, read_reward_stats, train_reward_model, validation_model
 from rlhf.reward_model import total_steps as rm_total_steps
 from rlhf.sft import total_steps, train_sft
 from rlhf.task import EmbeddedTask
@@ -142,14 +142,25 @@ def log_evaluation(tracker: Tracker, ev: Evaluation, step: int, out_dir: Path) -
     log.info("evaluation at step %d: %s", step, ", ".join(parts))
 
 
-def reward_role(cfg: Config, model: Path | None, functions: bool = True) -> tuple:
-    """The reward role's (worker class, group spec, args, kwargs): the reward model `model` (or none) and
-    the task's reward functions. Without a reward model its ranks only run functions: they ask for no GPU."""
+def reward_role(cfg: Config, model: Path | None, functions: bool = True, validation: Path | None = None) -> tuple:
+    """The reward role's (worker class, group spec, args, kwargs): the reward model `model` (or none), the
+    task's reward functions, and a validation reward model for held-out evaluations only (or none).
+    Without a reward model its ranks only run functions: they ask for no GPU."""
     p = cfg.ppo
     spec = p.reward.group if model else p.reward.group.model_copy(update={"gpus_per_rank": 0.0})
     specs = tuple(f.resolved(Path.cwd()) for f in p.reward_functions) if functions else ()
     source = checkpoint_source(cfg, model) if model else None
-    return RewardWorker, spec, (source, p.reward.engine, specs, str(Path.cwd())), {}
+    judge = checkpoint_source(cfg, validation) if validation else None
+    return RewardWorker, spec, (source, p.reward.engine, specs, str(Path.cwd())), {"validation": judge}
+
+
+def validation_of(cfg: Config, reward: Path | None) -> Path | None:
+    """PPO's validation reward model (ppo.validation_model): "auto" is the one trained beside the reward
+    model (<rm>/validation, rm.validation), where there is one; a path is that model; null, none."""
+    v = cfg.ppo.validation_model
+    if v is None or (v == "auto" and reward is None):
+        return None
+    return validation_model(reward) if v == "auto" else Path(v)
 
 
 def selection_judges(cfg: Config, inputs: Inputs, reward_group) -> Judges:
@@ -262,17 +273,31 @@ def comparisons(cfg: Config, inputs: Inputs) -> tuple[list, list]:
 
 
 def run_rm(cfg: Config, inputs: Inputs) -> dict:
-    """Step 2 on the reward group, initialised from this run's SFT model unless rm.init says otherwise."""
+    """Step 2 on the reward group, initialised from this run's SFT model unless rm.init says otherwise;
+    with rm.validation, a second reward model from the next seeds beside it (<rm>/validation)."""
     train, evals = comparisons(cfg, inputs)
-    tok, init = inputs.tok, inputs.models["rm_init"]
     out_dir = cfg.run.stage_dir("rm")
-    tracker = Tracker(out_dir, cfg.run.tag("rm"), cfg.wandb, cfg.model_dump(mode="json"), "reward_model",
-                      group=cfg.run.name)
-    steps = rm_total_steps(len(train), cfg.rm)
     log.info("RM: %d train / %d eval rankings from %s, at most %d epochs (%d steps); stops after %s epoch(s) "
-             "without a better held-out accuracy", len(train), len(evals), init, cfg.rm.epochs, steps,
-             cfg.rm.patience or "∞")
+             "without a better held-out accuracy", len(train), len(evals), inputs.models["rm_init"], cfg.rm.epochs,
+             rm_total_steps(len(train), cfg.rm), cfg.rm.patience or "∞")
     prepare_ops(cfg.rm.engine)
+    metrics = train_rm_once(cfg, inputs, train, evals, out_dir, "rm")
+    result = {**metrics, "reward_stats": read_reward_stats(out_dir), "model": str(out_dir)}
+    if cfg.rm.validation:
+        seeds = {"run": cfg.run.model_copy(update={"seed": cfg.run.seed + 1}),
+                 "rm": cfg.rm.model_copy(update={"seed": cfg.rm.seed + 1})}
+        other = train_rm_once(cfg.model_copy(update=seeds), inputs, train, evals, out_dir / VALIDATION,
+                              "rm-validation")
+        result["validation"] = {"eval/accuracy": other["eval/accuracy"], "stop_reason": other["stop_reason"],
+                                "model": str(out_dir / VALIDATION)}
+    return result
+
+
+def train_rm_once(cfg: Config, inputs: Inputs, train: list, evals: list, out_dir: Path, name: str) -> dict:
+    """One reward model into out_dir (its own metrics file and W&B run `name`); restarts begin it again."""
+    tok, init = inputs.tok, inputs.models["rm_init"]
+    tracker = Tracker(out_dir, cfg.run.tag(name), cfg.wandb, cfg.model_dump(mode="json"), "reward_model",
+                      group=cfg.run.name)
 
     def attempt(restarts: int) -> dict:  # RM training keeps no state: a restart begins the stage again
         with worker_group(cfg, "reward-train", RewardModelWorker, cfg.rm.group, checkpoint_source(cfg, init),
@@ -280,7 +305,7 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
             record_placement(out_dir, {"reward": group})
             metrics = train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log,
                                          cfg.run.max_bad_steps)
-            log.info("RM: %s", metrics["stop_reason"])
+            log.info("%s: %s", "RM" if name == "rm" else "RM (validation)", metrics["stop_reason"])
             tracker.event("stopped", metrics["steps"], reason=metrics["stop_reason"], epochs=metrics["epochs"],
                           kept_epoch=metrics["kept_epoch"])
             return metrics
@@ -289,8 +314,7 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
         metrics = with_restarts("RM", attempt, cfg.run.max_restarts, partial(note_restart, tracker))
     finally:
         tracker.finish()
-    return {**metrics, "reward_stats": read_reward_stats(out_dir), "model": str(out_dir),
-            "metrics_file": str(tracker.metrics_path)}
+    return {**metrics, "metrics_file": str(tracker.metrics_path)}
 
 
 def run_dpo(cfg: Config, inputs: Inputs) -> dict:

@@ -3,10 +3,12 @@ the reward role and the reference say how good, how rewarded and how far from th
 
 Metrics (each present when its source is): eval/gold_score and eval/gold_stderr (the gold function,
 standard error over prompts), eval/score (the PPO score as trained: weighted reward model and
-functions) with eval/rm_score and eval/fn/<name>, eval/kl (Σ log π/π_ref over sampled tokens per
-sequence: an unbiased estimate of KL(π‖π_ref) at the sampling temperature), eval/response_length,
+functions) with eval/rm_score and eval/fn/<name>, eval/validation_score (the same with a validation
+reward model in the reward model's place, where the reward role holds one), eval/kl (Σ log π/π_ref
+over sampled tokens per sequence: an unbiased estimate of KL(π‖π_ref) at the sampling temperature),
+eval/response_length,
 eval/unfinished (the share of responses cut off at the length limit, without EOS). Each sample's row
-holds its gold, score and KL where measured.
+holds its gold, score, validation_score and KL where measured.
 Must not import ray: every group is any worker group with map/broadcast.
 """
 
@@ -85,6 +87,10 @@ class Judges:
     rm_stats: dict[str, float] | None = None
     clip: float | None = None
     missing_eos_score: float | None = None  # the score of a response cut off at the length limit (PPO's)
+    # The reward role holds a validation reward model (RewardWorker.validation_scores): each sample's score
+    # again with it in the reward model's place (normalised by these stats where rm_stats is given).
+    validation: bool = False
+    validation_stats: dict[str, float] | None = None
 
 
 def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges: Judges, seed: int = 0,
@@ -93,7 +99,7 @@ def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges:
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     metrics: dict[str, float] = {}
-    texts, lengths, done, kls, scores, parts = [], [], [], [], [], {}
+    texts, lengths, done, kls, scores, validation, parts = [], [], [], [], [], [], {}
     for i, gen in enumerate(sample(policy, tok, repeated, params, cfg.max_prompt_len, seed, batch_size)):
         batch = ScoreBatch.of(tok, gen, repeated[i * batch_size:(i + 1) * batch_size])
         texts += batch.responses
@@ -110,6 +116,11 @@ def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges:
             scores += score_unfinished(combined, ended, judges.missing_eos_score).tolist()
             for k, v in components.items():
                 parts.setdefault(k, []).append(v)
+            if judges.validation:
+                judged = components | {"rm": judges.reward.map(RewardWorker.validation_scores, batch).get()}
+                stats = judges.validation_stats if judges.rm_stats is not None else None
+                combined = combine_scores(judged, judges.weights, stats, judges.clip)
+                validation += score_unfinished(combined, ended, judges.missing_eos_score).tolist()
     metrics["eval/response_length"] = statistics.fmean(lengths)
     metrics["eval/unfinished"] = 1.0 - statistics.fmean(done)
     rows = [{"prompt": p.judged, "response": t} for p, t in zip(repeated, texts, strict=True)]
@@ -128,6 +139,10 @@ def evaluate_policy(policy, tok, prompts: list[Prompt], cfg: EvalConfig, judges:
             metrics["eval/rm_score" if k == "rm" else f"eval/fn/{k}"] = statistics.fmean(torch.cat(v).tolist())
         for row, v in zip(rows, scores, strict=True):
             row["score"] = v
+    if validation:
+        metrics["eval/validation_score"] = statistics.fmean(validation)
+        for row, v in zip(rows, validation, strict=True):
+            row["validation_score"] = v
     if kls:
         for row, v in zip(rows, kls, strict=True):
             row["kl"] = v

@@ -1,6 +1,8 @@
 """Which PPO policy the stage exports (ppo.export): the last one, or, with "objective", an earlier
 evaluation's policy when its held-out objective (score − β·KL, rlhf/algo/selection.py) beats the last's
-by more than a standard error.
+by more than a standard error. The score is the validation reward model's where the run has one
+(ppo.validation_model): the reward model PPO optimises over-rates what PPO found in it, one trained
+beside it that PPO never saw does not share that error.
 
 The evaluation with the best objective so far is kept on disk as <ppo>/best-objective (the policy as an
 HF checkpoint, with its tokenizer and per-prompt objective), so a restarted or resumed run keeps it.
@@ -23,12 +25,12 @@ BEST = "best-objective"
 RECORD = "objective.json"
 
 
-def objective_of(rows: list[dict], beta: float, samples: int) -> list[float] | None:
-    """An evaluation's per-prompt objective from its sample rows; None where they have no score or no KL
-    (no reward, no reference)."""
-    if not rows or "score" not in rows[0] or "kl" not in rows[0]:
+def objective_of(rows: list[dict], beta: float, samples: int, judge: str = "score") -> list[float] | None:
+    """An evaluation's per-prompt objective from its sample rows, the score read from `judge` ("score", or
+    "validation_score"); None where they have no such score or no KL (no reward, no reference)."""
+    if not rows or judge not in rows[0] or "kl" not in rows[0]:
         return None
-    return per_prompt_objective([r["score"] for r in rows], [r["kl"] for r in rows], beta, samples)
+    return per_prompt_objective([r[judge] for r in rows], [r["kl"] for r in rows], beta, samples)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -46,9 +48,11 @@ def exported_step(result: dict) -> int | None:
 class ExportChoice:
     """Follows a PPO run's evaluations (seen) and decides its export at the end (finish)."""
 
-    def __init__(self, out_dir: Path, mode: str, beta: float, samples: int, last_step: int, resuming: bool):
-        self.out_dir, self.dir, self.mode = out_dir, out_dir / BEST, mode
+    def __init__(self, out_dir: Path, mode: str, beta: float, samples: int, last_step: int, resuming: bool,
+                 judge: str = "score"):
+        self.out_dir, self.dir, self.mode, self.judge = out_dir, out_dir / BEST, mode, judge
         self.beta, self.samples, self.last_step = beta, samples, last_step
+        self.by = " by the validation reward model" if judge == "validation_score" else ""
         if not resuming:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -61,7 +65,7 @@ class ExportChoice:
         """After each evaluation: keep this policy if its objective is the best of the run's so far."""
         if self.mode != "objective" or step in (0, self.last_step):  # the start; the last is exported anyway
             return
-        objective = objective_of(ev.rows, self.beta, self.samples)
+        objective = objective_of(ev.rows, self.beta, self.samples, self.judge)
         if objective is None:
             return
         best = self.best()
@@ -82,21 +86,21 @@ class ExportChoice:
         if self.mode != "objective":
             return {"exported_step": self.last_step, "export_reason": "the last policy (ppo.export=last)"}
         last = objective_of(read_rows(self.out_dir / "samples" / f"step-{self.last_step}.jsonl"), self.beta,
-                            self.samples)
+                            self.samples, self.judge)
         if last is None:
             return {"exported_step": self.last_step, "export_reason": "the last policy: no held-out evaluation "
                     "with a score and a KL (a reward and a reference) to compare"}
         gain = paired_gain(best["per_prompt"], last) if best is not None else None
         if gain is None or gain.mean <= 0:
             return {"exported_step": self.last_step,
-                    "export_reason": "the last policy: no earlier evaluation has a higher held-out objective"}
-        fields = {"export_gain": gain.mean, "export_gain_stderr": gain.stderr}
+                    "export_reason": f"the last policy: no earlier evaluation has a higher held-out objective{self.by}"}
+        fields = {"export_gain": gain.mean, "export_gain_stderr": gain.stderr, "export_judge": self.judge}
         if not gain.beyond_noise:
             return {"exported_step": self.last_step, **fields,
-                    "export_reason": f"the last policy: step {best['step']}'s held-out objective is higher by "
+                    "export_reason": f"the last policy: step {best['step']}'s held-out objective{self.by} is higher by "
                                      f"{gain.mean:.4f} ± {gain.stderr:.4f}, within one standard error"}
         shutil.rmtree(exported, ignore_errors=True)
         shutil.copytree(self.dir, exported, ignore=shutil.ignore_patterns(RECORD))
         return {"exported_step": best["step"], **fields,
-                "export_reason": f"step {best['step']}'s policy: its held-out objective (score − β·KL) is higher "
-                                 f"than the last's by {gain.mean:.4f} ± {gain.stderr:.4f}"}
+                "export_reason": f"step {best['step']}'s policy: its held-out objective (score − β·KL){self.by} is "
+                                 f"higher than the last's by {gain.mean:.4f} ± {gain.stderr:.4f}"}

@@ -144,6 +144,10 @@ class PPOConfig(BaseModel):
     # more than one standard error over prompts; that evaluation's policy, kept as it ran, is exported
     # instead (rlhf/export_choice.py). It never reads the gold. "last": the last policy.
     export: Literal["last", "objective"] = "objective"
+    # Who judges the objective's score for `export`: a reward model PPO never trained against. "auto": the one
+    # trained beside the reward model (<rm>/validation, rm.validation=true) where it exists, else the reward
+    # model itself; a path: that reward model (its reward_stats.json normalises it); null: the reward model.
+    validation_model: str | None = "auto"
     save_every: int = Field(10, ge=0)  # steps between checkpoints (what a restart may redo); 0: none
     resume: str | None = None  # a checkpoint directory (<run>/ppo/checkpoint-<step>) to continue from
     seed: int = 0  # sampling and shuffling seed

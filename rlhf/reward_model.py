@@ -31,6 +31,7 @@ from rlhf.workers import RewardModelWorker
 
 LogFn = Callable[[dict[str, float], int], None]
 STATS_FILE = "reward_stats.json"
+VALIDATION = "validation"  # <rm>/validation: the second reward model (RMConfig.validation)
 log = logging.getLogger("instructrl")
 
 
@@ -55,6 +56,11 @@ class RMConfig(BaseModel):
     decay_epochs: int | None = Field(10, ge=1)
     eval_every: int = Field(50, ge=1)  # steps between held-out evaluations (besides each epoch's end)
     seed: int = 0  # shuffling seed
+    # Also train a second reward model on the same rankings from the next seeds (run.seed + 1, seed + 1) into
+    # <rm>/validation. PPO never trains against it; ppo.export judges the held-out evaluations with it, since
+    # the reward model PPO optimises over-rates what PPO found (docs/ppo.md, "Which policy is exported").
+    # It doubles the stage's training time.
+    validation: bool = False
     # Who ranks the samples of each round (`instructrl pipeline`, run.rounds): a function "file.py:fn" or
     # {function, returns: scores|ranking, ties: drop|random, timeout_s}, or "human" (the labelling page:
     # the run stops after writing the file to label and goes on with run.resume=true). None: rm.train_data.
@@ -136,6 +142,12 @@ def warn_length_bias(metrics: dict[str, float], tolerance: float = 0.1) -> None:
 def write_reward_stats(out_dir: Path, rewards: torch.Tensor) -> None:
     stats = {"mean": float(rewards.mean()), "std": float(rewards.std()), "n": int(rewards.numel())}
     (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2))
+
+
+def validation_model(model_dir: str | Path | None) -> Path | None:
+    """The validation reward model trained beside the reward model in `model_dir`, if there is one."""
+    path = Path(model_dir) / VALIDATION if model_dir is not None else None
+    return path if path is not None and (path / STATS_FILE).exists() else None
 
 
 def read_reward_stats(model_dir: str | Path) -> dict[str, float] | None:

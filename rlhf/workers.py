@@ -382,19 +382,32 @@ class ScoreBatch:
 class RewardWorker:
     """The PPO reward role: an optional reward model and the task's reward functions, each scoring
     every sequence; the coordinator weighs and sums the parts. Without a reward model the rank holds
-    no weights and only runs the functions, on its share of the batch."""
+    no weights and only runs the functions, on its share of the batch. A validation reward model, where
+    given, scores only held-out evaluations (validation_scores): PPO never trains against it."""
 
     def __init__(self, mesh: Mesh, source: ModelSource | None, engine: EngineConfig,
-                 functions: tuple[FunctionSpec, ...] = (), search_path: str | None = None):
+                 functions: tuple[FunctionSpec, ...] = (), search_path: str | None = None,
+                 validation: ModelSource | None = None):
         self.mesh = mesh
         self.rm = RewardModelWorker(mesh, source, engine) if source is not None else None
+        self.validation = RewardModelWorker(mesh, validation, engine) if validation is not None else None
         self.functions = [TaskFunction(spec, search_path) for spec in functions]
 
+    def _move(self, how: str) -> dict:
+        """Every model of the rank moved (to_host / to_device): the bytes and seconds summed."""
+        moved = [getattr(m, how)() for m in (self.rm, self.validation) if m is not None]
+        return {"bytes": sum(m["bytes"] for m in moved), "seconds": sum(m["seconds"] for m in moved),
+                "allocated": moved[-1]["allocated"] if moved else None}
+
     def to_host(self) -> dict:
-        return self.rm.to_host() if self.rm is not None else {"bytes": 0, "seconds": 0.0, "allocated": None}
+        return self._move("to_host")
 
     def to_device(self) -> dict:
-        return self.rm.to_device() if self.rm is not None else {"bytes": 0, "seconds": 0.0, "allocated": None}
+        return self._move("to_device")
+
+    def validation_scores(self, batch: ScoreBatch) -> torch.Tensor:
+        """The validation reward model's raw scores (B,), read as the reward model's are."""
+        return self.validation.scores(batch.rollout)
 
     def scores(self, batch: ScoreBatch) -> dict[str, torch.Tensor]:
         """{"rm": (B,), "<function name>": (B,), ...}: every component of the score, unweighted."""

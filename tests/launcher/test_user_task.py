@@ -160,3 +160,42 @@ def test_ppo_exports_the_evaluation_with_the_higher_held_out_objective(task, tmp
     assert all(torch.equal(v, kept[k]) for k, v in exported.items())
     assert json.loads((run / "ppo" / "best-objective" / "objective.json").read_text())["step"] == 1
     assert "exported: step 1's policy" in capsys.readouterr().out
+
+
+def eval_rows(ppo_dir) -> list[dict]:
+    return [json.loads(line) for f in sorted((ppo_dir / "samples").glob("step-*.jsonl"))
+            for line in f.read_text().splitlines()]
+
+
+def test_a_validation_reward_model_trained_beside_the_reward_model_judges_the_export(task, tmp_path, capsys):
+    """rm.validation=true trains a second reward model from the next seeds into rm/validation; PPO's
+    held-out rows then carry its score (validation_score) beside the trained-against one's, and the export
+    is judged by it. Named as ppo.validation_model, the reward model itself gives validation_score ==
+    score row for row; ppo.validation_model=null leaves it out."""
+    files, tok = task
+    start = make_checkpoint("gpt2", tok, tmp_path / "gpt2")
+    base = [f"model.pretrained={start}", "run.backend=local", *common(files, tmp_path / "runs"),
+            "ppo.missing_eos_score=null"]  # 4-token responses are mostly cut off: scored by the models, not a rule
+    rm_args = [f"rm.train_data={files['comparisons']}", "rm.epochs=1", "rm.max_len=32"]
+    assert main(["rm", *base, *rm_args, "rm.validation=true"]) == 0, capsys.readouterr().err
+    rm = tmp_path / "runs" / "t" / "rm"
+    weights = [AutoModelForSequenceClassification.from_pretrained(d).state_dict() for d in (rm, rm / "validation")]
+    assert (rm / "validation" / "reward_stats.json").exists()
+    assert any(not torch.equal(v, weights[1][k]) for k, v in weights[0].items())  # another seed, another model
+
+    # ppo.validation_model=auto; raw scores (no normalisation), so that only the model can tell them apart
+    assert main(["ppo", *base, *rm_args, "ppo.normalize_scores=false"]) == 0, capsys.readouterr().err
+    rows = eval_rows(rm.parent / "ppo")
+    assert all("validation_score" in r for r in rows)
+    assert any(r["validation_score"] != pytest.approx(r["score"]) for r in rows)
+    result = json.loads((rm.parent / "ppo" / "result.json").read_text())
+    assert "by the validation reward model" in result["export_reason"]
+
+    for name, judge in (("same", str(rm)), ("none", "null")):
+        args = [*base, *rm_args, f"run.name={name}", f"ppo.reward_model={rm}", f"ppo.validation_model={judge}"]
+        assert main(["ppo", *args]) == 0, capsys.readouterr().err
+        rows = eval_rows(tmp_path / "runs" / name / "ppo")
+        if judge == "null":
+            assert not any("validation_score" in r for r in rows)
+        else:
+            assert [r["validation_score"] for r in rows] == pytest.approx([r["score"] for r in rows])

@@ -40,12 +40,13 @@ def rows(scores, kls=None):
             for i, (s, k) in enumerate(zip(scores, kls, strict=True))]
 
 
-def run(tmp_path, mode: str, evaluations: dict[int, list[dict]], last: int, resuming: bool = False):
+def run(tmp_path, mode: str, evaluations: dict[int, list[dict]], last: int, resuming: bool = False,
+        judge: str = "score"):
     """Evaluations by step through an ExportChoice (β 0.5, 2 samples per prompt); the last one's rows as
     its samples file; then the last policy exported and finish()."""
     out = tmp_path / "ppo"
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    choice = ExportChoice(out, mode, 0.5, 2, last, resuming)
+    choice = ExportChoice(out, mode, 0.5, 2, last, resuming, judge=judge)
     policy = FakePolicy()
     for step, rs in sorted(evaluations.items()):
         policy.step = step
@@ -70,6 +71,23 @@ def test_an_earlier_policy_better_beyond_noise_is_exported(tmp_path):
     assert result["export_gain"] == pytest.approx(1.0)
     assert "step 25's policy" in result["export_reason"]
     assert (tmp_path / "ppo" / "policy" / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("judge", ["validation_score", "score"])
+def test_the_validation_reward_model_judges_where_the_run_has_one(tmp_path, judge):
+    """The reward model PPO trained against rates the last policy highest; the validation reward model
+    rates step 25's higher beyond noise: with it as the judge step 25 is exported, without it the last."""
+    def judged(trained, validation):
+        return [r | {"validation_score": v} for r, v in zip(rows(trained), validation, strict=True)]
+
+    evaluations = {25: judged(LOW, [x + 1.0 for x in LOW]), 50: judged([x + 2.0 for x in LOW], LOW)}
+    result, weights = run(tmp_path, "objective", evaluations, last=50, judge=judge)
+    if judge == "score":
+        assert weights == "step 50" and result["exported_step"] == 50
+        return
+    assert weights == "step 25" and result["exported_step"] == 25
+    assert result["export_judge"] == "validation_score" and result["export_gain"] == pytest.approx(1.0)
+    assert "by the validation reward model" in result["export_reason"]
 
 
 def test_the_kl_counts_against_an_earlier_policy(tmp_path):
