@@ -187,6 +187,16 @@ MUTATIONS = [
     ("export: the kept policy never copied over the last", "rlhf/export_choice.py",
      "shutil.copytree(self.dir, exported,", "shutil.copytree(self.dir, exported.with_suffix('.x'),",
      [UT + "test_ppo_exports_the_evaluation_with_the_higher_held_out_objective"]),
+    ("validation reward model: the trained-against one scores instead", "rlhf/workers.py",
+     "return self.validation.scores(batch.rollout)", "return self.rm.scores(batch.rollout)",
+     [UT + "test_a_validation_reward_model_trained_beside_the_reward_model_judges_the_export"]),
+    ("ppo.validation_model=null ignored", "launcher/stages.py", "if v is None or (v == \"auto\" and reward is None):",
+     "if v == \"auto\" and reward is None:",
+     [UT + "test_a_validation_reward_model_trained_beside_the_reward_model_judges_the_export"]),
+    ("export: the validation score not read", "rlhf/export_choice.py",
+     "objective = objective_of(ev.rows, self.beta, self.samples, self.judge)",
+     "objective = objective_of(ev.rows, self.beta, self.samples)",
+     [EX + "test_the_validation_reward_model_judges_where_the_run_has_one"]),
 ]
 
 
