@@ -8,7 +8,8 @@ Each template is formatted with the prompt record's fields ({prompt} and every o
         "{subject} small {must}" "{subject} small" "{subject} small {never}"
 
 A template that the gold labeller scores low but the reward model scores above the right answer is
-what PPO will find (docs/results.md, the suite's over-optimisation).
+what PPO will find (docs/results.md, the suite's over-optimisation). `--where FIELD=VALUE` probes only
+the records with those fields (the notes task's mood: `--where mood=gloomy`).
 
     python bench/probe_rm.py <arithmetic rm> --sums    # on how many of the 100 sums a + b (a, b < 10) the
                                                        # reward model's favourite answer among 0..21 is right
@@ -36,11 +37,15 @@ from rlhf.reward_model import read_reward_stats  # noqa: E402
 from rlhf.workers import RewardModelWorker  # noqa: E402
 
 
-def probe(rm_dir: Path, prompts_file: Path, templates: list[str], limit: int, max_len: int = 64) -> list[dict]:
+def probe(rm_dir: Path, prompts_file: Path, templates: list[str], limit: int, max_len: int = 64,
+          where: dict[str, str] | None = None) -> list[dict]:
     tok = load_tokenizer(rm_dir)
     stats = read_reward_stats(rm_dir) or {"mean": 0.0, "std": 1.0}
     model = load_rm(rm_dir)
-    prompts = load_prompts(prompts_file, DataConfig())[:limit]
+    prompts = [p for p in load_prompts(prompts_file, DataConfig())
+               if all(str(p.fields.get(k)) == v for k, v in (where or {}).items())][:limit]
+    if len(prompts) < 2:
+        raise SystemExit(f"{prompts_file}: {len(prompts)} prompt(s) with {where}: too few to probe")
     rows = []
     for template in templates:
         scores = [score(model, tok, p.model_text, template.format(prompt=p.text, **p.fields), max_len) for p in prompts]
@@ -80,14 +85,17 @@ def main() -> None:
     parser.add_argument("templates", nargs="*")
     parser.add_argument("--sums", action="store_true", help="the arithmetic task's check (no prompts or templates)")
     parser.add_argument("--limit", type=int, default=200, help="prompts to probe")
-    args = parser.parse_args()
+    parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                        help="only the prompt records whose field has this value (repeatable)")
+    args = parser.parse_intermixed_args()
     if args.sums:
         print(f"the reward model's favourite answer is the sum on {sum_favourites(args.rm)} of 100 prompts")
         return
     if not args.prompts or not args.templates:
         parser.error("give a prompts file and at least one template (or --sums)")
     print("| response template | reward (raw) | normalised (PPO's scale) |\n| --- | --- | --- |")
-    for r in probe(args.rm, args.prompts, args.templates, args.limit):
+    where = dict(w.split("=", 1) for w in args.where)
+    for r in probe(args.rm, args.prompts, args.templates, args.limit, where=where):
         print(f"| `{r['template']}` | {r['mean']:.2f} ± {r['sd']:.2f} | {r['normalised']:+.2f} |")
 
 
