@@ -56,7 +56,7 @@ ROLES = ("policy", "reference", "critic", "reward", "generator")
 PENDING = "pending.pt"  # schedule=async: the next step's sample, drawn before the save
 
 
-def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> dict:
+def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int, validation: Path | None = None) -> dict:
     """(worker class, group spec, constructor args, kwargs) of each role this run needs. Without a
     reward model the reward ranks only run the reward functions: they ask for no GPU. A critic-free
     advantage estimator starts no critic."""
@@ -69,7 +69,7 @@ def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int) -> d
         "reference": (ReferenceWorker, p.reference.group, (src(models["reference"]), p.reference.engine), {}),
         "critic": (CriticWorker, p.critic.group, (src(models["critic"]), p.critic.engine, p.critic.optim, n_updates,
                                                   micro), {}),
-        "reward": reward_role(cfg, models["reward"], validation=validation_of(cfg, models["reward"])),
+        "reward": reward_role(cfg, models["reward"], validation=validation),
     }
     if not p.uses_critic:
         del specs["critic"]
@@ -170,7 +170,8 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                  validation)
     choice = ExportChoice(out_dir, p.export, p.kl_coef, cfg.evaluation.samples_per_prompt, p.steps, resuming,
                           judge="validation_score" if validation is not None else "score")
-    specs = role_specs(cfg, models, n_updates)  # the roles this run starts (no critic, a generator: by config)
+    specs = role_specs(cfg, models, n_updates, validation)  # the roles this run starts (no critic, a generator: by
+    # config); the reward role with the validation reward model where there is one
     prepare_ops(*(getattr(p, role).engine for role in specs))
 
     def attempt(restarts: int) -> tuple[dict, dict, dict]:
