@@ -197,6 +197,20 @@ MUTATIONS = [
      "objective = objective_of(ev.rows, self.beta, self.samples, self.judge)",
      "objective = objective_of(ev.rows, self.beta, self.samples)",
      [EX + "test_the_validation_reward_model_judges_where_the_run_has_one"]),
+    ("reward ensemble: the members' scores not read", "rlhf/workers.py",
+     "            if self.members:\n", "            if False:\n",
+     [UT + "test_an_ensemble_of_reward_models_trains_together_and_ppo_scores_by_its_worst_case"]),
+    ("ppo.reward_ensemble ignored (always the minimum)", "rlhf/algo/ppo.py",
+     "reduced = z.min(0).values if reduce == \"min\" else z.mean(0)", "reduced = z.min(0).values",
+     ["tests/rlhf/algo/test_ppo.py::test_ensemble_scores_by_hand",
+      UT + "test_an_ensemble_of_reward_models_trains_together_and_ppo_scores_by_its_worst_case"]),
+    ("ppo.reward_ensemble=null ignored", "launcher/stages.py",
+     "members = ensemble_members(reward) if reward is not None and cfg.ppo.reward_ensemble else []",
+     "members = ensemble_members(reward) if reward is not None else []",
+     [UT + "test_an_ensemble_of_reward_models_trains_together_and_ppo_scores_by_its_worst_case"]),
+    ("rm.ensemble: members from the reward model's own seeds", "launcher/stages.py",
+     "other = train_rm_once(cfg.model_copy(update=seeds), inputs,", "other = train_rm_once(cfg, inputs,",
+     [UT + "test_an_ensemble_of_reward_models_trains_together_and_ppo_scores_by_its_worst_case"]),
 ]
 
 

@@ -94,7 +94,8 @@ SETTINGS |= {label: [*ROUND_4, *overrides] for label, overrides in {
 # is the critic-free estimator under them; "oracle" replaces the reward model by the task's gold
 # function (the gap it leaves is the optimiser's, the rest the reward model's).
 ROUND_5 = ["ppo.kl_coef=0.4", "ppo.kl_target=0.5", "ppo.kl_horizon=1000", "ppo.samples_per_prompt=4",
-           "ppo.export=last"]  # each run exported its last policy (ppo.export came later: r11)
+           "ppo.export=last",  # each run exported its last policy (ppo.export came later: r11)
+           "ppo.reward_ensemble=null"]  # against the reward model alone, where a base has members (r14)
 SETTINGS |= {label: [*ROUND_5, *overrides] for label, overrides in {
     "r5-target-2": ["ppo.kl_target=2.0"],
     "r5-target-1": ["ppo.kl_target=1.0"],
@@ -118,6 +119,9 @@ SETTINGS["r10-colocated"] = [*SETTINGS["r5-beta-0.1"], "ppo.schedule=colocated"]
 # #27: the same runs as r5-beta-0.1, exporting by the held-out objective (ppo.export=objective, the
 # default since): an earlier evaluation's policy where its score − β·KL beats the last's beyond noise.
 SETTINGS["r11-export"] = [*SETTINGS["r5-beta-0.1"], "ppo.export=objective"]
+# #27: r11-export against an ensemble of two reward models (the base's <rm> and <rm>/ensemble/1: the same
+# rankings from the next seeds), each on its held-out scale, their minimum the score (Coste et al. 2023).
+SETTINGS["r14-ensemble"] = [*SETTINGS["r11-export"], "ppo.reward_ensemble=min"]
 GRPO = ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
 for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracle under each candidate
     SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]

@@ -27,6 +27,7 @@ from launcher.rounds import run_rounds
 from launcher.signals import STOP
 from launcher.stages import (
     checkpoint_source,
+    ensemble_of,
     log_evaluation,
     note_restart,
     prepare_ops,
@@ -56,7 +57,8 @@ ROLES = ("policy", "reference", "critic", "reward", "generator")
 PENDING = "pending.pt"  # schedule=async: the next step's sample, drawn before the save
 
 
-def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int, validation: Path | None = None) -> dict:
+def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int, validation: Path | None = None,
+               ensemble: list[tuple[Path, dict]] = ()) -> dict:
     """(worker class, group spec, constructor args, kwargs) of each role this run needs. Without a
     reward model the reward ranks only run the reward functions: they ask for no GPU. A critic-free
     advantage estimator starts no critic."""
@@ -69,7 +71,7 @@ def role_specs(cfg: Config, models: dict[str, Path | None], n_updates: int, vali
         "reference": (ReferenceWorker, p.reference.group, (src(models["reference"]), p.reference.engine), {}),
         "critic": (CriticWorker, p.critic.group, (src(models["critic"]), p.critic.engine, p.critic.optim, n_updates,
                                                   micro), {}),
-        "reward": reward_role(cfg, models["reward"], validation=validation),
+        "reward": reward_role(cfg, models["reward"], validation=validation, ensemble=ensemble),
     }
     if not p.uses_critic:
         del specs["critic"]
@@ -170,8 +172,12 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                  validation)
     choice = ExportChoice(out_dir, p.export, p.kl_coef, cfg.evaluation.samples_per_prompt, p.steps, resuming,
                           judge="validation_score" if validation is not None else "score")
-    specs = role_specs(cfg, models, n_updates, validation)  # the roles this run starts (no critic, a generator: by
-    # config); the reward role with the validation reward model where there is one
+    ensemble = ensemble_of(cfg, models["reward"])
+    if ensemble:
+        log.info("PPO: the reward is the %s of %d reward models on their held-out scales (ppo.reward_ensemble): %s",
+                 p.reward_ensemble, len(ensemble), ", ".join(str(m) for m, _ in ensemble))
+    specs = role_specs(cfg, models, n_updates, validation, ensemble)  # the roles this run starts (no critic, a
+    # generator: by config); the reward role with its ensemble and validation reward model where there are
     prepare_ops(*(getattr(p, role).engine for role in specs))
 
     def attempt(restarts: int) -> tuple[dict, dict, dict]:
@@ -301,6 +307,7 @@ def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None =
         "sft_demonstrations_gold": sft.get("demonstrations_gold") if sft else None,
         "rm_eval_accuracy": rm["eval/accuracy"] if rm else None, "rm_stop": rm.get("stop_reason") if rm else None,
         "rm_validation_accuracy": rm["validation"]["eval/accuracy"] if rm and "validation" in rm else None,
+        "rm_ensemble_accuracy": [m["eval/accuracy"] for m in rm.get("ensemble", [])] if rm else [],
         "algorithm": stage,
         "dpo_eval_accuracy": ppo.get("eval/dpo_accuracy"),
         "models": models, "plot": ppo["plot"],
@@ -348,6 +355,9 @@ def print_summary(s: dict) -> None:
     if s["rm_eval_accuracy"] is not None:
         print(f"reward model held-out pair accuracy: {s['rm_eval_accuracy']:.3f}"
               + (f"; {s['rm_stop']}" if s.get("rm_stop") else ""))
+    if s.get("rm_ensemble_accuracy"):
+        print("reward model ensemble's other members, held-out pair accuracy: "
+              + ", ".join(f"{a:.3f}" for a in s["rm_ensemble_accuracy"]))
     if s.get("rm_validation_accuracy") is not None:
         print(f"validation reward model (judges the export) held-out pair accuracy: "
               f"{s['rm_validation_accuracy']:.3f}")

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from launcher import provenance
 from launcher.config import Config, save_config
-from launcher.preflight import POLICY_COMPARISONS, Inputs, load_split
+from launcher.preflight import POLICY_COMPARISONS, Inputs, load_split, read_stats
 from launcher.recovery import with_restarts
 from launcher.tracking import Tracker
 from launcher.worker_group import LocalGroup, build_groups, shutdown_groups
 from models.config import preset
+from models.errors import InputError
 from models.generation import SamplingParams
 from parallel.host import ModelSource
 from parallel.mesh import GroupSpec
@@ -32,7 +33,15 @@ from rlhf.data import load_comparisons, write_jsonl
 from rlhf.epochs import decay_steps
 from rlhf.evaluate import Evaluation, Judges, evaluate_policy, sample
 from rlhf.functions import FunctionError
-from rlhf.reward_model import VALIDATION, read_reward_stats, train_reward_model, validation_model
+from rlhf.reward_model import (
+    ENSEMBLE,
+    STATS_FILE,
+    VALIDATION,
+    ensemble_members,
+    read_reward_stats,
+    train_reward_model,
+    validation_model,
+)
 from rlhf.reward_model import total_steps as rm_total_steps
 from rlhf.sft import total_steps, train_sft
 from rlhf.task import EmbeddedTask
@@ -142,16 +151,34 @@ def log_evaluation(tracker: Tracker, ev: Evaluation, step: int, out_dir: Path) -
     log.info("evaluation at step %d: %s", step, ", ".join(parts))
 
 
-def reward_role(cfg: Config, model: Path | None, functions: bool = True, validation: Path | None = None) -> tuple:
-    """The reward role's (worker class, group spec, args, kwargs): the reward model `model` (or none), the
-    task's reward functions, and a validation reward model for held-out evaluations only (or none).
-    Without a reward model its ranks only run functions: they ask for no GPU."""
+def reward_role(cfg: Config, model: Path | None, functions: bool = True, validation: Path | None = None,
+                ensemble: list[tuple[Path, dict]] = ()) -> tuple:
+    """The reward role's (worker class, group spec, args, kwargs): the reward model `model` (or none) with
+    its ensemble's further members (ensemble_of: every member with its statistics, `model` first; empty:
+    none), the task's reward functions, and a validation reward model for held-out evaluations only (or
+    none). Without a reward model its ranks only run functions: they ask for no GPU."""
     p = cfg.ppo
     spec = p.reward.group if model else p.reward.group.model_copy(update={"gpus_per_rank": 0.0})
     specs = tuple(f.resolved(Path.cwd()) for f in p.reward_functions) if functions else ()
     source = checkpoint_source(cfg, model) if model else None
     judge = checkpoint_source(cfg, validation) if validation else None
-    return RewardWorker, spec, (source, p.reward.engine, specs, str(Path.cwd())), {"validation": judge}
+    members = {"members": [checkpoint_source(cfg, m) for m, _ in ensemble[1:]],
+               "member_stats": [stats for _, stats in ensemble], "reduce": p.reward_ensemble} if ensemble else {}
+    return RewardWorker, spec, (source, p.reward.engine, specs, str(Path.cwd())), {"validation": judge, **members}
+
+
+def ensemble_of(cfg: Config, reward: Path | None) -> list[tuple[Path, dict]]:
+    """PPO's reward ensemble (ppo.reward_ensemble): the reward model and the members trained beside it
+    (<rm>/ensemble/<k>, rm.ensemble), each with its held-out statistics, which put their scores on one
+    scale; empty where the reward model has no members, or ppo.reward_ensemble=null."""
+    members = ensemble_members(reward) if reward is not None and cfg.ppo.reward_ensemble else []
+    for m in (reward, *members) if members else ():
+        if read_reward_stats(m) is None:
+            raise InputError(f"{m / STATS_FILE}: not found. The reward ensemble ({len(members) + 1} models: "
+                             f"{reward} and {reward / ENSEMBLE}/*) puts each model's scores on one scale by "
+                             f"its held-out statistics, which `instructrl rm` writes; retrain that model, "
+                             f"remove it from {reward / ENSEMBLE}, or set ppo.reward_ensemble=null")
+    return [(m, read_stats(m)) for m in (reward, *members)] if members else []
 
 
 def validation_of(cfg: Config, reward: Path | None) -> Path | None:
@@ -274,7 +301,8 @@ def comparisons(cfg: Config, inputs: Inputs) -> tuple[list, list]:
 
 def run_rm(cfg: Config, inputs: Inputs) -> dict:
     """Step 2 on the reward group, initialised from this run's SFT model unless rm.init says otherwise;
-    with rm.validation, a second reward model from the next seeds beside it (<rm>/validation)."""
+    with rm.ensemble > 1, the ensemble's further members from the next seeds (<rm>/ensemble/<k>), and with
+    rm.validation, one more from the seeds after those (<rm>/validation)."""
     train, evals = comparisons(cfg, inputs)
     out_dir = cfg.run.stage_dir("rm")
     log.info("RM: %d train / %d eval rankings from %s, at most %d epochs (%d steps); stops after %s epoch(s) "
@@ -283,13 +311,18 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
     prepare_ops(cfg.rm.engine)
     metrics = train_rm_once(cfg, inputs, train, evals, out_dir, "rm")
     result = {**metrics, "reward_stats": read_reward_stats(out_dir), "model": str(out_dir)}
+    others = {f"ensemble-{k}": (k, out_dir / ENSEMBLE / str(k)) for k in range(1, cfg.rm.ensemble)}
     if cfg.rm.validation:
-        seeds = {"run": cfg.run.model_copy(update={"seed": cfg.run.seed + 1}),
-                 "rm": cfg.rm.model_copy(update={"seed": cfg.rm.seed + 1})}
-        other = train_rm_once(cfg.model_copy(update=seeds), inputs, train, evals, out_dir / VALIDATION,
-                              "rm-validation")
-        result["validation"] = {"eval/accuracy": other["eval/accuracy"], "stop_reason": other["stop_reason"],
-                                "model": str(out_dir / VALIDATION)}
+        others["validation"] = (cfg.rm.ensemble, out_dir / VALIDATION)
+    for name, (k, path) in others.items():  # the same rankings, from seeds k further on
+        seeds = {"run": cfg.run.model_copy(update={"seed": cfg.run.seed + k}),
+                 "rm": cfg.rm.model_copy(update={"seed": cfg.rm.seed + k})}
+        other = train_rm_once(cfg.model_copy(update=seeds), inputs, train, evals, path, f"rm-{name}")
+        summary = {"eval/accuracy": other["eval/accuracy"], "stop_reason": other["stop_reason"], "model": str(path)}
+        if name == "validation":
+            result["validation"] = summary
+        else:
+            result.setdefault("ensemble", []).append(summary)
     return result
 
 
@@ -305,7 +338,7 @@ def train_rm_once(cfg: Config, inputs: Inputs, train: list, evals: list, out_dir
             record_placement(out_dir, {"reward": group})
             metrics = train_reward_model(group, tok, train, evals, cfg.rm, out_dir, tracker.log,
                                          cfg.run.max_bad_steps)
-            log.info("%s: %s", "RM" if name == "rm" else "RM (validation)", metrics["stop_reason"])
+            log.info("%s: %s", "RM" if name == "rm" else f"RM ({name.removeprefix('rm-')})", metrics["stop_reason"])
             tracker.event("stopped", metrics["steps"], reason=metrics["stop_reason"], epochs=metrics["epochs"],
                           kept_epoch=metrics["kept_epoch"])
             return metrics

@@ -144,6 +144,10 @@ class PPOConfig(BaseModel):
     # more than one standard error over prompts; that evaluation's policy, kept as it ran, is exported
     # instead (rlhf/export_choice.py). It never reads the gold. "last": the last policy.
     export: Literal["last", "objective"] = "objective"
+    # How the reward model's ensemble members (<rm>/ensemble/<k>, rm.ensemble > 1), where the reward model has
+    # them, make one score: each on its own held-out scale, then "min" (the worst case, Coste et al. 2023) or
+    # "mean"; null: the reward model alone. Without members the reward model's score is used as it is.
+    reward_ensemble: Literal["min", "mean"] | None = "min"
     # Who judges the objective's score for `export`: a reward model PPO never trained against. "auto": the one
     # trained beside the reward model (<rm>/validation, rm.validation=true) where it exists, else the reward
     # model itself; a path: that reward model (its reward_stats.json normalises it); null: the reward model.

@@ -32,6 +32,7 @@ from rlhf.workers import RewardModelWorker
 LogFn = Callable[[dict[str, float], int], None]
 STATS_FILE = "reward_stats.json"
 VALIDATION = "validation"  # <rm>/validation: the second reward model (RMConfig.validation)
+ENSEMBLE = "ensemble"  # <rm>/ensemble/<k>: the ensemble's further members (RMConfig.ensemble)
 log = logging.getLogger("instructrl")
 
 
@@ -56,9 +57,15 @@ class RMConfig(BaseModel):
     decay_epochs: int | None = Field(10, ge=1)
     eval_every: int = Field(50, ge=1)  # steps between held-out evaluations (besides each epoch's end)
     seed: int = 0  # shuffling seed
-    # Also train a second reward model on the same rankings from the next seeds (run.seed + 1, seed + 1) into
-    # <rm>/validation. PPO never trains against it; ppo.export judges the held-out evaluations with it, since
-    # the reward model PPO optimises over-rates what PPO found (docs/ppo.md, "Which policy is exported"; on
+    # Reward models trained on the same rankings, each from its own seeds (run.seed + k, seed + k for member k):
+    # the first is <rm> itself, the others <rm>/ensemble/<k>. PPO trains against all of them together
+    # (ppo.reward_ensemble: by default the worst case, Coste et al. 2023), so that a response one member
+    # over-rates earns only what the others grant it. Each member costs the stage one more training.
+    ensemble: int = Field(1, ge=1)
+    # Also train a second reward model on the same rankings from the next seeds (run.seed + ensemble,
+    # seed + ensemble: run.seed + 1, seed + 1 without an ensemble) into <rm>/validation. PPO never trains
+    # against it; ppo.export judges the held-out evaluations with it, since the reward model PPO optimises
+    # over-rates what PPO found (docs/ppo.md, "Which policy is exported"; on
     # #27's notes task it took the export from 32% to 57% of the gap, and on the suite's keywords task, seed 0,
     # from 0.998 to 0.993: not the default, docs/results.md). It doubles the stage's training time.
     validation: bool = False
@@ -149,6 +156,16 @@ def validation_model(model_dir: str | Path | None) -> Path | None:
     """The validation reward model trained beside the reward model in `model_dir`, if there is one."""
     path = Path(model_dir) / VALIDATION if model_dir is not None else None
     return path if path is not None and (path / STATS_FILE).exists() else None
+
+
+def ensemble_members(model_dir: str | Path | None) -> list[Path]:
+    """The ensemble's further members trained beside the reward model in `model_dir` (<rm>/ensemble/<k>, in
+    the order of k); none without an ensemble. Each is used, so one without its statistics is an error
+    where they are read (launcher.stages.ensemble_of), not a member left out."""
+    root = Path(model_dir) / ENSEMBLE if model_dir is not None else None
+    if root is None or not root.is_dir():
+        return []
+    return sorted((d for d in root.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
 
 
 def read_reward_stats(model_dir: str | Path) -> dict[str, float] | None:

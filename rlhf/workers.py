@@ -22,7 +22,7 @@ from models.heads import CausalLM, gather_last
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource, build_engine, export_hf
 from parallel.mesh import Mesh
-from rlhf.algo.ppo import KLTerm, ppo_policy_objective, value_loss
+from rlhf.algo.ppo import KLTerm, ensemble_scores, ppo_policy_objective, value_loss
 from rlhf.algo.preference import preference_loss
 from rlhf.algo.ranking import ranking_loss
 from rlhf.algo.rollout import Rollout
@@ -382,20 +382,25 @@ class ScoreBatch:
 class RewardWorker:
     """The PPO reward role: an optional reward model and the task's reward functions, each scoring
     every sequence; the coordinator weighs and sums the parts. Without a reward model the rank holds
-    no weights and only runs the functions, on its share of the batch. A validation reward model, where
-    given, scores only held-out evaluations (validation_scores): PPO never trains against it."""
+    no weights and only runs the functions, on its share of the batch. The reward model's ensemble
+    members, where given, score beside it, and their scores reduce to one (rlhf.algo.ppo.ensemble_scores,
+    member_stats: the reward model's first). A validation reward model, where given, scores only held-out
+    evaluations (validation_scores): PPO never trains against it."""
 
     def __init__(self, mesh: Mesh, source: ModelSource | None, engine: EngineConfig,
                  functions: tuple[FunctionSpec, ...] = (), search_path: str | None = None,
-                 validation: ModelSource | None = None):
+                 validation: ModelSource | None = None, members: list[ModelSource] = (),
+                 member_stats: list[dict[str, float]] = (), reduce: str = "min"):
         self.mesh = mesh
         self.rm = RewardModelWorker(mesh, source, engine) if source is not None else None
+        self.members = [RewardModelWorker(mesh, m, engine) for m in members]
+        self.member_stats, self.reduce = list(member_stats), reduce
         self.validation = RewardModelWorker(mesh, validation, engine) if validation is not None else None
         self.functions = [TaskFunction(spec, search_path) for spec in functions]
 
     def _move(self, how: str) -> dict:
         """Every model of the rank moved (to_host / to_device): the bytes and seconds summed."""
-        moved = [getattr(m, how)() for m in (self.rm, self.validation) if m is not None]
+        moved = [getattr(m, how)() for m in (self.rm, *self.members, self.validation) if m is not None]
         return {"bytes": sum(m["bytes"] for m in moved), "seconds": sum(m["seconds"] for m in moved),
                 "allocated": moved[-1]["allocated"] if moved else None}
 
@@ -414,6 +419,9 @@ class RewardWorker:
         out = {}
         if self.rm is not None:
             out["rm"] = self.rm.scores(batch.rollout)
+            if self.members:
+                every = torch.stack([out["rm"], *(m.scores(batch.rollout) for m in self.members)])
+                out["rm"] = ensemble_scores(every, self.member_stats, self.reduce)
         for fn in self.functions:
             out[fn.name] = torch.tensor(fn(batch.prompts, batch.responses, batch.fields), dtype=torch.float32)
         return out

@@ -75,6 +75,26 @@ def normalize_scores(scores: torch.Tensor, mean: float, std: float, clip: float 
     return out.clamp(-clip, clip) if clip else out
 
 
+ENSEMBLE_REDUCTIONS = ("min", "mean")
+
+
+def ensemble_scores(scores: torch.Tensor, stats: list[dict[str, float]], reduce: str) -> torch.Tensor:
+    """One score (B,) from an ensemble of reward models' raw scores (M, B): each member's score on its
+    own held-out scale, (score − mean) / std, reduced over the members ("min": the worst case, Coste et
+    al. 2023's WCO; "mean"), and put back on the first member's raw scale, so that what follows (the
+    normalisation by the first member's statistics, or none) reads it as that member's score. A policy
+    that finds a response one member over-rates gains only what every member grants it."""
+    if reduce not in ENSEMBLE_REDUCTIONS:
+        raise ValueError(f"unknown ensemble reduction {reduce!r}; one of {ENSEMBLE_REDUCTIONS}")
+    if scores.shape[0] != len(stats):
+        raise ValueError(f"{scores.shape[0]} members' scores, {len(stats)} members' statistics")
+    mean = torch.tensor([s["mean"] for s in stats], dtype=torch.float32).unsqueeze(-1)  # (M, 1)
+    std = torch.tensor([max(s["std"], 1e-8) for s in stats], dtype=torch.float32).unsqueeze(-1)
+    z = (scores.float() - mean) / std
+    reduced = z.min(0).values if reduce == "min" else z.mean(0)
+    return mean[0] + std[0] * reduced
+
+
 def combine_scores(components: dict[str, torch.Tensor], weights: dict[str, float],
                    rm_stats: dict[str, float] | None = None, clip: float | None = None) -> torch.Tensor:
     """The sequence score PPO optimises (B,): Σ weight × component. The reward model's component

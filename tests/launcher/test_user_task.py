@@ -199,3 +199,46 @@ def test_a_validation_reward_model_trained_beside_the_reward_model_judges_the_ex
             assert not any("validation_score" in r for r in rows)
         else:
             assert [r["validation_score"] for r in rows] == pytest.approx([r["score"] for r in rows])
+
+
+def test_an_ensemble_of_reward_models_trains_together_and_ppo_scores_by_its_worst_case(task, tmp_path, capsys):
+    """rm.ensemble=2 trains a second member from the next seeds into rm/ensemble/1 (and rm.validation one
+    more, from the seeds after it); PPO finds the member beside the reward model and scores by the
+    members' minimum on their held-out scales (ppo.reward_ensemble=min), or their mean. Read at step 0,
+    where every run samples the same responses: the ensemble's score is min (mean) of the reward model's
+    alone (ppo.reward_ensemble=null) and the member's alone (named as the validation model), row for row."""
+    files, tok = task
+    start = make_checkpoint("gpt2", tok, tmp_path / "gpt2")
+    base = [f"model.pretrained={start}", "run.backend=local", *common(files, tmp_path / "runs"),
+            "ppo.missing_eos_score=null", "ppo.score_clip=null"]  # every score as the models give it
+    rm_args = [f"rm.train_data={files['comparisons']}", "rm.epochs=1", "rm.max_len=32"]
+    assert main(["rm", *base, *rm_args, "rm.ensemble=2", "rm.validation=true"]) == 0, capsys.readouterr().err
+    rm = tmp_path / "runs" / "t" / "rm"
+    dirs = (rm, rm / "ensemble" / "1", rm / "validation")
+    weights = [AutoModelForSequenceClassification.from_pretrained(d).state_dict() for d in dirs]
+    for a, b in ((0, 1), (1, 2)):  # each its own seeds
+        assert any(not torch.equal(v, weights[b][k]) for k, v in weights[a].items())
+    assert (rm / "ensemble" / "1" / "reward_stats.json").exists()
+
+    def first_rows(name: str, *args: str) -> list[dict]:
+        assert main(["ppo", *base, *rm_args, f"run.name={name}", f"ppo.reward_model={rm}", *args]) == 0, \
+            capsys.readouterr().err
+        return [json.loads(line) for line in (tmp_path / "runs" / name / "ppo" / "samples" / "step-0.jsonl")
+                .read_text().splitlines()]
+
+    alone = first_rows("alone", "ppo.reward_ensemble=null", "ppo.validation_model=null")
+    member = f"ppo.validation_model={rm / 'ensemble' / '1'}"
+    worst, mean = first_rows("min", member), first_rows("mean", member, "ppo.reward_ensemble=mean")
+    assert [r["response"] for r in worst] == [r["response"] for r in alone] == [r["response"] for r in mean]
+    assert [r["score"] for r in worst] == pytest.approx(
+        [min(a["score"], w["validation_score"]) for a, w in zip(alone, worst, strict=True)], abs=1e-5)
+    assert [r["score"] for r in mean] == pytest.approx(
+        [(a["score"] + w["validation_score"]) / 2 for a, w in zip(alone, mean, strict=True)], abs=1e-5)
+    assert any(w["score"] < a["score"] - 1e-3 for a, w in zip(alone, worst, strict=True))  # the member counts
+    assert any(w["score"] > w["validation_score"] + 1e-3 for w in worst) or \
+        any(w["score"] < w["validation_score"] - 1e-3 for w in worst)  # and so does the reward model
+
+    (rm / "ensemble" / "1" / "reward_stats.json").unlink()  # a member that cannot be put on the scale: named
+    assert main(["ppo", *base, *rm_args, "run.name=broken", f"ppo.reward_model={rm}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{rm / 'ensemble' / '1' / 'reward_stats.json'}: not found" in err and "Traceback" not in err

@@ -12,6 +12,7 @@ from rlhf.algo.ppo import (
     KLTerm,
     SpreadScale,
     combine_scores,
+    ensemble_scores,
     kl_k1,
     kl_k2,
     kl_k3,
@@ -229,6 +230,26 @@ def test_combined_score_by_hand():
     # without statistics the RM score enters raw; a function alone is its own score
     assert combine_scores(parts, {"rm": 1.0}).tolist() == pytest.approx([3.0, 1.0, 9.0])
     assert combine_scores(parts, {"exact": 1.0}, {"mean": 1.0, "std": 2.0}).tolist() == [1.0, 0.0, 1.0]
+
+
+def test_ensemble_scores_by_hand():
+    """Two members: A (mean 1, std 2) and B (mean 10, std 1). Each score goes on its member's scale,
+    the members' reduce, and the result goes back onto A's raw scale: 1 + 2 × reduced."""
+    stats = [{"mean": 1.0, "std": 2.0}, {"mean": 10.0, "std": 1.0}]
+    scores = torch.tensor([[3.0, 1.0, 9.0],     # A: z = 1, 0, 4
+                           [10.5, 8.0, 10.0]])  # B: z = 0.5, -2, 0
+    # min: 0.5, -2, 0 → 1 + 2z = 2, -3, 1; mean: 0.75, -1, 2 → 2.5, -1, 5
+    assert ensemble_scores(scores, stats, "min").tolist() == pytest.approx([2.0, -3.0, 1.0])
+    assert ensemble_scores(scores, stats, "mean").tolist() == pytest.approx([2.5, -1.0, 5.0])
+    # normalised by A's statistics afterwards (as combine_scores does), the result is the reduced z itself
+    got = combine_scores({"rm": ensemble_scores(scores, stats, "min")}, {"rm": 1.0}, stats[0])
+    assert got.tolist() == pytest.approx([0.5, -2.0, 0.0])
+    # one member: its own scores
+    assert ensemble_scores(scores[:1], stats[:1], "min").tolist() == pytest.approx([3.0, 1.0, 9.0])
+    with pytest.raises(ValueError, match="ensemble reduction 'max'"):
+        ensemble_scores(scores, stats, "max")
+    with pytest.raises(ValueError, match="2 members' scores, 1 members' statistics"):
+        ensemble_scores(scores, stats[:1], "min")
 
 
 def test_unfinished_responses_by_hand():
