@@ -17,6 +17,7 @@ from pathlib import Path
 from launcher.config import ConfigError, dump_config, load_config
 from launcher.reference import config_reference
 from models.errors import InputError
+from rlhf.reward_model import RMConfig
 
 EXIT_AWAITING_LABELS = 3  # rm.labeller=human: a round's samples wait for people (not a failure, not a requeue)
 QUIET = ("DeepSpeed", "deepspeed", "megatron", "ray", "transformers", "datasets", "wandb", "torch.distributed",
@@ -63,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--seq", type=int, default=1024, help="prompt + response tokens")
     plan.add_argument("--micro-batch", type=int, default=4, help="training sequences per micro-batch per DP rank")
     plan.add_argument("--gen-batch", type=int, default=64, help="sequences generated at once per DP rank")
+    plan.add_argument("--reward-models", type=int, default=RMConfig().ensemble,
+                      help="reward models the reward role holds (rm.ensemble; default: its default)")
     plan.add_argument("--no-flash", action="store_true", help="attention that keeps its s × s matrix")
     plan.add_argument("--device-gb", type=float, default=80.0, help="memory of one device, GiB")
     plan.add_argument("--devices", type=int, default=None, help="list every colocated layout that fits this many")

@@ -32,7 +32,8 @@ def describe_layout(layout: Layout) -> str:
 def plan_table(cfg: ModelConfig, layout: Layout, work: Work, device_gib: float) -> str:
     rows = {role: role_bytes(cfg, role, layout, work) for role in ROLES}
     lines = [f"{cfg.num_params() / 1e9:.2f} B parameters; {describe_layout(layout)}; sequences of {work.seq_len} "
-             f"tokens, training micro-batch {work.micro_batch}, generation batch {work.gen_batch} per DP rank",
+             f"tokens, training micro-batch {work.micro_batch}, generation batch {work.gen_batch} per DP rank; "
+             f"{work.reward_models} reward model(s)",
              f"{'role':<10}" + "".join(f"{p:>13}" for p in PARTS) + "   (GiB per device)"]
     for role, parts in rows.items():
         fits = "fits" if parts["total"] <= device_gib * GIB else f"does not fit {device_gib:g} GiB"
@@ -65,7 +66,7 @@ def fitting_layouts(cfg: ModelConfig, devices: int, device_gib: float, work: Wor
 
 def run_plan(args) -> str:
     cfg = model_shape(args.model)
-    work = Work(args.seq, args.micro_batch, args.gen_batch, not args.no_flash)
+    work = Work(args.seq, args.micro_batch, args.gen_batch, not args.no_flash, args.reward_models)
     if args.devices:
         return fitting_layouts(cfg, args.devices, args.device_gb, work)
     if cfg.n_heads % args.tp or cfg.kv_heads % args.tp:

@@ -41,6 +41,7 @@ class Work:
     micro_batch: int = 4  # sequences per training micro-batch on one data-parallel rank
     gen_batch: int = 64  # sequences generated at once on one data-parallel rank
     flash_attention: bool = True  # a fused kernel: no s × s attention matrix kept
+    reward_models: int = 1  # reward models the reward role holds (rm.ensemble), scoring one after another
 
 
 def model_state_bytes(n_params: int, layout: Layout, trains: bool) -> dict[str, float]:
@@ -72,10 +73,13 @@ def kv_cache_bytes(cfg: ModelConfig, layout: Layout, work: Work) -> float:
 
 def role_bytes(cfg: ModelConfig, role: str, layout: Layout, work: Work) -> dict[str, float]:
     """A PPO role's bytes per device: the policy trains and generates, the critic trains (a value head
-    for the LM head), the reference and reward model only score (one micro-batch's logits or values)."""
+    for the LM head), the reference and reward model only score (one micro-batch's logits or values);
+    the reward role holds work.reward_models of them."""
     trains = role in ("policy", "critic")
     n = cfg.num_params() - (cfg.vocab_size * cfg.d_model * (not cfg.tied) if role in ("critic", "reward") else 0)
     out = model_state_bytes(n, layout, trains)
+    if role == "reward":  # every member's weights resident; they score in turn, so one working set
+        out = {k: v * work.reward_models for k, v in out.items()}
     out["activations"] = activation_bytes(cfg, layout, work) if trains else \
         4 * work.seq_len * work.micro_batch * (cfg.vocab_size / layout.tp if role == "reference" else 1)
     out["kv_cache"] = kv_cache_bytes(cfg, layout, work) if role == "policy" else 0.0

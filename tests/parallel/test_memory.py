@@ -73,3 +73,13 @@ def test_plan_lists_layouts_for_1b_7b_70b_on_eight_80_gib_devices(capsys):
     assert main(["plan", "--model", "llama-7b", "--zero", "2", "--dp", "8"]) == 0
     assert "ppo.schedule=colocated, one role's state on the device at a time" in capsys.readouterr().out
     assert main(["plan", "--model", "nope"]) == 2 and "--model nope: neither a preset" in capsys.readouterr().err
+
+
+def test_the_reward_role_holds_every_member_of_its_ensemble():
+    """rm.ensemble: each member's weights are resident in the reward role; they score one after another,
+    so the working set is one model's."""
+    cfg, layout = preset("llama-7b"), Layout(2, dp=8)
+    one, two = (role_bytes(cfg, "reward", layout, Work(reward_models=k)) for k in (1, 2))
+    assert two["params"] == 2 * one["params"] > 0 and two["activations"] == one["activations"]
+    assert two["total"] == pytest.approx(one["total"] + one["params"])
+    assert role_bytes(cfg, "reference", layout, Work(reward_models=2)) == role_bytes(cfg, "reference", layout, Work())
