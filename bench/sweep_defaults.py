@@ -122,6 +122,8 @@ SETTINGS["r11-export"] = [*SETTINGS["r5-beta-0.1"], "ppo.export=objective"]
 # #27: r11-export against an ensemble of two reward models (the base's <rm> and <rm>/ensemble/1: the same
 # rankings from the next seeds), each on its held-out scale, their minimum the score (Coste et al. 2023).
 SETTINGS["r14-ensemble"] = [*SETTINGS["r11-export"], "ppo.reward_ensemble=min"]
+# The same two members, their mean instead of their minimum.
+SETTINGS["r15-ensemble-mean"] = [*SETTINGS["r11-export"], "ppo.reward_ensemble=mean"]
 GRPO = ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
 for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracle under each candidate
     SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]
