@@ -214,6 +214,7 @@ def test_an_ensemble_of_reward_models_trains_together_and_ppo_scores_by_its_wors
     rm_args = [f"rm.train_data={files['comparisons']}", "rm.epochs=1", "rm.max_len=32"]
     assert main(["rm", *base, *rm_args, "rm.ensemble=2", "rm.validation=true"]) == 0, capsys.readouterr().err
     rm = tmp_path / "runs" / "t" / "rm"
+    assert f"'model': '{rm / 'ensemble' / '1'}'" in capsys.readouterr().out  # the stage's result names the member
     dirs = (rm, rm / "ensemble" / "1", rm / "validation")
     weights = [AutoModelForSequenceClassification.from_pretrained(d).state_dict() for d in dirs]
     for a, b in ((0, 1), (1, 2)):  # each its own seeds
