@@ -309,6 +309,7 @@ def run_rm(cfg: Config, inputs: Inputs) -> dict:
              "without a better held-out accuracy", len(train), len(evals), inputs.models["rm_init"], cfg.rm.epochs,
              rm_total_steps(len(train), cfg.rm), cfg.rm.patience or "∞")
     prepare_ops(cfg.rm.engine)
+    shutil.rmtree(out_dir / ENSEMBLE, ignore_errors=True)  # an earlier attempt's members: PPO would use them
     metrics = train_rm_once(cfg, inputs, train, evals, out_dir, "rm")
     result = {**metrics, "reward_stats": read_reward_stats(out_dir), "model": str(out_dir)}
     others = {f"ensemble-{k}": (k, out_dir / ENSEMBLE / str(k)) for k in range(1, cfg.rm.ensemble)}
