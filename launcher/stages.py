@@ -173,7 +173,7 @@ def ensemble_of(cfg: Config, reward: Path | None) -> list[tuple[Path, dict]]:
     scale; empty where the reward model has no members, or ppo.reward_ensemble=null."""
     members = ensemble_members(reward) if reward is not None and cfg.ppo.reward_ensemble else []
     for m in (reward, *members) if members else ():
-        if read_reward_stats(m) is None:
+        if not (m / STATS_FILE).exists():
             raise InputError(f"{m / STATS_FILE}: not found. The reward ensemble ({len(members) + 1} models: "
                              f"{reward} and {reward / ENSEMBLE}/*) puts each model's scores on one scale by "
                              f"its held-out statistics, which `instructrl rm` writes; retrain that model, "
