@@ -228,12 +228,15 @@ def sweep(task: Task, settings: list[str], seeds: list[int], steps: int, base: t
 
 
 def table(per_task: dict[str, dict], settings: list[str], steps: int) -> str:
-    """One row per setting: per task the gap closed (mean over seeds, each seed in brackets) and KL."""
+    """One row per setting: per task the gap closed (mean over seeds, each seed in brackets) and KL; and
+    how many of the setting's runs end more than one standard error below their best held-out evaluation."""
     tasks = list(per_task)
-    lines = ["| setting | " + " | ".join(f"{t}: gap closed (seeds) · KL" for t in tasks) + " |",
-             "| --- |" + " --- |" * len(tasks)]
+    lines = ["| setting | " + " | ".join(f"{t}: gap closed (seeds) · KL" for t in tasks) + " | below their best |",
+             "| --- |" + " --- |" * (len(tasks) + 1)]
     for label in settings:
         cells = []
+        every = [v for t in tasks for k, v in per_task[t].items() if k.startswith(f"{label}/") and
+                 k.endswith(f"/{steps}") and "peak" in v]
         for t in tasks:
             runs = [v for k, v in per_task[t].items() if k.startswith(f"{label}/") and k.endswith(f"/{steps}")]
             if not runs:
@@ -242,7 +245,8 @@ def table(per_task: dict[str, dict], settings: list[str], steps: int) -> str:
             closed = [100 * r["closed"] for r in runs]
             each = ", ".join(f"{c:.0f}" for c in closed)
             cells.append(f"{statistics.fmean(closed):.0f}% ({each}) · {statistics.fmean(r['kl'] for r in runs):.2f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        below = sum(r["gold"] < r["peak"] - r["peak_stderr"] for r in every)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {below} of {len(every)} |")
     return "\n".join(lines)
 
 
@@ -322,7 +326,8 @@ def main() -> None:
                         help="'suite': every task of bench/tasks; 'embedded': the demo's own task")
     parser.add_argument("--settings", nargs="+", default=["defaults"], choices=[*SETTINGS, *RM_SETTINGS])
     parser.add_argument("--rm", action="store_true", help="sweep reward-model settings (RM_SETTINGS) instead")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        help="seeds to run (default 0); with --table, the seeds to read (default all)")
     parser.add_argument("--steps", type=int, default=150, help="PPO steps of each run (the demo's 150)")
     parser.add_argument("--out", default="runs/bench-algorithms")
     parser.add_argument("--base", nargs="+", default=[], metavar="KEY=VALUE",
@@ -343,10 +348,13 @@ def main() -> None:
         task.out.mkdir(parents=True, exist_ok=True)
         saved = task.out / ("sweep_rm.json" if args.rm else "sweep.json")
         if args.table:
-            per_task[name] = json.loads(saved.read_text()) if saved.exists() else {}
+            runs = json.loads(saved.read_text()) if saved.exists() else {}
+            per_task[name] = {k: v for k, v in runs.items() if args.seeds is None or
+                              k.split("/")[1] in {f"s{seed}" for seed in args.seeds}}
         else:
-            per_task[name] = rm_sweep(task, args.settings, args.seeds, tuple(args.base)) if args.rm else \
-                sweep(task, args.settings, args.seeds, args.steps, tuple(args.base))
+            seeds = args.seeds or [0]
+            per_task[name] = rm_sweep(task, args.settings, seeds, tuple(args.base)) if args.rm else \
+                sweep(task, args.settings, seeds, args.steps, tuple(args.base))
     print(rm_table(per_task, args.settings) if args.rm else table(per_task, args.settings, args.steps))
     if args.held_out:
         print("\n" + held_out_table(per_task, args.held_out, args.steps))

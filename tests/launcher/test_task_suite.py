@@ -247,7 +247,7 @@ def test_the_curve_shows_beta_at_each_evaluation(tmp_path):
 def test_held_out_table_chooses_each_tasks_setting_on_the_other_tasks():
     """Leave one task out by hand: setting 'a' wins on x and y, 'b' on z; so x is judged under the
     setting that wins on {y, z}, and so on. 'lost': a final gold more than one s.e. below the run's best."""
-    from bench.sweep_defaults import held_out_table
+    from bench.sweep_defaults import held_out_table, table
 
     def run(closed: float, gold: float = 0.8, peak: float = 0.8) -> dict:
         return {"closed": closed, "kl": 0.5, "gold": gold, "peak": peak, "peak_stderr": 0.01}
@@ -263,3 +263,6 @@ def test_held_out_table_chooses_each_tasks_setting_on_the_other_tasks():
     assert lines[3].startswith("| y | a (55% on the others) | 50% (60, 40) |") and lines[3].endswith("(kept) |")
     assert lines[4].startswith("| z | a (70% on the others) | 20% (20) |") and "0.700 vs 0.750 (lost)" in lines[4]
     assert lines[-1] == "held out, PPO closes ≥ 50% of the gap on every task: no: x, z below"
+    rows = table(per_task, ["a", "b"], 150).splitlines()  # each setting's runs that end below their best
+    assert rows[2].startswith("| a | 90% (90) · 0.50 | 50% (60, 40) · 0.50 |") and rows[2].endswith("| 1 of 4 |")
+    assert rows[3].endswith("| 0 of 3 |")
