@@ -266,3 +266,20 @@ def test_held_out_table_chooses_each_tasks_setting_on_the_other_tasks():
     rows = table(per_task, ["a", "b"], 150).splitlines()  # each setting's runs that end below their best
     assert rows[2].startswith("| a | 90% (90) · 0.50 | 50% (60, 40) · 0.50 |") and rows[2].endswith("| 1 of 4 |")
     assert rows[3].endswith("| 0 of 3 |")
+
+
+def test_export_judges_choose_as_the_ppo_stage_exports():
+    """bench/export_judges.choose re-reads ppo.export=objective's rule off disk: the best evaluation between
+    the start and the last, exported only where its per-prompt objective beats the last's by more than one
+    standard error of the paired difference; worked by hand."""
+    from bench.export_judges import choose
+
+    # step 10 (mean 0.45, above step 20's 0.4) beats the last by 0.2, 0.2, 0.1, 0.1 a prompt: mean 0.15,
+    # s.d. 0.0577, s.e. 0.0577 / √4 = 0.0289 → exported
+    objective = {0: [0.0] * 4, 10: [0.5, 0.5, 0.4, 0.4], 20: [0.4, 0.4, 0.4, 0.4], 30: [0.3, 0.3, 0.3, 0.3]}
+    step, gain, se = choose(objective)
+    assert step == 10 and gain == pytest.approx(0.15) and se == pytest.approx(0.0289, abs=1e-4)
+    # the same mean gain spread over prompts as +0.6, −0.3, +0.3, 0.0: s.e. 0.195 > 0.15 → the last
+    noisy = {**objective, 10: [0.9, 0.0, 0.6, 0.3]}
+    assert choose(noisy)[0] == 30 and choose(noisy)[1:] == pytest.approx((0.15, 0.1936), abs=1e-4)
+    assert choose({0: [0.0], 30: [0.3]}) == (30, 0.0, 0.0)  # no evaluation between the start and the last
