@@ -1,7 +1,9 @@
 """Process groups of one worker group: the world of its ranks, split tensor-parallel × data-parallel.
 
 The sole caller of Megatron-core's `parallel_state`. Ranks 0..tp-1 form the first tensor-parallel
-group (Megatron's default order), so TP peers sit on adjacent ranks, i.e. on the same node.
+group (Megatron's default order), so TP peers sit on adjacent ranks, i.e. on the same node. A group
+without tensor parallelism never imports Megatron: its data-parallel group is the whole world, and
+importing megatron.core costs each rank seconds at every start.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class Mesh:
     def dp_group(self):
         if not self.distributed:
             return None
+        if self.tp_size == 1:
+            return dist.group.WORLD
         from megatron.core import parallel_state
 
         return parallel_state.get_data_parallel_group() if parallel_state.model_parallel_is_initialized() \
@@ -82,7 +86,8 @@ class Mesh:
 
 def init_mesh(rank: int, world_size: int, tp_size: int, master_addr: str, master_port: int,
               use_gpu: bool = False, timeout_s: int = 600) -> Mesh:
-    """Join this process's group (gloo on CPU, NCCL on GPU) and set up Megatron's TP × DP groups.
+    """Join this process's group (gloo on CPU, NCCL on GPU) and, with tensor parallelism, set up Megatron's
+    TP × DP groups.
 
     use_gpu comes from the group's spec (gpus_per_rank > 0), never from what the process can see:
     Ray assigns each such rank its GPU(s) and exposes them as devices 0.., so the rank uses cuda:0.
@@ -100,11 +105,12 @@ def init_mesh(rank: int, world_size: int, tp_size: int, master_addr: str, master
         os.environ.setdefault("MASTER_PORT", str(master_port))
         dist.init_process_group("nccl" if use_gpu else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
                                 rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
-    from megatron.core import parallel_state
+    if tp_size > 1:
+        from megatron.core import parallel_state
 
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp_size,
-                                                 create_gloo_process_groups=False)
+        if not parallel_state.model_parallel_is_initialized():
+            parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp_size,
+                                                     create_gloo_process_groups=False)
     return Mesh(world_size, rank, tp_size, device)
 
 

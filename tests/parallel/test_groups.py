@@ -5,6 +5,10 @@ Every optimised layout is compared with the plain one (STYLE rule 13).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
@@ -20,6 +24,7 @@ from rlhf.batching import Encoded, collate_lm
 from rlhf.workers import PolicyWorker
 
 pytestmark = [pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
 OPTIM = OptimConfig(lr=1e-2, warmup_steps=0, grad_clip=1.0, weight_decay=0.01)
 
 
@@ -206,6 +211,29 @@ def test_save_resume_gives_the_same_next_loss(ray_cluster, tmp_path):
         close(group)
     assert first == straight[:2]
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(straight[2:]), atol=0, rtol=0)
+
+
+def test_a_rank_without_tensor_parallelism_never_imports_megatron(tmp_path):
+    """Importing megatron.core costs a rank seconds at every start; a TP=1 rank (ZeRO-2, a training step)
+    runs without it, its data-parallel group the whole world. A fresh interpreter: this one has it."""
+    path = checkpoint(tmp_path, "gpt2")
+    script = f"""
+import sys, torch
+import torch.distributed as dist
+from launcher.worker_group import LocalGroup
+from parallel.engine import EngineConfig, OptimConfig
+from parallel.host import ModelSource
+from tests.parallel.test_groups import batches
+from rlhf.workers import PolicyWorker
+group = LocalGroup(PolicyWorker, ModelSource(path={str(path)!r}), EngineConfig(zero_stage=2),
+                   OptimConfig(lr=1e-2, warmup_steps=0), 10, 4)
+loss = group.map(PolicyWorker.sft_step, batches(1)[0]).get()["loss"]
+assert torch.isfinite(torch.tensor(loss)), loss
+print("megatron" if any(m.startswith("megatron") for m in sys.modules) else "none")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "none", done.stdout[-2000:]
 
 
 def test_zero_offload_cpu_adam_matches_plain_adamw(tmp_path):
