@@ -234,11 +234,10 @@ def table(per_task: dict[str, dict], settings: list[str], steps: int) -> str:
     lines = ["| setting | " + " | ".join(f"{t}: gap closed (seeds) · KL" for t in tasks) + " | below their best |",
              "| --- |" + " --- |" * (len(tasks) + 1)]
     for label in settings:
-        cells = []
-        every = [v for t in tasks for k, v in per_task[t].items() if k.startswith(f"{label}/") and
-                 k.endswith(f"/{steps}") and "peak" in v]
+        cells, every = [], []
         for t in tasks:
             runs = [v for k, v in per_task[t].items() if k.startswith(f"{label}/") and k.endswith(f"/{steps}")]
+            every += [r for r in runs if "peak" in r]
             if not runs:
                 cells.append("–")
                 continue
