@@ -69,9 +69,11 @@ class Mesh:
         return dist.is_available() and dist.is_initialized()
 
     def tp_group(self):
+        if self.tp_size == 1:
+            return None
         from megatron.core import parallel_state
 
-        return parallel_state.get_tensor_model_parallel_group() if self.tp_size > 1 else None
+        return parallel_state.get_tensor_model_parallel_group()
 
     def dp_group(self):
         if not self.distributed:

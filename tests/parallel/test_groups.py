@@ -219,7 +219,6 @@ def test_a_rank_without_tensor_parallelism_never_imports_megatron(tmp_path):
     path = checkpoint(tmp_path, "gpt2")
     script = f"""
 import sys, torch
-import torch.distributed as dist
 from launcher.worker_group import LocalGroup
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource
