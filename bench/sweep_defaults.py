@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from functools import partial
@@ -124,6 +125,15 @@ SETTINGS["r11-export"] = [*SETTINGS["r5-beta-0.1"], "ppo.export=objective"]
 SETTINGS["r14-ensemble"] = [*SETTINGS["r11-export"], "ppo.reward_ensemble=min"]
 # The same two members, their mean instead of their minimum.
 SETTINGS["r15-ensemble-mean"] = [*SETTINGS["r11-export"], "ppo.reward_ensemble=mean"]
+# #27: r11-export against a reward model trained with off-prompt pairs (rm.off_prompt_weight=1, RRM): the reward
+# model of the --rm setting "rm-off-prompt", seed 0 (the base reward model's seeds, the base SFT policy).
+SETTINGS["r16-off-prompt"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-off-prompt-s0/rm"]
+# The mean of two such reward models (seeds 0 and 1 of "rm-off-prompt"; the second as <rm>/ensemble/1, where
+# rm.ensemble=2 would train it): r15-ensemble-mean with members that check the prompt.
+SETTINGS["r17-off-prompt-mean"] = [*SETTINGS["r16-off-prompt"], "ppo.reward_ensemble=mean"]
+# A setting's ensemble, assembled from --rm runs before its PPO runs: (the RM setting, the seed of the reward model,
+# the seeds of its further members, copied to <rm>/ensemble/1, 2, ... as rm.ensemble lays them out).
+ENSEMBLES = {"r17-off-prompt-mean": ("rm-off-prompt", 0, [1])}
 GRPO = ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
 for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracle under each candidate
     SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]
@@ -139,6 +149,7 @@ RM_SETTINGS = {
     "rm-epochs-5": ["rm.epochs=5"],
     "rm-lr-1e-4": ["rm.optim.lr=1.0e-4"],
     "rm-lr-1e-4-epochs-5": ["rm.optim.lr=1.0e-4", "rm.epochs=5"],
+    "rm-off-prompt": ["rm.off_prompt_weight=1.0"],  # #27: each best response against another prompt's best
 }
 
 
@@ -173,9 +184,10 @@ def rm_run(task: Task, label: str, seed: int) -> tuple[dict, str]:
     result = {"accuracy": m["eval/accuracy"], "loss": m["eval/loss"], "wall_s": wall,
               "rm_prefers_longer": m.get("eval/length/rm_prefers_longer"),
               "labels_prefer_longer": m.get("eval/length/labels_prefer_longer"),
+              "off_prompt_accuracy": m.get("eval/off_prompt_accuracy"),
               "ceiling": task.label_accuracy(), "overrides": RM_SETTINGS[label]}
     return result, (f"held-out accuracy {m['eval/accuracy']:.3f} (ceiling {task.label_accuracy():.3f}), "
-                    f"loss {m['eval/loss']:.3f}")
+                    f"loss {m['eval/loss']:.3f}, off-prompt pairs ranked right {m.get('eval/off_prompt_accuracy', float('nan')):.3f}")
 
 
 def rm_sweep(task: Task, settings: list[str], seeds: list[int], base: tuple[str, ...] = ()) -> dict:
@@ -204,11 +216,28 @@ def gap_closed(start: float, gold: float) -> float:
 
 def setting_overrides(task: Task, label: str) -> list[str]:
     oracle = ["ppo.reward_model=null", f"ppo.reward_functions=['{task.gold()}']"] if label.endswith("oracle") else []
-    return [*SETTINGS[label], *oracle]
+    return [o.format(out=task.out) for o in [*SETTINGS[label], *oracle]]  # {out}: the task's directory
+
+
+def assemble_ensemble(task: Task, label: str) -> None:
+    """The members of `label`'s ensemble (ENSEMBLES) in place beside its reward model; an error naming the
+    --rm command where one was not trained."""
+    if label not in ENSEMBLES:
+        return
+    rm_label, first, others = ENSEMBLES[label]
+    for k, seed in enumerate(others, start=1):
+        member, target = (task.out / f"sweep-{rm_label}-s{seed}" / "rm",
+                          task.out / f"sweep-{rm_label}-s{first}" / "rm" / "ensemble" / str(k))
+        if not (member / "reward_stats.json").exists():
+            raise SystemExit(f"{member}: missing; first run bench/sweep_defaults.py --tasks {task.name} --rm "
+                             f"--settings {rm_label} --seeds {first} {' '.join(map(str, others))}")
+        if not target.exists():
+            shutil.copytree(member, target)
 
 
 def ppo_run(task: Task, label: str, seed: int, steps: int) -> tuple[dict, str]:
     slug = f"sweep-{label}-s{seed}-{steps}"
+    assemble_ensemble(task, label)
     r = rl_run(task, slug, steps, [*setting_overrides(task, label), f"ppo.seed={seed}"])
     start = r["start"]["eval/gold_score"]
     evals = json.loads((task.out / slug / "ppo" / "result.json").read_text())["evaluations"]

@@ -65,6 +65,24 @@ def encode_response(tok, c: Comparison, response: str, max_len: int) -> Encoded:
     return encode_conversation(tok, (*c.context, {"role": "assistant", "content": response}), max_len, False)
 
 
+def off_prompt_examples(groups: list[list[Encoded]], max_len: int) -> tuple[list[int], list[Encoded]]:
+    """Each ranking's best response against the next ranking's best response put after this ranking's
+    prompt (RRM, Liu et al. 2024, "RRM: Robust Reward Model Training Mitigates Reward Hacking"): a reply
+    to another prompt is worse than the best reply to this one, whatever it shares with it (a polite frame,
+    a mood, a length), so the reward model learns what depends on the prompt. Returns the flat index of
+    each such best response in the batch's [response for group in groups for response in group] and the
+    off-prompt examples, one per pair; a pair whose prompts or responses are the same tokens is left out."""
+    starts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
+    own, off = [], []
+    for i, group in enumerate(groups):
+        other = groups[(i + 1) % len(groups)][0]
+        if len(groups) < 2 or other.prompt == group[0].prompt or other.response == group[0].response:
+            continue
+        own.append(starts[i])
+        off.append(fit(group[0].prompt, other.response, max_len))
+    return own, off
+
+
 def encode_prompt(tok, prompt: str, max_len: int) -> list[int]:
     return tok(prompt, add_special_tokens=False)["input_ids"][-max_len:]
 

@@ -79,7 +79,7 @@ def train_epochs(group, items: list, cfg, stopper: EarlyStopping, out_dir: Path,
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.3f}", epoch=epoch + 1)
-            log({f"train/{k}": out[k] for k in loop.train_keys}, step)
+            log({f"train/{k}": out[k] for k in loop.train_keys if k in out}, step)  # a batch may lack one (no pair)
             if step % cfg.eval_every == 0 and not epoch_end:
                 loop.evaluate(step, False)
             if loop.on_step is not None:

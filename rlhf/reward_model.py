@@ -56,6 +56,13 @@ class RMConfig(BaseModel):
     # model after three epochs at 0.651 held-out accuracy (0.859 under 10); docs/results.md, seventh round.
     decay_epochs: int | None = Field(10, ge=1)
     eval_every: int = Field(50, ge=1)  # steps between held-out evaluations (besides each epoch's end)
+    # Weight of the off-prompt pairs' loss beside the ranking loss: in each batch, every ranking's best response
+    # against another ranking's best response put after this one's prompt (RRM, Liu et al. 2024). Rankings of
+    # replies to one prompt never show a reply that ignores it, so a reward model can score what replies share
+    # (a polite frame, a mood) and not whether they answer; PPO then finds that. 0: the ranking loss alone.
+    # Either way the held-out evaluation reports eval/off_prompt_accuracy, how often the reward model ranks
+    # them right.
+    off_prompt_weight: float = Field(0.0, ge=0.0)
     seed: int = 0  # shuffling seed
     # Reward models trained on the same rankings, each from its own seeds (run.seed + k, seed + k for member k):
     # the first is <rm> itself, the others <rm>/ensemble/<k>. PPO trains against all of them together
@@ -88,12 +95,15 @@ def encode_rankings(tok, comparisons: list[Comparison], max_len: int) -> list[li
     return [[encode_response(tok, c, r, max_len) for r in c.responses] for c in comparisons]
 
 
-def evaluate_rm(group, rankings: list[list[Encoded]], pad_id: int, batch_size: int) -> tuple[dict, torch.Tensor]:
-    """Held-out ranking loss, pair accuracy, mean margin, and the rewards of every response."""
-    sums = {"loss_sum": 0.0, "accuracy_sum": 0.0, "margin_sum": 0.0, "prompts": 0.0}
+def evaluate_rm(group, rankings: list[list[Encoded]], pad_id: int, batch_size: int,
+                max_len: int = 0) -> tuple[dict, torch.Tensor]:
+    """Held-out ranking loss, pair accuracy, mean margin, and the rewards of every response; with a
+    max_len, also the off-prompt pairs' accuracy (off_prompt_examples, fitted to max_len)."""
+    sums = {"loss_sum": 0.0, "accuracy_sum": 0.0, "margin_sum": 0.0, "prompts": 0.0, "off_prompt_correct": 0.0,
+            "off_prompt_pairs": 0.0}
     rewards = []
     for i in range(0, len(rankings), batch_size):
-        out = group.map(RewardModelWorker.rm_eval, rankings[i:i + batch_size], pad_id).get()
+        out = group.map(RewardModelWorker.rm_eval, rankings[i:i + batch_size], pad_id, max_len).get()
         for k in sums:
             sums[k] += out[k]  # averages over ranks: ratios of sums stay exact
         rewards.append(out["rewards"])
@@ -101,7 +111,9 @@ def evaluate_rm(group, rankings: list[list[Encoded]], pad_id: int, batch_size: i
     n = sums["prompts"]
     lengths = torch.tensor([len(e.response) for g in rankings for e in g])
     bias = length_bias(r, lengths, [len(g) for g in rankings])
-    return {"eval/loss": sums["loss_sum"] / n, "eval/accuracy": sums["accuracy_sum"] / n,
+    off = {"eval/off_prompt_accuracy": sums["off_prompt_correct"] / sums["off_prompt_pairs"]} \
+        if sums["off_prompt_pairs"] else {}
+    return {**off, "eval/loss": sums["loss_sum"] / n, "eval/accuracy": sums["accuracy_sum"] / n,
             "eval/margin": sums["margin_sum"] / n, "eval/reward_mean": float(r.mean()),
             "eval/reward_std": float(r.std()),
             **{f"eval/length/{k}": v for k, v in bias.items() if k != "pairs"}}, r
@@ -118,18 +130,25 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     eval_r = encode_rankings(tok, evals, cfg.max_len)
 
     def evaluate(step: int, epoch_end: bool) -> dict[str, float]:
-        metrics = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)[0]
+        metrics = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size, cfg.max_len)[0]
         log(metrics, step)
         return metrics
 
+    def update(batch: list[list[Encoded]]) -> dict[str, float]:
+        out = group.map(RewardModelWorker.rm_step, batch, tok.pad_token_id, cfg.off_prompt_weight, cfg.max_len).get()
+        pairs = out.pop("off_prompt_pairs")
+        correct = out.pop("off_prompt_correct")
+        return out | ({"off_prompt_accuracy": correct / pairs} if pairs else {})
+
     evaluate(0, False)
-    loop = Loop(RewardModelWorker, lambda b: group.map(RewardModelWorker.rm_step, b, tok.pad_token_id).get(),
-                evaluate, ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm"), "reward-model",
+    off_prompt = ("ranking_loss", "off_prompt_accuracy") if cfg.off_prompt_weight else ()
+    loop = Loop(RewardModelWorker, update, evaluate,
+                ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm", *off_prompt), "reward-model",
                 "rm.optim.lr")
     stopper = EarlyStopping("eval/accuracy", "max", cfg.patience)
     outcome = train_epochs(group, train_r, cfg, stopper, out_dir, loop, log, max_bad_steps,
                            total_steps(len(train_r), cfg))
-    metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size)  # the kept weights' rewards
+    metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size, cfg.max_len)  # the kept weights
     warn_length_bias(metrics)
     group.broadcast(RewardModelWorker.export, str(out_dir)).get()
     tok.save_pretrained(out_dir)

@@ -26,7 +26,7 @@ from rlhf.algo.ppo import KLTerm, ensemble_scores, ppo_policy_objective, value_l
 from rlhf.algo.preference import preference_loss
 from rlhf.algo.ranking import ranking_loss
 from rlhf.algo.rollout import Rollout
-from rlhf.batching import Encoded, LMBatch, collate_lm, decode_responses
+from rlhf.batching import Encoded, LMBatch, collate_lm, decode_responses, off_prompt_examples
 from rlhf.data import Prompt, fields_of
 from rlhf.functions import FunctionSpec, TaskFunction
 from rlhf.logprobs import forward_batch, response_logits, response_logprobs, sampled_logprobs, sft_loss, target_logprobs
@@ -318,28 +318,50 @@ class RewardModelWorker(ModelWorker):
 
     kind = "score"
 
-    def _rewards(self, groups: list[list[Encoded]], pad_id: int) -> tuple[torch.Tensor, list[int]]:
-        # Every response of every prompt in one padded batch: each is forwarded exactly once.
-        batch = collate_lm([e for g in groups for e in g], pad_id).to(self.mesh.device)
+    def _rewards(self, groups: list[list[Encoded]], pad_id: int,
+                 extra: list[Encoded] = ()) -> tuple[torch.Tensor, list[int]]:
+        # Every response of every prompt (then `extra`) in one padded batch: each is forwarded exactly once.
+        batch = collate_lm([e for g in groups for e in g] + list(extra), pad_id).to(self.mesh.device)
         values = self.forward(batch.input_ids, batch.attention_mask)  # (N, T)
         return gather_last(values, batch.attention_mask), [len(g) for g in groups]
 
-    def rm_step(self, groups: list[list[Encoded]], pad_id: int) -> dict[str, float]:
-        """One batch of rankings (each inner list: one prompt's responses, best first)."""
-        self.model.train()
-        rewards, sizes = self._rewards(groups, pad_id)
-        loss, metrics = ranking_loss(rewards, sizes)
-        return {"loss": loss.item(), **metrics, "reward_mean": rewards.mean().item(), **self._update(loss)}
+    def _ranking(self, groups: list[list[Encoded]], pad_id: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                          dict, torch.Tensor]:
+        """The ranking loss, its metrics and the responses' rewards, and the off-prompt pairs' loss
+        (rlhf.batching.off_prompt_examples; 0 where max_len is 0 or the batch has no pair), with how many
+        there are and how many the reward model ranks right in the metrics (sums: ranks' averages keep
+        their ratio)."""
+        own, off = off_prompt_examples(groups, max_len) if max_len else ([], [])
+        rewards, sizes = self._rewards(groups, pad_id, off)
+        n = sum(sizes)
+        loss, metrics = ranking_loss(rewards[:n], sizes)
+        off_loss, correct = rewards.new_zeros(()), 0.0
+        if off:
+            pairs = torch.stack([rewards[torch.tensor(own, device=rewards.device)], rewards[n:]], dim=1)
+            off_loss, m = ranking_loss(pairs.flatten(), [2] * len(off))
+            correct = m["accuracy"] * len(off)
+        return loss, off_loss, metrics | {"off_prompt_correct": correct, "off_prompt_pairs": float(len(off))}, rewards[:n]
 
-    def rm_eval(self, groups: list[list[Encoded]], pad_id: int) -> dict:
-        """Sums over this rank's prompts (loss, accuracy, margin) and every response's reward."""
+    def rm_step(self, groups: list[list[Encoded]], pad_id: int, off_prompt_weight: float = 0.0,
+                max_len: int = 0) -> dict[str, float]:
+        """One batch of rankings (each inner list: one prompt's responses, best first); with an
+        off_prompt_weight, plus that times the off-prompt pairs' loss (examples fitted to max_len)."""
+        self.model.train()
+        loss, off_loss, metrics, rewards = self._ranking(groups, pad_id, max_len if off_prompt_weight else 0)
+        total = loss + off_prompt_weight * off_loss
+        return {"loss": total.item(), "ranking_loss": loss.item(), **metrics, "reward_mean": rewards.mean().item(),
+                **self._update(total)}
+
+    def rm_eval(self, groups: list[list[Encoded]], pad_id: int, max_len: int = 0) -> dict:
+        """Sums over this rank's prompts (loss, accuracy, margin; with a max_len, the off-prompt pairs'
+        accuracy) and every ranked response's reward."""
         self.model.eval()
         with torch.no_grad():
-            rewards, sizes = self._rewards(groups, pad_id)
-            loss, m = ranking_loss(rewards, sizes)
-        n = float(len(sizes))
+            loss, _, m, rewards = self._ranking(groups, pad_id, max_len)
+        n = float(len(groups))
         return {"loss_sum": loss.item() * n, "accuracy_sum": m["accuracy"] * n, "margin_sum": m["margin"] * n,
-                "prompts": n, "rewards": rewards.float().cpu()}
+                "prompts": n, "off_prompt_correct": m["off_prompt_correct"], "off_prompt_pairs": m["off_prompt_pairs"],
+                "rewards": rewards.float().cpu()}
 
     def scores(self, rollout: Rollout) -> torch.Tensor:
         """Rewards (B,) of prompt + response, read at each row's last real token (the EOS, or the last
