@@ -13,6 +13,10 @@ the records with those fields (the notes task's mood: `--where mood=gloomy`).
 
     python bench/probe_rm.py <arithmetic rm> --sums    # on how many of the 100 sums a + b (a, b < 10) the
                                                        # reward model's favourite answer among 0..21 is right
+
+    python bench/probe_rm.py <rm> --off-prompt <comparisons.jsonl>   # how often the best reply to a held-out
+        # ranking's prompt beats the next ranking's best reply put after it (eval/off_prompt_accuracy, for a
+        # reward model trained before the stage reported it); held out: the last 1/20, as the stage holds out
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from models.tokenizer import load_tokenizer  # noqa: E402
 from parallel.engine import EngineConfig  # noqa: E402
 from parallel.host import ModelSource  # noqa: E402
 from rlhf.batching import encode_pair  # noqa: E402
-from rlhf.data import DataConfig, load_prompts  # noqa: E402
-from rlhf.reward_model import read_reward_stats  # noqa: E402
+from rlhf.data import DataConfig, load_comparisons, load_prompts  # noqa: E402
+from rlhf.reward_model import encode_rankings, evaluate_rm, read_reward_stats  # noqa: E402
 from rlhf.workers import RewardModelWorker  # noqa: E402
 
 
@@ -66,6 +70,16 @@ def score(model, tok, prompt: str, response: str, max_len: int = 64) -> float:
         return float(model.scores(ids, torch.ones_like(ids, dtype=torch.bool))[0])
 
 
+def off_prompt_accuracy(rm_dir: Path, comparisons: Path, max_len: int = 64, batch_size: int = 16) -> float:
+    """eval/off_prompt_accuracy of the reward model in `rm_dir` on the last 1/20 of `comparisons`."""
+    tok = load_tokenizer(rm_dir)
+    records = load_comparisons(comparisons, DataConfig())
+    held = records[-max(1, len(records) // 20):]
+    group = LocalGroup(RewardModelWorker, ModelSource(path=str(rm_dir)), EngineConfig())
+    return evaluate_rm(group, encode_rankings(tok, held, max_len), tok.pad_token_id, batch_size,
+                       max_len)[0]["eval/off_prompt_accuracy"]
+
+
 def sum_favourites(rm_dir: Path) -> int:
     """The arithmetic task's prompts "a + b =" (a, b < 10) whose highest-scored answer among 0..21 is a + b:
     the gold score of a policy that always answers what the reward model likes best, × 100."""
@@ -87,7 +101,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="prompts to probe")
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                         help="only the prompt records whose field has this value (repeatable)")
+    parser.add_argument("--off-prompt", type=Path, metavar="COMPARISONS",
+                        help="how often held-out rankings' best replies beat another prompt's (no prompts or templates)")
     args = parser.parse_intermixed_args()
+    if args.off_prompt:
+        print(f"off-prompt pairs ranked right: {off_prompt_accuracy(args.rm, args.off_prompt):.3f}")
+        return
     if args.sums:
         print(f"the reward model's favourite answer is the sum on {sum_favourites(args.rm)} of 100 prompts")
         return
