@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                         help="only the prompt records whose field has this value (repeatable)")
     parser.add_argument("--off-prompt", type=Path, metavar="COMPARISONS",
-                        help="how often held-out rankings' best replies beat another prompt's (no prompts or templates)")
+                        help="how often held-out rankings' best replies beat another prompt's "
+                             "(no prompts or templates)")
     args = parser.parse_intermixed_args()
     if args.off_prompt:
         print(f"off-prompt pairs ranked right: {off_prompt_accuracy(args.rm, args.off_prompt):.3f}")

@@ -187,7 +187,8 @@ def rm_run(task: Task, label: str, seed: int) -> tuple[dict, str]:
               "off_prompt_accuracy": m.get("eval/off_prompt_accuracy"),
               "ceiling": task.label_accuracy(), "overrides": RM_SETTINGS[label]}
     return result, (f"held-out accuracy {m['eval/accuracy']:.3f} (ceiling {task.label_accuracy():.3f}), "
-                    f"loss {m['eval/loss']:.3f}, off-prompt pairs ranked right {m.get('eval/off_prompt_accuracy', float('nan')):.3f}")
+                    f"loss {m['eval/loss']:.3f}, off-prompt pairs ranked right "
+                    f"{m.get('eval/off_prompt_accuracy', float('nan')):.3f}")
 
 
 def rm_sweep(task: Task, settings: list[str], seeds: list[int], base: tuple[str, ...] = ()) -> dict:

@@ -340,7 +340,8 @@ class RewardModelWorker(ModelWorker):
             pairs = torch.stack([rewards[torch.tensor(own, device=rewards.device)], rewards[n:]], dim=1)
             off_loss, m = ranking_loss(pairs.flatten(), [2] * len(off))
             correct = m["accuracy"] * len(off)
-        return loss, off_loss, metrics | {"off_prompt_correct": correct, "off_prompt_pairs": float(len(off))}, rewards[:n]
+        metrics |= {"off_prompt_correct": correct, "off_prompt_pairs": float(len(off))}
+        return loss, off_loss, metrics, rewards[:n]
 
     def rm_step(self, groups: list[list[Encoded]], pad_id: int, off_prompt_weight: float = 0.0,
                 max_len: int = 0) -> dict[str, float]:

@@ -61,13 +61,15 @@ def test_the_step_adds_the_weighted_off_prompt_loss_to_the_ranking_loss():
         off_r = worker._rewards([[e] for e in off], tok.pad_token_id)[0]
     # a naive sum: the ranking loss over each prompt's pairs, and the mean of −log σ(own − off)
     naive_ranking = torch.stack([-torch.nn.functional.logsigmoid(flat[i] - flat[i + 1]) for i in (0, 2, 4)]).mean()
-    naive_off = torch.stack([-torch.nn.functional.logsigmoid(flat[i] - o) for i, o in zip(own, off_r)]).mean()
+    assert own == [0, 2, 4]
+    pairs = list(zip(own, off_r, strict=True))
+    naive_off = torch.stack([-torch.nn.functional.logsigmoid(flat[i] - o) for i, o in pairs]).mean()
     assert ranking_loss(flat, [2, 2, 2])[0] == pytest.approx(float(naive_ranking), rel=1e-5)
     out = worker.rm_step(groups, tok.pad_token_id, 0.5, 16)  # the losses before its update
     assert out["ranking_loss"] == pytest.approx(float(naive_ranking), rel=1e-4)
     assert out["loss"] == pytest.approx(float(naive_ranking + 0.5 * naive_off), rel=1e-4)
     assert out["off_prompt_pairs"] == 3
-    assert out["off_prompt_correct"] == pytest.approx(float(sum(flat[i] > o for i, o in zip(own, off_r))))
+    assert out["off_prompt_correct"] == pytest.approx(float(sum(flat[i] > o for i, o in pairs)))
     assert worker.rm_step(groups, tok.pad_token_id, 0.0, 16)["off_prompt_pairs"] == 0  # off: no extra forward
 
 
