@@ -131,6 +131,9 @@ SETTINGS["r16-off-prompt"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/s
 # The mean of two such reward models (seeds 0 and 1 of "rm-off-prompt"; the second as <rm>/ensemble/1, where
 # rm.ensemble=2 would train it): r15-ensemble-mean with members that check the prompt.
 SETTINGS["r17-off-prompt-mean"] = [*SETTINGS["r16-off-prompt"], "ppo.reward_ensemble=mean"]
+# r11-export against the second reward model alone (<task>/rm-seed1: the same rankings from the next seeds, as
+# rm.validation and rm.ensemble=2 train it): how much of a task's result is its reward model's seed.
+SETTINGS["r18-rm-seed1"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/rm-seed1/rm"]
 # A setting's ensemble, assembled from --rm runs before its PPO runs: (the RM setting, the seed of the reward model,
 # the seeds of its further members, copied to <rm>/ensemble/1, 2, ... as rm.ensemble lays them out).
 ENSEMBLES = {"r17-off-prompt-mean": ("rm-off-prompt", 0, [1])}

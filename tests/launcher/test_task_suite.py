@@ -188,7 +188,7 @@ def test_every_sweep_setting_is_a_valid_demo_config():
         if label in SETTINGS and label != "defaults":
             pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else \
                 ROUND_4 if label.startswith("r4-") else \
-                ROUND_5 if label.startswith(("r5-", "r7-", "r9-", "r10-", "r11-", "r14-", "r15-", "r16-", "r17-")) \
+                ROUND_5 if label.startswith(("r5-", "r7-", "r9-", "r10-", "r11-", "r14-", "r15-", "r16-", "r17-", "r18-")) \
                 else DEMO_2026_11_24
             assert overrides[:len(pinned)] == pinned, label
     assert SETTINGS["defaults"] == []
