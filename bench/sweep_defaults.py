@@ -134,9 +134,15 @@ SETTINGS["r17-off-prompt-mean"] = [*SETTINGS["r16-off-prompt"], "ppo.reward_ense
 # r11-export against the second reward model alone (<task>/rm-seed1: the same rankings from the next seeds, as
 # rm.validation and rm.ensemble=2 train it): how much of a task's result is its reward model's seed.
 SETTINGS["r18-rm-seed1"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/rm-seed1/rm"]
-# A setting's ensemble, assembled from --rm runs before its PPO runs: (the RM setting, the seed of the reward model,
-# the seeds of its further members, copied to <rm>/ensemble/1, 2, ... as rm.ensemble lays them out).
-ENSEMBLES = {"r17-off-prompt-mean": ("rm-off-prompt", 0, [1])}
+# r15-ensemble-mean's two members with the second replaced by the off-prompt reward model of seed 0: members
+# with different blind spots (the base model barely checks politeness's request; the off-prompt one does).
+SETTINGS["r19-base-off-prompt-mean"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/ensemble-base-off-prompt/rm",
+                                        "ppo.reward_ensemble=mean"]
+# A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
+# reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
+# ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
+ENSEMBLES = {"r17-off-prompt-mean": ("sweep-rm-off-prompt-s0/rm", None, ["sweep-rm-off-prompt-s1/rm"]),
+             "r19-base-off-prompt-mean": ("ensemble-base-off-prompt/rm", "base/rm", ["sweep-rm-off-prompt-s0/rm"])}
 GRPO = ["ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
 for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracle under each candidate
     SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]
@@ -224,19 +230,19 @@ def setting_overrides(task: Task, label: str) -> list[str]:
 
 
 def assemble_ensemble(task: Task, label: str) -> None:
-    """The members of `label`'s ensemble (ENSEMBLES) in place beside its reward model; an error naming the
-    --rm command where one was not trained."""
+    """The reward model and members of `label`'s ensemble (ENSEMBLES) in place; an error naming what to run
+    where one was not trained."""
     if label not in ENSEMBLES:
         return
-    rm_label, first, others = ENSEMBLES[label]
-    for k, seed in enumerate(others, start=1):
-        member, target = (task.out / f"sweep-{rm_label}-s{seed}" / "rm",
-                          task.out / f"sweep-{rm_label}-s{first}" / "rm" / "ensemble" / str(k))
-        if not (member / "reward_stats.json").exists():
-            raise SystemExit(f"{member}: missing; first run bench/sweep_defaults.py --tasks {task.name} --rm "
-                             f"--settings {rm_label} --seeds {first} {' '.join(map(str, others))}")
-        if not target.exists():
-            shutil.copytree(member, target)
+    target, first, others = ENSEMBLES[label]
+    for source, dest in [(first, target), *((m, f"{target}/ensemble/{k}") for k, m in enumerate(others, start=1))]:
+        if source is None or (task.out / dest).exists():
+            continue
+        if not (task.out / source / "reward_stats.json").exists():
+            raise SystemExit(f"{task.out / source}: missing; train it first (bench/sweep_defaults.py --tasks "
+                             f"{task.name} --rm --settings <its setting> --seeds <its seed>)")
+        # a reward model's own members and validation model are not this ensemble's
+        shutil.copytree(task.out / source, task.out / dest, ignore=shutil.ignore_patterns("ensemble", "validation"))
 
 
 def ppo_run(task: Task, label: str, seed: int, steps: int) -> tuple[dict, str]:
