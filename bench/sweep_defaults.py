@@ -288,6 +288,18 @@ def table(per_task: dict[str, dict], settings: list[str], steps: int) -> str:
     return "\n".join(lines)
 
 
+def draws(runs: dict, picks: list[str], steps: int, label: str = "draws") -> dict:
+    """One virtual setting `label` from runs of several: each pick "SETTING:SEED" (e.g. seeds of the whole run,
+    each PPO seed against its own reward model: r11-export:0 r18-rm-seed1:1), as that seed's run."""
+    out = {}
+    for pick in picks:
+        setting, seed = pick.rsplit(":", 1)
+        key = f"{setting}/s{seed}/{steps}"
+        if key in runs:
+            out[f"{label}/s{seed}/{steps}"] = runs[key]
+    return out
+
+
 def seed_mean(runs: dict, label: str, steps: int, key: str = "closed") -> float | None:
     values = [v[key] for k, v in runs.items() if k.startswith(f"{label}/") and k.endswith(f"/{steps}")]
     return statistics.fmean(values) if values else None
@@ -373,6 +385,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the saved results; run nothing")
     parser.add_argument("--held-out", nargs="+", metavar="SETTING",
                         help="with --table: the leave-one-task-out table over these candidate settings")
+    parser.add_argument("--draws", nargs="+", metavar="SETTING:SEED",
+                        help="with --table: also a row 'draws' of these runs, one per seed (seeds of the whole run)")
     parser.add_argument("--report", metavar="SETTING",
                         help="with --table: #27's table under SETTING, with best-of-8, GRPO and the oracle")
     args = parser.parse_args()
@@ -389,11 +403,13 @@ def main() -> None:
             runs = json.loads(saved.read_text()) if saved.exists() else {}
             per_task[name] = {k: v for k, v in runs.items() if args.seeds is None or
                               k.split("/")[1] in {f"s{seed}" for seed in args.seeds}}
+            per_task[name] |= draws(runs, args.draws or [], args.steps)
         else:
             seeds = args.seeds or [0]
             per_task[name] = rm_sweep(task, args.settings, seeds, tuple(args.base)) if args.rm else \
                 sweep(task, args.settings, seeds, args.steps, tuple(args.base))
-    print(rm_table(per_task, args.settings) if args.rm else table(per_task, args.settings, args.steps))
+    shown = [*args.settings, *(["draws"] if args.draws else [])]
+    print(rm_table(per_task, args.settings) if args.rm else table(per_task, shown, args.steps))
     if args.held_out:
         print("\n" + held_out_table(per_task, args.held_out, args.steps))
     if args.report:

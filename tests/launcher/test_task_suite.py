@@ -269,6 +269,20 @@ def test_held_out_table_chooses_each_tasks_setting_on_the_other_tasks():
     assert rows[3].endswith("| 0 of 3 |")
 
 
+def test_draws_take_each_seed_from_its_own_setting():
+    """--draws: seeds of the whole run as one row, seed 0 from one setting and seed 1 from another; a pick
+    without a run is left out, and the other seeds of each setting are not taken."""
+    from bench.sweep_defaults import draws, held_out_table
+
+    runs = {"a/s0/150": {"closed": 0.3}, "a/s1/150": {"closed": 0.4}, "b/s0/150": {"closed": 0.8},
+            "b/s1/150": {"closed": 0.9}, "b/s1/50": {"closed": 0.0}}
+    assert draws(runs, ["a:0", "b:1", "c:2"], 150) == {"draws/s0/150": {"closed": 0.3}, "draws/s1/150": {"closed": 0.9}}
+    per_task = {t: {**draws(runs, ["a:0", "b:1"], 150)} for t in ("x", "y")}
+    for r in (v for t in per_task.values() for v in t.values()):
+        r |= {"kl": 1.0, "gold": 0.9, "peak": 0.9, "peak_stderr": 0.01}
+    assert "| x | draws (60% on the others) | 60% (30, 90) |" in held_out_table(per_task, ["draws"], 150)
+
+
 def test_export_judges_choose_as_the_ppo_stage_exports():
     """bench/export_judges.choose re-reads ppo.export=objective's rule off disk: the best evaluation between
     the start and the last, exported only where its per-prompt objective beats the last's by more than one
