@@ -138,6 +138,9 @@ SETTINGS["r18-rm-seed1"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/rm-
 # with different blind spots (the base model barely checks politeness's request; the off-prompt one does).
 SETTINGS["r19-base-off-prompt-mean"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/ensemble-base-off-prompt/rm",
                                         "ppo.reward_ensemble=mean"]
+# r11-export against a reward model of the whole run's seed 1 that may not stop before epoch 5 (rm-min-epochs-5,
+# seed 1): rm-seed1 but for rm.min_epochs.
+SETTINGS["r20-rm-min-epochs-5-seed1"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-min-epochs-5-s1/rm"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
@@ -159,6 +162,7 @@ RM_SETTINGS = {
     "rm-lr-1e-4": ["rm.optim.lr=1.0e-4"],
     "rm-lr-1e-4-epochs-5": ["rm.optim.lr=1.0e-4", "rm.epochs=5"],
     "rm-off-prompt": ["rm.off_prompt_weight=1.0"],  # #27: each best response against another prompt's best
+    "rm-min-epochs-5": ["rm.min_epochs=5"],  # #27: no stop before epoch 5 (arithmetic's seed 1 stopped after 3)
 }
 
 

@@ -20,9 +20,11 @@ class EarlyStopping:
     metric: str  # the key of the measure in an evaluation's metrics, e.g. "eval/loss"
     mode: Literal["min", "max"]  # lower is better (a loss) or higher (an accuracy, a score)
     patience: int | None  # epochs in a row without a new best before stopping; None: never stop early
+    min_epochs: int = 1  # never stop before this many epochs, whatever the patience
     best: float | None = None
     best_epoch: int = 0  # 0: none yet
     epochs_without_best: int = 0
+    epochs_seen: int = 0
 
     def improves(self, value: float) -> bool:
         if self.best is None:
@@ -31,6 +33,7 @@ class EarlyStopping:
 
     def update(self, epoch: int, value: float) -> bool:
         """Record the measure after `epoch`; true when it is a new best."""
+        self.epochs_seen = epoch
         if self.improves(value):
             self.best, self.best_epoch, self.epochs_without_best = value, epoch, 0
             return True
@@ -39,7 +42,8 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.patience is not None and self.epochs_without_best >= self.patience
+        return (self.patience is not None and self.epochs_without_best >= self.patience
+                and self.epochs_seen >= self.min_epochs)
 
     def reason(self, epochs_run: int, max_epochs: int) -> str:
         """Why the stage ended, in words for its log and the summary."""
@@ -47,5 +51,6 @@ class EarlyStopping:
         best = f"{word} {self.metric} {self.best:.4g} after epoch {self.best_epoch}"
         if self.should_stop:
             return (f"stopped after epoch {epochs_run} of at most {max_epochs}: {self.epochs_without_best} epoch(s) "
-                    f"in a row without a better {self.metric} (patience {self.patience}); {best}")
+                    f"in a row without a better {self.metric} (patience {self.patience}"
+                    f"{f', at least {self.min_epochs} epochs' if self.min_epochs > 1 else ''}); {best}")
         return f"ran all {max_epochs} epoch(s); {best}"

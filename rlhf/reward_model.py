@@ -49,6 +49,10 @@ class RMConfig(BaseModel):
     # picks the epoch kept, so a task whose RM needs more epochs gets them and one that over-fits stops.
     epochs: int = Field(20, ge=1)
     patience: int | None = Field(2, ge=1)  # epochs in a row without a better held-out accuracy; null: all epochs
+    # Never stop before this many epochs (at most `epochs`): a held-out accuracy still on its first plateau can
+    # peak by chance and stop the model before it learns (docs/results.md: arithmetic's second reward model,
+    # 0.711 after epoch 1 and stopped after 3, where the first one climbed from 0.71 after epoch 3 to 0.86).
+    min_epochs: int = Field(1, ge=1)
     keep_best: bool = True  # export the epoch of the best held-out accuracy; false: the last epoch's
     # The learning rate's cosine decay spans this many epochs (at most `epochs`) and then stays at its floor
     # (optim.min_lr_ratio), so the upper bound on epochs does not stretch the schedule; null: all `epochs`. A
@@ -145,7 +149,7 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     loop = Loop(RewardModelWorker, update, evaluate,
                 ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm", *off_prompt), "reward-model",
                 "rm.optim.lr")
-    stopper = EarlyStopping("eval/accuracy", "max", cfg.patience)
+    stopper = EarlyStopping("eval/accuracy", "max", cfg.patience, min(cfg.min_epochs, cfg.epochs))
     outcome = train_epochs(group, train_r, cfg, stopper, out_dir, loop, log, max_bad_steps,
                            total_steps(len(train_r), cfg))
     metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size, cfg.max_len)  # the kept weights

@@ -39,6 +39,7 @@ class SFTConfig(BaseModel):
     epochs: int = Field(20, ge=1)
     # Stop after this many epochs in a row without a better `select` measure; null: run all `epochs`.
     patience: int | None = Field(2, ge=1)
+    min_epochs: int = Field(1, ge=1)  # never stop before this many epochs (at most `epochs`), whatever the patience
     # The held-out measure that stops training and picks the epoch kept: "loss" (the NLL of the held-out
     # demonstrations), or "reward" (the mean PPO score, reward model and/or reward functions, of responses
     # sampled on validation prompts: InstructGPT §3.5; needs ppo.reward_model as a checkpoint, or
@@ -105,7 +106,7 @@ def train_sft(group, tok, train: list[SFTRecord], evals: list[SFTRecord], cfg: S
     evaluate(0, False)
     loop = Loop(PolicyWorker, lambda b: group.map(PolicyWorker.sft_step, collate_lm(b, tok.pad_token_id)).get(),
                 evaluate, ("loss", "lr", "grad_norm"), "SFT", "sft.optim.lr", export_every)
-    stopper = EarlyStopping(*SELECT_METRIC[cfg.select], cfg.patience)
+    stopper = EarlyStopping(*SELECT_METRIC[cfg.select], cfg.patience, min(cfg.min_epochs, cfg.epochs))
     outcome = train_epochs(group, train_ex, cfg, stopper, out_dir, loop, log, max_bad_steps,
                            total_steps(len(train_ex), cfg))
     save_checkpoint(group, tok, out_dir)

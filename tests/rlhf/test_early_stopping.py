@@ -40,6 +40,12 @@ def test_early_stopping_by_hand():
     assert not s.should_stop  # an improvement resets the count
     s.update(3, float("nan"))
     assert s.should_stop
+    s = EarlyStopping("eval/accuracy", "max", patience=2, min_epochs=5)
+    for e, v in enumerate([0.71, 0.6, 0.65, 0.62], start=1):
+        s.update(e, v)
+        assert not s.should_stop  # a chance peak after epoch 1 does not end training before epoch 5
+    s.update(5, 0.70)
+    assert s.should_stop and s.best_epoch == 1 and "patience 2, at least 5 epochs" in s.reason(5, 20)
 
 
 def model_cfg(tok) -> ModelConfig:
@@ -84,6 +90,14 @@ def test_sft_stops_at_patience_and_keeps_the_best_epoch(tmp_path):
     assert exported == pytest.approx(held, abs=1e-5) and result["eval/loss"] == pytest.approx(held, abs=1e-6)
     assert "stopped after epoch" in result["stop_reason"] and f"kept epoch {best}" in result["stop_reason"]
     assert not (tmp_path / "sft" / BEST_STATE).exists()  # the best epoch's state is gone once exported
+
+
+def test_sft_runs_its_minimum_epochs_and_still_keeps_its_best(tmp_path):
+    stopped, before, _, _ = run_sft(tmp_path / "a", patience=2)
+    result, losses, held, _ = run_sft(tmp_path / "b", patience=2, min_epochs=stopped["epochs"] + 2)
+    assert result["epochs"] == len(losses) >= stopped["epochs"] + 2 and losses[:len(before)] == pytest.approx(before)
+    assert result["kept_epoch"] == min(range(len(losses)), key=losses.__getitem__) + 1  # the best, not the last
+    assert held == pytest.approx(min(losses), abs=1e-6)
 
 
 def test_sft_without_patience_runs_every_epoch_and_without_keep_best_keeps_the_last(tmp_path):
@@ -150,6 +164,14 @@ def test_reward_model_stops_after_patience(tmp_path):
     result, accs, _ = run_rm(tmp_path, patience=1)
     assert result["epochs"] == len(accs) < 8 and accs[-1] <= max(accs[:-1])  # the first epoch without a new best
     assert all(a < b for a, b in zip(accs[:-2], accs[1:-1], strict=True))  # each before it was one
+
+
+def test_reward_model_runs_its_minimum_epochs_whatever_the_patience(tmp_path):
+    stopped, before, _ = run_rm(tmp_path / "a", patience=1)
+    n = stopped["epochs"]
+    assert n < 8
+    result, accs, _ = run_rm(tmp_path / "b", patience=1, min_epochs=n + 1)
+    assert result["epochs"] == len(accs) > n and accs[:n] == pytest.approx(before)  # the same run, longer
 
 
 def test_the_decay_spans_decay_epochs_at_most_the_bound():
