@@ -139,8 +139,8 @@ def run_rm(tmp_path, **overrides):
     the held-out accuracy of the weights the group holds after training)."""
     tok = build_word_tokenizer(WORDS)
     train, evals = noisy_rankings(64, 0), noisy_rankings(64, 1)
-    cfg = RMConfig(max_len=16, batch_size=8, epochs=8, eval_every=10_000,
-                   optim=OptimConfig(lr=2e-3, warmup_steps=0, min_lr_ratio=1.0), **overrides)
+    cfg = RMConfig(**{"max_len": 16, "batch_size": 8, "epochs": 8, "eval_every": 10_000, "min_epochs": 1,
+                      "optim": OptimConfig(lr=2e-3, warmup_steps=0, min_lr_ratio=1.0), **overrides})
     group = LocalGroup(RewardModelWorker, ModelSource(config=model_cfg(tok), seed=0), cfg.engine, cfg.optim,
                        rm_steps(len(train), cfg))
     logged = []
