@@ -141,6 +141,8 @@ SETTINGS["r19-base-off-prompt-mean"] = [*SETTINGS["r11-export"], "ppo.reward_mod
 # r11-export against a reward model of the whole run's seed 1 that may not stop before epoch 5 (rm-min-epochs-5,
 # seed 1): rm-seed1 but for rm.min_epochs.
 SETTINGS["r20-rm-min-epochs-5-seed1"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-min-epochs-5-s1/rm"]
+# The whole run's seed 2: r11-export against the reward model of seed 2 under the defaults (rm-defaults, seed 2).
+SETTINGS["r21-rm-seed2"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-defaults-s2/rm"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
