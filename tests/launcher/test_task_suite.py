@@ -176,11 +176,11 @@ def test_recall_is_a_multi_turn_task_in_chat_records_scored_from_the_conversatio
 
 
 def test_every_sweep_setting_is_a_valid_demo_config():
-    """bench/sweep_defaults.py's settings, each on top of the demo config, pass config validation (a
+    """bench/sweep_settings.py's settings, each on top of the demo config, pass config validation (a
     mistyped key would otherwise fail only minutes into a sweep); the PPO ones of 2026-11-24 pin that
     day's demo config under their own overrides, and the variations of the defaults of 2026-11-25 and of
     the fourth round's fixed β pin those, so that they mean the same runs after the defaults changed."""
-    from bench.sweep_defaults import DEFAULTS_2026_11_25, DEMO_2026_11_24, RM_SETTINGS, ROUND_4, ROUND_5, SETTINGS
+    from bench.sweep_settings import DEFAULTS_2026_11_25, DEMO_2026_11_24, RM_SETTINGS, ROUND_4, ROUND_5, SETTINGS
     from launcher.config import load_config
 
     for label, overrides in {**SETTINGS, **RM_SETTINGS}.items():
