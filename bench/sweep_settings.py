@@ -122,6 +122,8 @@ SETTINGS["r19-base-off-prompt-mean"] = [*SETTINGS["r11-export"], "ppo.reward_mod
 SETTINGS["r20-rm-min-epochs-5-seed1"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-min-epochs-5-s1/rm"]
 # The whole run's seed 2: r11-export against the reward model of seed 2 under the defaults (rm-defaults, seed 2).
 SETTINGS["r21-rm-seed2"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-defaults-s2/rm"]
+# The whole run's seed 3, the same way (rm-defaults, seed 3).
+SETTINGS["r22-rm-seed3"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-defaults-s3/rm"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
