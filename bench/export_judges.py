@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.probe_rm import load_rm, score  # noqa: E402
 from models.tokenizer import load_tokenizer  # noqa: E402
-from rlhf.algo.selection import paired_gain, per_prompt_means, per_prompt_objective, stderr  # noqa: E402
+from rlhf.algo.selection import last_unless_beaten, per_prompt_means, per_prompt_objective, stderr  # noqa: E402
 from rlhf.reward_model import read_reward_stats  # noqa: E402
 
 
@@ -38,13 +38,8 @@ def evaluations(run: Path) -> dict[int, list[dict]]:
 
 def choose(objective: dict[int, list[float]]) -> tuple[int, float, float]:
     """ppo.export=objective's choice: the step exported, and the best earlier evaluation's gain ± s.e."""
-    steps = sorted(objective)
-    last, earlier = steps[-1], steps[1:-1]
-    if not earlier:
-        return last, 0.0, 0.0
-    best = max(earlier, key=lambda s: statistics.fmean(objective[s]))
-    gain = paired_gain(objective[best], objective[last])
-    return (best if gain.beyond_noise else last), gain.mean, gain.stderr
+    step, gain = last_unless_beaten(objective)
+    return (step, gain.mean, gain.stderr) if gain else (step, 0.0, 0.0)
 
 
 def judge(run: Path, rm_dir: Path) -> dict:

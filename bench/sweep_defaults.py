@@ -22,12 +22,18 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.compare_algorithms import DEMO, Task, cli, ensure_base, rl_run  # noqa: E402
 from bench.sweep_settings import ENSEMBLES, RM_SETTINGS, SETTINGS  # noqa: E402
 from bench.tasks import SUITE  # noqa: E402
+from rlhf.algo.selection import earliest_within_noise, last_unless_beaten, per_prompt_objective  # noqa: E402
+
+# ppo.export's rules, and candidates for it, read off a finished run's saved evaluations (--export-rule)
+EXPORT_RULES = {"objective": lambda objectives: last_unless_beaten(objectives)[0], "earliest": earliest_within_noise}
 
 
 def accumulate(task: Task, file: str, base: tuple[str, ...], jobs) -> dict:
@@ -126,6 +132,25 @@ def ppo_run(task: Task, label: str, seed: int, steps: int) -> tuple[dict, str]:
               "peak_stderr": peak["eval/gold_stderr"], "peak_kl": peak.get("eval/kl")}
     return result, (f"gold {r['gold']:.3f} ± {r['stderr']:.3f}, {100 * result['closed']:.0f}% of the gap, "
                     f"KL {r['kl']:.2f}; best evaluation {result['peak']:.3f}")
+
+
+def reexport(run_dir: Path, run: dict, rule: str) -> dict:
+    """`run` (its sweep.json entry) as if its PPO stage had exported by `rule` (EXPORT_RULES): the gold of the
+    evaluation the rule picks from each evaluation's per-prompt score − β·KL, read off the run's saved samples
+    (<run>/ppo/samples/step-N.jsonl). The gold picks nothing; a run whose samples lack a score or KL is as it ran."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    evals = json.loads((run_dir / "ppo" / "result.json").read_text())["evaluations"]
+    objectives, samples = {}, run_dir / "ppo" / "samples"
+    for step in evals:
+        rows = [json.loads(line) for line in (samples / f"step-{step}.jsonl").read_text().splitlines()]
+        if not rows or "score" not in rows[0] or "kl" not in rows[0]:
+            return run
+        objectives[int(step)] = per_prompt_objective([r["score"] for r in rows], [r["kl"] for r in rows],
+                                                     cfg["ppo"]["kl_coef"], cfg["evaluation"]["samples_per_prompt"])
+    step = EXPORT_RULES[rule](objectives)
+    chosen = evals[str(step)]
+    return run | {"gold": chosen["eval/gold_score"], "stderr": chosen["eval/gold_stderr"], "kl": chosen["eval/kl"],
+                  "closed": gap_closed(run["sft"], chosen["eval/gold_score"]), "exported_step": step}
 
 
 def sweep(task: Task, settings: list[str], seeds: list[int], steps: int, base: tuple[str, ...] = ()) -> dict:
@@ -255,6 +280,8 @@ def main() -> None:
                         help="with --table: the leave-one-task-out table over these candidate settings")
     parser.add_argument("--draws", nargs="+", metavar="SETTING:SEED",
                         help="with --table: also a row 'draws' of these runs, one per seed (seeds of the whole run)")
+    parser.add_argument("--export-rule", choices=EXPORT_RULES,
+                        help="with --table: each run's gold as if it had exported by this rule (read off its samples)")
     parser.add_argument("--report", metavar="SETTING",
                         help="with --table: #27's table under SETTING, with best-of-8, GRPO and the oracle")
     args = parser.parse_args()
@@ -269,6 +296,9 @@ def main() -> None:
         saved = task.out / ("sweep_rm.json" if args.rm else "sweep.json")
         if args.table:
             runs = json.loads(saved.read_text()) if saved.exists() else {}
+            if args.export_rule:
+                runs = {k: reexport(task.out / "sweep-{}-{}-{}".format(*k.split("/")), v, args.export_rule)
+                        if "peak" in v else v for k, v in runs.items()}
             per_task[name] = {k: v for k, v in runs.items() if args.seeds is None or
                               k.split("/")[1] in {f"s{seed}" for seed in args.seeds}}
             per_task[name] |= draws(runs, args.draws or [], args.steps)

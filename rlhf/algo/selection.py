@@ -4,6 +4,8 @@ PPO maximises E[score] − β·KL(π‖π_ref). Each held-out evaluation estimat
 the mean over the prompt's samples of score − β·Σ_t log π/π_ref. The last policy is exported unless an
 earlier evaluation's objective beats it by more than one standard error of the paired difference (the
 same prompts and sampling seeds at every evaluation, so the difference is measured prompt by prompt).
+rlhf/export_choice.py applies that rule as a run goes; `last_unless_beaten` states it over a finished run's
+evaluations, and `earliest_within_noise` is a candidate judged against it off saved runs (docs/results.md).
 """
 
 from __future__ import annotations
@@ -48,3 +50,24 @@ def paired_gain(earlier: list[float], last: list[float]) -> Gain:
         raise ValueError(f"{len(earlier)} prompts against {len(last)}: not the same held-out prompts")
     diff = [a - b for a, b in zip(earlier, last, strict=True)]
     return Gain(statistics.fmean(diff), stderr(diff) if len(diff) > 1 else math.inf)  # one prompt: no yardstick
+
+
+def last_unless_beaten(objectives: dict[int, list[float]]) -> tuple[int, Gain | None]:
+    """ppo.export=objective: the step exported from each evaluation's per-prompt objective (the first step,
+    the start, never), and the best earlier evaluation's gain over the last (None without one): the last
+    unless that gain is beyond noise."""
+    steps = sorted(objectives)
+    last, earlier = steps[-1], steps[1:-1]
+    if not earlier:
+        return last, None
+    best = max(earlier, key=lambda s: statistics.fmean(objectives[s]))  # the first of equals, as kept during a run
+    gain = paired_gain(objectives[best], objectives[last])
+    return (best if gain.beyond_noise else last), gain
+
+
+def earliest_within_noise(objectives: dict[int, list[float]]) -> int:
+    """The one-standard-error rule: the earliest evaluation (after the first, the start) whose objective is
+    below the best's by no more than one standard error of the paired difference."""
+    steps = sorted(objectives)[1:] or sorted(objectives)
+    best = max(steps, key=lambda s: statistics.fmean(objectives[s]))
+    return next(s for s in steps if not paired_gain(objectives[best], objectives[s]).beyond_noise)

@@ -188,7 +188,7 @@ def test_every_sweep_setting_is_a_valid_demo_config():
         if label in SETTINGS and label != "defaults":
             pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else \
                 ROUND_4 if label.startswith("r4-") else \
-                ROUND_5 if label.split("-")[0] in {f"r{n}" for n in (5, 7, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22)} \
+                ROUND_5 if label.split("-")[0] in {f"r{n}" for n in (5, 7, 9, 10, 11, *range(14, 23))} \
                 else DEMO_2026_11_24
             assert overrides[:len(pinned)] == pinned, label
     assert SETTINGS["defaults"] == []
@@ -283,18 +283,23 @@ def test_draws_take_each_seed_from_its_own_setting():
     assert "| x | draws (60% on the others) | 60% (30, 90) |" in held_out_table(per_task, ["draws"], 150)
 
 
-def test_export_judges_choose_as_the_ppo_stage_exports():
-    """bench/export_judges.choose re-reads ppo.export=objective's rule off disk: the best evaluation between
-    the start and the last, exported only where its per-prompt objective beats the last's by more than one
-    standard error of the paired difference; worked by hand."""
-    from bench.export_judges import choose
+def test_reexport_reads_each_rule_off_the_saved_evaluations(tmp_path):
+    """--export-rule: a run's gold as if it had exported by another rule, from its saved per-sample score and KL
+    (one sample per prompt, β 0.5); the gold is the chosen evaluation's, never a chooser."""
+    from bench.sweep_defaults import reexport
 
-    # step 10 (mean 0.45, above step 20's 0.4) beats the last by 0.2, 0.2, 0.1, 0.1 a prompt: mean 0.15,
-    # s.d. 0.0577, s.e. 0.0577 / √4 = 0.0289 → exported
-    objective = {0: [0.0] * 4, 10: [0.5, 0.5, 0.4, 0.4], 20: [0.4, 0.4, 0.4, 0.4], 30: [0.3, 0.3, 0.3, 0.3]}
-    step, gain, se = choose(objective)
-    assert step == 10 and gain == pytest.approx(0.15) and se == pytest.approx(0.0289, abs=1e-4)
-    # the same mean gain spread over prompts as +0.6, −0.3, +0.3, 0.0: s.e. 0.195 > 0.15 → the last
-    noisy = {**objective, 10: [0.9, 0.0, 0.6, 0.3]}
-    assert choose(noisy)[0] == 30 and choose(noisy)[1:] == pytest.approx((0.15, 0.1936), abs=1e-4)
-    assert choose({0: [0.0], 30: [0.3]}) == (30, 0.0, 0.0)  # no evaluation between the start and the last
+    run = tmp_path / "sweep-x-s0-150"
+    (run / "ppo" / "samples").mkdir(parents=True)
+    (run / "config.yaml").write_text("ppo: {kl_coef: 0.5}\nevaluation: {samples_per_prompt: 1}\n")
+    # per-prompt objectives (score − 0.5·KL): step 10 [0.8, 0.2, 0.8, 0.2] (0.5), step 20 [0.6] × 4 (0.6): the
+    # last is best, step 10 trails it by 0.1 ± 0.173, within noise
+    steps = {0: ([0.0] * 4, 0.5), 10: ([0.8, 0.2, 0.8, 0.2], 0.9), 20: ([0.6] * 4, 0.7)}
+    for step, (objective, gold) in steps.items():
+        rows = [{"score": o + 0.5 * 2.0, "kl": 2.0, "gold": gold} for o in objective]
+        (run / "ppo" / "samples" / f"step-{step}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    evals = {str(s): {"eval/gold_score": g, "eval/gold_stderr": 0.01, "eval/kl": 2.0} for s, (_, g) in steps.items()}
+    (run / "ppo" / "result.json").write_text(json.dumps({"evaluations": evals}))
+    entry = {"gold": 0.7, "stderr": 0.01, "kl": 2.0, "sft": 0.5, "closed": 0.4, "peak": 0.9, "peak_stderr": 0.01}
+    assert reexport(run, entry, "objective") == pytest.approx(entry | {"exported_step": 20})
+    earliest = reexport(run, entry, "earliest")
+    assert earliest["exported_step"] == 10 and earliest["gold"] == 0.9 and earliest["closed"] == pytest.approx(0.8)

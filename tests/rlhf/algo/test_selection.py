@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rlhf.algo.selection import paired_gain, per_prompt_objective
+from rlhf.algo.selection import earliest_within_noise, last_unless_beaten, paired_gain, per_prompt_objective
 
 
 def test_objective_per_prompt_by_hand():
@@ -42,3 +42,28 @@ def test_mismatched_inputs_are_refused():
         per_prompt_objective([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], 0.1, 2)
     with pytest.raises(ValueError, match="3 scores against 2 KL"):
         per_prompt_objective([1.0, 2.0, 3.0], [0.0, 0.0], 0.1, 1)
+
+
+# per-prompt objectives of a run's evaluations, four prompts; step 0 is the start and never exported
+RUN = {0: [0.0] * 4, 10: [0.5, 0.5, 0.4, 0.4], 20: [0.4, 0.4, 0.4, 0.4], 30: [0.3, 0.3, 0.3, 0.3]}
+
+
+def test_last_unless_beaten_by_hand():
+    # step 10 (mean 0.45, above step 20's 0.4) beats the last by 0.2, 0.2, 0.1, 0.1: mean 0.15, s.e. 0.0577/√4
+    step, gain = last_unless_beaten(RUN)
+    assert step == 10 and gain.mean == pytest.approx(0.15) and gain.stderr == pytest.approx(0.0289, abs=1e-4)
+    # the same mean gain spread as +0.6, −0.3, +0.3, 0.0: s.e. 0.195 > 0.15, so the last
+    step, gain = last_unless_beaten({**RUN, 10: [0.9, 0.0, 0.6, 0.3]})
+    assert step == 30 and (gain.mean, gain.stderr) == pytest.approx((0.15, 0.1936), abs=1e-4)
+    assert last_unless_beaten({0: [0.0], 30: [0.3]}) == (30, None)  # nothing between the start and the last
+
+
+def test_earliest_within_noise_by_hand():
+    # the last is best (0.6); step 20 trails it by 0.05, 0.05, 0.15, 0.15: mean 0.1, s.e. 0.0577/√4 = 0.029,
+    # beyond noise; step 10 trails by 0.1 ± 0.2 (−0.2, 0.4, −0.2, 0.4: s.d. 0.346, s.e. 0.173): within it
+    rising = {0: [0.0] * 4, 10: [0.8, 0.2, 0.8, 0.2], 20: [0.55, 0.55, 0.45, 0.45], 30: [0.6] * 4}
+    assert earliest_within_noise(rising) == 10
+    assert last_unless_beaten(rising)[0] == 30  # the present rule keeps the last
+    assert earliest_within_noise({**rising, 10: [0.3] * 4}) == 30  # 10 and 20 both trail beyond noise
+    assert earliest_within_noise(RUN) == 10  # the best itself where nothing earlier is within noise of it
+    assert earliest_within_noise({0: [0.0], 30: [0.3]}) == 30
