@@ -126,7 +126,8 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
     from rlhf.data import DataConfig, load_prompts
     from rlhf.evaluate import sample, summarize_gold
     from rlhf.functions import FunctionSpec, TaskFunction
-    from rlhf.workers import PolicyWorker, RewardWorker, ScoreBatch
+    from rlhf.scoring import RewardWorker, ScoreBatch
+    from rlhf.workers import PolicyWorker
 
     lengths = load_config("demo", task.files()).evaluation  # the task's response and prompt lengths
     tok = load_tokenizer(task.base / "tokenizer")

@@ -61,7 +61,8 @@ def main() -> int:
     from rlhf.data import Prompt
     from rlhf.ppo_config import PPOConfig
     from rlhf.schedules import train_ppo
-    from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
+    from rlhf.scoring import RewardWorker
+    from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker
 
     samples = args.samples_per_prompt or (1 if args.estimator == "gae" else 4)
     ppo = PPOConfig(steps=args.steps, prompts_per_step=ROLLOUTS, max_new_tokens=NEW_TOKENS, max_prompt_len=31,

@@ -43,9 +43,10 @@ from rlhf.reward_model import (
     validation_model,
 )
 from rlhf.reward_model import total_steps as rm_total_steps
+from rlhf.scoring import RewardWorker
 from rlhf.sft import total_steps, train_sft
 from rlhf.task import EmbeddedTask
-from rlhf.workers import PolicyWorker, ReferenceWorker, RewardModelWorker, RewardWorker
+from rlhf.workers import PolicyWorker, ReferenceWorker, RewardModelWorker
 
 log = logging.getLogger("instructrl")
 

@@ -32,8 +32,9 @@ from rlhf.algo.ppo import (
 from rlhf.algo.rollout import Rollout
 from rlhf.batching import LMBatch, balanced_order
 from rlhf.ppo_config import PPOConfig
+from rlhf.scoring import RewardWorker, ScoreBatch
 from rlhf.timeline import COORDINATOR, Timeline
-from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker, ScoreBatch
+from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker
 
 LogFn = Callable[[dict[str, float], int], None]
 LR_KEYS = "ppo.policy.optim.lr / ppo.critic.optim.lr"

@@ -26,7 +26,8 @@ from rlhf.algo.selection import per_prompt_means, stderr
 from rlhf.batching import encode_prompt
 from rlhf.data import Prompt, fields_of
 from rlhf.functions import FunctionSpec, TaskFunction
-from rlhf.workers import PolicyWorker, ReferenceWorker, RewardWorker, ScoreBatch
+from rlhf.scoring import RewardWorker, ScoreBatch
+from rlhf.workers import PolicyWorker, ReferenceWorker
 
 
 class EvalConfig(BaseModel):

@@ -34,8 +34,9 @@ from rlhf.data import Prompt
 from rlhf.guards import BadSteps
 from rlhf.ppo_config import PPOConfig
 from rlhf.progress import progress
+from rlhf.scoring import ScoreBatch
 from rlhf.timeline import Timeline
-from rlhf.workers import PolicyWorker, ScoreBatch
+from rlhf.workers import PolicyWorker
 
 
 def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: LogFn, stats: dict | None,

@@ -17,7 +17,8 @@ from rlhf.algo.rollout import Rollout
 from rlhf.batching import balanced_order
 from rlhf.coordinator import Roles, map_by_tokens
 from rlhf.schedules import train_ppo
-from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
+from rlhf.scoring import RewardWorker
+from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker
 from tests.rlhf.test_ppo_loop import OPT, base_cfg
 
 

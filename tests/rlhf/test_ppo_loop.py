@@ -15,8 +15,9 @@ from rlhf.coordinator import Roles
 from rlhf.guards import DivergedError
 from rlhf.ppo_config import PPOConfig
 from rlhf.schedules import train_ppo
+from rlhf.scoring import RewardWorker
 from rlhf.task import WORDS
-from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardModelWorker, RewardWorker
+from rlhf.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardModelWorker
 
 OPT = OptimConfig(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0)
 PLAIN = EngineConfig()

@@ -16,8 +16,9 @@ from rlhf.algo.rollout import Rollout
 from rlhf.coordinator import PretrainingMix, Roles
 from rlhf.functions import FunctionSpec
 from rlhf.schedules import train_ppo
+from rlhf.scoring import RewardWorker
 from rlhf.task import WORDS
-from rlhf.workers import CriticWorker, PolicyWorker, RewardWorker
+from rlhf.workers import CriticWorker, PolicyWorker
 from tests.rlhf.test_ppo_loop import base_cfg, roles
 
 

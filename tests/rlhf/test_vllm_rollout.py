@@ -23,7 +23,8 @@ from rlhf.coordinator import Roles, shape
 from rlhf.logprobs import sampled_logprobs
 from rlhf.ppo_config import PPOConfig
 from rlhf.schedules import train_ppo
-from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker, RewardWorker
+from rlhf.scoring import RewardWorker
+from rlhf.workers import CriticWorker, PolicyStep, PolicyWorker, ReferenceWorker
 from tests.rlhf.conftest import tiny_task
 from tests.rlhf.test_ppo_loop import OPT, base_cfg
 from tests.rlhf.test_ppo_shaping import RM, rollout
