@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench.compare_algorithms import DEMO, Task, cli, ensure_base, rl_run  # noqa: E402
 from bench.sweep_settings import ENSEMBLES, RM_SETTINGS, SETTINGS  # noqa: E402
 from bench.tasks import SUITE  # noqa: E402
-from rlhf.algo.selection import earliest_within_noise, last_unless_beaten, per_prompt_objective  # noqa: E402
+from rlhf.algo.selection import earliest_within_noise, last_unless_beaten, objective_of  # noqa: E402
 
 # ppo.export's rules, and candidates for it, read off a finished run's saved evaluations (--export-rule)
 EXPORT_RULES = {"objective": lambda objectives: last_unless_beaten(objectives)[0], "earliest": earliest_within_noise}
@@ -143,10 +143,9 @@ def reexport(run_dir: Path, run: dict, rule: str) -> dict:
     objectives, samples = {}, run_dir / "ppo" / "samples"
     for step in evals:
         rows = [json.loads(line) for line in (samples / f"step-{step}.jsonl").read_text().splitlines()]
-        if not rows or "score" not in rows[0] or "kl" not in rows[0]:
+        objectives[int(step)] = objective_of(rows, cfg["ppo"]["kl_coef"], cfg["evaluation"]["samples_per_prompt"])
+        if objectives[int(step)] is None:
             return run
-        objectives[int(step)] = per_prompt_objective([r["score"] for r in rows], [r["kl"] for r in rows],
-                                                     cfg["ppo"]["kl_coef"], cfg["evaluation"]["samples_per_prompt"])
     step = EXPORT_RULES[rule](objectives)
     chosen = evals[str(step)]
     return run | {"gold": chosen["eval/gold_score"], "stderr": chosen["eval/gold_stderr"], "kl": chosen["eval/kl"],

@@ -17,20 +17,12 @@ import shutil
 import statistics
 from pathlib import Path
 
-from rlhf.algo.selection import paired_gain, per_prompt_objective
+from rlhf.algo.selection import objective_of, paired_gain
 from rlhf.evaluate import Evaluation
 from rlhf.workers import PolicyWorker
 
 BEST = "best-objective"
 RECORD = "objective.json"
-
-
-def objective_of(rows: list[dict], beta: float, samples: int, judge: str = "score") -> list[float] | None:
-    """An evaluation's per-prompt objective from its sample rows, the score read from `judge` ("score", or
-    "validation_score"); None where they have no such score or no KL (no reward, no reference)."""
-    if not rows or judge not in rows[0] or "kl" not in rows[0]:
-        return None
-    return per_prompt_objective([r[judge] for r in rows], [r["kl"] for r in rows], beta, samples)
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -34,6 +34,14 @@ def per_prompt_objective(scores: list[float], kls: list[float], beta: float, sam
     return per_prompt_means([s - beta * k for s, k in zip(scores, kls, strict=True)], samples)
 
 
+def objective_of(rows: list[dict], beta: float, samples: int, judge: str = "score") -> list[float] | None:
+    """An evaluation's per-prompt objective from its sample rows, the score read from `judge` ("score", or
+    "validation_score"); None where they have no such score or no KL (no reward, no reference)."""
+    if not rows or judge not in rows[0] or "kl" not in rows[0]:
+        return None
+    return per_prompt_objective([r[judge] for r in rows], [r["kl"] for r in rows], beta, samples)
+
+
 @dataclass(frozen=True)
 class Gain:
     mean: float  # mean over prompts of (earlier − last)
