@@ -124,6 +124,9 @@ SETTINGS["r20-rm-min-epochs-5-seed1"] = [*SETTINGS["r11-export"], "ppo.reward_mo
 SETTINGS["r21-rm-seed2"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-defaults-s2/rm"]
 # The whole run's seed 3, the same way (rm-defaults, seed 3).
 SETTINGS["r22-rm-seed3"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-defaults-s3/rm"]
+# Seeds 4 and 5 of the whole run, the one-standard-error rule's confirmation (docs/results.md), the same way.
+SETTINGS["r23-rm-seed4"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-defaults-s4/rm"]
+SETTINGS["r24-rm-seed5"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-defaults-s5/rm"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
