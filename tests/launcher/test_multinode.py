@@ -52,13 +52,30 @@ def ray_start(env: dict, *args: str) -> int:
     return proc.pid
 
 
+def running_in(pgid: int) -> bool:
+    """Whether a process of the group still runs (a zombie waiting for PID 1 to reap it does not)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, _, group = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
+
+
 def stop(pgid: int) -> None:
+    """SIGTERM the group, SIGKILL what is left after 5 s; returns as soon as none of it runs."""
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             return
-        time.sleep(wait)
+        deadline = time.monotonic() + wait
+        while running_in(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not running_in(pgid):
+            return
 
 
 @contextmanager
