@@ -226,7 +226,7 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None,
     are noise that would push the policy at random. Returns the metrics and, if a worker skipped an
     update for a non-finite loss or gradient, which one and the prompts of its minibatch."""
     hp = PolicyStep(cfg.clip_eps, cfg.entropy_coef, cfg.ptx_coef, cfg.temperature, cfg.clip_eps_high, cfg.top_k,
-                    cfg.top_p, kl_coef if cfg.kl_penalty == "loss" else 0.0, cfg.kl_estimator)
+                    cfg.top_p, kl_coef if cfg.kl_penalty == "loss" else 0.0, cfg.kl_estimator, cfg.target_kl)
     trains_policy = "policy" in trainers and (roles.critic is None or step >= cfg.critic_warmup_steps)
     trains_critic = "critic" in trainers and roles.critic is not None
     dp = roles.policy.spec.dp_size
@@ -247,7 +247,7 @@ def update(roles: Roles, r: Rollout, cfg: PPOConfig, ptx: PretrainingMix | None,
                 order = token_balanced(mb, dp)  # each rank's share of the minibatch: about the same tokens
                 if order is not None:
                     mb = mb.select(order)
-                batch = {"rollout": mb, "ptx": ptx.batch(position, dp) if ptx else None}
+                batch = {"rollout": mb, "ptx": ptx.batch(position, dp) if ptx else None, "first": not sent}
                 handles.append(roles.policy.map(PolicyWorker.ppo_step, batch, hp))
             sent.append((epoch, j, index, handles))
     metrics: dict[str, list[float]] = {}

@@ -108,6 +108,11 @@ class PPOConfig(BaseModel):
     minibatches: int = Field(4, ge=1)  # minibatches per PPO epoch (policy and critic)
     clip_eps: float = Field(0.2, gt=0)  # PPO ratio clip ε (Schulman et al. 2017)
     clip_eps_high: float | None = Field(None, gt=0)  # upper clip 1 + this (DAPO's clip-higher: 0.28); null: clip_eps
+    # A bound on one update of the policy: once a minibatch's approximate KL to the rollout's policy (the
+    # mean over the data-parallel ranks of E[r − 1 − log r], measured before its step) passes it, that
+    # minibatch and the rest of the step's update are skipped (Spinning Up PPO, Stable-Baselines3, which stop
+    # at 1.5 × their target_kl). The critic trains on. null: every epoch runs.
+    target_kl: float | None = Field(None, gt=0)
     value_clip: float | None = 0.2  # clip of the value update around the old values; null: unclipped
     gamma: float = Field(1.0, ge=0, le=1)  # GAE discount γ
     lam: float = Field(0.95, ge=0, le=1)  # GAE λ

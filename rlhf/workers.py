@@ -44,6 +44,7 @@ class PolicyStep:
     top_p: float = 1.0
     kl_coef: float = 0.0  # β of the KL as a loss term (0: the KL is in the reward, or not used)
     kl_estimator: str = "k1"
+    target_kl: float | None = None  # ppo.target_kl: skip the rest of an update once its approx-KL passes this
 
 
 class ModelWorker(Movable):
@@ -74,6 +75,15 @@ class ModelWorker(Movable):
         flag = torch.tensor([0.0 if ok else 1.0], device=self.mesh.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() == 0.0
+
+    def _mean_everywhere(self, value: float) -> float:
+        """The mean of `value` over every rank of the group (tensor-parallel ranks hold their data-parallel
+        rank's value, so it is the mean over data-parallel ranks), the same on each."""
+        if not self.mesh.distributed or self.mesh.world_size == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=self.mesh.device)
+        dist.all_reduce(total)
+        return total.item() / self.mesh.world_size
 
     def _update(self, loss: torch.Tensor) -> dict[str, float]:
         """backward and optimizer step, unless the loss is NaN or infinite on any rank of the group:
@@ -224,7 +234,14 @@ class PolicyWorker(LMWorker):
 
     def ppo_step(self, batch: dict, hp: PolicyStep) -> dict[str, float]:
         """One minibatch of the clipped PPO objective (+ entropy bonus, + γ_ptx × LM loss on pretraining
-        text). batch: {"rollout": Rollout, "ptx": LMBatch | None}, both split by data-parallel rank."""
+        text). batch: {"rollout": Rollout, "ptx": LMBatch | None, "first": True on an update's first
+        minibatch}, both split by data-parallel rank. With hp.target_kl, a minibatch whose approximate KL to the
+        rollout's policy passes it is not stepped, nor is any later one of the same update ("kl_stopped": 1)."""
+        if hp.target_kl is not None:
+            if batch.get("first"):
+                self.kl_stopped = False
+            if getattr(self, "kl_stopped", False):
+                return {"policy/kl_stopped": 1.0}
         self.model.train()
         r, ptx = self._on_device(batch["rollout"]), batch["ptx"]
         backend = self.model.backend
@@ -241,6 +258,11 @@ class PolicyWorker(LMWorker):
         kl = KLTerm(r.ref_logprobs, hp.kl_coef, hp.kl_estimator) if hp.kl_coef else None
         loss, metrics = ppo_policy_objective(logprobs, r.old_logprobs, r.advantages, weights, entropy, hp.clip_eps,
                                              hp.entropy_coef, ptx_loss, hp.ptx_coef, hp.clip_eps_high, kl, r.is_weights)
+        if hp.target_kl is not None:
+            self.kl_stopped = self._mean_everywhere(metrics["policy/approx_kl"]) > hp.target_kl
+            metrics["policy/kl_stopped"] = float(self.kl_stopped)
+            if self.kl_stopped:
+                return metrics
         stepped = self._update(loss)
         return {**metrics, **{f"policy/{k}": v for k, v in stepped.items()}}
 

@@ -199,6 +199,23 @@ def test_critic_free_estimators_drive_the_policy_without_a_critic(setup, tmp_pat
     assert not any(k.startswith("critic/") for k in logged[10])
 
 
+def test_target_kl_stops_an_update_once_it_has_moved_the_policy_that_far(setup):
+    """Guards: the loop passes ppo.target_kl to the policy (PolicyStep), and ppo_step's bound. 4 epochs × 2
+    minibatches: the first is measured at the rollout's own policy (approximate KL about 0) and steps; the
+    second measures that step, passes a bound of 1e-6, and neither it nor the six after it step. The next
+    step's update starts again."""
+    root, tok, prompts = setup
+    logged, moved = {}, {}
+    for bound in (None, 1e-6):
+        r = roles(root)
+        before = policy_weights(r)
+        logged[bound] = loop(r, tok, prompts, base_cfg(steps=2, ppo_epochs=4, target_kl=bound))
+        moved[bound] = sum(float((v - before[k]).square().sum()) for k, v in policy_weights(r).items()) ** 0.5
+    assert "policy/kl_stopped" not in logged[None][2]
+    assert [logged[1e-6][s]["policy/kl_stopped"] for s in (1, 2)] == [7 / 8, 7 / 8]
+    assert 0 < moved[1e-6] < 0.5 * moved[None], moved  # 2 optimizer steps of 16
+
+
 def test_kl_as_a_loss_term_holds_the_policy_back(setup):
     root, tok, prompts = setup
     kl = {}
