@@ -127,6 +127,9 @@ SETTINGS["r22-rm-seed3"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/swe
 # Seeds 4 and 5 of the whole run, the one-standard-error rule's confirmation (docs/results.md), the same way.
 SETTINGS["r23-rm-seed4"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-defaults-s4/rm"]
 SETTINGS["r24-rm-seed5"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-defaults-s5/rm"]
+# The pilot of ppo.target_kl (docs/results.md): draws 4 and 5 of the whole run with an update's approx-KL bounded.
+SETTINGS["r25-target-kl-seed4"] = [*SETTINGS["r23-rm-seed4"], "ppo.target_kl=0.1"]
+SETTINGS["r26-target-kl-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.target_kl=0.1"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
