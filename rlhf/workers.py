@@ -67,23 +67,19 @@ class ModelWorker(Movable):
     def _on_device(self, rollout: Rollout) -> Rollout:
         return rollout.to(self.mesh.device)
 
+    def _reduced(self, value: float, op: str) -> float:
+        """`value` reduced over every rank of the group ("max" or "mean"), the same on each. Tensor-parallel
+        ranks hold their data-parallel rank's value, so a mean is the mean over data-parallel ranks."""
+        if not self.mesh.distributed or self.mesh.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.mesh.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return t.item() / (self.mesh.world_size if op == "mean" else 1)
+
     def _everywhere(self, ok: bool) -> bool:
         """True on every rank of the group iff `ok` is true on every rank: a decision no rank may
         take alone (skipping an update, refusing a save) must be taken by all of them."""
-        if not self.mesh.distributed or self.mesh.world_size == 1:
-            return ok
-        flag = torch.tensor([0.0 if ok else 1.0], device=self.mesh.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() == 0.0
-
-    def _mean_everywhere(self, value: float) -> float:
-        """The mean of `value` over every rank of the group (tensor-parallel ranks hold their data-parallel
-        rank's value, so it is the mean over data-parallel ranks), the same on each."""
-        if not self.mesh.distributed or self.mesh.world_size == 1:
-            return value
-        total = torch.tensor([value], dtype=torch.float64, device=self.mesh.device)
-        dist.all_reduce(total)
-        return total.item() / self.mesh.world_size
+        return self._reduced(0.0 if ok else 1.0, "max") == 0.0
 
     def _update(self, loss: torch.Tensor) -> dict[str, float]:
         """backward and optimizer step, unless the loss is NaN or infinite on any rank of the group:
@@ -259,7 +255,7 @@ class PolicyWorker(LMWorker):
         loss, metrics = ppo_policy_objective(logprobs, r.old_logprobs, r.advantages, weights, entropy, hp.clip_eps,
                                              hp.entropy_coef, ptx_loss, hp.ptx_coef, hp.clip_eps_high, kl, r.is_weights)
         if hp.target_kl is not None:
-            self.kl_stopped = self._mean_everywhere(metrics["policy/approx_kl"]) > hp.target_kl
+            self.kl_stopped = self._reduced(metrics["policy/approx_kl"], "mean") > hp.target_kl
             metrics["policy/kl_stopped"] = float(self.kl_stopped)
             if self.kl_stopped:
                 return metrics
