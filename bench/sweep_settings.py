@@ -133,6 +133,10 @@ SETTINGS["r26-target-kl-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.target_kl=0.1
 # Where sorting's early fall comes from (docs/results.md): draw 5 of the whole run without the critic (GRPO against
 # the same reward model); the oracle of that draw is r5-beta-0.1-oracle, PPO seed 5.
 SETTINGS["r27-grpo-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.advantage_estimator=grpo", "ppo.score_baseline=none"]
+# Does a stronger KL penalty keep sorting from its reward model's errors in the first steps? (docs/results.md):
+# draws 4 and 5 of the whole run at a fixed β of 0.3, a diagnostic only.
+SETTINGS["r28-beta-0.3-seed4"] = [*SETTINGS["r23-rm-seed4"], "ppo.kl_coef=0.3"]
+SETTINGS["r28-beta-0.3-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.kl_coef=0.3"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
