@@ -136,7 +136,7 @@ class Steps:
         self.evaluate, self.checkpoint, self.stop_requested = evaluate, checkpoint, stop_requested
         self.timeline = timeline
         self.ids = [encode_prompt(tok, p.model_text, cfg.max_prompt_len) for p in prompts]
-        self.kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.kl_coef_start, cfg.kl_decay_steps)
         self.spread = SpreadScale()
         self.bad_steps = bad_steps or BadSteps(3, "PPO", LR_KEYS)
         self.first, self.pending = 0, None
@@ -174,7 +174,7 @@ class Steps:
             batch = ScoreBatch.of(self.tok, gen, [self.prompts[i] for i in index],
                                   with_text=bool(self.cfg.reward_functions))
             rollout, components = score(self.roles, batch, self.cfg, step)
-        metrics = shape(rollout, components, self.cfg, self.kl_ctl.value, self.stats, self.tok.eos_token_id,
+        metrics = shape(rollout, components, self.cfg, self.kl_ctl.at(step), self.stats, self.tok.eos_token_id,
                         self.spread)
         return rollout, metrics, nonfinite_rollout(rollout, index)
 
@@ -189,7 +189,7 @@ class Steps:
                 for trainers in (() if kept is None else [("critic",), ("policy",)] if in_turn else
                                  [("critic", "policy")]):
                     train_metrics, trouble = update(self.roles, kept, self.cfg, self.ptx, step, kept_ids,
-                                                    self.kl_ctl.value, trainers)
+                                                    self.kl_ctl.at(step), trainers)
                     metrics |= train_metrics
                     problem = problem or trouble
         self.bad_steps.record(step + 1, problem)

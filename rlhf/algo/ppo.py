@@ -249,11 +249,22 @@ class SpreadScale:
 
 
 class KLController:
-    """β for the per-token KL penalty: fixed, or adaptive (Ziegler et al. 2019 §2.2):
-    e = clip(KL/target − 1, ±0.2); β ← β·(1 + e·n/horizon), n = samples in the step."""
+    """β for the per-token KL penalty: fixed, adaptive (Ziegler et al. 2019 §2.2):
+    e = clip(KL/target − 1, ±0.2); β ← β·(1 + e·n/horizon), n = samples in the step,
+    or scheduled: `start` at step 0, falling linearly to `init` at step `decay_steps`, `init` after."""
 
-    def __init__(self, init: float, target: float | None = None, horizon: int = 10000):
+    def __init__(self, init: float, target: float | None = None, horizon: int = 10000,
+                 start: float | None = None, decay_steps: int = 1):
+        if start is not None and target is not None:
+            raise ValueError("a scheduled β is fixed: give start or target, not both")
         self.value, self.target, self.horizon = init, target, horizon
+        self.start, self.decay_steps = start, decay_steps
+
+    def at(self, step: int) -> float:
+        """β of the 0-based PPO step `step`."""
+        if self.start is None:
+            return self.value
+        return self.value + (self.start - self.value) * max(0.0, 1 - step / self.decay_steps)
 
     def update(self, kl: float, n_samples: int) -> float:
         if self.target is not None:

@@ -198,6 +198,15 @@ def test_kl_controller_fixed_and_adaptive():
     assert adaptive.update(6.0 * 0.9, 50) == pytest.approx(0.11 * (1 - 0.1 * 0.5))
 
 
+def test_kl_controller_scheduled_start_by_hand():
+    scheduled = KLController(0.1, start=0.5, decay_steps=4)
+    assert [scheduled.at(s) for s in (0, 1, 2, 4, 10)] == pytest.approx([0.5, 0.4, 0.3, 0.1, 0.1])
+    assert scheduled.update(9.0, 64) == 0.1  # the KL moves nothing: the schedule is fixed by the step
+    assert KLController(0.1).at(7) == 0.1
+    with pytest.raises(ValueError, match="not both"):
+        KLController(0.1, target=6.0, start=0.5)
+
+
 def test_spread_scale_by_hand():
     """Two prompts × 3 samples: variances (Bessel) of [1, 2, 3] and [0, 0, 6] are 1 and 12, mean 6.5;
     the next step's [2, 2, 2] and [1, 1, 4] give 0 and 3, mean 1.5; the running mean of both is 4."""
