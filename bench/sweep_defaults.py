@@ -180,15 +180,23 @@ def table(per_task: dict[str, dict], settings: list[str], steps: int) -> str:
     return "\n".join(lines)
 
 
-def draws(runs: dict, picks: list[str], steps: int, label: str = "draws") -> dict:
-    """One virtual setting `label` from runs of several: each pick "SETTING:SEED" (e.g. seeds of the whole run,
-    each PPO seed against its own reward model: r11-export:0 r18-rm-seed1:1), as that seed's run."""
+def draw_labels(picks: list[str]) -> list[str]:
+    """The virtual settings named by `picks`, in order: a pick "NAME=SETTING:SEED" belongs to NAME, a bare
+    "SETTING:SEED" to "draws"."""
+    return list(dict.fromkeys(pick.rpartition("=")[0] or "draws" for pick in picks))
+
+
+def draws(runs: dict, picks: list[str], steps: int) -> dict:
+    """Virtual settings from runs of several: each pick "SETTING:SEED" (e.g. seeds of the whole run, each PPO
+    seed against its own reward model: r11-export:0 r18-rm-seed1:1) as that seed's run of the setting
+    "draws", or of NAME for a pick "NAME=SETTING:SEED" (two candidates read on the same draws)."""
     out = {}
     for pick in picks:
+        label, _, pick = pick.rpartition("=")
         setting, seed = pick.rsplit(":", 1)
         key = f"{setting}/s{seed}/{steps}"
         if key in runs:
-            out[f"{label}/s{seed}/{steps}"] = runs[key]
+            out[f"{label or 'draws'}/s{seed}/{steps}"] = runs[key]
     return out
 
 
@@ -278,7 +286,8 @@ def main() -> None:
     parser.add_argument("--held-out", nargs="+", metavar="SETTING",
                         help="with --table: the leave-one-task-out table over these candidate settings")
     parser.add_argument("--draws", nargs="+", metavar="SETTING:SEED",
-                        help="with --table: also a row 'draws' of these runs, one per seed (seeds of the whole run)")
+                        help="with --table: also a row 'draws' of these runs, one per seed (seeds of the whole run); "
+                             "NAME=SETTING:SEED puts a run in a row NAME instead")
     parser.add_argument("--export-rule", choices=EXPORT_RULES,
                         help="with --table: each run's gold as if it had exported by this rule (read off its samples)")
     parser.add_argument("--report", metavar="SETTING",
@@ -305,7 +314,7 @@ def main() -> None:
             seeds = args.seeds or [0]
             per_task[name] = rm_sweep(task, args.settings, seeds, tuple(args.base)) if args.rm else \
                 sweep(task, args.settings, seeds, args.steps, tuple(args.base))
-    shown = [*args.settings, *(["draws"] if args.draws else [])]
+    shown = [*args.settings, *draw_labels(args.draws or [])]
     print(rm_table(per_task, args.settings) if args.rm else table(per_task, shown, args.steps))
     if args.held_out:
         print("\n" + held_out_table(per_task, args.held_out, args.steps))

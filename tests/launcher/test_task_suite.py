@@ -272,7 +272,7 @@ def test_held_out_table_chooses_each_tasks_setting_on_the_other_tasks():
 def test_draws_take_each_seed_from_its_own_setting():
     """--draws: seeds of the whole run as one row, seed 0 from one setting and seed 1 from another; a pick
     without a run is left out, and the other seeds of each setting are not taken."""
-    from bench.sweep_defaults import draws, held_out_table
+    from bench.sweep_defaults import draw_labels, draws, held_out_table
 
     runs = {"a/s0/150": {"closed": 0.3}, "a/s1/150": {"closed": 0.4}, "b/s0/150": {"closed": 0.8},
             "b/s1/150": {"closed": 0.9}, "b/s1/50": {"closed": 0.0}}
@@ -281,6 +281,9 @@ def test_draws_take_each_seed_from_its_own_setting():
     for r in (v for t in per_task.values() for v in t.values()):
         r |= {"kl": 1.0, "gold": 0.9, "peak": 0.9, "peak_stderr": 0.01}
     assert "| x | draws (60% on the others) | 60% (30, 90) |" in held_out_table(per_task, ["draws"], 150)
+    named = draws(runs, ["old=a:0", "old=b:1", "new=c:2", "new=b:1"], 150)
+    assert {k: v["closed"] for k, v in named.items()} == {"old/s0/150": 0.3, "old/s1/150": 0.9, "new/s1/150": 0.9}
+    assert draw_labels(["old=a:0", "b:1", "new=c:2", "old=b:1"]) == ["old", "draws", "new"]
 
 
 def test_reexport_reads_each_rule_off_the_saved_evaluations(tmp_path):
