@@ -15,6 +15,7 @@ Results accumulate in <out>/<task>/sweep.json; a run already there is not repeat
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import statistics
@@ -52,8 +53,11 @@ def accumulate(task: Task, file: str, base: tuple[str, ...], jobs) -> dict:
         if key in results:
             continue
         result, line = job()
-        results = load() | {key: result}
-        saved.write_text(json.dumps(results, indent=1))
+        # two sweeps finishing at once would each write what it read: read, add and write under one lock
+        with (task.out / f"{file}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            results = load() | {key: result}
+            saved.write_text(json.dumps(results, indent=1))
         print(f"{task.name} {key}: {line}", flush=True)
     return results
 

@@ -306,3 +306,23 @@ def test_reexport_reads_each_rule_off_the_saved_evaluations(tmp_path):
     assert reexport(run, entry, "objective") == pytest.approx(entry | {"exported_step": 20})
     earliest = reexport(run, entry, "earliest")
     assert earliest["exported_step"] == 10 and earliest["gold"] == 0.9 and earliest["closed"] == pytest.approx(0.8)
+
+
+def test_a_sweep_keeps_the_results_another_sweep_saved_while_its_run_ran(tmp_path, monkeypatch):
+    """Sweeps of other seeds write the same sweep.json: each save reads the file again, under a lock."""
+    import bench.sweep_defaults as sweep
+    from bench.compare_algorithms import Task
+
+    monkeypatch.setattr(sweep, "ensure_base", lambda task, base: None)
+    task = Task("sorting", tmp_path)
+    saved = tmp_path / "sweep.json"
+    saved.write_text(json.dumps({"a/s0/150": {"closed": 0.1}}))
+
+    def run_while_another_saves():
+        saved.write_text(json.dumps({**json.loads(saved.read_text()), "a/s1/150": {"closed": 0.2}}))
+        return {"closed": 0.3}, "done"
+
+    results = sweep.accumulate(task, "sweep.json", (), [("a/s0/150", None), ("b/s0/150", run_while_another_saves)])
+    assert json.loads(saved.read_text()) == results == {"a/s0/150": {"closed": 0.1}, "a/s1/150": {"closed": 0.2},
+                                                         "b/s0/150": {"closed": 0.3}}
+    assert (tmp_path / "sweep.json.lock").exists()
