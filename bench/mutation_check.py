@@ -216,12 +216,12 @@ MUTATIONS = [
      [SW + "test_target_kl_stops_an_update_once_it_has_moved_the_policy_that_far"]),
     ("target_kl's update boundary lost", "rlhf/coordinator.py", '"first": not sent}', '"first": False}',
      [SW + "test_target_kl_stops_an_update_once_it_has_moved_the_policy_that_far"]),
-    ("kl_coef_start ignored", "rlhf/schedules.py", "cfg.kl_horizon, cfg.kl_coef_start, cfg.kl_decay_steps)",
-     "cfg.kl_horizon)", [SW + "test_kl_coef_start_falls_to_kl_coef_over_the_decay_steps"]),
+    ("kl_start_factor ignored", "rlhf/schedules.py", "cfg.kl_horizon, cfg.kl_schedule_start,\n",
+     "cfg.kl_horizon, None,\n", [SW + "test_kl_start_factor_falls_to_kl_coef_over_the_decay_steps"]),
     ("the scheduled β not the one shaping rewards", "rlhf/schedules.py",
      "shape(rollout, components, self.cfg, self.kl_ctl.at(step),",
      "shape(rollout, components, self.cfg, self.kl_ctl.value,",
-     [SW + "test_kl_coef_start_falls_to_kl_coef_over_the_decay_steps"]),
+     [SW + "test_kl_start_factor_falls_to_kl_coef_over_the_decay_steps"]),
 ]
 
 

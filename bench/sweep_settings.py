@@ -137,9 +137,10 @@ SETTINGS["r27-grpo-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.advantage_estimato
 # draws 4 and 5 of the whole run at a fixed β of 0.3, a diagnostic only.
 SETTINGS["r28-beta-0.3-seed4"] = [*SETTINGS["r23-rm-seed4"], "ppo.kl_coef=0.3"]
 SETTINGS["r28-beta-0.3-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.kl_coef=0.3"]
-# The pilot of a scheduled β (ppo.kl_coef_start, docs/results.md): 0.3 at the first step, falling to the default
-# 0.1 by step 50, on draws 4 and 5 of the whole run.
-KL_START = ["ppo.kl_coef_start=0.3", "ppo.kl_decay_steps=50"]
+# The pilot of a scheduled β (docs/results.md): 0.3 at the first step, falling to the default 0.1 by step 50, on
+# draws 4 and 5 of the whole run. Its runs were made as ppo.kl_coef_start=0.3, the same β at every step as
+# ppo.kl_start_factor=3 (the option's name since: a multiple of kl_coef, which cannot make β rise).
+KL_START = ["ppo.kl_start_factor=3", "ppo.kl_decay_steps=50"]
 SETTINGS["r29-kl-start-seed4"] = [*SETTINGS["r23-rm-seed4"], *KL_START]
 SETTINGS["r29-kl-start-seed5"] = [*SETTINGS["r24-rm-seed5"], *KL_START]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the

@@ -164,8 +164,8 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
     log.info("PPO: %d steps × %d rollouts; policy %s, reward %s (+ %d function(s)), critic %s; KL β %s", p.steps,
              p.prompts_per_step, models["policy"], models["reward"], len(p.reward_functions), models["critic"],
              f"from {p.kl_coef:g} toward {p.kl_target:g} nats per response (horizon {p.kl_horizon} rollouts)"
-             if p.kl_target is not None else f"{p.kl_coef:g} fixed" if p.kl_coef_start is None else
-             f"{p.kl_coef_start:g} falling to {p.kl_coef:g} over {p.kl_decay_steps} steps")
+             if p.kl_target is not None else f"{p.kl_coef:g} fixed" if p.kl_schedule_start is None else
+             f"{p.kl_schedule_start:g} falling to {p.kl_coef:g} over {p.kl_decay_steps} steps")
     bad_steps = BadSteps(cfg.run.max_bad_steps, "PPO", LR_KEYS)
     validation = validation_of(cfg, models["reward"])
     if validation is not None:

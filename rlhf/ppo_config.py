@@ -125,11 +125,13 @@ class PPOConfig(BaseModel):
     # fixed at kl_coef. It lowers β where the policy stays close (a reward with small margins) and
     # raises it where the policy runs, also after the policy has found its best.
     kl_target: float | None = Field(None, gt=0)
-    # β of the first step when set: it falls linearly to kl_coef over kl_decay_steps steps and stays there
-    # (a fixed β only). The reward model is most trusted near the policy it was trained on; a stronger
-    # penalty while the policy leaves it keeps the first steps from its errors (docs/ppo.md). null: none.
-    kl_coef_start: float | None = Field(None, ge=0)
-    kl_decay_steps: int = Field(50, ge=1)  # steps over which β falls from kl_coef_start to kl_coef
+    # β of the first step as a multiple of kl_coef: β falls linearly from kl_start_factor × kl_coef to
+    # kl_coef over kl_decay_steps steps and stays there, so it never rises. A fixed β only: under kl_target
+    # the controller starts at kl_coef and this is not used. The reward model is most trusted near the
+    # policy it was trained on; a stronger penalty while the policy leaves it keeps the first steps from
+    # its errors (docs/ppo.md). 1: β is kl_coef from the first step.
+    kl_start_factor: float = Field(1.0, ge=1)
+    kl_decay_steps: int = Field(50, ge=1)  # steps over which β falls from kl_start_factor × kl_coef to kl_coef
     # Horizon of the controller, in rollouts: each step moves β by at most 0.2 × the step's rollouts /
     # horizon (2.6% at 128), enough to go from 0.4 to 0.04 within 100 steps (Ziegler's 10,000 suits
     # far larger runs: over 19,200 rollouts it moves β by at most a factor 1.5)
@@ -203,13 +205,16 @@ class PPOConfig(BaseModel):
 
     @property
     def uses_reference(self) -> bool:
-        """Whether any step has a KL penalty, so needs the reference's log-probs."""
-        return max(self.kl_coef, self.kl_coef_start or 0.0) > 0
+        """Whether the steps have a KL penalty, so need the reference's log-probs."""
+        return self.kl_coef > 0
+
+    @property
+    def kl_schedule_start(self) -> float | None:
+        """β of the first step where β is scheduled (kl_start_factor > 1 under a fixed β); None otherwise."""
+        return self.kl_coef * self.kl_start_factor if self.kl_target is None and self.kl_start_factor > 1 else None
 
     @model_validator(mode="after")
     def _check(self) -> PPOConfig:
-        if self.kl_coef_start is not None and self.kl_target is not None:
-            raise ValueError("kl_coef_start schedules a fixed β; kl_target adapts it: set one of them")
         if self.reward_model is None and not self.reward_functions:
             raise ValueError("reward_model: PPO needs a reward: a reward model (reward_model: auto or a path) "
                              "or reward_functions, or both")

@@ -136,7 +136,8 @@ class Steps:
         self.evaluate, self.checkpoint, self.stop_requested = evaluate, checkpoint, stop_requested
         self.timeline = timeline
         self.ids = [encode_prompt(tok, p.model_text, cfg.max_prompt_len) for p in prompts]
-        self.kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.kl_coef_start, cfg.kl_decay_steps)
+        self.kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.kl_schedule_start,
+                                    cfg.kl_decay_steps)
         self.spread = SpreadScale()
         self.bad_steps = bad_steps or BadSteps(3, "PPO", LR_KEYS)
         self.first, self.pending = 0, None

@@ -103,6 +103,15 @@ def test_the_demo_runs_ppo_under_the_defaults():
     assert (demo.policy.optim.lr, demo.policy.optim.min_lr_ratio, demo.missing_eos_score) == (2e-4, 0.1, -1.0)
 
 
+def test_kl_schedule_starts_at_a_multiple_of_kl_coef_under_a_fixed_beta_only():
+    from rlhf.ppo_config import PPOConfig
+
+    assert PPOConfig(kl_coef=0.1, kl_start_factor=3).kl_schedule_start == pytest.approx(0.3)
+    assert PPOConfig(kl_coef=0.1, kl_start_factor=1).kl_schedule_start is None
+    assert PPOConfig(kl_coef=0.1, kl_start_factor=3, kl_target=0.5).kl_schedule_start is None  # the controller's β
+    assert PPOConfig(kl_coef=0.0, kl_start_factor=3).uses_reference is False  # no KL penalty at any step
+
+
 def test_nested_override_keeps_the_sections_other_defaults():
     cfg = load_config("demo", ["ppo.critic.optim.lr=0.001"])
     assert cfg.ppo.critic.optim.lr == 0.001

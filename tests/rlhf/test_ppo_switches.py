@@ -112,9 +112,9 @@ def test_kl_target_moves_the_coefficient(setup):
     assert adaptive[3]["kl/coef"] == pytest.approx(0.1 * (1 - 0.2 * 1.6) ** 2)
 
 
-def test_kl_coef_start_falls_to_kl_coef_over_the_decay_steps(setup):
+def test_kl_start_factor_falls_to_kl_coef_over_the_decay_steps(setup):
     root, tok, prompts = setup
-    logged = loop(roles(root), tok, prompts, base_cfg(steps=4, kl_coef=0.1, kl_coef_start=0.5, kl_decay_steps=2))
+    logged = loop(roles(root), tok, prompts, base_cfg(steps=4, kl_coef=0.1, kl_start_factor=5, kl_decay_steps=2))
     assert [logged[s]["kl/coef"] for s in (1, 2, 3, 4)] == pytest.approx([0.5, 0.3, 0.1, 0.1])
     # the penalty the rollouts' rewards carry is that β's: total = baselined score − β · KL per response
     for s in (1, 2, 3):
