@@ -143,6 +143,9 @@ SETTINGS["r28-beta-0.3-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.kl_coef=0.3"]
 KL_START = ["ppo.kl_start_factor=3", "ppo.kl_decay_steps=50"]
 SETTINGS["r29-kl-start-seed4"] = [*SETTINGS["r23-rm-seed4"], *KL_START]
 SETTINGS["r29-kl-start-seed5"] = [*SETTINGS["r24-rm-seed5"], *KL_START]
+# A diagnostic for the next round (docs/results.md): the same start, falling over the whole run (150 steps).
+SETTINGS["r30-kl-decay-150-seed4"] = [*SETTINGS["r23-rm-seed4"], "ppo.kl_start_factor=3", "ppo.kl_decay_steps=150"]
+SETTINGS["r30-kl-decay-150-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.kl_start_factor=3", "ppo.kl_decay_steps=150"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
