@@ -151,8 +151,8 @@ def score(roles: Roles, batch: ScoreBatch, cfg: PPOConfig, step: int) -> tuple[R
     recompute = step % cfg.recompute_logprobs_every == 0
     handles = (map_by_tokens(roles.policy, PolicyWorker.logprobs, r, cfg.temperature, cfg.top_k, cfg.top_p)
                if recompute else None,
-               map_by_tokens(roles.reference, ReferenceWorker.logprobs, r, cfg.temperature)
-               if cfg.uses_reference else None,
+               map_by_tokens(roles.reference, ReferenceWorker.logprobs, r, cfg.temperature) if cfg.kl_coef > 0
+               else None,
                map_by_tokens(roles.reward, RewardWorker.scores, batch),
                map_by_tokens(roles.critic, CriticWorker.values, r) if roles.critic is not None else None)
     r.old_logprobs, r.ref_logprobs, components, r.values = (h.get() if h else None for h in handles)

@@ -204,11 +204,6 @@ class PPOConfig(BaseModel):
         return self.advantage_estimator == "gae"
 
     @property
-    def uses_reference(self) -> bool:
-        """Whether the steps have a KL penalty, so need the reference's log-probs."""
-        return self.kl_coef > 0
-
-    @property
     def kl_schedule_start(self) -> float | None:
         """β of the first step where β is scheduled (kl_start_factor > 1 under a fixed β); None otherwise."""
         return self.kl_coef * self.kl_start_factor if self.kl_target is None and self.kl_start_factor > 1 else None

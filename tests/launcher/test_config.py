@@ -109,7 +109,7 @@ def test_kl_schedule_starts_at_a_multiple_of_kl_coef_under_a_fixed_beta_only():
     assert PPOConfig(kl_coef=0.1, kl_start_factor=3).kl_schedule_start == pytest.approx(0.3)
     assert PPOConfig(kl_coef=0.1, kl_start_factor=1).kl_schedule_start is None
     assert PPOConfig(kl_coef=0.1, kl_start_factor=3, kl_target=0.5).kl_schedule_start is None  # the controller's β
-    assert PPOConfig(kl_coef=0.0, kl_start_factor=3).uses_reference is False  # no KL penalty at any step
+    assert PPOConfig(kl_coef=0.0, kl_start_factor=3).kl_schedule_start == 0.0  # no KL penalty at any step
 
 
 def test_nested_override_keeps_the_sections_other_defaults():
