@@ -53,8 +53,13 @@ def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Pop
 
 
 def records(run: Path) -> list[dict]:
+    """The run's metric records so far; read while the run writes, so a last line not yet ended by its
+    newline is a record still being written, not a broken one, and waits for the next read."""
     f = run / "ppo" / "metrics.jsonl"
-    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
+    if not f.exists():
+        return []
+    lines = f.read_text().split("\n")[:-1]  # the piece after the last newline is unfinished (or empty)
+    return [json.loads(x) for x in lines if x.strip()]
 
 
 def last_step(run: Path) -> int:

@@ -27,6 +27,16 @@ def test_schedule_is_seeded_and_covers_every_kind_and_role():
     assert sum(f.then is not None for f in long) == 8
 
 
+def test_records_read_mid_write_leave_the_unfinished_line_for_the_next_read(tmp_path):
+    """The fault tests poll a live run's metrics; a record caught half written is not yet a record."""
+    (tmp_path / "ppo").mkdir()
+    metrics = tmp_path / "ppo" / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "reward/score": 0.5}\n{"step": 2, "reward/sc')
+    assert records(tmp_path) == [{"step": 1, "reward/score": 0.5}]
+    metrics.write_text('{"step": 1, "reward/score": 0.5}\n{"step": 2, "reward/score": 0.7}\n')
+    assert [r["step"] for r in records(tmp_path)] == [1, 2]
+
+
 def test_a_short_chaos_soak_ends_bit_exact(models, reference, tmp_path):
     """Every role loses a rank; the restarts name the group, the rank and the cause."""
     faults = schedule(12, 5, seed=7)
