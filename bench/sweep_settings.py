@@ -146,6 +146,12 @@ SETTINGS["r29-kl-start-seed5"] = [*SETTINGS["r24-rm-seed5"], *KL_START]
 # A diagnostic for the next round (docs/results.md): the same start, falling over the whole run (150 steps).
 SETTINGS["r30-kl-decay-150-seed4"] = [*SETTINGS["r23-rm-seed4"], "ppo.kl_start_factor=3", "ppo.kl_decay_steps=150"]
 SETTINGS["r30-kl-decay-150-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.kl_start_factor=3", "ppo.kl_decay_steps=150"]
+# The pilot of the KL penalty in the policy loss (docs/results.md, "The KL penalty in the loss"): draws 4 and 5 of
+# the whole run with β·k2 (½ log-ratio², whose gradient is the KL's) in the policy loss in place of −β·k1 in the
+# per-token rewards; β stays 0.1.
+KL_LOSS = ["ppo.kl_penalty=loss", "ppo.kl_estimator=k2"]
+SETTINGS["r31-kl-loss-seed4"] = [*SETTINGS["r23-rm-seed4"], *KL_LOSS]
+SETTINGS["r31-kl-loss-seed5"] = [*SETTINGS["r24-rm-seed5"], *KL_LOSS]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
