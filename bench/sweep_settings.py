@@ -152,6 +152,11 @@ SETTINGS["r30-kl-decay-150-seed5"] = [*SETTINGS["r24-rm-seed5"], "ppo.kl_start_f
 KL_LOSS = ["ppo.kl_penalty=loss", "ppo.kl_estimator=k2"]
 SETTINGS["r31-kl-loss-seed4"] = [*SETTINGS["r23-rm-seed4"], *KL_LOSS]
 SETTINGS["r31-kl-loss-seed5"] = [*SETTINGS["r24-rm-seed5"], *KL_LOSS]
+# The reward model that never stops before its learning rate has decayed (docs/results.md, "A reward model that
+# finishes its schedule"): draws 4 and 5 of the whole run against reward models trained with rm.min_epochs=10
+# (rm.decay_epochs), setting rm-min-epochs-10 of --rm.
+SETTINGS["r32-rm-min10-seed4"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-min-epochs-10-s4/rm"]
+SETTINGS["r32-rm-min10-seed5"] = [*SETTINGS["r11-export"], "ppo.reward_model={out}/sweep-rm-min-epochs-10-s5/rm"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
@@ -174,4 +179,5 @@ RM_SETTINGS = {
     "rm-lr-1e-4-epochs-5": ["rm.optim.lr=1.0e-4", "rm.epochs=5"],
     "rm-off-prompt": ["rm.off_prompt_weight=1.0"],  # #27: each best response against another prompt's best
     "rm-min-epochs-5": ["rm.min_epochs=5"],  # #27: no stop before epoch 5 (arithmetic's seed 1 stopped after 3)
+    "rm-min-epochs-10": ["rm.min_epochs=10"],  # #27: no stop before the cosine of rm.decay_epochs (10) has ended
 }
