@@ -157,7 +157,8 @@ SETTINGS["r31-kl-loss-seed5"] = [*SETTINGS["r24-rm-seed5"], *KL_LOSS]
 # (rm.decay_epochs), setting rm-min-epochs-10 of --rm.
 # Draws 0-3 the same way, for the six-draw reading under it.
 for k in range(6):
-    SETTINGS[f"r32-rm-min10-seed{k}"] = [*SETTINGS["r11-export"], f"ppo.reward_model={{out}}/sweep-rm-min-epochs-10-s{k}/rm"]
+    SETTINGS[f"r32-rm-min10-seed{k}"] = [*SETTINGS["r11-export"],
+                                         f"ppo.reward_model={{out}}/sweep-rm-min-epochs-10-s{k}/rm"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
