@@ -222,6 +222,9 @@ MUTATIONS = [
      "shape(rollout, components, self.cfg, self.kl_ctl.at(step),",
      "shape(rollout, components, self.cfg, self.kl_ctl.value,",
      [SW + "test_kl_start_factor_falls_to_kl_coef_over_the_decay_steps"]),
+    ("the reward model's floor of epochs not the cosine's end", "rlhf/reward_model.py",
+     "min(self.min_epochs or self.decay_epochs or self.epochs, self.epochs)", "min(self.min_epochs or 1, self.epochs)",
+     [ES + "test_reward_model_by_default_runs_until_its_cosine_has_ended"]),
 ]
 
 

@@ -49,12 +49,15 @@ class RMConfig(BaseModel):
     # picks the epoch kept, so a task whose RM needs more epochs gets them and one that over-fits stops.
     epochs: int = Field(20, ge=1)
     patience: int | None = Field(2, ge=1)  # epochs in a row without a better held-out accuracy; null: all epochs
-    # Never stop before this many epochs (at most `epochs`); the best epoch is still the one kept. A held-out
-    # accuracy still on its first plateau can peak by chance and stop the model before it learns: arithmetic's
-    # reward model of seed 1 scored 0.711 after epoch 1 and stopped after 3 (PPO against it: 18% of the gap);
-    # with 5 it reached 0.886 (PPO: 81%). The suite's reward models that stopped sooner kept the same weights
-    # with 5 (docs/results.md, "Seeds of the whole run").
-    min_epochs: int = Field(5, ge=1)
+    # Never stop before this many epochs (at most `epochs`); the best epoch is still the one kept. null: not
+    # before the learning rate's cosine has ended (`decay_epochs`; all `epochs` without it). An accuracy
+    # measured while the rate is still high is noisy, and two epochs of it without a new best stopped 40 of
+    # the suite's 54 reward models mid-schedule: sorting's worst draw after epoch 6 (kept epoch 4, 0.915;
+    # PPO against it 38% of the gap), which trained to the cosine's end kept epoch 8 (0.928; PPO 49%), and on
+    # the nine tasks no task lost more than a point (docs/results.md, "A reward model that finishes its
+    # schedule"). Earlier, a floor of 5 had kept arithmetic's reward model of seed 1 from stopping after 3 on a
+    # chance peak of its first plateau (PPO against it: 18% of the gap, then 81%).
+    min_epochs: int | None = Field(None, ge=1)
     keep_best: bool = True  # export the epoch of the best held-out accuracy; false: the last epoch's
     # The learning rate's cosine decay spans this many epochs (at most `epochs`) and then stays at its floor
     # (optim.min_lr_ratio), so the upper bound on epochs does not stretch the schedule; null: all `epochs`. A
@@ -92,6 +95,13 @@ class RMConfig(BaseModel):
     optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=10, weight_decay=0.0)  # optimizer and schedule
     engine: EngineConfig = EngineConfig()  # ZeRO stage, offload, precision
     group: GroupSpec = GroupSpec()  # ranks, TP, placement
+
+    @property
+    def floor_epochs(self) -> int:
+        """The epochs the stage runs whatever its patience: `min_epochs`, else the cosine's length, at most `epochs`."""
+        return min(self.min_epochs or self.decay_epochs or self.epochs, self.epochs)
+
+
 def total_steps(n_rankings: int, cfg: RMConfig) -> int:
     return count_steps(n_rankings, cfg.batch_size, cfg.optim.grad_accum, cfg.epochs)
 
@@ -151,7 +161,7 @@ def train_reward_model(group, tok, train: list[Comparison], evals: list[Comparis
     loop = Loop(RewardModelWorker, update, evaluate,
                 ("loss", "accuracy", "margin", "reward_mean", "lr", "grad_norm", *off_prompt), "reward-model",
                 "rm.optim.lr")
-    stopper = EarlyStopping("eval/accuracy", "max", cfg.patience, min(cfg.min_epochs, cfg.epochs))
+    stopper = EarlyStopping("eval/accuracy", "max", cfg.patience, cfg.floor_epochs)
     outcome = train_epochs(group, train_r, cfg, stopper, out_dir, loop, log, max_bad_steps,
                            total_steps(len(train_r), cfg))
     metrics, rewards = evaluate_rm(group, eval_r, tok.pad_token_id, cfg.batch_size, cfg.max_len)  # the kept weights

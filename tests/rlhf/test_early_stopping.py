@@ -174,6 +174,16 @@ def test_reward_model_runs_its_minimum_epochs_whatever_the_patience(tmp_path):
     assert result["epochs"] == len(accs) > n and accs[:n] == pytest.approx(before)  # the same run, longer
 
 
+def test_reward_model_by_default_runs_until_its_cosine_has_ended(tmp_path):
+    """rm.min_epochs unset: patience acts only once the learning rate's decay (rm.decay_epochs) is over."""
+    stopped, before, _ = run_rm(tmp_path / "a", patience=1)
+    n = stopped["epochs"]
+    result, accs, _ = run_rm(tmp_path / "b", patience=1, min_epochs=None, decay_epochs=n + 2)
+    assert result["epochs"] == len(accs) >= n + 2 and accs[:n] == pytest.approx(before)  # the same run, longer
+    assert RMConfig().floor_epochs == 10 and RMConfig(decay_epochs=None).floor_epochs == 20
+    assert RMConfig(epochs=3).floor_epochs == 3 and RMConfig(min_epochs=5).floor_epochs == 5
+
+
 def test_the_decay_spans_decay_epochs_at_most_the_bound():
     from rlhf.epochs import decay_steps
 
