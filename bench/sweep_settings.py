@@ -174,6 +174,8 @@ SETTINGS |= {"r5-grpo": [*ROUND_5, *GRPO], "r5-oracle": ROUND_5}  # under the de
 # Reward-model settings (--rm): overrides of the rm section on top of the demo config; each trains a
 # reward model from the task's SFT policy and reports its held-out pair accuracy and length bias.
 RM_SETTINGS = {
+    # the defaults of the day: the runs/r12 reward models of draws 2-5 were trained with rm.min_epochs 5, which
+    # rm-min-epochs-5 reproduces; since 2026-12-06 evening the floor is the cosine's end (rm-min-epochs-10)
     "rm-defaults": [],
     "rm-epochs-1": ["rm.epochs=1"],
     "rm-epochs-5": ["rm.epochs=5"],
