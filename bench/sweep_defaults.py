@@ -53,12 +53,19 @@ def accumulate(task: Task, file: str, base: tuple[str, ...], jobs) -> dict:
         if key in results:
             continue
         result, line = job()
-        # two sweeps finishing at once would each write what it read: read, add and write under one lock
-        with (task.out / f"{file}.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            results = load() | {key: result}
-            saved.write_text(json.dumps(results, indent=1))
+        results = save_result(task.out, file, key, result)
         print(f"{task.name} {key}: {line}", flush=True)
+    return results
+
+
+def save_result(out: Path, file: str, key: str, result: dict) -> dict:
+    """Add key → result to <out>/<file> and return all it holds. Two sweeps finishing at once would each write
+    what it read: the file is read, added to and written under one lock."""
+    saved = out / file
+    with (out / f"{file}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = (json.loads(saved.read_text()) if saved.exists() else {}) | {key: result}
+        saved.write_text(json.dumps(results, indent=1))
     return results
 
 

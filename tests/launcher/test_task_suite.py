@@ -326,3 +326,29 @@ def test_a_sweep_keeps_the_results_another_sweep_saved_while_its_run_ran(tmp_pat
     assert json.loads(saved.read_text()) == results == {"a/s0/150": {"closed": 0.1}, "a/s1/150": {"closed": 0.2},
                                                          "b/s0/150": {"closed": 0.3}}
     assert (tmp_path / "sweep.json.lock").exists()
+
+
+def test_a_run_is_recorded_under_a_candidate_only_against_the_very_same_reward_model(tmp_path):
+    """bench/same_reward_model.py: a setting whose reward model comes out bit-identical reuses the run made."""
+    from bench.same_reward_model import record
+
+    for rm, weights in (("old/rm", b"w1"), ("same/rm", b"w1"), ("other/rm", b"w2")):
+        (tmp_path / rm).mkdir(parents=True)
+        (tmp_path / rm / "model.safetensors").write_bytes(weights)
+    (tmp_path / "old/rm/result.json").write_text(json.dumps({"epochs": 12}))
+    run = {"closed": 0.4, "overrides": ["ppo.kl_coef=0.1", f"ppo.reward_model={tmp_path / 'old/rm'}"]}
+    (tmp_path / "sweep.json").write_text(json.dumps({"a/s4/150": run}))
+    (tmp_path / "sweep-a-s4-150").mkdir()
+
+    with pytest.raises(SystemExit, match="differs"):
+        record(tmp_path, "a/s4/150", "b/s4/150", "old/rm", candidate="other/rm")
+    with pytest.raises(SystemExit, match="under the floor of 13"):
+        record(tmp_path, "a/s4/150", "b/s4/150", "old/rm", floor=13)
+    assert "b/s4/150" not in json.loads((tmp_path / "sweep.json").read_text())
+
+    assert "bit-identical" in record(tmp_path, "a/s4/150", "b/s4/150", "old/rm", candidate="same/rm")
+    assert "trained 12 epochs" in record(tmp_path, "a/s4/150", "c/s4/150", "old/rm", floor=10)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["b/s4/150"]["closed"] == 0.4 and saved["b/s4/150"]["same_as"].startswith("a/s4/150: ")
+    assert saved["b/s4/150"]["overrides"] == ["ppo.kl_coef=0.1", f"ppo.reward_model={tmp_path / 'same/rm'}"]
+    assert (tmp_path / "sweep-b-s4-150").resolve() == (tmp_path / "sweep-a-s4-150").resolve()
