@@ -154,7 +154,7 @@ MUTATIONS = [
      "EarlyStopping(*SELECT_METRIC[cfg.select], cfg.patience,", 'EarlyStopping(*SELECT_METRIC["loss"], cfg.patience,',
      [ES + "test_sft_select_reward_keeps_the_epoch_the_reward_prefers"]),
     ("decay_epochs ignored (the decay spans the bound)", "rlhf/epochs.py",
-     "epochs = min(cfg.decay_epochs or cfg.epochs, cfg.epochs)", "epochs = cfg.epochs",
+     "return min(cfg.decay_epochs or cfg.epochs, cfg.epochs)", "return cfg.epochs",
      [ES + "test_the_decay_spans_decay_epochs_at_most_the_bound"]),
     ("async: the generator never takes the policy's new weights", "rlhf/schedules.py",
      "            pushed = push_weights(roles)\n", "            pushed = Ready(None)\n",
@@ -223,7 +223,7 @@ MUTATIONS = [
      "shape(rollout, components, self.cfg, self.kl_ctl.value,",
      [SW + "test_kl_start_factor_falls_to_kl_coef_over_the_decay_steps"]),
     ("the reward model's floor of epochs not the cosine's end", "rlhf/reward_model.py",
-     "min(self.min_epochs or self.decay_epochs or self.epochs, self.epochs)", "min(self.min_epochs or 1, self.epochs)",
+     "if self.min_epochs else decay_span(self)", "if self.min_epochs else 1",
      [ES + "test_reward_model_by_default_runs_until_its_cosine_has_ended"]),
 ]
 

@@ -23,11 +23,15 @@ LogFn = Callable[[dict[str, float], int], None]
 BEST_STATE = "best-epoch"  # <out_dir>/best-epoch: the best epoch's training state, while the stage trains
 
 
+def decay_span(cfg) -> int:
+    """Epochs the learning rate's warm-up and cosine decay span: `decay_epochs` of a stage's config (SFTConfig,
+    RMConfig), at most its `epochs`; without it, all of them. Then the rate stays at its floor."""
+    return min(cfg.decay_epochs or cfg.epochs, cfg.epochs)
+
+
 def decay_steps(n_items: int, cfg) -> int:
-    """Optimizer steps the learning rate's warm-up and cosine decay span: `decay_epochs` of a stage's config
-    (SFTConfig, RMConfig), at most its `epochs`; without it, all of them. Then the rate stays at its floor."""
-    epochs = min(cfg.decay_epochs or cfg.epochs, cfg.epochs)
-    return count_steps(n_items, cfg.batch_size, cfg.optim.grad_accum, epochs)
+    """Optimizer steps of decay_span(cfg)."""
+    return count_steps(n_items, cfg.batch_size, cfg.optim.grad_accum, decay_span(cfg))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from rlhf.algo.ranking import length_bias
 from rlhf.batching import Encoded, count_steps, encode_response
 from rlhf.data import Comparison
 from rlhf.early_stopping import EarlyStopping
-from rlhf.epochs import Loop, train_epochs
+from rlhf.epochs import Loop, decay_span, train_epochs
 from rlhf.labelling import LabellerSpec
 from rlhf.workers import RewardModelWorker
 
@@ -98,8 +98,8 @@ class RMConfig(BaseModel):
 
     @property
     def floor_epochs(self) -> int:
-        """The epochs the stage runs whatever its patience: `min_epochs`, else the cosine's length, at most `epochs`."""
-        return min(self.min_epochs or self.decay_epochs or self.epochs, self.epochs)
+        """The epochs the stage runs whatever its patience: `min_epochs`, else the cosine's, at most `epochs`."""
+        return min(self.min_epochs, self.epochs) if self.min_epochs else decay_span(self)
 
 
 def total_steps(n_rankings: int, cfg: RMConfig) -> int:
