@@ -66,3 +66,31 @@ def test_sft_then_rm_on_two_ranks(ray_cluster, task):
     assert 0.0 <= after["eval/length/rm_prefers_longer"] <= 1.0
     stats = read_reward_stats(root / "rm")
     assert stats["n"] == 400 and stats["std"] > 0
+
+
+def _reduce_rank_values(worker, op: str) -> float:
+    """Rank r offers 1 + 2r: the mean over two ranks is 2, the max 3."""
+    return worker._reduced(1.0 + 2.0 * worker.mesh.dp_rank, op)
+
+
+def _everywhere_if_rank_zero(worker) -> bool:
+    return worker._everywhere(worker.mesh.dp_rank == 0)
+
+
+def test_a_value_reduced_over_two_ranks_is_the_same_decision_on_each(ray_cluster):
+    """Guards ModelWorker._reduced, which ppo.target_kl's stop reads ("mean" of the ranks' approximate KL)
+    and every skipped update ("max"): with ranks holding different values, each rank gets the group's
+    figure, so no rank can stop or skip alone."""
+    model = ModelConfig(vocab_size=32, max_seq_len=16, d_model=32, n_layers=1, n_heads=2, pad_token_id=0,
+                        eos_token_id=1)
+    spec = GroupSpec(ranks=2, cpus_per_rank=1.0)
+    sft_cfg = SFTConfig(max_len=16, batch_size=4, epochs=1, group=spec)
+    groups = build_groups({"policy": (PolicyWorker, spec, (ModelSource(config=model), sft_cfg.engine,
+                                                           sft_cfg.optim, 1), {})})
+    try:
+        means = groups["policy"].broadcast(_reduce_rank_values, "mean").get()
+        maxima = groups["policy"].broadcast(_reduce_rank_values, "max").get()
+        agreed = groups["policy"].broadcast(_everywhere_if_rank_zero).get()
+    finally:
+        shutdown_groups(groups)
+    assert means == [2.0, 2.0] and maxima == [3.0, 3.0] and agreed == [False, False], (means, maxima, agreed)
