@@ -352,3 +352,39 @@ def test_a_run_is_recorded_under_a_candidate_only_against_the_very_same_reward_m
     assert saved["b/s4/150"]["closed"] == 0.4 and saved["b/s4/150"]["same_as"].startswith("a/s4/150: ")
     assert saved["b/s4/150"]["overrides"] == ["ppo.kl_coef=0.1", f"ppo.reward_model={tmp_path / 'same/rm'}"]
     assert (tmp_path / "sweep-b-s4-150").resolve() == (tmp_path / "sweep-a-s4-150").resolve()
+
+
+def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs_are(tmp_path, monkeypatch, capsys):
+    """bench/keep_results.py: the JSON the tables read is copied (a run linked under a candidate's name is not
+    copied twice), weights and samples are not, and the table read off the copy is the runs' own."""
+    import bench.keep_results as kept
+    import bench.sweep_defaults as sweep
+
+    task = tmp_path / "runs" / "r33" / "sorting"
+    run = {"gold": 0.78, "stderr": 0.02, "kl": 1.6, "sft": 0.562, "closed": 0.5, "wall_s": 400.0, "peak": 0.78,
+           "peak_stderr": 0.02, "peak_kl": 1.6}
+    files = {"sweep.json": json.dumps({"r32-rm-min10-seed4/s4/150": run}), "best_of.json": "{}",
+             "base/sft/result.json": "{}", "base/sft/model.safetensors": "w", "sweep-a-s4-150/ppo/result.json": "{}",
+             "sweep-a-s4-150/ppo/samples/step-0.jsonl": "{}", "sweep-rm-x-s4/rm/result.json": "{}",
+             "sweep-rm-x-s4/rm/ensemble/1/result.json": "{}", "task/sft.jsonl": "{}"}
+    for rel, text in files.items():
+        (task / rel).parent.mkdir(parents=True, exist_ok=True)
+        (task / rel).write_text(text)
+    (task / "sweep-b-s4-150").symlink_to(task / "sweep-a-s4-150")
+    monkeypatch.setattr(kept, "KEPT", tmp_path / "kept")
+
+    kept.main([str(task.parent)])
+    copied = sorted(str(p.relative_to(tmp_path / "kept" / "r33" / "sorting"))
+                    for p in (tmp_path / "kept").rglob("*") if p.is_file())
+    assert copied == ["base/sft/result.json", "best_of.json", "sweep-a-s4-150/ppo/result.json",
+                      "sweep-rm-x-s4/rm/result.json", "sweep.json"]
+
+    tables = []
+    for out in (task.parent, tmp_path / "kept" / "r33"):
+        monkeypatch.setattr("sys.argv", ["sweep_defaults", "--out", str(out), "--tasks", "sorting", "--table",
+                                         "--settings", "r32-rm-min10-seed4"])
+        sweep.main()
+        tables.append(capsys.readouterr().out)
+    assert "50%" in tables[0] and tables[0] == tables[1]
+    with pytest.raises(SystemExit, match="no task directory"):
+        kept.main([str(tmp_path / "kept" / "r33" / "sorting" / "base")])

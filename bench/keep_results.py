@@ -1,0 +1,63 @@
+"""Keep a sweep's measured results in the repository: the JSON that bench/sweep_defaults.py's tables read
+(<task>/sweep.json, sweep_rm.json, best_of.json, and every stage's result.json, the bases' included), copied
+from a run directory (runs/ is not tracked, and a fresh checkout has none) to bench/results/<name>. Weights,
+samples, data and logs stay behind. The tables then read the kept copy as they read the runs:
+
+    python bench/keep_results.py runs/r33
+    python bench/sweep_defaults.py --out bench/results/r33 --tasks sorting --table --settings r32-rm-min10-seed4
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEPT = ROOT / "bench" / "results"
+TOP_LEVEL = ("sweep.json", "sweep_rm.json", "best_of.json", "results.json")  # a task directory's own files
+STAGES = ("sft", "rm", "dpo", "ppo")
+
+
+def kept_files(task_dir: Path) -> list[Path]:
+    """The files of one task's directory worth keeping, relative to it: its own results and each run's
+    stage results (<run>/<stage>/result.json), never what lies under a stage (an ensemble's members)."""
+    own = [Path(name) for name in TOP_LEVEL if (task_dir / name).is_file()]
+    stages = sorted(p.relative_to(task_dir) for stage in STAGES for p in task_dir.glob(f"*/{stage}/result.json")
+                    if not p.parent.parent.is_symlink())
+    return own + stages
+
+
+def keep(source: Path, dest: Path) -> list[Path]:
+    """Copy every task directory's kept files from `source` (a sweep's --out) to `dest`; returns what was
+    copied. A file kept earlier is replaced: the run directory is the record, the copy follows it."""
+    tasks = sorted(d for d in source.iterdir() if d.is_dir() and kept_files(d))
+    if not tasks:
+        raise SystemExit(f"{source}: no task directory with a sweep's results (<task>/sweep.json, "
+                         f"<task>/<run>/<stage>/result.json)")
+    copied = []
+    for task_dir in tasks:
+        for rel in kept_files(task_dir):
+            target = dest / task_dir.name / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(task_dir / rel, target)
+            copied.append(target)
+    return copied
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="a sweep's --out (e.g. runs/r33)")
+    parser.add_argument("--name", help="bench/results/<name> (default: the source's own name)")
+    args = parser.parse_args(argv)
+    if not args.source.is_dir():
+        raise SystemExit(f"{args.source}: no such directory")
+    dest = KEPT / (args.name or args.source.resolve().name)
+    copied = keep(args.source, dest)
+    size = sum(p.stat().st_size for p in copied)
+    print(f"kept {len(copied)} files ({size / 1e6:.1f} MB) under {dest}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
