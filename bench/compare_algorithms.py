@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -44,11 +45,16 @@ ALGORITHMS = {
 
 
 def cli(args: list[str], log: Path) -> float:
-    """Run `instructrl args...` (local backend, no W&B), its output in log; returns the wall seconds."""
+    """Run `instructrl args...` (local backend, no W&B, one torch thread), its output in log; returns the wall
+    seconds. One thread, however many cores: torch's CPU kernels split sums by thread count, so sorting's SFT
+    policy trained on 2 threads is up to 5e-4 from the one trained on 1 (the same sampled gold, reward models
+    from it keeping other epochs), while two runs on 1 thread agree bit for bit. Pinned, a figure can be
+    trained again exactly; and two runs share the 2 vCPUs without oversubscribing them (two at 2 threads
+    each trained a reward model 50 times slower)."""
     start = time.perf_counter()
     with open(log, "w") as f:
         done = subprocess.run([sys.executable, "-m", "launcher.cli", *args, "run.backend=local", "wandb.mode=disabled"],
-                              cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+                              cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:
         raise SystemExit(f"instructrl {' '.join(args)} failed (exit {done.returncode}); see {log}")
     return time.perf_counter() - start

@@ -388,3 +388,22 @@ def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs
     assert "50%" in tables[0] and tables[0] == tables[1]
     with pytest.raises(SystemExit, match="no task directory"):
         kept.main([str(tmp_path / "kept" / "r33" / "sorting" / "base")])
+
+
+def test_the_suites_runs_train_on_one_thread_whatever_the_shell_set(tmp_path, monkeypatch):
+    """bench/compare_algorithms.cli pins OMP_NUM_THREADS=1: a run is bit-reproducible only at one thread count
+    (torch's CPU sums split by threads), so the suite's figures are trained at one, whatever the shell set."""
+    import subprocess
+
+    import bench.compare_algorithms as bench
+
+    seen = {}
+
+    def run(cmd, **kwargs):
+        seen.update(kwargs["env"])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    bench.cli(["sft"], tmp_path / "sft.log")
+    assert seen["OMP_NUM_THREADS"] == "1" and seen["PATH"] == bench.os.environ["PATH"]
