@@ -50,7 +50,7 @@ def cli(args: list[str], log: Path) -> float:
     policy trained on 2 threads is up to 5e-4 from the one trained on 1 (the same sampled gold, reward models
     from it keeping other epochs), while two runs on 1 thread agree bit for bit. Pinned, a figure can be
     trained again exactly; and two runs share the 2 vCPUs without oversubscribing them (two at 2 threads
-    each trained a reward model 50 times slower)."""
+    each trained sorting's reward models at 1.4-1.9 s per step, against 0.11 s at one thread each)."""
     start = time.perf_counter()
     with open(log, "w") as f:
         done = subprocess.run([sys.executable, "-m", "launcher.cli", *args, "run.backend=local", "wandb.mode=disabled"],
