@@ -172,7 +172,10 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
         log.info("PPO: held-out evaluations are judged again by the validation reward model %s (ppo.export)",
                  validation)
     choice = ExportChoice(out_dir, p.export, p.kl_coef, cfg.evaluation.samples_per_prompt, p.steps, resuming,
-                          judge="validation_score" if validation is not None else "score")
+                          judge="validation_score" if validation is not None else "score", patience=p.patience)
+    if p.patience is not None:
+        log.info("PPO: stops once %d held-out evaluation(s) in a row (every %d steps) do not raise the objective "
+                 "beyond one standard error; at most %d steps (ppo.patience)", p.patience, p.eval_every, p.steps)
     ensemble = ensemble_of(cfg, models["reward"])
     if ensemble:
         log.info("PPO: the reward is the %s of %d reward models on their held-out scales (ppo.reward_ensemble): %s",
@@ -190,9 +193,10 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                             missing_eos_score=p.missing_eos_score, validation=validation is not None,
                             validation_stats=read_stats(validation) if validation and p.normalize_scores else None)
 
-            def evaluate(step: int) -> None:
+            def evaluate(step: int) -> str | None:
+                """Evaluate the policy of `step`; the reason to stop the run here, if ppo.patience gives one."""
                 if not inputs.eval_prompts:
-                    return
+                    return None
                 ev = evaluate_policy(roles.policy, tok, inputs.eval_prompts, cfg.evaluation, judges, cfg.run.seed)
                 if "eval/kl" in ev.metrics:
                     ev.metrics["eval/sqrt_kl"] = math.sqrt(max(ev.metrics["eval/kl"], 0.0))
@@ -202,6 +206,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                 if inputs.gold is not None and len(evaluations) > 1:
                     plot = plot_overoptimization(evaluations, out_dir / "overoptimization.png")
                     tracker.image("eval/overoptimization", plot, step)
+                return choice.stop_reason if choice.stops(step) else None
 
             def checkpoint(step: int, state: dict) -> None:
                 staging = checkpoints.staging_dir(out_dir, step)
@@ -226,6 +231,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                 log.info("PPO: saved %s", path)
 
             start_dir, start = load_newest(roles, cfg, inputs, out_dir)
+            choice.resume(start["step"] if start else 0, sorted(evaluations))
             if start_dir is not None:
                 log.info("PPO: resumed from %s at step %d", start_dir, start["step"])
                 tracker.event("resume", start["step"], checkpoint=str(start_dir), restarts=restarts)
@@ -240,9 +246,14 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
             finally:
                 STOP.deferred = False
                 timeline.write(out_dir / "timeline.json")
+            last_step = choice.stopped_at or p.steps
+            if choice.stop_reason is not None:
+                log.info("PPO: %s", choice.stop_reason)
+                tracker.event("stopped", last_step, reason=choice.stop_reason)
             roles.policy.broadcast(PolicyWorker.export, str(out_dir / "policy")).get()
             tok.save_pretrained(out_dir / "policy")
-            export = choice.finish(out_dir / "policy")
+            export = choice.finish(out_dir / "policy", last_step) | {
+                "steps_run": last_step, "stop_reason": choice.stop_reason or f"ran all {p.steps} steps"}
             log.info("PPO: exported %s", export["export_reason"])
             tracker.event("exported", export["exported_step"], reason=export["export_reason"])
             return metrics, {role: getattr(roles, role).info for role in started}, export
@@ -303,7 +314,8 @@ def summarize(cfg: Config, ppo: dict, sft: dict | None = None, rm: dict | None =
         "start": first, "final": last, "final_step": final_step, "export_reason": ppo.get("export_reason"),
         "sft_gold_score": first.get("eval/gold_score"), "sft_gold_stderr": first.get("eval/gold_stderr"),
         "ppo_gold_score": last.get("eval/gold_score"), "ppo_gold_stderr": last.get("eval/gold_stderr"),
-        "final_kl": ppo["final_kl"], "sft_eval_loss": sft["eval/loss"] if sft else None,
+        "final_kl": ppo["final_kl"], "ppo_stop": ppo.get("stop_reason"),
+        "sft_eval_loss": sft["eval/loss"] if sft else None,
         "sft_stop": sft.get("stop_reason") if sft else None,
         "sft_demonstrations_gold": sft.get("demonstrations_gold") if sft else None,
         "rm_eval_accuracy": rm["eval/accuracy"] if rm else None, "rm_stop": rm.get("stop_reason") if rm else None,
@@ -342,6 +354,8 @@ def print_summary(s: dict) -> None:
                 print(f"  {'gold score':<24}  {a:.3f} ± {sa:.3f}  →  {b:.3f} ± {sb:.3f}   {gain}")
             elif key in start:
                 print(f"  {name:<24}  {start[key]:.4f}  →  {final[key]:.4f}")
+    if s.get("ppo_stop"):
+        print(f"PPO: {s['ppo_stop']}")
     if s.get("export_reason"):
         print(f"exported: {s['export_reason']}")
     if s["final_kl"] is not None:

@@ -1,8 +1,9 @@
 """Which PPO policy the stage exports (ppo.export): the last one, or, with "objective", an earlier
 evaluation's policy when its held-out objective (score − β·KL, rlhf/algo/selection.py) beats the last's
-by more than a standard error. The score is the validation reward model's where the run has one
-(ppo.validation_model): the reward model PPO optimises over-rates what PPO found in it, one trained
-beside it that PPO never saw does not share that error.
+by more than a standard error; and whether the run stops early (ppo.patience), on the same objective.
+The score is the validation reward model's where the run has one (ppo.validation_model): the reward
+model PPO optimises over-rates what PPO found in it, one trained beside it that PPO never saw does not
+share that error.
 
 The evaluation with the best objective so far is kept on disk as <ppo>/best-objective (the policy as an
 HF checkpoint, with its tokenizer and per-prompt objective), so a restarted or resumed run keeps it.
@@ -17,7 +18,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from rlhf.algo.selection import objective_of, paired_gain
+from rlhf.algo.selection import objective_of, paired_gain, plateau
 from rlhf.evaluate import Evaluation
 from rlhf.workers import PolicyWorker
 
@@ -41,12 +42,39 @@ class ExportChoice:
     """Follows a PPO run's evaluations (seen) and decides its export at the end (finish)."""
 
     def __init__(self, out_dir: Path, mode: str, beta: float, samples: int, last_step: int, resuming: bool,
-                 judge: str = "score"):
+                 judge: str = "score", patience: int | None = None):
         self.out_dir, self.dir, self.mode, self.judge = out_dir, out_dir / BEST, mode, judge
-        self.beta, self.samples, self.last_step = beta, samples, last_step
+        self.beta, self.samples, self.last_step, self.patience = beta, samples, last_step, patience
         self.by = " by the validation reward model" if judge == "validation_score" else ""
+        self.objectives: dict[int, list[float]] = {}  # each evaluation's per-prompt objective, by step
+        self.stopped_at, self.stop_reason = None, None  # the step where ppo.patience ended the run, and why
         if not resuming:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def resume(self, step: int, evaluated: list[int]) -> None:
+        """An attempt starts at `step`: the objectives of the evaluations up to it (`evaluated`, read again
+        from their sample files where this process has not seen them) count; later ones are redone."""
+        self.objectives = {s: o for s, o in self.objectives.items() if s <= step}
+        for s in evaluated:
+            if s <= step and s not in self.objectives:
+                objective = objective_of(read_rows(self.out_dir / "samples" / f"step-{s}.jsonl"), self.beta,
+                                         self.samples, self.judge)
+                if objective is not None:
+                    self.objectives[s] = objective
+        self.stopped_at, self.stop_reason = None, None
+
+    def stops(self, step: int) -> bool:
+        """After the evaluation of `step`: true when ppo.patience ends the run here (stop_reason says why)."""
+        if self.patience is None or step >= self.last_step or step not in self.objectives:
+            return False
+        where = plateau(self.objectives)
+        if where is None or where.since < self.patience:
+            return False
+        self.stopped_at = step
+        self.stop_reason = (f"stopped after step {step} of at most {self.last_step}: {where.since} evaluation(s) in "
+                            f"a row without a held-out objective{self.by} higher than step {where.mark}'s by more "
+                            f"than one standard error (ppo.patience {self.patience})")
+        return True
 
     def best(self) -> dict | None:
         """{step, per_prompt} of the kept evaluation, if any."""
@@ -54,11 +82,13 @@ class ExportChoice:
         return json.loads(record.read_text()) if record.exists() else None
 
     def seen(self, step: int, ev: Evaluation, policy, tok) -> None:
-        """After each evaluation: keep this policy if its objective is the best of the run's so far."""
-        if self.mode != "objective" or step in (0, self.last_step):  # the start; the last is exported anyway
-            return
+        """After each evaluation: record its objective; keep this policy if its objective is the best of the
+        run's so far, unless it is the run's last (the start never: it is not PPO's)."""
         objective = objective_of(ev.rows, self.beta, self.samples, self.judge)
         if objective is None:
+            return
+        self.objectives[step] = objective
+        if self.mode != "objective" or step in (0, self.last_step) or self.stops(step):  # the last is exported anyway
             return
         best = self.best()
         if best is not None and statistics.fmean(best["per_prompt"]) >= statistics.fmean(objective):
@@ -71,24 +101,27 @@ class ExportChoice:
         shutil.rmtree(self.dir, ignore_errors=True)
         staging.rename(self.dir)
 
-    def finish(self, exported: Path) -> dict:
-        """After the last policy was exported to `exported`: put the kept one there instead where it is
-        better beyond noise. Returns the stage result's export fields."""
-        best = self.best()
+    def finish(self, exported: Path, last_step: int | None = None) -> dict:
+        """After the last policy, of `last_step` (the bound unless the run stopped early), was exported to
+        `exported`: put the kept one there instead where it is better beyond noise. Returns the stage
+        result's export fields."""
+        best, last_step = self.best(), self.last_step if last_step is None else last_step
+        if best is not None and best["step"] >= last_step:  # kept by an attempt that went further: not this run's
+            best = None
         if self.mode != "objective":
-            return {"exported_step": self.last_step, "export_reason": "the last policy (ppo.export=last)"}
-        last = objective_of(read_rows(self.out_dir / "samples" / f"step-{self.last_step}.jsonl"), self.beta,
+            return {"exported_step": last_step, "export_reason": "the last policy (ppo.export=last)"}
+        last = objective_of(read_rows(self.out_dir / "samples" / f"step-{last_step}.jsonl"), self.beta,
                             self.samples, self.judge)
         if last is None:
-            return {"exported_step": self.last_step, "export_reason": "the last policy: no held-out evaluation "
+            return {"exported_step": last_step, "export_reason": "the last policy: no held-out evaluation "
                     "with a score and a KL (a reward and a reference) to compare"}
         gain = paired_gain(best["per_prompt"], last) if best is not None else None
         if gain is None or gain.mean <= 0:
-            return {"exported_step": self.last_step,
+            return {"exported_step": last_step,
                     "export_reason": f"the last policy: no earlier evaluation has a higher held-out objective{self.by}"}
         fields = {"export_gain": gain.mean, "export_gain_stderr": gain.stderr, "export_judge": self.judge}
         if not gain.beyond_noise:
-            return {"exported_step": self.last_step, **fields,
+            return {"exported_step": last_step, **fields,
                     "export_reason": f"the last policy: step {best['step']}'s held-out objective{self.by} is higher by "
                                      f"{gain.mean:.4f} ± {gain.stderr:.4f}, within one standard error"}
         shutil.rmtree(exported, ignore_errors=True)

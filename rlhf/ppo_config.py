@@ -52,7 +52,13 @@ class PPOConfig(BaseModel):
     # score is reward_model_weight × RM score + Σ weight × function score.
     reward_functions: list[FunctionSpec] = []
     critic_init: str | None = None  # None: the reward model (the InstructGPT choice), else the policy's start
-    steps: int = Field(150, ge=1)  # PPO iterations (generate → score → update → sync)
+    steps: int = Field(150, ge=1)  # PPO iterations (generate → score → update → sync); with patience, the most
+    # Stop once this many held-out evaluations in a row (every eval_every steps) have not raised the objective
+    # (the score − kl_coef × KL per response, judged as `export` judges it) by more than one standard error over
+    # prompts, measured from the last evaluation that did (rlhf/algo/selection.py, `plateau`; the first mark
+    # is the first evaluation after the start). The learning rate still decays over `steps`. It never reads
+    # the gold. null: every step runs.
+    patience: int | None = Field(None, ge=1)
     prompts_per_step: int = Field(128, ge=1)  # rollouts per step (prompts × samples_per_prompt)
     samples_per_prompt: int = Field(4, ge=1)  # responses sampled per prompt (> 1 for the leave-one-out baseline)
     # "leave_one_out": subtract from each score the mean score of the other samples of its prompt.

@@ -40,11 +40,12 @@ from rlhf.workers import PolicyWorker
 
 
 def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: LogFn, stats: dict | None,
-              evaluate: Callable[[int], None], checkpoint: Callable[[int, dict], None], start: dict | None = None,
+              evaluate: Callable[[int], str | None], checkpoint: Callable[[int, dict], None], start: dict | None = None,
               bad_steps: BadSteps | None = None, stop_requested: Callable[[], bool] = lambda: False,
               timeline: Timeline | None = None) -> dict[str, float]:
     """The loop, in the schedule cfg.schedule names. `evaluate(step)` and `checkpoint(step, state)` are the
-    stage's hooks; `start` resumes. An update with non-finite values is skipped (`bad_steps` stops the run
+    stage's hooks; `start` resumes. The loop ends after the step whose evaluation returns a reason to stop
+    (ppo.patience), else after cfg.steps. An update with non-finite values is skipped (`bad_steps` stops the run
     after several in a row); when `stop_requested()` turns true (a preemption signal), the loop saves at
     the end of the step and raises Preempted."""
     steps = Steps(roles, tok, prompts, cfg, log, stats, evaluate, checkpoint, start, bad_steps, stop_requested,
@@ -64,7 +65,8 @@ def sync_schedule(s: Steps, devices: SharedDevices | None = None) -> dict[str, f
         problem = s.train(rollout, index, step, timer, metrics, problem, in_turn=devices is not None)
         with timer("sync"):
             s.roles.policy.broadcast(PolicyWorker.sync_generation).get()
-        s.end(step, timer, metrics | (devices.metrics() if devices else {}), rollout, problem)
+        if s.end(step, timer, metrics | (devices.metrics() if devices else {}), rollout, problem):
+            break
     return s.metrics
 
 
@@ -90,7 +92,8 @@ def async_schedule(s: Steps) -> dict[str, float]:
         with timer("sync"):
             roles.policy.broadcast(PolicyWorker.sync_generation).get()  # the policy's own sampler: evaluations
             pushed = push_weights(roles)
-        s.end(step, timer, metrics, rollout, problem, pending=pending[1].get if pending else None)
+        if s.end(step, timer, metrics, rollout, problem, pending=pending[1].get if pending else None):
+            break  # the next step's sample, drawn already, is not used
     pushed.get()
     return s.metrics
 
@@ -129,7 +132,7 @@ class Steps:
     count) and the phases of one step as functions. A schedule is the order it calls them in."""
 
     def __init__(self, roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: LogFn, stats: dict | None,
-                 evaluate: Callable[[int], None], checkpoint: Callable[[int, dict], None], start: dict | None,
+                 evaluate: Callable[[int], str | None], checkpoint: Callable[[int, dict], None], start: dict | None,
                  bad_steps: BadSteps | None, stop_requested: Callable[[], bool], timeline: Timeline | None):
         check_stats(cfg, stats)
         self.roles, self.tok, self.prompts, self.cfg, self.log, self.stats = roles, tok, prompts, cfg, log, stats
@@ -154,9 +157,11 @@ class Steps:
         """The steps left, with a progress bar; evaluates the starting policy first on a fresh run."""
         if self.first == 0:
             self.evaluate(0)
-        self.bar = progress(range(self.first, self.cfg.steps), desc="ppo", unit="step", initial=self.first,
-                            total=self.cfg.steps)
-        return self.bar
+        self.bar = progress(desc="ppo", unit="step", initial=self.first, total=self.cfg.steps)
+        for step in range(self.first, self.cfg.steps):
+            yield step
+            self.bar.update(1)  # not reached by the step a schedule breaks off after: `end` counts that one
+        self.bar.close()
 
     def prompts_of(self, step: int) -> list[int]:
         cfg = self.cfg
@@ -198,9 +203,10 @@ class Steps:
         return problem
 
     def end(self, step: int, timer: PhaseTimer, metrics: dict[str, float], rollout: Rollout, problem: str | None,
-            pending: Callable[[], Generation] | None = None) -> None:
+            pending: Callable[[], Generation] | None = None) -> bool:
         """Move the KL controller, log the step, evaluate and save when due (a save of an asynchronous run
-        holds `pending()`, the next step's sample); raise Preempted when asked to stop."""
+        holds `pending()`, the next step's sample); true when the evaluation ends the run (ppo.patience);
+        raise Preempted when asked to stop before that."""
         cfg = self.cfg
         if problem is None:
             self.kl_ctl.update(metrics.get("kl/sequence", 0.0), cfg.prompts_per_step)
@@ -212,11 +218,16 @@ class Steps:
         self.bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics.get('kl/sequence', 0.0):.3f}",
                              refresh=False)
         self.metrics = metrics
+        finished = None
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            self.evaluate(step + 1)
-        stopping = self.stop_requested() and step + 1 < cfg.steps
+            finished = self.evaluate(step + 1)
+        if finished:
+            self.bar.update(1)
+            self.bar.close()
+        stopping = self.stop_requested() and step + 1 < cfg.steps and not finished
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or stopping:
             state = {"step": step + 1, "kl": self.kl_ctl.state_dict(), "spread": self.spread.state_dict()}
             self.checkpoint(step + 1, state | ({"pending": pending()} if pending is not None else {}))
         if stopping:
             raise Preempted(f"stopped on request after step {step + 1}, which is saved", step + 1)
+        return bool(finished)

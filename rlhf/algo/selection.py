@@ -6,6 +6,7 @@ earlier evaluation's objective beats it by more than one standard error of the p
 same prompts and sampling seeds at every evaluation, so the difference is measured prompt by prompt).
 rlhf/export_choice.py applies that rule as a run goes; `last_unless_beaten` states it over a finished run's
 evaluations, and `earliest_within_noise` is a candidate judged against it off saved runs (docs/results.md).
+`plateau` is ppo.patience's measure: how many evaluations in a row have not raised the objective beyond noise.
 """
 
 from __future__ import annotations
@@ -79,3 +80,28 @@ def earliest_within_noise(objectives: dict[int, list[float]]) -> int:
     steps = sorted(objectives)[1:] or sorted(objectives)
     best = max(steps, key=lambda s: statistics.fmean(objectives[s]))
     return next(s for s in steps if not paired_gain(objectives[best], objectives[s]).beyond_noise)
+
+
+@dataclass(frozen=True)
+class Plateau:
+    mark: int  # the last evaluation whose objective rose beyond noise over the mark before it
+    since: int  # the evaluations after the mark, none of which beat it beyond noise
+
+
+def plateau(objectives: dict[int, list[float]]) -> Plateau | None:
+    """Where a run's held-out objective last rose beyond noise (ppo.patience stops a run once `since`
+    reaches it). The first evaluation after the start is the first mark (the start is never one: PPO's
+    first steps may fall below it before they climb); each later evaluation whose objective beats the
+    mark's by more than one standard error of the paired difference becomes the mark. A slow creep of
+    under a standard error per evaluation is measured from the mark, so it counts once it adds up to
+    one. None: no evaluation after the start yet."""
+    steps = sorted(objectives)[1:]
+    if not steps:
+        return None
+    mark, since = steps[0], 0
+    for step in steps[1:]:
+        if paired_gain(objectives[step], objectives[mark]).beyond_noise:
+            mark, since = step, 0
+        else:
+            since += 1
+    return Plateau(mark, since)

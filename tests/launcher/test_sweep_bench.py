@@ -23,7 +23,7 @@ def test_every_sweep_setting_is_a_valid_demo_config():
         if label in SETTINGS and label != "defaults":
             pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else \
                 ROUND_4 if label.startswith("r4-") else \
-                ROUND_5 if label.split("-")[0] in {f"r{n}" for n in (5, 7, 9, 10, 11, *range(14, 33))} \
+                ROUND_5 if label.split("-")[0] in {f"r{n}" for n in (5, 7, 9, 10, 11, *range(14, 33), 34)} \
                 else DEMO_2026_11_24
             assert overrides[:len(pinned)] == pinned, label
     assert SETTINGS["defaults"] == []
@@ -41,6 +41,8 @@ def test_every_sweep_setting_is_a_valid_demo_config():
     fixed = load_config("demo", SETTINGS["r5-beta-0.1"]).ppo
     assert (fixed.kl_coef, fixed.kl_target, fixed.samples_per_prompt, fixed.export) == (0.1, None, 4, "last")
     assert load_config("demo", SETTINGS["r11-export"]).ppo.export == "objective"
+    stopping = load_config("demo", [o.format(out="runs/a-task") for o in SETTINGS["r34-patience-2-seed4"]]).ppo
+    assert stopping.patience == 2 and stopping.reward_model == "runs/a-task/sweep-rm-min-epochs-10-s4/rm"
     assert load_config("demo", SETTINGS["r5-target-2"]).ppo.kl_target == 2.0
 
 
@@ -119,6 +121,8 @@ def test_draws_take_each_seed_from_its_own_setting():
     named = draws(runs, ["old=a:0", "old=b:1", "new=c:2", "new=b:1"], 150)
     assert {k: v["closed"] for k, v in named.items()} == {"old/s0/150": 0.3, "old/s1/150": 0.9, "new/s1/150": 0.9}
     assert draw_labels(["old=a:0", "b:1", "new=c:2", "old=b:1"]) == ["old", "draws", "new"]
+    longer = {**runs, "c/s2/300": {"closed": 0.7}}  # a candidate of another budget, read beside 150-step runs
+    assert draws(longer, ["new=c:2@300", "old=c:2"], 150) == {"new/s2/150": {"closed": 0.7}}
 
 
 def test_reexport_reads_each_rule_off_the_saved_evaluations(tmp_path):

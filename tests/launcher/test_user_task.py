@@ -162,6 +162,34 @@ def test_ppo_exports_the_evaluation_with_the_higher_held_out_objective(task, tmp
     assert "exported: step 1's policy" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("schedule", ["sync", "async"])
+@pytest.mark.parametrize("patience", [1, None])
+def test_ppo_stops_once_its_held_out_objective_stops_rising(task, tmp_path, patience, schedule, capsys):
+    """The falling reward again, evaluated every step: step 2's objective is not above step 1's (the first
+    mark), so ppo.patience=1 ends the run after step 2 of at most 6 and exports step 1's policy; without
+    patience all 6 steps run. Under schedule=async the next step's sample, drawn already, is left unused."""
+    files, tok = task
+    start = make_checkpoint("gpt2", tok, tmp_path / "gpt2")
+    (tmp_path / "falling.py").write_text(FALLING_REWARD.format(count=str(tmp_path / "calls")))
+    rc = main(["ppo", f"model.pretrained={start}", "ppo.reward_model=null", "run.backend=local",
+               *common(files, tmp_path / "runs"), "ppo.steps=6", f"ppo.patience={patience or 'null'}",
+               f"ppo.schedule={schedule}", f"ppo.reward_functions=[{{function: '{tmp_path / 'falling.py'}:falling'}}]",
+               "ppo.missing_eos_score=null", "evaluation.gold_function=null"])
+    assert rc == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "t"
+    result = json.loads((run / "ppo" / "result.json").read_text())
+    steps = [json.loads(line)["step"] for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines()
+             if "reward/score" in json.loads(line)]
+    if patience is None:
+        assert steps == [1, 2, 3, 4, 5, 6] and result["steps_run"] == 6 and result["stop_reason"] == "ran all 6 steps"
+        return
+    assert steps == [1, 2] and result["steps_run"] == 2 and sorted(result["evaluations"]) == ["0", "1", "2"]
+    assert result["stop_reason"].startswith("stopped after step 2 of at most 6: 1 evaluation(s) in a row without")
+    assert result["exported_step"] == 1 and "step 1's policy" in result["export_reason"]
+    out = capsys.readouterr().out  # the summary: the stop, and the exported policy's step
+    assert f"PPO: {result['stop_reason']}" in out and "final PPO policy (step 1)" in out
+
+
 def eval_rows(ppo_dir) -> list[dict]:
     return [json.loads(line) for f in sorted((ppo_dir / "samples").glob("step-*.jsonl"))
             for line in f.read_text().splitlines()]

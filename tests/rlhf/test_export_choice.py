@@ -125,3 +125,36 @@ def test_a_resumed_run_keeps_the_kept_policy_and_a_new_run_drops_it(tmp_path):
     assert weights == "step 25" and resumed["exported_step"] == 25
     fresh, weights = run(tmp_path, "objective", {75: rows(LOW), 100: rows(LOW)}, last=100, resuming=False)
     assert weights == "step 100" and fresh["exported_step"] == 100
+
+
+def test_patience_stops_where_the_objective_stopped_rising_and_a_restart_reads_it_back(tmp_path):
+    """ppo.patience 2: steps 25 and 50 rise beyond noise, 75 and 100 do not beat 50's: the run stops after
+    step 100 of 200, without keeping step 100's policy (the last is exported anyway). A restart from step 75
+    reads steps 25-75 back from their sample files and counts 100 again; without patience nothing stops."""
+    out = tmp_path / "ppo"
+    (out / "samples").mkdir(parents=True)
+    evaluations = {0: rows(LOW), 25: rows([x + 1.0 for x in LOW]), 50: rows([x + 2.0 for x in LOW]),
+                   75: rows([x + 1.9 for x in LOW]), 100: rows([x + 2.0 for x in LOW])}
+    choice, policy = ExportChoice(out, "objective", 0.5, 2, 200, False, patience=2), FakePolicy()
+    stopped = []
+    for step, rs in evaluations.items():
+        policy.step = step
+        (out / "samples" / f"step-{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+        choice.seen(step, Evaluation({}, None, rs), policy, FakeTok())
+        stopped.append(choice.stops(step))
+    assert stopped == [False, False, False, False, True] and choice.stopped_at == 100
+    assert choice.stop_reason == ("stopped after step 100 of at most 200: 2 evaluation(s) in a row without a "
+                                  "held-out objective higher than step 50's by more than one standard error "
+                                  "(ppo.patience 2)")
+    assert choice.best()["step"] == 50  # step 100, equal to it, was not exported to best-objective
+
+    restarted = ExportChoice(out, "objective", 0.5, 2, 200, True, patience=2)
+    restarted.resume(75, [0, 25, 50, 75, 100])
+    assert sorted(restarted.objectives) == [0, 25, 50, 75] and not restarted.stops(75)
+    restarted.seen(100, Evaluation({}, None, evaluations[100]), policy, FakeTok())
+    assert restarted.stops(100) and restarted.stopped_at == 100
+    restarted.resume(0, [])  # an attempt from the start: only the start's evaluation, the same policy, counts
+    assert sorted(restarted.objectives) == [0] and restarted.stopped_at is None
+    unlimited = ExportChoice(out, "objective", 0.5, 2, 200, True, patience=None)
+    unlimited.resume(100, [0, 25, 50, 75, 100])
+    assert not unlimited.stops(100)

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from rlhf.algo.selection import earliest_within_noise, last_unless_beaten, paired_gain, per_prompt_objective
+from rlhf.algo.selection import (
+    Plateau,
+    earliest_within_noise,
+    last_unless_beaten,
+    paired_gain,
+    per_prompt_objective,
+    plateau,
+)
 
 
 def test_objective_per_prompt_by_hand():
@@ -67,3 +74,20 @@ def test_earliest_within_noise_by_hand():
     assert earliest_within_noise({**rising, 10: [0.3] * 4}) == 30  # 10 and 20 both trail beyond noise
     assert earliest_within_noise(RUN) == 10  # the best itself where nothing earlier is within noise of it
     assert earliest_within_noise({0: [0.0], 30: [0.3]}) == 30
+
+
+def test_plateau_by_hand():
+    """Four prompts. Step 10 is the first mark (the start, step 0, never is: its 9.0 is beaten by nothing).
+    Step 20 beats it by 0.1 on every prompt (s.e. 0): the new mark. Step 30 differs from it by +0.05, +0.05,
+    −0.05, −0.05 (mean 0): one evaluation without a gain. Step 40, 0.05 over step 20 on every prompt: the mark."""
+    run = {0: [9.0] * 4, 10: [0.0] * 4, 20: [0.1] * 4, 30: [0.15, 0.15, 0.05, 0.05]}
+    assert plateau(run) == Plateau(mark=20, since=1)
+    assert plateau({**run, 40: [0.15] * 4}) == Plateau(mark=40, since=0)
+    # a creep measured from the mark: step 20 is +0.03, −0.01, +0.03, −0.01 over step 10 (mean 0.01, s.e. 0.0115:
+    # within noise); step 30 is +0.03, −0.01, −0.01, +0.03 over step 20 (the same, within noise), but +0.06, −0.02,
+    # +0.02, +0.02 over the mark, step 10 (mean 0.02, s.d. 0.0327, s.e. 0.0163): beyond it, the new mark
+    creep = {0: [0.0] * 4, 10: [0.0] * 4, 20: [0.03, -0.01, 0.03, -0.01], 30: [0.06, -0.02, 0.02, 0.02]}
+    assert plateau(creep) == Plateau(mark=30, since=0)
+    # step 30 at +0.05, −0.03, +0.05, −0.03 over the mark instead (mean 0.01, s.e. 0.0231): two without a gain
+    assert plateau({**creep, 30: [0.05, -0.03, 0.05, -0.03]}) == Plateau(mark=10, since=2)
+    assert plateau({0: [0.0]}) is None and plateau({0: [0.0], 10: [-1.0]}) == Plateau(mark=10, since=0)
