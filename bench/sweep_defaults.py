@@ -200,12 +200,14 @@ def draw_labels(picks: list[str]) -> list[str]:
 def draws(runs: dict, picks: list[str], steps: int) -> dict:
     """Virtual settings from runs of several: each pick "SETTING:SEED" (e.g. seeds of the whole run, each PPO
     seed against its own reward model: r11-export:0 r18-rm-seed1:1) as that seed's run of the setting
-    "draws", or of NAME for a pick "NAME=SETTING:SEED" (two candidates read on the same draws)."""
+    "draws", or of NAME for a pick "NAME=SETTING:SEED" (two candidates read on the same draws). A pick
+    "SETTING:SEED@N" takes the run of N steps (a candidate of another budget), read as one of `steps`."""
     out = {}
     for pick in picks:
         label, _, pick = pick.rpartition("=")
         setting, seed = pick.rsplit(":", 1)
-        key = f"{setting}/s{seed}/{steps}"
+        seed, _, budget = seed.partition("@")
+        key = f"{setting}/s{seed}/{budget or steps}"
         if key in runs:
             out[f"{label or 'draws'}/s{seed}/{steps}"] = runs[key]
     return out
@@ -298,7 +300,7 @@ def main() -> None:
                         help="with --table: the leave-one-task-out table over these candidate settings")
     parser.add_argument("--draws", nargs="+", metavar="SETTING:SEED",
                         help="with --table: also a row 'draws' of these runs, one per seed (seeds of the whole run); "
-                             "NAME=SETTING:SEED puts a run in a row NAME instead")
+                             "NAME=SETTING:SEED puts a run in a row NAME instead; SETTING:SEED@N, its run of N steps")
     parser.add_argument("--export-rule", choices=EXPORT_RULES,
                         help="with --table: each run's gold as if it had exported by this rule (read off its samples)")
     parser.add_argument("--report", metavar="SETTING",

@@ -159,6 +159,10 @@ SETTINGS["r31-kl-loss-seed5"] = [*SETTINGS["r24-rm-seed5"], *KL_LOSS]
 for k in range(6):
     SETTINGS[f"r32-rm-min10-seed{k}"] = [*SETTINGS["r11-export"],
                                          f"ppo.reward_model={{out}}/sweep-rm-min-epochs-10-s{k}/rm"]
+# PPO that stops on its held-out objective (docs/results.md, "PPO that stops when its objective does"): draws 4 and
+# 5 against the same reward models, with ppo.patience 2; run with --steps 300 (the bound; the cosine spans it).
+for k in (4, 5):
+    SETTINGS[f"r34-patience-2-seed{k}"] = [*SETTINGS[f"r32-rm-min10-seed{k}"], "ppo.patience=2"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
