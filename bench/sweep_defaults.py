@@ -145,10 +145,9 @@ def ppo_run(task: Task, label: str, seed: int, steps: int) -> tuple[dict, str]:
                     f"KL {r['kl']:.2f}; best evaluation {result['peak']:.3f}")
 
 
-def reexport(run_dir: Path, run: dict, rule: str) -> dict:
-    """`run` (its sweep.json entry) as if its PPO stage had exported by `rule` (EXPORT_RULES): the gold of the
-    evaluation the rule picks from each evaluation's per-prompt score − β·KL, read off the run's saved samples
-    (<run>/ppo/samples/step-N.jsonl). The gold picks nothing; a run whose samples lack a score or KL is as it ran."""
+def run_objectives(run_dir: Path) -> tuple[dict[int, list[float]] | None, dict[str, dict]]:
+    """A finished run's per-prompt objective (score − β·KL) at each evaluation, read off its saved samples
+    (<run>/ppo/samples/step-N.jsonl; None where they lack a score or a KL), and its evaluations' metrics."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     evals = json.loads((run_dir / "ppo" / "result.json").read_text())["evaluations"]
     objectives, samples = {}, run_dir / "ppo" / "samples"
@@ -156,7 +155,17 @@ def reexport(run_dir: Path, run: dict, rule: str) -> dict:
         rows = [json.loads(line) for line in (samples / f"step-{step}.jsonl").read_text().splitlines()]
         objectives[int(step)] = objective_of(rows, cfg["ppo"]["kl_coef"], cfg["evaluation"]["samples_per_prompt"])
         if objectives[int(step)] is None:
-            return run
+            return None, evals
+    return objectives, evals
+
+
+def reexport(run_dir: Path, run: dict, rule: str) -> dict:
+    """`run` (its sweep.json entry) as if its PPO stage had exported by `rule` (EXPORT_RULES): the gold of the
+    evaluation the rule picks from each evaluation's per-prompt score − β·KL, read off the run's saved samples
+    (<run>/ppo/samples/step-N.jsonl). The gold picks nothing; a run whose samples lack a score or KL is as it ran."""
+    objectives, evals = run_objectives(run_dir)
+    if objectives is None:
+        return run
     step = EXPORT_RULES[rule](objectives)
     chosen = evals[str(step)]
     return run | {"gold": chosen["eval/gold_score"], "stderr": chosen["eval/gold_stderr"], "kl": chosen["eval/kl"],

@@ -1,11 +1,12 @@
 """The suite's bench scripts (bench/sweep_settings.py, sweep_defaults.py, compare_algorithms.py,
-same_reward_model.py, keep_results.py): settings that validate and pin their day's defaults, the tables and the
-leave-one-task-out choice, results saved under a lock, recorded against the very same reward model, kept in the
-repository, and runs that train on one thread."""
+same_reward_model.py, read_patience.py, keep_results.py): settings that validate and pin their day's defaults, the
+tables and the leave-one-task-out choice, results saved under a lock, recorded against the very same reward model or
+read off a longer run as ppo.patience stops it, kept in the repository, and runs that train on one thread."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -125,26 +126,50 @@ def test_draws_take_each_seed_from_its_own_setting():
     assert draws(longer, ["new=c:2@300", "old=c:2"], 150) == {"new/s2/150": {"closed": 0.7}}
 
 
+def saved_run(run: Path, steps: dict[int, tuple[list[float], float]]) -> None:
+    """A finished run's directory as the sweep leaves it: one sample per prompt, β 0.5, each evaluation's
+    per-prompt objectives (score − 0.5·KL at KL 2) and gold."""
+    (run / "ppo" / "samples").mkdir(parents=True)
+    (run / "config.yaml").write_text("ppo: {kl_coef: 0.5}\nevaluation: {samples_per_prompt: 1}\n")
+    for step, (objective, gold) in steps.items():
+        rows = [{"score": o + 0.5 * 2.0, "kl": 2.0, "gold": gold} for o in objective]
+        (run / "ppo" / "samples" / f"step-{step}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    evals = {str(s): {"eval/gold_score": g, "eval/gold_stderr": 0.01, "eval/kl": 2.0} for s, (_, g) in steps.items()}
+    (run / "ppo" / "result.json").write_text(json.dumps({"evaluations": evals}))
+
+
 def test_reexport_reads_each_rule_off_the_saved_evaluations(tmp_path):
     """--export-rule: a run's gold as if it had exported by another rule, from its saved per-sample score and KL
     (one sample per prompt, β 0.5); the gold is the chosen evaluation's, never a chooser."""
     from bench.sweep_defaults import reexport
 
     run = tmp_path / "sweep-x-s0-150"
-    (run / "ppo" / "samples").mkdir(parents=True)
-    (run / "config.yaml").write_text("ppo: {kl_coef: 0.5}\nevaluation: {samples_per_prompt: 1}\n")
-    # per-prompt objectives (score − 0.5·KL): step 10 [0.8, 0.2, 0.8, 0.2] (0.5), step 20 [0.6] × 4 (0.6): the
-    # last is best, step 10 trails it by 0.1 ± 0.173, within noise
-    steps = {0: ([0.0] * 4, 0.5), 10: ([0.8, 0.2, 0.8, 0.2], 0.9), 20: ([0.6] * 4, 0.7)}
-    for step, (objective, gold) in steps.items():
-        rows = [{"score": o + 0.5 * 2.0, "kl": 2.0, "gold": gold} for o in objective]
-        (run / "ppo" / "samples" / f"step-{step}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    evals = {str(s): {"eval/gold_score": g, "eval/gold_stderr": 0.01, "eval/kl": 2.0} for s, (_, g) in steps.items()}
-    (run / "ppo" / "result.json").write_text(json.dumps({"evaluations": evals}))
+    # per-prompt objectives: step 10 [0.8, 0.2, 0.8, 0.2] (0.5), step 20 [0.6] × 4 (0.6): the last is best, step 10
+    # trails it by 0.1 ± 0.173, within noise
+    saved_run(run, {0: ([0.0] * 4, 0.5), 10: ([0.8, 0.2, 0.8, 0.2], 0.9), 20: ([0.6] * 4, 0.7)})
     entry = {"gold": 0.7, "stderr": 0.01, "kl": 2.0, "sft": 0.5, "closed": 0.4, "peak": 0.9, "peak_stderr": 0.01}
     assert reexport(run, entry, "objective") == pytest.approx(entry | {"exported_step": 20})
     earliest = reexport(run, entry, "earliest")
     assert earliest["exported_step"] == 10 and earliest["gold"] == 0.9 and earliest["closed"] == pytest.approx(0.8)
+
+
+def test_a_run_of_the_bound_is_read_as_the_run_patience_stops(tmp_path):
+    """bench/read_patience.py: objectives rising beyond noise to step 20, then flat: patience 2 stops after step 40
+    and exports its last (step 40, equal to 20); the later gold (step 50's 0.99) is not the stopped run's; patience
+    3 would stop at the last evaluation anyway (runs all its steps)."""
+    from bench.read_patience import read_off, stop_step
+
+    run = tmp_path / "sweep-x-s0-50"
+    flat = [0.6, 0.5, 0.6, 0.5]
+    saved_run(run, {0: ([0.0] * 4, 0.5), 10: ([0.3] * 4, 0.7), 20: (flat, 0.8), 30: (flat, 0.85), 40: (flat, 0.75),
+                    50: (flat, 0.99)})
+    entry = {"gold": 0.99, "stderr": 0.01, "kl": 2.0, "sft": 0.5, "closed": 0.98, "wall_s": 100.0}
+    stopped = read_off(run, entry, 2)
+    assert (stopped["stopped_at"], stopped["exported_step"], stopped["gold"]) == (40, 40, 0.75)
+    assert (stopped["peak"], stopped["closed"], stopped["wall_s"]) == (0.85, pytest.approx(0.5), pytest.approx(80.0))
+    assert "stopped by ppo.patience=2 after step 40" in stopped["read_off"]
+    objectives = {s: [float(s)] * 4 for s in (0, 10, 20)}
+    assert stop_step(objectives, 3) == 20 and stop_step({**objectives, 30: [20.0] * 4, 40: [20.0] * 4}, 2) == 40
 
 
 def test_a_sweep_keeps_the_results_another_sweep_saved_while_its_run_ran(tmp_path, monkeypatch):
