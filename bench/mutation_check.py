@@ -225,6 +225,20 @@ MUTATIONS = [
     ("the reward model's floor of epochs not the cosine's end", "rlhf/reward_model.py",
      "if self.min_epochs else decay_span(self)", "if self.min_epochs else 1",
      [ES + "test_reward_model_by_default_runs_until_its_cosine_has_ended"]),
+    ("ppo.patience ignored (every step runs)", "rlhf/export_choice.py",
+     "if self.patience is None or step >= self.last_step", "if True or step >= self.last_step",
+     [UT + "test_ppo_stops_once_its_held_out_objective_stops_rising",
+      EX + "test_patience_stops_where_the_objective_stopped_rising_and_a_restart_reads_it_back"]),
+    ("patience: the start as the first mark", "rlhf/algo/selection.py",
+     "    steps = sorted(objectives)[1:]\n    if not steps:\n        return None\n    mark, since",
+     "    steps = sorted(objectives)\n    if not steps:\n        return None\n    mark, since",
+     ["tests/rlhf/algo/test_selection.py::test_plateau_by_hand"]),
+    ("patience: the loop runs on after the stop", "rlhf/schedules.py",
+     "finished = self.evaluate(step + 1)", "self.evaluate(step + 1)",
+     [UT + "test_ppo_stops_once_its_held_out_objective_stops_rising"]),
+    ("patience: a restart forgets the evaluations before its checkpoint", "rlhf/export_choice.py",
+     "if s <= step and s not in self.objectives:", "if False:",
+     [EX + "test_patience_stops_where_the_objective_stopped_rising_and_a_restart_reads_it_back"]),
 ]
 
 
