@@ -39,7 +39,8 @@ def exported_step(result: dict) -> int | None:
 
 
 class ExportChoice:
-    """Follows a PPO run's evaluations (seen) and decides its export at the end (finish)."""
+    """Follows a PPO run's evaluations (seen), says when ppo.patience ends the run (stops) and decides its
+    export at the end (finish)."""
 
     def __init__(self, out_dir: Path, mode: str, beta: float, samples: int, last_step: int, resuming: bool,
                  judge: str = "score", patience: int | None = None):
