@@ -177,7 +177,7 @@ MUTATIONS = [
      "self.engine.offload_states(pin_memory=True)", "pass",
      [CO + "test_zero_2_and_zero_1_trainers_move_and_come_back_the_same"]),
     ("ppo.export ignored (the objective's choice always made)", "rlhf/export_choice.py",
-     'if self.mode != "objective" or step in', "if step in",
+     'or self.mode != "objective" or step in', "or step in",
      [EX + "test_export_last_ignores_a_better_earlier_policy"]),
     ("export: an earlier policy taken on any gain, noise or not", "rlhf/export_choice.py",
      "if not gain.beyond_noise:", "if gain.mean <= 0:",

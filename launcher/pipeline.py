@@ -206,7 +206,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
                 if inputs.gold is not None and len(evaluations) > 1:
                     plot = plot_overoptimization(evaluations, out_dir / "overoptimization.png")
                     tracker.image("eval/overoptimization", plot, step)
-                return choice.stop_reason if choice.stops(step) else None
+                return choice.stop_reason if choice.stopped_at == step else None
 
             def checkpoint(step: int, state: dict) -> None:
                 staging = checkpoints.staging_dir(out_dir, step)

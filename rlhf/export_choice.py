@@ -83,13 +83,14 @@ class ExportChoice:
         return json.loads(record.read_text()) if record.exists() else None
 
     def seen(self, step: int, ev: Evaluation, policy, tok) -> None:
-        """After each evaluation: record its objective; keep this policy if its objective is the best of the
-        run's so far, unless it is the run's last (the start never: it is not PPO's)."""
+        """After each evaluation: record its objective, and whether ppo.patience ends the run here (stopped_at);
+        keep this policy if its objective is the best of the run's so far, unless it is the run's last (the
+        start never: it is not PPO's)."""
         objective = objective_of(ev.rows, self.beta, self.samples, self.judge)
         if objective is None:
             return
         self.objectives[step] = objective
-        if self.mode != "objective" or step in (0, self.last_step) or self.stops(step):  # the last is exported anyway
+        if self.stops(step) or self.mode != "objective" or step in (0, self.last_step):  # the last is exported anyway
             return
         best = self.best()
         if best is not None and statistics.fmean(best["per_prompt"]) >= statistics.fmean(objective):
