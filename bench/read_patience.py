@@ -22,15 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sweep_defaults import gap_closed, run_objectives, save_result  # noqa: E402
-from rlhf.algo.selection import last_unless_beaten, plateau  # noqa: E402
+from rlhf.algo.selection import last_unless_beaten, patience_ends  # noqa: E402
 
 
 def stop_step(objectives: dict[int, list[float]], patience: int) -> int:
     """The evaluation after which ppo.patience ends the run (its last evaluation where it never does)."""
     steps = sorted(objectives)
     for step in steps[:-1]:
-        where = plateau({s: o for s, o in objectives.items() if s <= step})
-        if where is not None and where.since >= patience:
+        if patience_ends({s: o for s, o in objectives.items() if s <= step}, patience):
             return step
     return steps[-1]
 

@@ -18,7 +18,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from rlhf.algo.selection import objective_of, paired_gain, plateau
+from rlhf.algo.selection import objective_of, paired_gain, patience_ends
 from rlhf.evaluate import Evaluation
 from rlhf.workers import PolicyWorker
 
@@ -68,8 +68,8 @@ class ExportChoice:
         """After the evaluation of `step`: true when ppo.patience ends the run here (stop_reason says why)."""
         if self.patience is None or step >= self.last_step or step not in self.objectives:
             return False
-        where = plateau(self.objectives)
-        if where is None or where.since < self.patience:
+        where = patience_ends(self.objectives, self.patience)
+        if where is None:
             return False
         self.stopped_at = step
         self.stop_reason = (f"stopped after step {step} of at most {self.last_step}: {where.since} evaluation(s) in "

@@ -105,3 +105,9 @@ def plateau(objectives: dict[int, list[float]]) -> Plateau | None:
         else:
             since += 1
     return Plateau(mark, since)
+
+
+def patience_ends(objectives: dict[int, list[float]], patience: int) -> Plateau | None:
+    """The plateau where ppo.patience ends a run after its last evaluation in `objectives`; None: it goes on."""
+    where = plateau(objectives)
+    return where if where is not None and where.since >= patience else None

@@ -11,6 +11,7 @@ from rlhf.algo.selection import (
     earliest_within_noise,
     last_unless_beaten,
     paired_gain,
+    patience_ends,
     per_prompt_objective,
     plateau,
 )
@@ -82,6 +83,7 @@ def test_plateau_by_hand():
     −0.05, −0.05 (mean 0): one evaluation without a gain. Step 40, 0.05 over step 20 on every prompt: the mark."""
     run = {0: [9.0] * 4, 10: [0.0] * 4, 20: [0.1] * 4, 30: [0.15, 0.15, 0.05, 0.05]}
     assert plateau(run) == Plateau(mark=20, since=1)
+    assert patience_ends(run, 1) == Plateau(mark=20, since=1) and patience_ends(run, 2) is None
     assert plateau({**run, 40: [0.15] * 4}) == Plateau(mark=40, since=0)
     # a creep measured from the mark: step 20 is +0.03, −0.01, +0.03, −0.01 over step 10 (mean 0.01, s.e. 0.0115:
     # within noise); step 30 is +0.03, −0.01, −0.01, +0.03 over step 20 (the same, within noise), but +0.06, −0.02,
