@@ -226,7 +226,7 @@ MUTATIONS = [
      "if self.min_epochs else decay_span(self)", "if self.min_epochs else 1",
      [ES + "test_reward_model_by_default_runs_until_its_cosine_has_ended"]),
     ("ppo.patience ignored (every step runs)", "rlhf/export_choice.py",
-     "if self.patience is None or step >= self.last_step", "if True or step >= self.last_step",
+     "if self.patience is None or not self.first_stop", "if True or not self.first_stop",
      [UT + "test_ppo_stops_once_its_held_out_objective_stops_rising",
       EX + "test_patience_stops_where_the_objective_stopped_rising_and_a_restart_reads_it_back"]),
     ("patience: the start as the first mark", "rlhf/algo/selection.py",
@@ -239,6 +239,12 @@ MUTATIONS = [
     ("patience: a restart forgets the evaluations before its checkpoint", "rlhf/export_choice.py",
      "if s <= step and s not in self.objectives:", "if False:",
      [EX + "test_patience_stops_where_the_objective_stopped_rising_and_a_restart_reads_it_back"]),
+    ("ppo.decay_steps ignored by the learning rate (the cosine over ppo.steps)", "launcher/pipeline.py",
+     "n_updates = p.lr_steps * p.ppo_epochs", "n_updates = p.steps * p.ppo_epochs",
+     [UT + "test_ppo_decay_steps_ends_the_cosine_there_and_no_stop_comes_before_it"]),
+    ("ppo.decay_steps ignored by the stop (patience stops before the cosine's end)", "rlhf/export_choice.py",
+     "not self.first_stop <= step < self.last_step", "not 0 <= step < self.last_step",
+     [UT + "test_ppo_decay_steps_ends_the_cosine_there_and_no_stop_comes_before_it"]),
 ]
 
 

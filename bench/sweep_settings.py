@@ -163,6 +163,10 @@ for k in range(6):
 # 5 against the same reward models, with ppo.patience 2; run with --steps 300 (the bound; the cosine spans it).
 for k in (4, 5):
     SETTINGS[f"r34-patience-2-seed{k}"] = [*SETTINGS[f"r32-rm-min10-seed{k}"], "ppo.patience=2"]
+# The cosine over 150 steps, then the floor's steps while the objective rises (ppo.decay_steps, docs/results.md
+# "The cosine's end as the floor of PPO's stop"): run with --steps 300, the bound.
+for k in (4, 5):
+    SETTINGS[f"r35-decay-150-seed{k}"] = [*SETTINGS[f"r34-patience-2-seed{k}"], "ppo.decay_steps=150"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).

@@ -159,7 +159,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
     resuming = inputs.resume is not None or (cfg.run.resume and (out_dir / "metrics.jsonl").exists())
     tracker = Tracker(out_dir, cfg.run.tag("ppo"), cfg.wandb, cfg.model_dump(mode="json"), "ppo",
                       group=cfg.run.name, resume=resuming)
-    n_updates = p.steps * p.ppo_epochs * p.minibatches
+    n_updates = p.lr_steps * p.ppo_epochs * p.minibatches  # the optimizer steps the cosine spans
     evaluations: dict[int, dict] = tracker.history("eval/")  # a resumed run keeps its earlier evaluations
     log.info("PPO: %d steps × %d rollouts; policy %s, reward %s (+ %d function(s)), critic %s; KL β %s", p.steps,
              p.prompts_per_step, models["policy"], models["reward"], len(p.reward_functions), models["critic"],
@@ -172,10 +172,12 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
         log.info("PPO: held-out evaluations are judged again by the validation reward model %s (ppo.export)",
                  validation)
     choice = ExportChoice(out_dir, p.export, p.kl_coef, cfg.evaluation.samples_per_prompt, p.steps, resuming,
-                          judge="validation_score" if validation is not None else "score", patience=p.patience)
-    if p.patience is not None:
-        log.info("PPO: stops once %d held-out evaluation(s) in a row (every %d steps) do not raise the objective "
-                 "beyond one standard error; at most %d steps (ppo.patience)", p.patience, p.eval_every, p.steps)
+                          judge="validation_score" if validation is not None else "score", patience=p.patience,
+                          first_stop=p.first_stop)
+    if p.patience is not None or p.lr_steps < p.steps:
+        log.info("PPO: the learning rates' cosine spans %d of at most %d steps (ppo.decay_steps); %s", p.lr_steps,
+                 p.steps, "every step runs" if p.patience is None else f"from step {p.first_stop}, stops once "
+                 f"{p.patience} held-out evaluation(s) in a row do not raise the objective beyond one standard error")
     ensemble = ensemble_of(cfg, models["reward"])
     if ensemble:
         log.info("PPO: the reward is the %s of %d reward models on their held-out scales (ppo.reward_ensemble): %s",

@@ -43,9 +43,10 @@ class ExportChoice:
     export at the end (finish)."""
 
     def __init__(self, out_dir: Path, mode: str, beta: float, samples: int, last_step: int, resuming: bool,
-                 judge: str = "score", patience: int | None = None):
+                 judge: str = "score", patience: int | None = None, first_stop: int = 0):
         self.out_dir, self.dir, self.mode, self.judge = out_dir, out_dir / BEST, mode, judge
         self.beta, self.samples, self.last_step, self.patience = beta, samples, last_step, patience
+        self.first_stop = first_stop  # no stop after an earlier evaluation (ppo.decay_steps: the cosine's end)
         self.by = " by the validation reward model" if judge == "validation_score" else ""
         self.objectives: dict[int, list[float]] = {}  # each evaluation's per-prompt objective, by step
         self.stopped_at, self.stop_reason = None, None  # the step where ppo.patience ended the run, and why
@@ -66,7 +67,7 @@ class ExportChoice:
 
     def stops(self, step: int) -> bool:
         """After the evaluation of `step`: true when ppo.patience ends the run here (stop_reason says why)."""
-        if self.patience is None or step >= self.last_step or step not in self.objectives:
+        if self.patience is None or not self.first_stop <= step < self.last_step or step not in self.objectives:
             return False
         where = patience_ends(self.objectives, self.patience)
         if where is None:

@@ -56,9 +56,13 @@ class PPOConfig(BaseModel):
     # Stop once this many held-out evaluations in a row (every eval_every steps) have not raised the objective
     # (the score − kl_coef × KL per response, judged as `export` judges it) by more than one standard error over
     # prompts, measured from the last evaluation that did (rlhf/algo/selection.py, `plateau`; the first mark
-    # is the first evaluation after the start). The learning rate still decays over `steps`. It never reads
-    # the gold. null: every step runs.
+    # is the first evaluation after the start). The learning rate decays over `decay_steps` (else `steps`), and
+    # no stop comes before it. It never reads the gold. null: every step runs.
     patience: int | None = Field(None, ge=1)
+    # The learning rates' cosine spans this many steps (at most `steps`) and then stays at its floor
+    # (optim.min_lr_ratio), and ppo.patience does not stop a run before it: the steps beyond are the floor's,
+    # run while the held-out objective still rises. null: the cosine spans `steps` and patience may stop anywhere.
+    decay_steps: int | None = Field(None, ge=1)
     prompts_per_step: int = Field(128, ge=1)  # rollouts per step (prompts × samples_per_prompt)
     samples_per_prompt: int = Field(4, ge=1)  # responses sampled per prompt (> 1 for the leave-one-out baseline)
     # "leave_one_out": subtract from each score the mean score of the other samples of its prompt.
@@ -208,6 +212,16 @@ class PPOConfig(BaseModel):
     @property
     def uses_critic(self) -> bool:
         return self.advantage_estimator == "gae"
+
+    @property
+    def lr_steps(self) -> int:
+        """The steps the learning rates' warm-up and cosine span: `decay_steps`, at most `steps`."""
+        return min(self.decay_steps or self.steps, self.steps)
+
+    @property
+    def first_stop(self) -> int:
+        """The first step after which ppo.patience may end a run: the cosine's end where decay_steps is set."""
+        return self.lr_steps if self.decay_steps is not None else 0
 
     @property
     def kl_schedule_start(self) -> float | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from launcher.cli import main
 from models.hf import load_pretrained
+from parallel.engine import lr_factor
 from tests.launcher.user_task import make_checkpoint, make_tokenizer, write_task
 
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -90,6 +92,7 @@ def test_pipeline_from_a_qwen2_checkpoint_through_its_chat_template(task, tmp_pa
 
 PID_REWARD = '''
 import os
+import statistics
 
 def pid(prompts, responses, **fields):
     with open({log!r}, "a") as f:
@@ -188,6 +191,28 @@ def test_ppo_stops_once_its_held_out_objective_stops_rising(task, tmp_path, pati
     assert result["exported_step"] == 1 and "step 1's policy" in result["export_reason"]
     out = capsys.readouterr().out  # the summary: the stop, and the exported policy's step
     assert f"PPO: {result['stop_reason']}" in out and "final PPO policy (step 1)" in out
+
+
+def test_ppo_decay_steps_ends_the_cosine_there_and_no_stop_comes_before_it(task, tmp_path, capsys):
+    """ppo.decay_steps=3 of at most 6: the policy's learning rate falls from 1e-3 to its floor (a tenth) over
+    the 24 updates of steps 1-3 (4 epochs × 2 minibatches each), not over 48, and ppo.patience=1 does not end
+    the run at step 2 (as without decay_steps) but at step 3, the cosine's end; step 1's policy is exported."""
+    files, tok = task
+    start = make_checkpoint("gpt2", tok, tmp_path / "gpt2")
+    (tmp_path / "falling.py").write_text(FALLING_REWARD.format(count=str(tmp_path / "calls")))
+    rc = main(["ppo", f"model.pretrained={start}", "ppo.reward_model=null", "run.backend=local",
+               *common(files, tmp_path / "runs"), "ppo.steps=6", "ppo.decay_steps=3", "ppo.patience=1",
+               f"ppo.reward_functions=[{{function: '{tmp_path / 'falling.py'}:falling'}}]",
+               "ppo.missing_eos_score=null", "evaluation.gold_function=null"])
+    assert rc == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "t"
+    result = json.loads((run / "ppo" / "result.json").read_text())
+    lr = {m["step"]: m["policy/lr"] for m in map(json.loads, (run / "ppo" / "metrics.jsonl").read_text().splitlines())
+          if "policy/lr" in m}
+    cosine = {s: 1e-3 * statistics.fmean(lr_factor(i, 0, 24, 0.1) for i in range(8 * s - 8, 8 * s)) for s in (1, 2, 3)}
+    assert lr == pytest.approx(cosine, rel=1e-9)  # each step's mean rate over its 8 updates, of a cosine over 24
+    assert result["steps_run"] == 3 and result["exported_step"] == 1
+    assert result["stop_reason"].startswith("stopped after step 3 of at most 6: 2 evaluation(s) in a row without")
 
 
 def eval_rows(ppo_dir) -> list[dict]:
