@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,7 +93,6 @@ def test_pipeline_from_a_qwen2_checkpoint_through_its_chat_template(task, tmp_pa
 
 PID_REWARD = '''
 import os
-import statistics
 
 def pid(prompts, responses, **fields):
     with open({log!r}, "a") as f:
@@ -140,20 +140,26 @@ def falling(prompts, responses, **fields):
 '''
 
 
-@pytest.mark.parametrize("export", ["objective", "last"])
-def test_ppo_exports_the_evaluation_with_the_higher_held_out_objective(task, tmp_path, export, capsys):
-    """A reward that falls with every call: step 1's held-out objective is the best, beyond noise, and
-    ppo.export=objective exports step 1's policy (as kept in best-objective/); ppo.export=last the last."""
+def run_falling(task, tmp_path, capsys, *overrides: str) -> tuple[Path, dict]:
+    """`instructrl ppo` on the falling reward alone (no reward model, no gold), evaluated every step:
+    the run's directory and its PPO result."""
     files, tok = task
     start = make_checkpoint("gpt2", tok, tmp_path / "gpt2")
     (tmp_path / "falling.py").write_text(FALLING_REWARD.format(count=str(tmp_path / "calls")))
     rc = main(["ppo", f"model.pretrained={start}", "ppo.reward_model=null", "run.backend=local",
-               *common(files, tmp_path / "runs"), "ppo.steps=3", f"ppo.export={export}",
+               *common(files, tmp_path / "runs"), *overrides,
                f"ppo.reward_functions=[{{function: '{tmp_path / 'falling.py'}:falling'}}]",
                "ppo.missing_eos_score=null", "evaluation.gold_function=null"])
     assert rc == 0, capsys.readouterr().err
     run = tmp_path / "runs" / "t"
-    result = json.loads((run / "ppo" / "result.json").read_text())
+    return run, json.loads((run / "ppo" / "result.json").read_text())
+
+
+@pytest.mark.parametrize("export", ["objective", "last"])
+def test_ppo_exports_the_evaluation_with_the_higher_held_out_objective(task, tmp_path, export, capsys):
+    """A reward that falls with every call: step 1's held-out objective is the best, beyond noise, and
+    ppo.export=objective exports step 1's policy (as kept in best-objective/); ppo.export=last the last."""
+    run, result = run_falling(task, tmp_path, capsys, "ppo.steps=3", f"ppo.export={export}")
     exported = AutoModelForCausalLM.from_pretrained(run / "ppo" / "policy").state_dict()
     if export == "last":
         assert result["exported_step"] == 3 and not (run / "ppo" / "best-objective").exists()
@@ -171,16 +177,8 @@ def test_ppo_stops_once_its_held_out_objective_stops_rising(task, tmp_path, pati
     """The falling reward again, evaluated every step: step 2's objective is not above step 1's (the first
     mark), so ppo.patience=1 ends the run after step 2 of at most 6 and exports step 1's policy; without
     patience all 6 steps run. Under schedule=async the next step's sample, drawn already, is left unused."""
-    files, tok = task
-    start = make_checkpoint("gpt2", tok, tmp_path / "gpt2")
-    (tmp_path / "falling.py").write_text(FALLING_REWARD.format(count=str(tmp_path / "calls")))
-    rc = main(["ppo", f"model.pretrained={start}", "ppo.reward_model=null", "run.backend=local",
-               *common(files, tmp_path / "runs"), "ppo.steps=6", f"ppo.patience={patience or 'null'}",
-               f"ppo.schedule={schedule}", f"ppo.reward_functions=[{{function: '{tmp_path / 'falling.py'}:falling'}}]",
-               "ppo.missing_eos_score=null", "evaluation.gold_function=null"])
-    assert rc == 0, capsys.readouterr().err
-    run = tmp_path / "runs" / "t"
-    result = json.loads((run / "ppo" / "result.json").read_text())
+    run, result = run_falling(task, tmp_path, capsys, "ppo.steps=6", f"ppo.patience={patience or 'null'}",
+                              f"ppo.schedule={schedule}")
     steps = [json.loads(line)["step"] for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines()
              if "reward/score" in json.loads(line)]
     if patience is None:
@@ -197,16 +195,7 @@ def test_ppo_decay_steps_ends_the_cosine_there_and_no_stop_comes_before_it(task,
     """ppo.decay_steps=3 of at most 6: the policy's learning rate falls from 1e-3 to its floor (a tenth) over
     the 24 updates of steps 1-3 (4 epochs × 2 minibatches each), not over 48, and ppo.patience=1 does not end
     the run at step 2 (as without decay_steps) but at step 3, the cosine's end; step 1's policy is exported."""
-    files, tok = task
-    start = make_checkpoint("gpt2", tok, tmp_path / "gpt2")
-    (tmp_path / "falling.py").write_text(FALLING_REWARD.format(count=str(tmp_path / "calls")))
-    rc = main(["ppo", f"model.pretrained={start}", "ppo.reward_model=null", "run.backend=local",
-               *common(files, tmp_path / "runs"), "ppo.steps=6", "ppo.decay_steps=3", "ppo.patience=1",
-               f"ppo.reward_functions=[{{function: '{tmp_path / 'falling.py'}:falling'}}]",
-               "ppo.missing_eos_score=null", "evaluation.gold_function=null"])
-    assert rc == 0, capsys.readouterr().err
-    run = tmp_path / "runs" / "t"
-    result = json.loads((run / "ppo" / "result.json").read_text())
+    run, result = run_falling(task, tmp_path, capsys, "ppo.steps=6", "ppo.decay_steps=3", "ppo.patience=1")
     lr = {m["step"]: m["policy/lr"] for m in map(json.loads, (run / "ppo" / "metrics.jsonl").read_text().splitlines())
           if "policy/lr" in m}
     cosine = {s: 1e-3 * statistics.fmean(lr_factor(i, 0, 24, 0.1) for i in range(8 * s - 8, 8 * s)) for s in (1, 2, 3)}
