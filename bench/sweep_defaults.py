@@ -300,7 +300,8 @@ def main() -> None:
     parser.add_argument("--rm", action="store_true", help="sweep reward-model settings (RM_SETTINGS) instead")
     parser.add_argument("--seeds", nargs="+", type=int,
                         help="seeds to run (default 0); with --table, the seeds to read (default all)")
-    parser.add_argument("--steps", type=int, default=150, help="PPO steps of each run (the demo's 150)")
+    parser.add_argument("--steps", type=int, default=150,
+                        help="PPO steps of each run (150: the budget the suite was read at; the default is 300)")
     parser.add_argument("--out", default="runs/bench-algorithms")
     parser.add_argument("--base", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides of the SFT and reward-model stages, when <out>/<task>/base is trained")

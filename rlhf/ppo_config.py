@@ -2,7 +2,7 @@
 
 The defaults were chosen on the task suite (bench/tasks: nine small tasks of different kinds, plus
 the embedded one), the KL penalty leave-one-task-out (docs/results.md has the sweeps and what they
-leave short): 150 steps × 128 rollouts (32 prompts × 4 samples, leave-one-out baseline), a per-token
+leave short): 300 steps × 128 rollouts (32 prompts × 4 samples, leave-one-out baseline), a per-token
 KL penalty (k1) with a fixed β = 0.1, 4 PPO epochs × 4 minibatches,
 policy lr 2e-4 with cosine decay to 2e-5, critic lr 3e-4 after 4 warm-up steps, cut-off responses
 scored −1. The rest follows InstructGPT (Ouyang et al. 2022, §3.5 and appendix C.4): γ = 1,
@@ -52,7 +52,7 @@ class PPOConfig(BaseModel):
     # score is reward_model_weight × RM score + Σ weight × function score.
     reward_functions: list[FunctionSpec] = []
     critic_init: str | None = None  # None: the reward model (the InstructGPT choice), else the policy's start
-    steps: int = Field(150, ge=1)  # PPO iterations (generate → score → update → sync); with patience, the most
+    steps: int = Field(300, ge=1)  # PPO iterations (generate → score → update → sync); with patience, the most
     # Stop once this many held-out evaluations in a row (every eval_every steps) have not raised the objective
     # (the score − kl_coef × KL per response, judged as `export` judges it) by more than one standard error over
     # prompts, measured from the last evaluation that did (rlhf/algo/selection.py, `plateau`; the first mark

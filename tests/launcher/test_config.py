@@ -98,7 +98,7 @@ def test_the_demo_runs_ppo_under_the_defaults():
     assert all(getattr(demo, r).group == GroupSpec(cpus_per_rank=0.4) for r in roles)
     placed = {r: getattr(PPOConfig(), r).model_copy(update={"group": GroupSpec(cpus_per_rank=0.4)}) for r in roles}
     assert demo == PPOConfig(max_new_tokens=demo.max_new_tokens, max_prompt_len=demo.max_prompt_len, **placed)
-    assert (demo.kl_coef, demo.ppo_epochs, demo.steps, demo.samples_per_prompt) == (0.1, 4, 150, 4)
+    assert (demo.kl_coef, demo.ppo_epochs, demo.steps, demo.samples_per_prompt) == (0.1, 4, 300, 4)
     assert demo.kl_target is None
     assert (demo.policy.optim.lr, demo.policy.optim.min_lr_ratio, demo.missing_eos_score) == (2e-4, 0.1, -1.0)
 

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 def test_pipeline_on_ray(ray_cluster, tmp_path, capsys):
     """The demo's data, SFT and reward model; for CI time SFT stops by epoch 6 at the latest (the demo's
     own stops at 17), the reward model by epoch 2 (the demo's at 7), both evaluate at their epochs' ends
-    only, and PPO runs 48 steps, not 150."""
+    only, and PPO runs 48 steps, not 300."""
     steps = 48
     rc = main(["pipeline", "--config", "demo", f"run.out_dir={tmp_path}", "run.name=ci", f"ppo.steps={steps}",
                "ppo.eval_every=24", "sft.epochs=6", "rm.epochs=2", "sft.eval_every=1000", "rm.eval_every=1000"])
