@@ -306,7 +306,7 @@ def main() -> None:
                         choices=["embedded", "suite", *SUITE], help="'suite': every task of bench/tasks")
     parser.add_argument("--out", default="runs/bench-algorithms")
     parser.add_argument("--steps", type=int, default=150,
-                        help="RL steps of each PPO-family run (150: the budget the suite was read at; the default is 300)")
+                        help="RL steps of each PPO-family run (150: the suite was read at it; the default is 300)")
     parser.add_argument("--n", type=int, default=8, help="n of the best-of-n baseline")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides of every RL run (e.g. ppo.kl_coef=0.3)")
