@@ -117,9 +117,10 @@ def throughput(run: Path) -> float:
     return statistics.fmean(values)
 
 
-def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
-    """n samples of the SFT policy per held-out prompt, the reward model's favourite kept, judged by the
-    gold function; `repeats` independent draws per prompt. KL(best-of-n ‖ SFT) ≤ log n − (n−1)/n."""
+def best_of_n(task: Task, n: int, repeats: int, seed: int = 0, rm: Path | None = None) -> dict:
+    """n samples of the SFT policy per held-out prompt, the favourite of the reward model `rm` (default: the
+    base's) kept, judged by the gold function; `repeats` independent draws per prompt.
+    KL(best-of-n ‖ SFT) ≤ log n − (n−1)/n."""
     import torch
 
     from launcher.config import load_config
@@ -140,7 +141,7 @@ def best_of_n(task: Task, n: int, repeats: int, seed: int = 0) -> dict:
     prompts = render_prompts(tok, load_prompts(task.eval_file(), DataConfig()))
     gold = TaskFunction(FunctionSpec(function=task.gold()).resolved(ROOT), ROOT)
     policy = LocalGroup(PolicyWorker, ModelSource(path=str(task.base / "sft")), EngineConfig())
-    reward = LocalGroup(RewardWorker, ModelSource(path=str(task.base / "rm")), EngineConfig())
+    reward = LocalGroup(RewardWorker, ModelSource(path=str(rm or task.base / "rm")), EngineConfig())
     start = time.perf_counter()
     repeated = [p for p in prompts for _ in range(n * repeats)]
     params = SamplingParams(max_new_tokens=lengths.max_new_tokens, temperature=1.0)

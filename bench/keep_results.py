@@ -1,5 +1,5 @@
 """Keep a sweep's measured results in the repository: the JSON that bench/sweep_defaults.py's tables read
-(<task>/sweep.json, sweep_rm.json, best_of.json, and every stage's result.json, the bases' included), copied
+(<task>/sweep.json, sweep_rm.json, best_of*.json, and every stage's result.json, the bases' included), copied
 from a run directory (runs/ is not tracked, and a fresh checkout has none) to bench/results/<name>. Weights,
 samples, data and logs stay behind. The tables then read the kept copy as they read the runs:
 
@@ -23,7 +23,8 @@ STAGES = ("sft", "rm", "dpo", "ppo")
 def kept_files(task_dir: Path) -> list[Path]:
     """The files of one task's directory worth keeping, relative to it: its own results and each run's
     stage results (<run>/<stage>/result.json), never what lies under a stage (an ensemble's members)."""
-    own = [Path(name) for name in TOP_LEVEL if (task_dir / name).is_file()]
+    own = [Path(name) for name in TOP_LEVEL if (task_dir / name).is_file()] + \
+        sorted(p.relative_to(task_dir) for p in task_dir.glob("best_of-*.json"))  # best-of-n under a run's RM
     stages = sorted(p.relative_to(task_dir) for stage in STAGES for p in task_dir.glob(f"*/{stage}/result.json")
                     if not p.parent.parent.is_symlink())
     return own + stages

@@ -259,12 +259,45 @@ def held_out_table(per_task: dict[str, dict], candidates: list[str], steps: int,
     return "\n".join(lines) + f"\n\nheld out, PPO closes ≥ {100 * bar:.0f}% of the gap on every task: {verdict}"
 
 
+def reward_models(task: Task, runs: list[dict]) -> list[Path]:
+    """The reward model each run trained against (its last ppo.reward_model override, read under `task.out`,
+    so that a kept copy of the results reads its own), the base's where a run names none; each once."""
+    found = []
+    for run in runs:
+        spec = next((o.split("=", 1)[1] for o in reversed(run.get("overrides", []))
+                     if o.startswith("ppo.reward_model=")), "auto")
+        parts = Path(spec).parts
+        if spec == "auto":
+            path = task.base / "rm"
+        elif task.out.name in parts:  # <that sweep's out>/<task>/<run>/rm
+            path = task.out.joinpath(*parts[len(parts) - parts[::-1].index(task.out.name):])
+        else:
+            path = Path(spec)
+        if path not in found:
+            found.append(path)
+    return found
+
+
+def best_of_reward_model(task: Task, rm: Path, n: int) -> dict:
+    """best-of-n under reward model `rm`, computed once (<task>/best_of.json for the base's reward model,
+    best_of-<run>.json for a run's)."""
+    from bench.compare_algorithms import best_of_n
+
+    saved = task.out / ("best_of.json" if rm == task.base / "rm" else f"best_of-{rm.parent.name}.json")
+    if not saved.exists():
+        if not (rm / "reward_stats.json").exists():
+            raise SystemExit(f"{saved}: missing, and {rm} holds no reward model to compute it with (read the run "
+                             f"directory, not a kept copy of its results)")
+        saved.write_text(json.dumps(best_of_n(task, n, repeats=4, rm=rm)))
+    return json.loads(saved.read_text())
+
+
 def report(tasks: dict[str, Task], per_task: dict[str, dict], chosen: str, steps: int, n: int = 8) -> str:
     """#27's one table: per task the SFT policy's gold beside its demonstrations' own, best-of-n from the
     SFT policy, PPO under `chosen` (mean over seeds), GRPO and PPO on the gold itself (the oracle) under
     the same setting, PPO's KL, the reward model's held-out accuracy beside the labels' ceiling, and
-    PPO's wall time. best-of-n is computed once per task (<out>/<task>/best_of.json)."""
-    from bench.compare_algorithms import best_of_n
+    PPO's wall time. Best-of-n and the accuracy are those of the reward models the PPO runs trained against
+    (the mean over them: a draw's own, else the base's)."""
 
     def cell(runs: dict, label: str, key: str = "gold", fmt: str = "{:.3f}") -> str:
         value = seed_mean(runs, label, steps, key)
@@ -274,12 +307,12 @@ def report(tasks: dict[str, Task], per_task: dict[str, dict], chosen: str, steps
              "(gold as reward) | PPO KL | RM accuracy (labels' ceiling) | PPO wall (s) |", "| --- |" + " --- |" * 8]
     for name, task in tasks.items():
         runs = per_task[name]
-        saved = task.out / "best_of.json"
-        if not saved.exists():
-            saved.write_text(json.dumps(best_of_n(task, n, repeats=4)))
-        bon = json.loads(saved.read_text())
+        chosen_runs = [v for k, v in runs.items() if k.startswith(f"{chosen}/") and k.endswith(f"/{steps}")]
+        rms = reward_models(task, chosen_runs)
+        bon = {"gold": statistics.fmean(best_of_reward_model(task, rm, n)["gold"] for rm in rms)}
         sft = json.loads((task.base / "sft" / "result.json").read_text())
-        rm = json.loads((task.base / "rm" / "result.json").read_text())
+        rm = {"eval/accuracy": statistics.fmean(json.loads((rm / "result.json").read_text())["eval/accuracy"]
+                                                for rm in rms)}
         demos = sft.get("demonstrations_gold")
         start = seed_mean(runs, chosen, steps, "sft") or sft.get("eval/gold_score")
         closed = seed_mean(runs, chosen, steps)

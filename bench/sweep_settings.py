@@ -177,6 +177,9 @@ for label in [k for k in SETTINGS if k.startswith("r5-")]:  # GRPO and the oracl
     SETTINGS[f"{label}-grpo"] = [*SETTINGS[label], *GRPO]
     SETTINGS[f"{label}-oracle"] = SETTINGS[label]  # + the gold as the only reward (sweep_defaults.setting_overrides)
 SETTINGS |= {"r5-grpo": [*ROUND_5, *GRPO], "r5-oracle": ROUND_5}  # under the defaults of the round's start
+for k in (4, 5):  # #27's one table under the 300-step default, on the whole-run draws 4 and 5 (run --steps 300)
+    SETTINGS[f"r32-rm-min10-seed{k}-grpo"] = [*SETTINGS[f"r32-rm-min10-seed{k}"], *GRPO]
+    SETTINGS[f"r32-rm-min10-seed{k}-oracle"] = SETTINGS[f"r32-rm-min10-seed{k}"]  # its reward model then unused
 
 
 # Reward-model settings (--rm): overrides of the rm section on top of the demo config; each trains a

@@ -227,7 +227,7 @@ def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs
     task = tmp_path / "runs" / "r33" / "sorting"
     run = {"gold": 0.78, "stderr": 0.02, "kl": 1.6, "sft": 0.562, "closed": 0.5, "wall_s": 400.0, "peak": 0.78,
            "peak_stderr": 0.02, "peak_kl": 1.6}
-    files = {"sweep.json": json.dumps({"r32-rm-min10-seed4/s4/150": run}), "best_of.json": "{}",
+    files = {"sweep.json": json.dumps({"r32-rm-min10-seed4/s4/150": run}), "best_of.json": "{}", "best_of-r.json": "{}",
              "base/sft/result.json": "{}", "base/sft/model.safetensors": "w", "sweep-a-s4-150/ppo/result.json": "{}",
              "sweep-a-s4-150/ppo/samples/step-0.jsonl": "{}", "sweep-rm-x-s4/rm/result.json": "{}",
              "sweep-rm-x-s4/rm/ensemble/1/result.json": "{}", "task/sft.jsonl": "{}"}
@@ -240,7 +240,7 @@ def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs
     kept.main([str(task.parent)])
     copied = sorted(str(p.relative_to(tmp_path / "kept" / "r33" / "sorting"))
                     for p in (tmp_path / "kept").rglob("*") if p.is_file())
-    assert copied == ["base/sft/result.json", "best_of.json", "sweep-a-s4-150/ppo/result.json",
+    assert copied == ["base/sft/result.json", "best_of-r.json", "best_of.json", "sweep-a-s4-150/ppo/result.json",
                       "sweep-rm-x-s4/rm/result.json", "sweep.json"]
 
     tables = []
@@ -252,6 +252,36 @@ def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs
     assert "50%" in tables[0] and tables[0] == tables[1]
     with pytest.raises(SystemExit, match="no task directory"):
         kept.main([str(tmp_path / "kept" / "r33" / "sorting" / "base")])
+
+
+def test_the_issues_table_reads_the_reward_model_each_draw_trained_against(tmp_path):
+    """bench/sweep_defaults.report: best-of-n and the reward model's accuracy are those of the reward models the
+    chosen runs trained against (their ppo.reward_model, recorded under another sweep's directory and read under
+    this one's), averaged over the draws, not the base's; a missing best-of-n with no reward model to compute it
+    is refused by name."""
+    from bench.compare_algorithms import Task
+    from bench.sweep_defaults import report
+
+    task = Task("sorting", tmp_path / "kept" / "r33" / "sorting")
+    files = {"base/sft/result.json": {"eval/gold_score": 0.56, "demonstrations_gold": 0.955},
+             "base/rm/result.json": {"eval/accuracy": 0.5}, "best_of.json": {"gold": 0.1},
+             "sweep-rm-x-s4/rm/result.json": {"eval/accuracy": 0.9}, "best_of-sweep-rm-x-s4.json": {"gold": 0.7},
+             "sweep-rm-x-s5/rm/result.json": {"eval/accuracy": 0.8}, "best_of-sweep-rm-x-s5.json": {"gold": 0.6},
+             "task/labels.json": {"label_accuracy": 0.95}}
+    for rel, value in files.items():
+        (task.out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (task.out / rel).write_text(json.dumps(value))
+
+    def run(k: int) -> dict:
+        return {"gold": 0.8, "stderr": 0.02, "kl": 1.5, "sft": 0.56, "closed": 0.55, "wall_s": 500.0,
+                "overrides": ["ppo.reward_model=auto", f"ppo.reward_model=/elsewhere/r33/sorting/sweep-rm-x-s{k}/rm"]}
+
+    table = report({"sorting": task}, {"sorting": {"d/s4/300": run(4), "d/s5/300": run(5)}}, "d", 300)
+    row = table.splitlines()[-1]
+    assert "| 0.650 |" in row and "| 0.850 (0.950) |" in row and "0.800 · 55%" in row, row
+    (task.out / "best_of-sweep-rm-x-s5.json").unlink()
+    with pytest.raises(SystemExit, match="best_of-sweep-rm-x-s5.json: missing"):
+        report({"sorting": task}, {"sorting": {"d/s4/300": run(4), "d/s5/300": run(5)}}, "d", 300)
 
 
 def test_the_suites_runs_train_on_one_thread_whatever_the_shell_set(tmp_path, monkeypatch):
