@@ -308,7 +308,7 @@ def report(tasks: dict[str, Task], per_task: dict[str, dict], chosen: str, steps
     for name, task in tasks.items():
         runs = per_task[name]
         chosen_runs = [v for k, v in runs.items() if k.startswith(f"{chosen}/") and k.endswith(f"/{steps}")]
-        rms = reward_models(task, chosen_runs)
+        rms = reward_models(task, chosen_runs) or [task.base / "rm"]  # no runs under `chosen`: the base's
         bon = {"gold": statistics.fmean(best_of_reward_model(task, rm, n)["gold"] for rm in rms)}
         sft = json.loads((task.base / "sft" / "result.json").read_text())
         rm = {"eval/accuracy": statistics.fmean(json.loads((rm / "result.json").read_text())["eval/accuracy"]

@@ -1,7 +1,8 @@
 """The suite's bench scripts (bench/sweep_settings.py, sweep_defaults.py, compare_algorithms.py,
-same_reward_model.py, read_patience.py, keep_results.py): settings that validate and pin their day's defaults, the
-tables and the leave-one-task-out choice, results saved under a lock, recorded against the very same reward model or
-read off a longer run as ppo.patience stops it, kept in the repository, and runs that train on one thread."""
+same_reward_model.py, read_patience.py, keep_results.py, below_best.py): settings that validate and pin their day's
+defaults, the tables and the leave-one-task-out choice, results saved under a lock, recorded against the very same
+reward model or read off a longer run as ppo.patience stops it, kept in the repository, why a run ends below its
+best, and runs that train on one thread."""
 
 from __future__ import annotations
 
@@ -282,6 +283,36 @@ def test_the_issues_table_reads_the_reward_model_each_draw_trained_against(tmp_p
     (task.out / "best_of-sweep-rm-x-s5.json").unlink()
     with pytest.raises(SystemExit, match="best_of-sweep-rm-x-s5.json: missing"):
         report({"sorting": task}, {"sorting": {"d/s4/300": run(4), "d/s5/300": run(5)}}, "d", 300)
+
+
+def test_below_best_reads_the_gold_and_the_objective_prompt_by_prompt_at_the_exported_and_the_best_step(tmp_path):
+    """bench/below_best.py: for a run ending more than a standard error below its best evaluation, the paired gold
+    gap and objective gap between the gold's best step and the exported one, and the objective's highest step,
+    worked out by hand (3 prompts × 2 samples, β 0.1); a run within a standard error of its best is not listed."""
+    from bench.below_best import table
+
+    task = tmp_path / "notes"
+    gold = {0: [0.5] * 6, 25: [1, 1, 1, 0, 1, 1], 50: [1, 0, 0, 0, 1, 1]}  # per prompt: 25 → 1, .5, 1; 50 → .5, 0, 1
+    score = {0: 0.0, 25: 1.0, 50: 2.0}  # KL 1 everywhere: objective 0.9 at step 25, 1.9 at step 50
+
+    def write_run(name: str, exported_gold: float) -> None:
+        run = task / name
+        (run / "ppo" / "samples").mkdir(parents=True)
+        (run / "config.yaml").write_text("ppo: {kl_coef: 0.1}\nevaluation: {samples_per_prompt: 2}\n")
+        for step, values in gold.items():
+            rows = [{"gold": g, "score": score[step], "kl": 1.0 if step else 0.0} for g in values]
+            (run / "ppo" / "samples" / f"step-{step}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        evals = {str(s): {"eval/gold_score": g, "eval/gold_stderr": 0.05}
+                 for s, g in {0: 0.5, 25: 5 / 6, 50: exported_gold}.items()}
+        (run / "ppo" / "result.json").write_text(json.dumps({"evaluations": evals, "exported_step": 50}))
+
+    write_run("sweep-r-s4-300", 0.5)
+    write_run("sweep-r-s5-300", 0.8)  # within 0.05 of 5/6: not below its best
+    (task / "sweep.json").write_text(json.dumps({"r/s4/300": {}, "r/s5/300": {}}))
+    rows = table(tmp_path, ["notes"], ["r/s4/300", "r/s5/300"]).splitlines()[2:]
+    assert rows == ["| notes | r/s4/300 | 50: 0.500 | 25: 0.833 ± 0.050 | +0.3333 ± 0.1667 | -1.0000 ± 0.0000 | 50 |"]
+    with pytest.raises(SystemExit, match="no run r/s6/300"):
+        table(tmp_path, ["notes"], ["r/s6/300"])
 
 
 def test_the_suites_runs_train_on_one_thread_whatever_the_shell_set(tmp_path, monkeypatch):
