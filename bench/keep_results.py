@@ -1,6 +1,7 @@
 """Keep a sweep's measured results in the repository: the JSON that bench/sweep_defaults.py's tables read
-(<task>/sweep.json, sweep_rm.json, best_of*.json, and every stage's result.json, the bases' included), copied
-from a run directory (runs/ is not tracked, and a fresh checkout has none) to bench/results/<name>. Weights,
+(<task>/sweep.json, sweep_rm.json, best_of*.json, task/labels.json, and every stage's result.json, the bases'
+included), copied from a run directory (runs/ is not tracked, and a fresh checkout has none) to
+bench/results/<name>. Weights,
 samples, data and logs stay behind. The tables then read the kept copy as they read the runs:
 
     python bench/keep_results.py runs/r33
@@ -16,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = ROOT / "bench" / "results"
-TOP_LEVEL = ("sweep.json", "sweep_rm.json", "best_of.json", "results.json")  # a task directory's own files
+# a task directory's own files; task/labels.json: the labels' agreement with the gold, the report's ceiling
+TOP_LEVEL = ("sweep.json", "sweep_rm.json", "best_of.json", "results.json", "task/labels.json")
 STAGES = ("sft", "rm", "dpo", "ppo")
 
 

@@ -231,7 +231,7 @@ def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs
     files = {"sweep.json": json.dumps({"r32-rm-min10-seed4/s4/150": run}), "best_of.json": "{}", "best_of-r.json": "{}",
              "base/sft/result.json": "{}", "base/sft/model.safetensors": "w", "sweep-a-s4-150/ppo/result.json": "{}",
              "sweep-a-s4-150/ppo/samples/step-0.jsonl": "{}", "sweep-rm-x-s4/rm/result.json": "{}",
-             "sweep-rm-x-s4/rm/ensemble/1/result.json": "{}", "task/sft.jsonl": "{}"}
+             "sweep-rm-x-s4/rm/ensemble/1/result.json": "{}", "task/sft.jsonl": "{}", "task/labels.json": "{}"}
     for rel, text in files.items():
         (task / rel).parent.mkdir(parents=True, exist_ok=True)
         (task / rel).write_text(text)
@@ -242,7 +242,7 @@ def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs
     copied = sorted(str(p.relative_to(tmp_path / "kept" / "r33" / "sorting"))
                     for p in (tmp_path / "kept").rglob("*") if p.is_file())
     assert copied == ["base/sft/result.json", "best_of-r.json", "best_of.json", "sweep-a-s4-150/ppo/result.json",
-                      "sweep-rm-x-s4/rm/result.json", "sweep.json"]
+                      "sweep-rm-x-s4/rm/result.json", "sweep.json", "task/labels.json"]
 
     tables = []
     for out in (task.parent, tmp_path / "kept" / "r33"):
