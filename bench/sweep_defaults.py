@@ -309,18 +309,17 @@ def report(tasks: dict[str, Task], per_task: dict[str, dict], chosen: str, steps
         runs = per_task[name]
         chosen_runs = [v for k, v in runs.items() if k.startswith(f"{chosen}/") and k.endswith(f"/{steps}")]
         rms = reward_models(task, chosen_runs) or [task.base / "rm"]  # no runs under `chosen`: the base's
-        bon = {"gold": statistics.fmean(best_of_reward_model(task, rm, n)["gold"] for rm in rms)}
+        best_of = statistics.fmean(best_of_reward_model(task, rm, n)["gold"] for rm in rms)
+        accuracy = statistics.fmean(json.loads((rm / "result.json").read_text())["eval/accuracy"] for rm in rms)
         sft = json.loads((task.base / "sft" / "result.json").read_text())
-        rm = {"eval/accuracy": statistics.fmean(json.loads((rm / "result.json").read_text())["eval/accuracy"]
-                                                for rm in rms)}
         demos = sft.get("demonstrations_gold")
         start = seed_mean(runs, chosen, steps, "sft") or sft.get("eval/gold_score")
         closed = seed_mean(runs, chosen, steps)
         ppo = f"{cell(runs, chosen)} · {100 * closed:.0f}%" if closed is not None else "–"
         base = "r5" if chosen == "defaults" else chosen
         grpo, oracle = cell(runs, f"{base}-grpo"), cell(runs, f"{base}-oracle")
-        lines.append(f"| {name} | {start:.3f} ({demos:.3f}) | {bon['gold']:.3f} | {ppo} | {grpo} | {oracle} | "
-                     f"{cell(runs, chosen, 'kl', '{:.2f}')} | {rm['eval/accuracy']:.3f} "
+        lines.append(f"| {name} | {start:.3f} ({demos:.3f}) | {best_of:.3f} | {ppo} | {grpo} | {oracle} | "
+                     f"{cell(runs, chosen, 'kl', '{:.2f}')} | {accuracy:.3f} "
                      f"({task.label_accuracy():.3f}) | {cell(runs, chosen, 'wall_s', '{:.0f}')} |")
     return "\n".join(lines)
 
