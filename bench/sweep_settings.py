@@ -167,6 +167,12 @@ for k in (4, 5):
 # "The cosine's end as the floor of PPO's stop"): run with --steps 300, the bound.
 for k in (4, 5):
     SETTINGS[f"r35-decay-150-seed{k}"] = [*SETTINGS[f"r34-patience-2-seed{k}"], "ppo.decay_steps=150"]
+# The default runs again with the policy's checkpoint of every evaluation kept (every 25 steps, none pruned), so that
+# averages of the policy's last weights can be read offline (docs/results.md, "Averaging the policy's last weights";
+# bench/tail_average.py). Saving more often changes no update.
+for k in range(6):
+    SETTINGS[f"r36-snapshots-seed{k}"] = [*SETTINGS[f"r32-rm-min10-seed{k}"], "ppo.save_every=25",
+                                          "run.save_total_limit=0"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
