@@ -187,7 +187,7 @@ def table(per_task: dict[str, dict], settings: list[str], steps: int) -> str:
     for label in settings:
         cells, every = [], []
         for t in tasks:
-            runs = [v for k, v in per_task[t].items() if k.startswith(f"{label}/") and k.endswith(f"/{steps}")]
+            runs = runs_of(per_task[t], label, steps)
             every += [r for r in runs if "peak" in r]
             if not runs:
                 cells.append("–")
@@ -222,8 +222,13 @@ def draws(runs: dict, picks: list[str], steps: int) -> dict:
     return out
 
 
+def runs_of(runs: dict, label: str, steps: int) -> list[dict]:
+    """The results of a task's runs under setting `label` at budget `steps` (keys SETTING/sSEED/STEPS), every seed."""
+    return [v for k, v in runs.items() if k.startswith(f"{label}/") and k.endswith(f"/{steps}")]
+
+
 def seed_mean(runs: dict, label: str, steps: int, key: str = "closed") -> float | None:
-    values = [v[key] for k, v in runs.items() if k.startswith(f"{label}/") and k.endswith(f"/{steps}")]
+    values = [v[key] for v in runs_of(runs, label, steps)]
     return statistics.fmean(values) if values else None
 
 
@@ -242,7 +247,7 @@ def held_out_table(per_task: dict[str, dict], candidates: list[str], steps: int,
 
     for task in per_task:
         chosen = max(candidates, key=partial(on_others, task))
-        runs = [v for k, v in per_task[task].items() if k.startswith(f"{chosen}/") and k.endswith(f"/{steps}")]
+        runs = runs_of(per_task[task], chosen, steps)
         if not runs:
             lines.append(f"| {task} | {chosen} | – | – | – |")
             short.append(task)
@@ -307,7 +312,7 @@ def report(tasks: dict[str, Task], per_task: dict[str, dict], chosen: str, steps
              "(gold as reward) | PPO KL | RM accuracy (labels' ceiling) | PPO wall (s) |", "| --- |" + " --- |" * 8]
     for name, task in tasks.items():
         runs = per_task[name]
-        chosen_runs = [v for k, v in runs.items() if k.startswith(f"{chosen}/") and k.endswith(f"/{steps}")]
+        chosen_runs = runs_of(runs, chosen, steps)
         rms = reward_models(task, chosen_runs) or [task.base / "rm"]  # no runs under `chosen`: the base's
         best_of = statistics.fmean(best_of_reward_model(task, rm, n)["gold"] for rm in rms)
         accuracy = statistics.fmean(json.loads((rm / "result.json").read_text())["eval/accuracy"] for rm in rms)

@@ -1,8 +1,8 @@
 """The suite's bench scripts (bench/sweep_settings.py, sweep_defaults.py, compare_algorithms.py,
-same_reward_model.py, read_patience.py, keep_results.py, below_best.py): settings that validate and pin their day's
-defaults, the tables and the leave-one-task-out choice, results saved under a lock, recorded against the very same
-reward model or read off a longer run as ppo.patience stops it, kept in the repository, why a run ends below its
-best, and runs that train on one thread."""
+same_reward_model.py, read_patience.py, keep_results.py, below_best.py, tail_average.py): settings that validate
+and pin their day's defaults, the tables and the leave-one-task-out choice, results saved under a lock, recorded
+against the very same reward model or read off a longer run as ppo.patience stops it, kept in the repository, why
+a run ends below its best, the average of its last checkpoints, and runs that train on one thread."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_every_sweep_setting_is_a_valid_demo_config():
         if label in SETTINGS and label != "defaults":
             pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else \
                 ROUND_4 if label.startswith("r4-") else \
-                ROUND_5 if label.split("-")[0] in {f"r{n}" for n in (5, 7, 9, 10, 11, *range(14, 33), 34, 35)} \
+                ROUND_5 if label.split("-")[0] in {f"r{n}" for n in (5, 7, 9, 10, 11, *range(14, 33), 34, 35, 36)} \
                 else DEMO_2026_11_24
             assert overrides[:len(pinned)] == pinned, label
     assert SETTINGS["defaults"] == []
@@ -332,3 +332,28 @@ def test_the_suites_runs_train_on_one_thread_whatever_the_shell_set(tmp_path, mo
     monkeypatch.setattr(bench.subprocess, "run", run)
     bench.cli(["sft"], tmp_path / "sft.log")
     assert seen["OMP_NUM_THREADS"] == "1" and seen["PATH"] == bench.os.environ["PATH"]
+
+
+def test_tail_average_means_the_kept_checkpoints_weight_by_weight_and_reads_one_rank_runs_only(tmp_path):
+    """bench/tail_average.py: the average of the policy's last checkpoints is the plain mean of each weight (worked
+    out by hand), refuses state dicts of different weights, and a checkpoint of several ranks (shards it would
+    have to merge) is refused by name rather than averaged as if whole."""
+    import torch
+    from safetensors.torch import save_file
+
+    from bench.tail_average import average, snapshots
+
+    states = [{"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.0])},
+              {"w": torch.tensor([3.0, 2.0]), "b": torch.tensor([1.0])},
+              {"w": torch.tensor([2.0, 5.0]), "b": torch.tensor([2.0])}]
+    mean = average(states)
+    assert mean["w"].tolist() == [2.0, 3.0] and mean["b"].tolist() == [1.0] and mean["w"].dtype == torch.float32
+    with pytest.raises(ValueError, match="different weights"):
+        average([states[0], {"w": torch.tensor([1.0, 2.0])}])
+    for step in (275, 300):
+        (tmp_path / "ppo" / f"checkpoint-{step}" / "policy").mkdir(parents=True)
+        save_file(states[0], tmp_path / "ppo" / f"checkpoint-{step}" / "policy" / "rank-00000.safetensors")
+    assert list(snapshots(tmp_path)) == [275, 300]
+    save_file(states[0], tmp_path / "ppo" / "checkpoint-300" / "policy" / "rank-00001.safetensors")
+    with pytest.raises(SystemExit, match="checkpoint-300/policy: 2 rank files"):
+        snapshots(tmp_path)

@@ -1,0 +1,187 @@
+"""Averages of a finished PPO run's last policy checkpoints, evaluated as the run evaluates (#27's export criterion).
+
+A run whose policy wobbles on a plateau ends below its best evaluation when the best of its evaluations caught a
+high point of the wobble. Averaging the weights of the run's last checkpoints (Izmailov et al. 2018) removes the
+wobble. For each run (`<out>/<task>/sweep.json`, keys SETTING/sSEED/STEPS; run with `ppo.save_every` equal to
+`ppo.eval_every` and `run.save_total_limit=0`, as the settings `r36-snapshots-seed<k>` do) this averages the
+policy's weights over the last n checkpoints (uniform, n from --windows; 1 is the last policy itself) and
+evaluates each average on the run's held-out prompts with the run's own judges: its reward model (normalised and
+clipped as the run did), its reference (the KL) and its gold, with the run's evaluation seed, so the last policy's
+evaluation repeats the run's own. It prints each average's gold against the run's best evaluation (the criterion:
+within one standard error of it), and its held-out objective (score − β·KL, what `ppo.export` reads) against the
+last policy's, prompt by prompt.
+
+    python bench/tail_average.py --out runs/r33 --tasks notes --runs r36-snapshots-seed4/s4/300 --windows 1 2 4 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rlhf.algo.selection import paired_gain, per_prompt_means, per_prompt_objective  # noqa: E402
+
+RANK_FILE = "rank-00000.safetensors"
+
+
+def snapshots(run_dir: Path) -> dict[int, Path]:
+    """The policy weights of each kept checkpoint by step (one-rank runs: a checkpoint of several ranks holds
+    shards, which this does not merge)."""
+    out = {}
+    for d in (run_dir / "ppo").glob("checkpoint-*"):
+        files = sorted((d / "policy").glob("rank-*.safetensors"))
+        if [f.name for f in files] != [RANK_FILE]:
+            raise SystemExit(f"{d}/policy: {len(files)} rank files; this reads one-rank runs only")
+        out[int(d.name.split("-")[1])] = files[0]
+    return dict(sorted(out.items()))
+
+
+def average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The uniform mean of state dicts with the same keys, accumulated in float64 and returned as float32."""
+    if not states:
+        raise ValueError("no state dicts to average")
+    keys = set(states[0])
+    for s in states[1:]:
+        if set(s) != keys:
+            raise ValueError(f"state dicts of different weights: {sorted(keys ^ set(s))[:3]}")
+    return {k: (sum(s[k].double() for s in states) / len(states)).float() for k in states[0]}
+
+
+def write_average(run_dir: Path, steps: list[int], files: dict[int, Path], path: Path) -> Path:
+    """The average of the policy's checkpoints at `steps` as an HF checkpoint at `path`."""
+    from models.hf import load_pretrained, save_pretrained
+
+    model = load_pretrained(run_dir / "ppo" / "policy")  # for its config
+    return save_pretrained(model, path, state=average([load_file(files[s]) for s in steps]))
+
+
+class RunJudges:
+    """A finished run's held-out prompts and judges, rebuilt from its config.yaml."""
+
+    def __init__(self, run_dir: Path):
+        import yaml
+
+        from launcher.config import Config
+        from launcher.worker_group import LocalGroup
+        from models.tokenizer import load_tokenizer
+        from parallel.engine import EngineConfig
+        from parallel.host import ModelSource
+        from rlhf.chat import render_prompts
+        from rlhf.data import DataConfig, load_prompts
+        from rlhf.evaluate import Judges
+        from rlhf.functions import TaskFunction
+        from rlhf.reward_model import read_reward_stats
+        from rlhf.scoring import RewardWorker
+        from rlhf.workers import ReferenceWorker
+
+        self.cfg = cfg = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        p = cfg.ppo
+        if p.reward_functions or p.reward_model is None or cfg.evaluation.gold_function is None:
+            raise SystemExit(f"{run_dir}: this reads runs scored by a reward model alone, with a gold function")
+        self.tok = load_tokenizer(run_dir / "tokenizer")
+        self.prompts = render_prompts(self.tok, load_prompts(p.eval_prompts, DataConfig()))
+        stats = read_reward_stats(p.reward_model) if p.normalize_scores else None
+        self.judges = Judges(gold=TaskFunction(cfg.evaluation.gold_function.resolved(ROOT), ROOT),
+                             reward=LocalGroup(RewardWorker, ModelSource(path=p.reward_model), EngineConfig()),
+                             reference=LocalGroup(ReferenceWorker, ModelSource(path=p.policy_init), EngineConfig()),
+                             weights=p.score_weights, rm_stats=stats, clip=p.score_clip,
+                             missing_eos_score=p.missing_eos_score)
+
+    def evaluate(self, policy_dir: Path):
+        from launcher.worker_group import LocalGroup
+        from parallel.engine import EngineConfig
+        from parallel.host import ModelSource
+        from rlhf.evaluate import evaluate_policy
+        from rlhf.workers import PolicyWorker
+
+        policy = LocalGroup(PolicyWorker, ModelSource(path=str(policy_dir)), EngineConfig())
+        return evaluate_policy(policy, self.tok, self.prompts, self.cfg.evaluation, self.judges, self.cfg.run.seed)
+
+
+def read_run(run_dir: Path, windows: list[int]) -> dict:
+    """Each window's average evaluated, against the run's own evaluations."""
+    result = json.loads((run_dir / "ppo" / "result.json").read_text())
+    evals = {int(s): e for s, e in result["evaluations"].items()}
+    best = max((s for s in evals if s > 0), key=lambda s: evals[s]["eval/gold_score"])
+    files = snapshots(run_dir)
+    last = max(evals)
+    if last not in files:
+        raise SystemExit(f"{run_dir}/ppo/checkpoint-{last}: the last policy's checkpoint is not kept")
+    judges = RunJudges(run_dir)
+    samples, beta = judges.cfg.evaluation.samples_per_prompt, judges.cfg.ppo.kl_coef
+    rows = {}
+    for n in windows:
+        steps = sorted(files)[-n:]
+        if len(steps) < n or (n > 1 and any(s not in evals for s in steps)):
+            raise SystemExit(f"{run_dir}: {n} checkpoints at evaluation steps asked for, kept: {sorted(files)}")
+        ev = judges.evaluate(write_average(run_dir, steps, files, run_dir / "ppo" / f"average-{n}"))
+        gold = per_prompt_means([r["gold"] for r in ev.rows], samples)
+        objective = per_prompt_objective([r["score"] for r in ev.rows], [r["kl"] for r in ev.rows], beta, samples)
+        rows[n] = {"steps": steps, "gold": ev.gold.mean, "gold_stderr": ev.gold.stderr, "kl": ev.metrics["eval/kl"],
+                   "per_prompt_gold": gold, "per_prompt_objective": objective}
+    one = rows.get(1)
+    for r in rows.values():
+        r["objective"] = statistics.fmean(r["per_prompt_objective"])
+        if one is not None:
+            r["gold_gain"] = dataclasses.asdict(paired_gain(r["per_prompt_gold"], one["per_prompt_gold"]))
+            r["objective_gain"] = dataclasses.asdict(paired_gain(r["per_prompt_objective"],
+                                                                  one["per_prompt_objective"]))
+    return {"best_step": best, "best_gold": evals[best]["eval/gold_score"],
+            "best_stderr": evals[best]["eval/gold_stderr"], "run_last_gold": evals[last]["eval/gold_score"],
+            "windows": {n: {k: v for k, v in r.items() if not k.startswith("per_prompt")} for n, r in rows.items()}}
+
+
+def gain(g: dict | None) -> str:
+    return f"{g['mean']:+.4f} ± {g['stderr']:.4f}" if g else ""
+
+
+def table(read: dict[str, dict]) -> str:
+    lines = ["| run | best evaluation: step, gold ± s.e. | average of | steps | gold · KL | within a s.e. of the "
+             "best | gold − last's | objective − last's |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in read.items():
+        floor = r["best_gold"] - r["best_stderr"]
+        for n, w in r["windows"].items():
+            lines.append(f"| {name} | {r['best_step']}: {r['best_gold']:.3f} ± {r['best_stderr']:.3f} | {n} | "
+                         f"{w['steps'][0]}–{w['steps'][-1]} | {w['gold']:.3f} · {w['kl']:.2f} | "
+                         f"{'yes' if w['gold'] >= floor else 'no'} | {gain(w.get('gold_gain') if n != 1 else None)} | "
+                         f"{gain(w.get('objective_gain') if n != 1 else None)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="the sweep's directory (<out>/<task>/sweep.json)")
+    parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--runs", nargs="+", required=True, help="sweep keys, SETTING/sSEED/STEPS")
+    parser.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4, 7],
+                        help="how many of the last checkpoints each average takes (1: the last policy)")
+    args = parser.parse_args()
+    read = {}
+    for task in args.tasks:
+        for key in args.runs:
+            setting, seed, steps = key.split("/")
+            run_dir = args.out / task / f"sweep-{setting}-{seed}-{steps}"
+            if not run_dir.is_dir():
+                continue
+            cache = run_dir / "ppo" / "tail_average.json"
+            cached = json.loads(cache.read_text()) if cache.exists() else {}
+            cached["windows"] = {int(n): w for n, w in cached.get("windows", {}).items()}
+            if sorted(cached["windows"]) != sorted(args.windows):
+                cached = read_run(run_dir, args.windows)
+                cache.write_text(json.dumps(cached, indent=1))
+            read[f"{task} {key}"] = cached
+    print(table(read))
+
+
+if __name__ == "__main__":
+    main()
