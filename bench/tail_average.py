@@ -23,12 +23,12 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlhf.algo.averaging import mean_state  # noqa: E402
 from rlhf.algo.selection import paired_gain, per_prompt_means, per_prompt_objective  # noqa: E402
 
 RANK_FILE = "rank-00000.safetensors"
@@ -46,23 +46,12 @@ def snapshots(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The uniform mean of state dicts with the same keys, accumulated in float64 and returned as float32."""
-    if not states:
-        raise ValueError("no state dicts to average")
-    keys = set(states[0])
-    for s in states[1:]:
-        if set(s) != keys:
-            raise ValueError(f"state dicts of different weights: {sorted(keys ^ set(s))[:3]}")
-    return {k: (sum(s[k].double() for s in states) / len(states)).float() for k in states[0]}
-
-
 def write_average(run_dir: Path, steps: list[int], files: dict[int, Path], path: Path) -> Path:
     """The average of the policy's checkpoints at `steps` as an HF checkpoint at `path`."""
     from models.hf import load_pretrained, save_pretrained
 
     model = load_pretrained(run_dir / "ppo" / "policy")  # for its config
-    return save_pretrained(model, path, state=average([load_file(files[s]) for s in steps]))
+    return save_pretrained(model, path, state=mean_state([load_file(files[s]) for s in steps]))
 
 
 class RunJudges:
@@ -171,7 +160,8 @@ def main() -> None:
         for key in args.runs:
             setting, seed, steps = key.split("/")
             run_dir = args.out / task / f"sweep-{setting}-{seed}-{steps}"
-            if not run_dir.is_dir():
+            sweep = args.out / task / "sweep.json"
+            if not sweep.exists() or key not in json.loads(sweep.read_text()):  # not run, or not finished
                 continue
             cache = run_dir / "ppo" / "tail_average.json"
             cached = json.loads(cache.read_text()) if cache.exists() else {}

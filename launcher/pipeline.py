@@ -46,7 +46,7 @@ from models.generation import Generation
 from parallel import checkpoint as checkpoints
 from rlhf.coordinator import LR_KEYS, Roles
 from rlhf.evaluate import Judges, evaluate_policy
-from rlhf.export_choice import ExportChoice, exported_step
+from rlhf.export_choice import ExportChoice, PolicyAverage, exported_step
 from rlhf.guards import BadSteps
 from rlhf.schedules import train_ppo
 from rlhf.timeline import Timeline
@@ -174,6 +174,10 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
     choice = ExportChoice(out_dir, p.export, p.kl_coef, cfg.evaluation.samples_per_prompt, p.steps, resuming,
                           judge="validation_score" if validation is not None else "score", patience=p.patience,
                           first_stop=p.first_stop)
+    average = PolicyAverage(out_dir, p.averaged_steps, resuming)
+    if average.steps:
+        log.info("PPO: the last step's policy is the mean of the policy's weights at steps %s (ppo.average_last)",
+                 ", ".join(map(str, average.steps)))
     if p.patience is not None or p.lr_steps < p.steps:
         log.info("PPO: the learning rates' cosine spans %d of at most %d steps (ppo.decay_steps); %s", p.lr_steps,
                  p.steps, "every step runs" if p.patience is None else f"from step {p.first_stop}, stops once "
@@ -197,6 +201,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
 
             def evaluate(step: int) -> str | None:
                 """Evaluate the policy of `step`; the reason to stop the run here, if ppo.patience gives one."""
+                average.seen(step, roles.policy)
                 if not inputs.eval_prompts:
                     return None
                 ev = evaluate_policy(roles.policy, tok, inputs.eval_prompts, cfg.evaluation, judges, cfg.run.seed)
@@ -252,10 +257,12 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
             if choice.stop_reason is not None:
                 log.info("PPO: %s", choice.stop_reason)
                 tracker.event("stopped", last_step, reason=choice.stop_reason)
+            if last_step == p.steps:
+                average.apply(roles.policy)
             roles.policy.broadcast(PolicyWorker.export, str(out_dir / "policy")).get()
             tok.save_pretrained(out_dir / "policy")
-            export = choice.finish(out_dir / "policy", last_step) | {
-                "steps_run": last_step, "stop_reason": choice.stop_reason or f"ran all {p.steps} steps"}
+            export = average.described(choice.finish(out_dir / "policy", last_step) | {
+                "steps_run": last_step, "stop_reason": choice.stop_reason or f"ran all {p.steps} steps"})
             log.info("PPO: exported %s", export["export_reason"])
             tracker.event("exported", export["exported_step"], reason=export["export_reason"])
             return metrics, {role: getattr(roles, role).info for role in started}, export

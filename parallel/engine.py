@@ -260,6 +260,12 @@ class TorchEngine:
         """This rank's (TP-sharded) weights, whole across data-parallel ranks."""
         return {k: p.detach() for k, p in self.module.named_parameters()}
 
+    def set_local_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy weights in local_state_dict's form into this rank's parameters (the optimizer's state untouched)."""
+        with torch.no_grad():
+            for name, p in self.module.named_parameters():
+                p.copy_(state[name])
+
     def partitioned_numel(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 

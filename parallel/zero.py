@@ -145,6 +145,16 @@ class ZeroEngine:
                 out[name] = p.detach().clone().float()
         return out
 
+    def set_local_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy weights in local_state_dict's form (the same on every data-parallel rank) into this rank's
+        parameters, re-partitioned under ZeRO-3; the optimizer's fp32 master weights are left as they are."""
+        import deepspeed
+
+        for name, p in self.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0, enabled=self.cfg.zero_stage == 3), \
+                    torch.no_grad():
+                p.copy_(state[name].to(p.dtype))
+
     def stored_parameters(self) -> list[torch.Tensor]:
         """The parameter tensors this rank stores: its ZeRO-3 partitions, or the whole parameters."""
         if self.cfg.zero_stage == 3:

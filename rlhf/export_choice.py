@@ -24,6 +24,7 @@ from rlhf.workers import PolicyWorker
 
 BEST = "best-objective"
 RECORD = "objective.json"
+AVERAGE = "average"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -132,3 +133,36 @@ class ExportChoice:
         return {"exported_step": best["step"], **fields,
                 "export_reason": f"step {best['step']}'s policy: its held-out objective (score − β·KL){self.by} is "
                                  f"higher than the last's by {gain.mean:.4f} ± {gain.stderr:.4f}"}
+
+
+class PolicyAverage:
+    """ppo.average_last on a run's policy group: before the evaluation of each averaged step it keeps the policy's
+    weights (<ppo>/average/step-<n>, each rank its part), and before the last one's it puts their mean in the
+    policy's place, so that the last step's evaluation, checkpoint and export are the average's."""
+
+    def __init__(self, out_dir: Path, steps: list[int], resuming: bool):
+        self.dir, self.steps = out_dir / AVERAGE, steps if len(steps) > 1 else []
+        if not resuming:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def seen(self, step: int, policy) -> None:
+        """Before the evaluation of `step`."""
+        if step in self.steps:
+            policy.broadcast(PolicyWorker.snapshot, str(self.dir / f"step-{step}")).get()
+            if step == self.steps[-1]:
+                self.apply(policy)
+
+    def apply(self, policy) -> None:
+        """The mean of the kept weights in the policy's place; again before the export, since a run resumed from
+        its last checkpoint may hold the weights as trained there (ZeRO restores its own fp32 copy)."""
+        if self.steps:
+            policy.broadcast(PolicyWorker.average_snapshots, [str(self.dir / f"step-{s}") for s in self.steps]).get()
+
+    def described(self, export: dict) -> dict:
+        """The stage result's export fields with the steps whose mean the exported policy is (none where it is an
+        evaluation's policy as trained), and its reason saying so."""
+        if not self.steps or export["exported_step"] != self.steps[-1]:
+            return export | {"averaged_steps": []}
+        return export | {"averaged_steps": self.steps,
+                         "export_reason": f"{export['export_reason']}; that policy is the mean of the policy's weights "
+                                          f"at steps {', '.join(map(str, self.steps))} (ppo.average_last)"}

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.mesh import GroupSpec
+from rlhf.algo.averaging import evaluation_steps
 from rlhf.functions import FunctionSpec
 
 # The trained roles' optimisers by default (chosen on the task suite): constant after no warm-up for
@@ -166,6 +167,14 @@ class PPOConfig(BaseModel):
     # more than one standard error over prompts; that evaluation's policy, kept as it ran, is exported
     # instead (rlhf/export_choice.py). It never reads the gold. "last": the last policy.
     export: Literal["last", "objective"] = "objective"
+    # The policy of the last step is the uniform average of the policy's weights at the run's last `average_last`
+    # held-out evaluations (every eval_every steps, and the last step, whose own weights are one of them):
+    # stochastic weight averaging (Izmailov et al. 2018) over the plateau a run ends on, where the policy wobbles
+    # from one evaluation to the next. Each policy rank keeps its own part of the weights of those evaluations
+    # (<ppo>/average/step-<n>/rank-<r>.safetensors); the average is evaluated as the last step's evaluation, saved in
+    # the last checkpoint and exported (ppo.export still weighs it against the earlier evaluations). It never
+    # reads the gold. 1: the last policy as trained.
+    average_last: int = Field(1, ge=1)
     # How the reward model's ensemble members (<rm>/ensemble/<k>, rm.ensemble > 1), where the reward model has
     # them, make one score: each on its own held-out scale, then "min" (the worst case, Coste et al. 2023) or
     # "mean"; null: the reward model alone. Without members the reward model's score is used as it is.
@@ -219,6 +228,11 @@ class PPOConfig(BaseModel):
         return min(self.decay_steps or self.steps, self.steps)
 
     @property
+    def averaged_steps(self) -> list[int]:
+        """The evaluation steps whose policies make the last step's (ppo.average_last); one step: no average."""
+        return evaluation_steps(self.steps, self.eval_every)[-self.average_last:]
+
+    @property
     def first_stop(self) -> int:
         """The first step after which ppo.patience may end a run: the cosine's end where decay_steps is set."""
         return self.lr_steps if self.decay_steps is not None else 0
@@ -239,6 +253,13 @@ class PPOConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"reward_functions: two functions named {names}; each is logged by its name, so "
                              f"give them different names")
+        evaluations = len(evaluation_steps(self.steps, self.eval_every))
+        if self.average_last > evaluations:
+            raise ValueError(f"average_last={self.average_last}: a run of {self.steps} steps evaluated every "
+                             f"{self.eval_every} has {evaluations} evaluation(s) to average")
+        if self.average_last > 1 and self.patience is not None:
+            raise ValueError("average_last averages the last evaluations of all `steps`, and patience may end the run "
+                             "before them: set one of ppo.average_last and ppo.patience")
         if self.ptx_coef and not self.ptx_data:
             raise ValueError("ptx_coef > 0 needs ptx_data (a plain-text file for the pretraining mix)")
         if self.prompts_per_step % self.samples_per_prompt:

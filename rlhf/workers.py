@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
 from models.generation import Generation, SamplingParams, collate_prompts, generate, pad_generation
 from models.heads import CausalLM, gather_last
 from parallel.engine import EngineConfig, OptimConfig
 from parallel.host import ModelSource, build_engine, export_hf
 from parallel.mesh import Mesh
+from rlhf.algo.averaging import mean_state
 from rlhf.algo.ppo import KLTerm, ppo_policy_objective, value_loss
 from rlhf.algo.preference import preference_loss
 from rlhf.algo.ranking import ranking_loss
@@ -199,6 +201,26 @@ class PolicyWorker(LMWorker):
         start = time.perf_counter()
         copy_parameters(self._generation_model, [w for w in policy_ranks if w is not None][self.mesh.tp_rank])
         return time.perf_counter() - start
+
+    def snapshot(self, directory: str | Path) -> None:
+        """This rank's weights (its tensor-parallel part, whole), in fp32, as <directory>/rank-<r>.safetensors: one
+        term of the average ppo.average_last makes (collective: ZeRO-3 gathers each weight)."""
+        self._resident()
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.engine.local_state_dict().items()},
+                  path / f"rank-{self.mesh.rank:05d}.safetensors")
+
+    def average_snapshots(self, directories: list[str]) -> None:
+        """Replace this rank's stored weights with the mean of its snapshots in `directories` (ppo.average_last),
+        and refresh the generation path (the ZeRO-3 copy, the vLLM engine)."""
+        self._resident()
+        files = [Path(d) / f"rank-{self.mesh.rank:05d}.safetensors" for d in directories]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise FileNotFoundError(f"ppo.average_last: the policy's weights of an evaluation are missing: {missing}")
+        self.engine.set_local_state(mean_state([load_file(f) for f in files]))
+        self.sync_generation()
 
     @property
     def _generation_model(self) -> CausalLM:

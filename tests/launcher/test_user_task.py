@@ -171,6 +171,33 @@ def test_ppo_exports_the_evaluation_with_the_higher_held_out_objective(task, tmp
     assert "exported: step 1's policy" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("average", [2, 1])
+def test_ppo_average_last_exports_the_mean_of_the_last_evaluations_weights(task, tmp_path, average, capsys):
+    """ppo.average_last=2 over 3 steps evaluated every step: the weights of steps 2 and 3 are kept as trained (step 2's
+    equal to its checkpoint's), and the policy exported is their mean, weight by weight (rlhf/export_choice.py
+    PolicyAverage), put in the policy's place before step 3's evaluation and checkpoint (which holds it); 1: the
+    last policy as trained, nothing kept."""
+    from safetensors.torch import load_file
+
+    from parallel.host import read_checkpoint
+
+    run, result = run_falling(task, tmp_path, capsys, "ppo.steps=3", "ppo.export=last", f"ppo.average_last={average}",
+                              "ppo.save_every=1", "run.save_total_limit=0")
+    _, exported = read_checkpoint(run / "ppo" / "policy")
+    checkpoint = {s: load_file(run / "ppo" / f"checkpoint-{s}" / "policy" / "rank-00000.safetensors") for s in (2, 3)}
+    assert all(torch.equal(v, checkpoint[3][k]) for k, v in exported.items())  # the last step's evaluation's weights
+    if average == 1:
+        assert result["averaged_steps"] == [] and not (run / "ppo" / "average").exists()
+        return
+    assert result["averaged_steps"] == [2, 3] and result["exported_step"] == 3
+    kept = {s: load_file(run / "ppo" / "average" / f"step-{s}" / "rank-00000.safetensors") for s in (2, 3)}
+    assert all(torch.equal(v, checkpoint[2][k]) for k, v in kept[2].items())  # as trained at step 2
+    assert any(not torch.equal(v, kept[3][k]) for k, v in exported.items())  # not the last as trained
+    for k, v in exported.items():
+        torch.testing.assert_close(v, (kept[2][k] + kept[3][k]) / 2, rtol=0, atol=1e-7)
+    assert "that policy is the mean of the policy's weights at steps 2, 3" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("schedule", ["sync", "async"])
 @pytest.mark.parametrize("patience", [1, None])
 def test_ppo_stops_once_its_held_out_objective_stops_rising(task, tmp_path, patience, schedule, capsys):
