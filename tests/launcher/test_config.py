@@ -42,6 +42,8 @@ def test_preset_and_overrides():
      r"moves policy's optimizer state itself: set policy\.engine\.offload_optimizer: false"),
     ("ppo={schedule: colocated, reference: {group: {colocate_with: critic}}}",
      r"reference\.group\.colocate_with='critic' must be null or policy"),
+    ("ppo={steps: 60, eval_every: 25, average_last: 4}", r"average_last=4: a run of 60 steps evaluated every 25 has 3"),
+    ("ppo={average_last: 4, patience: 2}", r"set one of ppo\.average_last and ppo\.patience"),
 ])
 def test_bad_config_names_the_key_and_the_override(override, message):
     with pytest.raises(ConfigError, match=message) as e:

@@ -198,6 +198,29 @@ def test_ppo_average_last_exports_the_mean_of_the_last_evaluations_weights(task,
     assert "that policy is the mean of the policy's weights at steps 2, 3" in capsys.readouterr().out
 
 
+def test_ppo_average_last_resumed_after_its_last_checkpoint_under_zero3_exports_the_mean(task, tmp_path, capsys):
+    """A run that saved its last checkpoint and stopped before its export, resumed: ZeRO-3 restores its own fp32
+    copy of the weights as trained, and the mean is put in their place again before the export (guards
+    PolicyAverage.apply in run_ppo; without it the resumed export differs from the mean by ~1e-3)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from parallel.host import read_checkpoint
+
+    args = ("ppo.steps=3", "ppo.export=last", "ppo.average_last=2", "ppo.policy.engine.zero_stage=3",
+            "ppo.save_every=1")
+    run, _ = run_falling(task, tmp_path, capsys, *args)
+    shutil.rmtree(run / "ppo" / "policy")
+    (run / "ppo" / "result.json").unlink()
+    run, result = run_falling(task, tmp_path, capsys, *args, "run.resume=true")
+    _, exported = read_checkpoint(run / "ppo" / "policy")
+    kept = {s: load_file(run / "ppo" / "average" / f"step-{s}" / "rank-00000.safetensors") for s in (2, 3)}
+    assert result["averaged_steps"] == [2, 3]
+    for k, v in exported.items():
+        torch.testing.assert_close(v, (kept[2][k] + kept[3][k]) / 2, rtol=0, atol=1e-7)
+
+
 @pytest.mark.parametrize("schedule", ["sync", "async"])
 @pytest.mark.parametrize("patience", [1, None])
 def test_ppo_stops_once_its_held_out_objective_stops_rising(task, tmp_path, patience, schedule, capsys):
