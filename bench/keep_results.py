@@ -1,8 +1,8 @@
 """Keep a sweep's measured results in the repository: the JSON that bench/sweep_defaults.py's tables read
-(<task>/sweep.json, sweep_rm.json, best_of*.json, task/labels.json, and every stage's result.json, the bases'
-included), copied from a run directory (runs/ is not tracked, and a fresh checkout has none) to
-bench/results/<name>. Weights,
-samples, data and logs stay behind. The tables then read the kept copy as they read the runs:
+(<task>/sweep.json, sweep_rm.json, best_of*.json, task/labels.json, every stage's result.json, the bases'
+included, and bench/tail_average.py's readings), copied from a run directory (runs/ is not tracked, and a fresh
+checkout has none) to bench/results/<name>. Weights, samples, data and logs stay behind. The tables then read
+the kept copy as they read the runs:
 
     python bench/keep_results.py runs/r33
     python bench/sweep_defaults.py --out bench/results/r33 --tasks sorting --table --settings r32-rm-min10-seed4
@@ -29,7 +29,9 @@ def kept_files(task_dir: Path) -> list[Path]:
         sorted(p.relative_to(task_dir) for p in task_dir.glob("best_of-*.json"))  # best-of-n under a run's RM
     stages = sorted(p.relative_to(task_dir) for stage in STAGES for p in task_dir.glob(f"*/{stage}/result.json")
                     if not p.parent.parent.is_symlink())
-    return own + stages
+    averages = sorted(p.relative_to(task_dir) for p in task_dir.glob("*/ppo/tail_average.json")  # bench/tail_average
+                      if not p.parent.parent.is_symlink())
+    return own + stages + averages
 
 
 def keep(source: Path, dest: Path) -> list[Path]:

@@ -9,7 +9,9 @@ evaluates each average on the run's held-out prompts with the run's own judges: 
 clipped as the run did), its reference (the KL) and its gold, with the run's evaluation seed, so the last policy's
 evaluation repeats the run's own. It prints each average's gold against the run's best evaluation (the criterion:
 within one standard error of it), and its held-out objective (score − β·KL, what `ppo.export` reads) against the
-last policy's, prompt by prompt.
+last policy's, prompt by prompt. Then, in sweep_defaults' tables, each window as `ppo.average_last` would have ended the
+run (its export included), and with --held-out the window chosen leave-one-task-out. What a run's reading needs is
+cached as <run>/ppo/tail_average.json, which bench/keep_results.py keeps: the tables print from the kept copy.
 
     python bench/tail_average.py --out runs/r33 --tasks notes --runs r36-snapshots-seed4/s4/300 --windows 1 2 4 7
 """
@@ -28,8 +30,10 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.sweep_defaults import gap_closed, held_out_table, run_objectives  # noqa: E402
+from bench.sweep_defaults import table as sweep_table  # noqa: E402
 from rlhf.algo.averaging import mean_state  # noqa: E402
-from rlhf.algo.selection import paired_gain, per_prompt_means, per_prompt_objective  # noqa: E402
+from rlhf.algo.selection import last_unless_beaten, paired_gain, per_prompt_means, per_prompt_objective  # noqa: E402
 
 RANK_FILE = "rank-00000.safetensors"
 
@@ -127,7 +131,28 @@ def read_run(run_dir: Path, windows: list[int]) -> dict:
                                                                   one["per_prompt_objective"]))
     return {"best_step": best, "best_gold": evals[best]["eval/gold_score"],
             "best_stderr": evals[best]["eval/gold_stderr"], "run_last_gold": evals[last]["eval/gold_score"],
-            "windows": {n: {k: v for k, v in r.items() if not k.startswith("per_prompt")} for n, r in rows.items()}}
+            "windows": {n: {k: v for k, v in r.items() if k != "per_prompt_gold"} for n, r in rows.items()}}
+
+
+def as_exported(run_dir: Path, read: dict) -> dict[int, dict]:
+    """Each window's run as `ppo.average_last=n` would have ended it, in sweep.json's fields: the average evaluated
+    as the last step's evaluation, and ppo.export=objective weighing its objective against every earlier
+    evaluation's (rlhf/algo/selection.last_unless_beaten); the best evaluation is the best of the run's earlier
+    evaluations and the average's."""
+    objectives, evals = run_objectives(run_dir)
+    if objectives is None:
+        raise SystemExit(f"{run_dir}/ppo/samples: the samples carry no score or KL to read the objective from")
+    last, sft = max(objectives), evals["0"]["eval/gold_score"]
+    out = {}
+    for n, w in read["windows"].items():
+        golds = {int(s): (e["eval/gold_score"], e["eval/gold_stderr"], e["eval/kl"]) for s, e in evals.items()}
+        golds[last] = (w["gold"], w["gold_stderr"], w["kl"])
+        step, _ = last_unless_beaten(objectives | {last: w["per_prompt_objective"]})
+        peak = max((s for s in golds if s > 0), key=lambda s: golds[s][0])
+        out[n] = {"gold": golds[step][0], "stderr": golds[step][1], "kl": golds[step][2], "sft": sft,
+                  "closed": gap_closed(sft, golds[step][0]), "peak": golds[peak][0], "peak_stderr": golds[peak][1],
+                  "exported_step": step}
+    return out
 
 
 def gain(g: dict | None) -> str:
@@ -154,8 +179,10 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="sweep keys, SETTING/sSEED/STEPS")
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4, 7],
                         help="how many of the last checkpoints each average takes (1: the last policy)")
+    parser.add_argument("--held-out", action="store_true",
+                        help="also the window chosen leave-one-task-out, and what it gives on each task")
     args = parser.parse_args()
-    read = {}
+    read, per_task = {}, {}
     for task in args.tasks:
         for key in args.runs:
             setting, seed, steps = key.split("/")
@@ -166,12 +193,20 @@ def main() -> None:
             cache = run_dir / "ppo" / "tail_average.json"
             cached = json.loads(cache.read_text()) if cache.exists() else {}
             cached["windows"] = {int(n): w for n, w in cached.get("windows", {}).items()}
-            if sorted(cached["windows"]) != sorted(args.windows):
+            if sorted(cached["windows"]) != sorted(args.windows) or "exported" not in cached:
                 cached = read_run(run_dir, args.windows)
+                cached["exported"] = as_exported(run_dir, cached)
                 cache.write_text(json.dumps(cached, indent=1))
             read[f"{task} {key}"] = cached
+            for n, entry in cached["exported"].items():
+                per_task.setdefault(task, {})[f"average-{n}/{seed}/{steps}"] = entry
     print(table(read))
-
+    labels, steps = [f"average-{n}" for n in args.windows], int(args.runs[0].split("/")[2])
+    print()
+    print(sweep_table(per_task, labels, steps))
+    if args.held_out:
+        print()
+        print(held_out_table(per_task, labels, steps))
 
 if __name__ == "__main__":
     main()

@@ -230,6 +230,7 @@ def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs
            "peak_stderr": 0.02, "peak_kl": 1.6}
     files = {"sweep.json": json.dumps({"r32-rm-min10-seed4/s4/150": run}), "best_of.json": "{}", "best_of-r.json": "{}",
              "base/sft/result.json": "{}", "base/sft/model.safetensors": "w", "sweep-a-s4-150/ppo/result.json": "{}",
+             "sweep-a-s4-150/ppo/tail_average.json": "{}", "sweep-a-s4-150/ppo/average-4/model.safetensors": "w",
              "sweep-a-s4-150/ppo/samples/step-0.jsonl": "{}", "sweep-rm-x-s4/rm/result.json": "{}",
              "sweep-rm-x-s4/rm/ensemble/1/result.json": "{}", "task/sft.jsonl": "{}", "task/labels.json": "{}"}
     for rel, text in files.items():
@@ -242,7 +243,8 @@ def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs
     copied = sorted(str(p.relative_to(tmp_path / "kept" / "r33" / "sorting"))
                     for p in (tmp_path / "kept").rglob("*") if p.is_file())
     assert copied == ["base/sft/result.json", "best_of-r.json", "best_of.json", "sweep-a-s4-150/ppo/result.json",
-                      "sweep-rm-x-s4/rm/result.json", "sweep.json", "task/labels.json"]
+                      "sweep-a-s4-150/ppo/tail_average.json", "sweep-rm-x-s4/rm/result.json", "sweep.json",
+                      "task/labels.json"]
 
     tables = []
     for out in (task.parent, tmp_path / "kept" / "r33"):
@@ -350,3 +352,29 @@ def test_tail_average_reads_one_rank_runs_only(tmp_path):
     save_file(state, tmp_path / "ppo" / "checkpoint-300" / "policy" / "rank-00001.safetensors")
     with pytest.raises(SystemExit, match="checkpoint-300/policy: 2 rank files"):
         snapshots(tmp_path)
+
+
+def test_tail_average_ends_each_window_as_the_run_would_its_export_weighing_the_average(tmp_path):
+    """bench/tail_average.as_exported: the average is the last step's evaluation, and ppo.export=objective weighs its
+    objective against the earlier evaluations' (worked out by hand: β 0.1, KL 1, 3 prompts × 2 samples). The last
+    policy as trained (window 1, objective 0.5) beats step 25's 0.4 and is exported; the average (objectives 0, 0.1,
+    −0.1) is beaten beyond noise by step 25, whose policy is then exported, while the average is the run's best
+    evaluation."""
+    from bench.tail_average import as_exported
+
+    run = tmp_path / "sweep-r-s4-50"
+    (run / "ppo" / "samples").mkdir(parents=True)
+    (run / "config.yaml").write_text("ppo: {kl_coef: 0.1}\nevaluation: {samples_per_prompt: 2}\n")
+    for step, score, kl in ((0, 0.0, 0.0), (25, 0.5, 1.0), (50, 0.6, 1.0)):
+        rows = [{"gold": 0.0, "score": score, "kl": kl}] * 6
+        (run / "ppo" / "samples" / f"step-{step}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    evals = {str(s): {"eval/gold_score": g, "eval/gold_stderr": 0.05, "eval/kl": float(s > 0)}
+             for s, g in ((0, 0.5), (25, 0.85), (50, 0.8))}
+    (run / "ppo" / "result.json").write_text(json.dumps({"evaluations": evals}))
+    read = {"windows": {1: {"gold": 0.8, "gold_stderr": 0.05, "kl": 1.0, "per_prompt_objective": [0.5] * 3},
+                        2: {"gold": 0.9, "gold_stderr": 0.04, "kl": 1.1, "per_prompt_objective": [0.0, 0.1, -0.1]}}}
+    out = as_exported(run, read)
+    assert out[1]["exported_step"] == 50 and out[1]["gold"] == 0.8 and out[1]["peak"] == 0.85
+    assert out[1]["closed"] == pytest.approx(0.6)
+    assert out[2]["exported_step"] == 25 and out[2]["gold"] == 0.85 and out[2]["kl"] == 1.0
+    assert (out[2]["peak"], out[2]["peak_stderr"]) == (0.9, 0.04) and out[2]["closed"] == pytest.approx(0.7)
