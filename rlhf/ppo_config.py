@@ -168,12 +168,13 @@ class PPOConfig(BaseModel):
     # instead (rlhf/export_choice.py). It never reads the gold. "last": the last policy.
     export: Literal["last", "objective"] = "objective"
     # The policy of the last step is the uniform average of the policy's weights at the run's last `average_last`
-    # held-out evaluations (every eval_every steps, and the last step, whose own weights are one of them):
+    # held-out evaluations (every eval_every steps, and the last step, whose own weights are one of them; all of them
+    # where the run has fewer):
     # stochastic weight averaging (Izmailov et al. 2018) over the plateau a run ends on, where the policy wobbles
     # from one evaluation to the next. Each policy rank keeps its own part of the weights of those evaluations
     # (<ppo>/average/step-<n>/rank-<r>.safetensors); the average is evaluated as the last step's evaluation, saved in
     # the last checkpoint and exported (ppo.export still weighs it against the earlier evaluations). It never
-    # reads the gold. 1: the last policy as trained.
+    # reads the gold. 1, or with ppo.patience (which may end a run at any evaluation): the last policy as trained.
     average_last: int = Field(1, ge=1)
     # How the reward model's ensemble members (<rm>/ensemble/<k>, rm.ensemble > 1), where the reward model has
     # them, make one score: each on its own held-out scale, then "min" (the worst case, Coste et al. 2023) or
@@ -229,8 +230,10 @@ class PPOConfig(BaseModel):
 
     @property
     def averaged_steps(self) -> list[int]:
-        """The evaluation steps whose policies make the last step's (ppo.average_last); one step: no average."""
-        return evaluation_steps(self.steps, self.eval_every)[-self.average_last:]
+        """The evaluation steps whose policies make the last step's (ppo.average_last: the last that many, all where
+        the run has fewer); none where that is one step, or under ppo.patience."""
+        steps = evaluation_steps(self.steps, self.eval_every)[-self.average_last:]
+        return steps if len(steps) > 1 and self.patience is None else []
 
     @property
     def first_stop(self) -> int:
@@ -253,13 +256,6 @@ class PPOConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"reward_functions: two functions named {names}; each is logged by its name, so "
                              f"give them different names")
-        evaluations = len(evaluation_steps(self.steps, self.eval_every))
-        if self.average_last > evaluations:
-            raise ValueError(f"average_last={self.average_last}: a run of {self.steps} steps evaluated every "
-                             f"{self.eval_every} has {evaluations} evaluation(s) to average")
-        if self.average_last > 1 and self.patience is not None:
-            raise ValueError("average_last averages the last evaluations of all `steps`, and patience may end the run "
-                             "before them: set one of ppo.average_last and ppo.patience")
         if self.ptx_coef and not self.ptx_data:
             raise ValueError("ptx_coef > 0 needs ptx_data (a plain-text file for the pretraining mix)")
         if self.prompts_per_step % self.samples_per_prompt:

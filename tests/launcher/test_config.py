@@ -42,8 +42,6 @@ def test_preset_and_overrides():
      r"moves policy's optimizer state itself: set policy\.engine\.offload_optimizer: false"),
     ("ppo={schedule: colocated, reference: {group: {colocate_with: critic}}}",
      r"reference\.group\.colocate_with='critic' must be null or policy"),
-    ("ppo={steps: 60, eval_every: 25, average_last: 4}", r"average_last=4: a run of 60 steps evaluated every 25 has 3"),
-    ("ppo={average_last: 4, patience: 2}", r"set one of ppo\.average_last and ppo\.patience"),
 ])
 def test_bad_config_names_the_key_and_the_override(override, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -112,6 +110,17 @@ def test_kl_schedule_starts_at_a_multiple_of_kl_coef_under_a_fixed_beta_only():
     assert PPOConfig(kl_coef=0.1, kl_start_factor=1).kl_schedule_start is None
     assert PPOConfig(kl_coef=0.1, kl_start_factor=3, kl_target=0.5).kl_schedule_start is None  # the controller's β
     assert PPOConfig(kl_coef=0.0, kl_start_factor=3).kl_schedule_start == 0.0  # no KL penalty at any step
+
+
+def test_average_last_takes_the_last_evaluations_and_none_under_patience():
+    """ppo.average_last: the last n evaluation steps (every eval_every, and the last), all of a shorter run's; none
+    for one step, or under ppo.patience, whose run may end at any evaluation."""
+    def steps(*overrides: str) -> list[int]:
+        return load_config("demo", list(overrides)).ppo.averaged_steps
+
+    assert steps("ppo.average_last=4") == [225, 250, 275, 300] and steps("ppo.average_last=1") == []
+    assert steps("ppo.steps=60", "ppo.average_last=4") == [25, 50, 60]
+    assert steps("ppo.average_last=4", "ppo.patience=2") == [] and steps("ppo.steps=10", "ppo.average_last=4") == []
 
 
 def test_nested_override_keeps_the_sections_other_defaults():
