@@ -179,6 +179,32 @@ def test_colocated_groups_share_bundles(ray_cluster, tmp_path):
     assert len({i["placement_group"] for i in info}) == 1  # ... on one placement group's bundles
 
 
+def test_tp2_x_dp2_zero3_averages_each_ranks_part_into_the_mean_of_the_whole_weights(ray_cluster, tmp_path):
+    """ppo.average_last's two rank calls on TP 2 × DP 2 under ZeRO-3: each rank keeps its tensor-parallel part
+    (gathered over its ZeRO-3 partition) before and after an update, and their mean put back in place exports,
+    merged, as the plain mean of the two whole exports (guards PolicyWorker.snapshot / average_snapshots and the
+    ZeRO engine's set_local_state, which re-partitions)."""
+    from parallel.host import read_checkpoint
+
+    src = ModelSource(path=str(checkpoint(tmp_path, "qwen2")))
+    group = ray_group(4, 2, src, EngineConfig(zero_stage=3, param_persistence_threshold=0), OPTIM, 10, 2)
+    try:
+        for name in ("a", "b"):
+            group.broadcast(PolicyWorker.snapshot, str(tmp_path / "kept" / name)).get()
+            group.broadcast(PolicyWorker.export, str(tmp_path / name)).get()
+            train_losses(group, batches(1, seed=3))
+        group.broadcast(PolicyWorker.average_snapshots, [str(tmp_path / "kept" / n) for n in ("a", "b")]).get()
+        group.broadcast(PolicyWorker.export, str(tmp_path / "mean")).get()
+    finally:
+        close(group)
+    kept = sorted(p.name for p in (tmp_path / "kept" / "a").iterdir())
+    assert kept == [f"rank-0000{r}.safetensors" for r in range(4)]
+    (_, a), (_, b), (_, mean) = (read_checkpoint(tmp_path / n) for n in ("a", "b", "mean"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(mean[k], (a[k] + b[k]) / 2, atol=1e-6, rtol=0)
+
+
 def test_local_group_runs_zero3_in_process(tmp_path):
     src = ModelSource(path=str(checkpoint(tmp_path, "gpt2")))
     data = batches(2)
