@@ -173,6 +173,10 @@ for k in (4, 5):
 for k in range(6):
     SETTINGS[f"r36-snapshots-seed{k}"] = [*SETTINGS[f"r32-rm-min10-seed{k}"], "ppo.save_every=25",
                                           "run.save_total_limit=0"]
+# The default with ppo.average_last=4, run in the loop (docs/results.md, "Averaging the policy's last weights"): its
+# last evaluation must be the one bench/tail_average.py reads off the r36 run of the same draw for the same window.
+for k in (4, 5):
+    SETTINGS[f"r37-average-4-seed{k}"] = [*SETTINGS[f"r32-rm-min10-seed{k}"], "ppo.average_last=4"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).

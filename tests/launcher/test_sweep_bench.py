@@ -25,7 +25,7 @@ def test_every_sweep_setting_is_a_valid_demo_config():
         if label in SETTINGS and label != "defaults":
             pinned = DEFAULTS_2026_11_25 if label.startswith("defaults-") else \
                 ROUND_4 if label.startswith("r4-") else \
-                ROUND_5 if label.split("-")[0] in {f"r{n}" for n in (5, 7, 9, 10, 11, *range(14, 33), 34, 35, 36)} \
+                ROUND_5 if label.split("-")[0] in {f"r{n}" for n in (5, 7, 9, 10, 11, *range(14, 33), 34, 35, 36, 37)} \
                 else DEMO_2026_11_24
             assert overrides[:len(pinned)] == pinned, label
     assert SETTINGS["defaults"] == []
