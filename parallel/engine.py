@@ -175,6 +175,13 @@ class HostStore:
         self.moved = None
 
 
+def copy_parameters(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy `state` into the model's parameters in place, by name (dtype and device converted)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(state[name])
+
+
 class TorchEngine:
     """ZeRO stage 0: every rank holds the whole (TP-sharded) model and optimizer state."""
 
@@ -262,9 +269,7 @@ class TorchEngine:
 
     def set_local_state(self, state: dict[str, torch.Tensor]) -> None:
         """Copy weights in local_state_dict's form into this rank's parameters (the optimizer's state untouched)."""
-        with torch.no_grad():
-            for name, p in self.module.named_parameters():
-                p.copy_(state[name])
+        copy_parameters(self.module, state)
 
     def partitioned_numel(self) -> int:
         return sum(p.numel() for p in self.module.parameters())

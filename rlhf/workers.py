@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from models.generation import Generation, SamplingParams, collate_prompts, generate, pad_generation
 from models.heads import CausalLM, gather_last
-from parallel.engine import EngineConfig, OptimConfig
+from parallel.engine import EngineConfig, OptimConfig, copy_parameters
 from parallel.host import ModelSource, build_engine, export_hf
 from parallel.mesh import Mesh
 from rlhf.algo.averaging import mean_state
@@ -141,13 +141,6 @@ class LMWorker(ModelWorker):
         self.model.eval()
         with torch.no_grad():
             return self._sequence_logprobs(groups, pad_id).float().cpu()
-
-
-def copy_parameters(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy `state` into the model's parameters in place, by name (dtype and device converted)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(state[name])
 
 
 class PolicyWorker(LMWorker):
