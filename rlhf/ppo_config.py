@@ -170,10 +170,11 @@ class PPOConfig(BaseModel):
     # The policy of the last step is the uniform average of the policy's weights at the run's last `average_last`
     # held-out evaluations (every eval_every steps, and the last step, whose own weights are one of them; all of them
     # where the run has fewer): stochastic weight averaging (Izmailov et al. 2018) over the plateau a run ends on,
-    # where the policy wobbles from one evaluation to the next. Each policy rank keeps its own part of the weights of those evaluations
-    # (<ppo>/average/step-<n>/rank-<r>.safetensors); the average is evaluated as the last step's evaluation, saved in
-    # the last checkpoint and exported (ppo.export still weighs it against the earlier evaluations). It never
-    # reads the gold. 1, or with ppo.patience (which may end a run at any evaluation): the last policy as trained.
+    # where the policy wobbles from one evaluation to the next. Each policy rank keeps its own part of the weights of
+    # those evaluations (<ppo>/average/step-<n>/rank-<r>.safetensors); the average is evaluated as the last step's
+    # evaluation, saved in the last checkpoint and exported (ppo.export still weighs it against the earlier
+    # evaluations). It never reads the gold. 1, or with ppo.patience (which may end a run at any evaluation): the
+    # last policy as trained.
     average_last: int = Field(1, ge=1)
     # How the reward model's ensemble members (<rm>/ensemble/<k>, rm.ensemble > 1), where the reward model has
     # them, make one score: each on its own held-out scale, then "min" (the worst case, Coste et al. 2023) or
