@@ -10,8 +10,13 @@ clipped as the run did), its reference (the KL) and its gold, with the run's eva
 evaluation repeats the run's own. It prints each average's gold against the run's best evaluation (the criterion:
 within one standard error of it), and its held-out objective (score − β·KL, what `ppo.export` reads) against the
 last policy's, prompt by prompt. Then, in sweep_defaults' tables, each window as `ppo.average_last` would have ended the
-run (its export included), and with --held-out the window chosen leave-one-task-out. What a run's reading needs is
-cached as <run>/ppo/tail_average.json, which bench/keep_results.py keeps: the tables print from the kept copy.
+run (its export included), and with --held-out the window chosen leave-one-task-out. With --fresh K, the issue's
+export criterion read without its selection's bias (docs/results.md, "The export criterion read without its
+selection's bias"): the best of 13 evaluations was chosen on its own samples, so each window's exported policy and
+its best evaluation's policy are evaluated again under K sampling seeds no run uses (FRESH_SEED on), and the run is
+below its best when the export's pooled gold is lower than the best's by more than one of the best's fresh standard
+errors. What a run's reading needs is cached as <run>/ppo/tail_average.json, which bench/keep_results.py keeps: the
+tables print from the kept copy.
 
     python bench/tail_average.py --out runs/r33 --tasks notes --runs r36-snapshots-seed4/s4/300 --windows 1 2 4 7
 """
@@ -33,9 +38,16 @@ sys.path.insert(0, str(ROOT))
 from bench.sweep_defaults import gap_closed, held_out_table, run_objectives  # noqa: E402
 from bench.sweep_defaults import table as sweep_table  # noqa: E402
 from rlhf.algo.averaging import mean_state  # noqa: E402
-from rlhf.algo.selection import last_unless_beaten, paired_gain, per_prompt_means, per_prompt_objective  # noqa: E402
+from rlhf.algo.selection import (  # noqa: E402
+    Gain,
+    last_unless_beaten,
+    paired_gain,
+    per_prompt_means,
+    per_prompt_objective,
+)
 
 RANK_FILE = "rank-00000.safetensors"
+FRESH_SEED = 1001  # the first sampling seed of a fresh reading (runs sample with run.seed, 0 by default)
 
 
 def snapshots(run_dir: Path) -> dict[int, Path]:
@@ -90,7 +102,8 @@ class RunJudges:
                              weights=p.score_weights, rm_stats=stats, clip=p.score_clip,
                              missing_eos_score=p.missing_eos_score)
 
-    def evaluate(self, policy_dir: Path):
+    def evaluate(self, policy_dir: Path, seeds: list[int] | None = None):
+        """The policy at `policy_dir` evaluated under each of `seeds` (default: the run's own evaluation seed)."""
         from launcher.worker_group import LocalGroup
         from parallel.engine import EngineConfig
         from parallel.host import ModelSource
@@ -98,7 +111,8 @@ class RunJudges:
         from rlhf.workers import PolicyWorker
 
         policy = LocalGroup(PolicyWorker, ModelSource(path=str(policy_dir)), EngineConfig())
-        return evaluate_policy(policy, self.tok, self.prompts, self.cfg.evaluation, self.judges, self.cfg.run.seed)
+        return [evaluate_policy(policy, self.tok, self.prompts, self.cfg.evaluation, self.judges, seed)
+                for seed in (seeds if seeds is not None else [self.cfg.run.seed])]
 
 
 def read_run(run_dir: Path, windows: list[int]) -> dict:
@@ -117,7 +131,7 @@ def read_run(run_dir: Path, windows: list[int]) -> dict:
         steps = sorted(files)[-n:]
         if len(steps) < n or (n > 1 and any(s not in evals for s in steps)):
             raise SystemExit(f"{run_dir}: {n} checkpoints at evaluation steps asked for, kept: {sorted(files)}")
-        ev = judges.evaluate(write_average(run_dir, steps, files, run_dir / "ppo" / f"average-{n}"))
+        [ev] = judges.evaluate(write_average(run_dir, steps, files, run_dir / "ppo" / f"average-{n}"))
         gold = per_prompt_means([r["gold"] for r in ev.rows], samples)
         objective = per_prompt_objective([r["score"] for r in ev.rows], [r["kl"] for r in ev.rows], beta, samples)
         rows[n] = {"steps": steps, "gold": ev.gold.mean, "gold_stderr": ev.gold.stderr, "kl": ev.metrics["eval/kl"],
@@ -151,8 +165,75 @@ def as_exported(run_dir: Path, read: dict) -> dict[int, dict]:
         peak = max((s for s in golds if s > 0), key=lambda s: golds[s][0])
         out[n] = {"gold": golds[step][0], "stderr": golds[step][1], "kl": golds[step][2], "sft": sft,
                   "closed": gap_closed(sft, golds[step][0]), "peak": golds[peak][0], "peak_stderr": golds[peak][1],
-                  "exported_step": step}
+                  "exported_step": step, "peak_step": peak}
     return out
+
+
+def policy_of(read: dict, n: int, step: int) -> tuple[str, list[int]]:
+    """The policy window n's run holds at evaluation `step`, by label, and the checkpoint steps it averages: the
+    average at the last step, else that step's own checkpoint."""
+    steps = read["windows"][n]["steps"]
+    return (f"average-{n}", steps) if step == steps[-1] else (f"step-{step}", [step])
+
+
+def fresh_policies(read: dict) -> dict[str, list[int]]:
+    """The policies a fresh reading evaluates: each window's export and its best evaluation's, where they differ."""
+    out = {}
+    for n, e in read["exported"].items():
+        if e["exported_step"] != e["peak_step"]:
+            out.update(policy_of(read, int(n), s) for s in (e["exported_step"], e["peak_step"]))
+    return out
+
+
+def read_fresh(run_dir: Path, read: dict, k: int) -> bool:
+    """Evaluates under seeds FRESH_SEED … FRESH_SEED + k − 1 each policy of fresh_policies not yet read so, into
+    read["fresh"] (label → pooled per-prompt gold, its mean and the mean of the k standard errors); True if any was."""
+    seeds, fresh = list(range(FRESH_SEED, FRESH_SEED + k)), read.setdefault("fresh", {})
+    todo = {label: steps for label, steps in fresh_policies(read).items() if fresh.get(label, {}).get("seeds") != seeds}
+    if not todo:
+        return False
+    judges, files = RunJudges(run_dir), snapshots(run_dir)
+    samples = judges.cfg.evaluation.samples_per_prompt
+    for label, steps in todo.items():
+        evs = judges.evaluate(write_average(run_dir, steps, files, run_dir / "ppo" / "fresh" / label), seeds)
+        pooled = [statistics.fmean(p) for p in zip(*(per_prompt_means([r["gold"] for r in ev.rows], samples)
+                                                     for ev in evs), strict=True)]
+        fresh[label] = {"seeds": seeds, "steps": steps, "gold": statistics.fmean(pooled),
+                        "stderr": statistics.fmean(ev.gold.stderr for ev in evs), "per_prompt_gold": pooled}
+    return True
+
+
+def fresh_verdict(best: dict, exported: dict) -> tuple[Gain, bool]:
+    """The export against its run's best evaluation, both read afresh: best − export, prompt by prompt over the
+    pooled seeds, and whether it exceeds one evaluation's standard error (the best policy's, over the fresh seeds)."""
+    gap = paired_gain(best["per_prompt_gold"], exported["per_prompt_gold"])
+    return gap, gap.mean > best["stderr"]
+
+
+def fresh_table(read: dict[str, dict]) -> str:
+    """Each run whose export is not its best evaluation, in-run and afresh, then the count below their best by
+    window in either reading."""
+    lines = ["| run | window | exported · best evaluation | in-run: best − export (one s.e.) | fresh: best − export "
+             "± s.e. (one s.e.) | below its best: in-run · fresh |", "| --- | --- | --- | --- | --- | --- |"]
+    counts: dict[int, list[int]] = {}
+    for name, r in read.items():
+        for n, e in sorted((int(n), e) for n, e in r["exported"].items()):
+            inrun = e["gold"] < e["peak"] - e["peak_stderr"]
+            count = counts.setdefault(n, [0, 0, 0])
+            count[2] += 1
+            if e["exported_step"] == e["peak_step"]:
+                continue
+            (exported, _), (best, _) = (policy_of(r, n, e[k]) for k in ("exported_step", "peak_step"))
+            gap, below = fresh_verdict(r["fresh"][best], r["fresh"][exported])
+            count[0] += inrun
+            count[1] += below
+            lines.append(f"| {name} | {n} | {exported} · {best} | {e['peak'] - e['gold']:+.4f} "
+                         f"({e['peak_stderr']:.4f}) | {gap.mean:+.4f} ± {gap.stderr:.4f} "
+                         f"({r['fresh'][best]['stderr']:.4f}) | "
+                         f"{'yes' if inrun else 'no'} · {'yes' if below else 'no'} |")
+    lines += ["", "| window | runs below their best: in-run | fresh |", "| --- | --- | --- |"]
+    lines += [f"| {n} | {c[0]} of {c[2]} | {c[1]} of {c[2]} |" for n, c in sorted(counts.items())]
+    return "\n".join(lines)
 
 
 def gain(g: dict | None) -> str:
@@ -181,6 +262,8 @@ def main() -> None:
                         help="how many of the last checkpoints each average takes (1: the last policy)")
     parser.add_argument("--held-out", action="store_true",
                         help="also the window chosen leave-one-task-out, and what it gives on each task")
+    parser.add_argument("--fresh", type=int, default=0, metavar="K",
+                        help="also the export criterion read afresh: each export and best evaluation under K new seeds")
     args = parser.parse_args()
     read, per_task = {}, {}
     for task in args.tasks:
@@ -197,6 +280,11 @@ def main() -> None:
                 cached = read_run(run_dir, args.windows)
                 cached["exported"] = as_exported(run_dir, cached)
                 cache.write_text(json.dumps(cached, indent=1))
+            if args.fresh and any("peak_step" not in e for e in cached["exported"].values()):  # read before it
+                cached["exported"] = as_exported(run_dir, cached)
+                cache.write_text(json.dumps(cached, indent=1))
+            if args.fresh and read_fresh(run_dir, cached, args.fresh):
+                cache.write_text(json.dumps(cached, indent=1))
             read[f"{task} {key}"] = cached
             for n, entry in cached["exported"].items():
                 per_task.setdefault(task, {})[f"average-{n}/{seed}/{steps}"] = entry
@@ -207,6 +295,9 @@ def main() -> None:
     if args.held_out:
         print()
         print(held_out_table(per_task, labels, steps))
+    if args.fresh:
+        print()
+        print(fresh_table(read))
 
 if __name__ == "__main__":
     main()

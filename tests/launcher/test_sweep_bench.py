@@ -378,3 +378,51 @@ def test_tail_average_ends_each_window_as_the_run_would_its_export_weighing_the_
     assert out[1]["closed"] == pytest.approx(0.6)
     assert out[2]["exported_step"] == 25 and out[2]["gold"] == 0.85 and out[2]["kl"] == 1.0
     assert (out[2]["peak"], out[2]["peak_stderr"]) == (0.9, 0.04) and out[2]["closed"] == pytest.approx(0.7)
+
+
+def test_tail_average_reads_the_export_criterion_afresh_pooling_new_seeds_against_one_standard_error(tmp_path,
+                                                                                                     monkeypatch):
+    """bench/tail_average --fresh: the policies re-read are each window's export and its best evaluation's where they
+    differ (window 4 exports its best: none); each is evaluated under the seeds FRESH_SEED… alone, its gold pooled
+    prompt by prompt over them, and read once (a second call evaluates nothing). Worked out by hand: the best's pooled
+    gold (0.9, 0.8, 1.0), fresh standard error 0.02 (mean of 0.01 and 0.03); the export's (0.87, 0.79, 0.97) is
+    0.0233 below, beyond one standard error, so below its best afresh though within one in-run (0.01 < 0.03); against
+    a fresh standard error of 0.03 it would not be."""
+    import bench.tail_average as tail
+    from bench.tail_average import FRESH_SEED, fresh_policies, fresh_table, fresh_verdict, read_fresh
+
+    exported = {"1": {"exported_step": 300, "peak_step": 275, "gold": 0.90, "peak": 0.91, "peak_stderr": 0.03},
+                "4": {"exported_step": 300, "peak_step": 300, "gold": 0.93, "peak": 0.93, "peak_stderr": 0.02}}
+    read = {"windows": {1: {"steps": [300]}, 4: {"steps": [225, 250, 275, 300]}}, "exported": exported}
+    assert fresh_policies(read) == {"average-1": [300], "step-275": [275]}
+    per_seed = {"step-275": ([[0.9, 0.7], [0.8, 0.8], [1.0, 1.0]], (0.01, 0.03)),
+                "average-1": ([[0.86, 0.88], [0.79, 0.79], [0.94, 1.0]], (0.02, 0.02))}
+    calls = []
+
+    class Judges:
+        cfg = type("C", (), {"evaluation": type("E", (), {"samples_per_prompt": 1})})
+
+        def __init__(self, run_dir):
+            pass
+
+        def evaluate(self, policy_dir, seeds):
+            calls.append((policy_dir.name, seeds))
+            golds, errors = per_seed[policy_dir.name]
+            return [type("Ev", (), {"rows": [{"gold": g[i]} for g in golds],
+                                    "gold": type("G", (), {"stderr": errors[i]})}) for i in range(len(seeds))]
+
+    monkeypatch.setattr(tail, "RunJudges", Judges)
+    monkeypatch.setattr(tail, "snapshots", lambda run_dir: {})
+    monkeypatch.setattr(tail, "write_average", lambda run_dir, steps, files, path: path)
+    assert read_fresh(tmp_path, read, 2)
+    assert sorted(calls) == [("average-1", [FRESH_SEED, FRESH_SEED + 1]), ("step-275", [FRESH_SEED, FRESH_SEED + 1])]
+    assert read["fresh"]["step-275"]["per_prompt_gold"] == pytest.approx([0.8, 0.8, 1.0])
+    assert read["fresh"]["step-275"]["stderr"] == pytest.approx(0.02)
+    per_seed["step-275"] = ([[0.9, 0.9], [0.8, 0.8], [1.0, 1.0]], (0.01, 0.03))  # the best's pooled gold as worked out
+    read["fresh"].pop("step-275")
+    assert read_fresh(tmp_path, read, 2) and not read_fresh(tmp_path, read, 2) and len(calls) == 3
+    text = fresh_table({"notes r/s4/300": read})
+    assert not fresh_verdict(read["fresh"]["step-275"] | {"stderr": 0.03}, read["fresh"]["average-1"])[1]
+    assert "| notes r/s4/300 | 1 | average-1 · step-275 | +0.0100 (0.0300) | +0.0233 ± 0.0067 (0.0200) | no · yes |" \
+        in text
+    assert "| 1 | 0 of 1 | 1 of 1 |" in text and "| 4 | 0 of 1 | 0 of 1 |" in text
