@@ -276,8 +276,8 @@ def main() -> None:
             cache = run_dir / "ppo" / "tail_average.json"
             cached = json.loads(cache.read_text()) if cache.exists() else {}
             cached["windows"] = {int(n): w for n, w in cached.get("windows", {}).items()}
-            if sorted(cached["windows"]) != sorted(args.windows) or "exported" not in cached:
-                cached = read_run(run_dir, args.windows)
+            if not set(args.windows) <= set(cached["windows"]) or "exported" not in cached:
+                cached = read_run(run_dir, sorted(set(args.windows) | set(cached["windows"])))
                 cached["exported"] = as_exported(run_dir, cached)
                 cache.write_text(json.dumps(cached, indent=1))
             if args.fresh and any("peak_step" not in e for e in cached["exported"].values()):  # read before it
@@ -285,7 +285,9 @@ def main() -> None:
                 cache.write_text(json.dumps(cached, indent=1))
             if args.fresh and read_fresh(run_dir, cached, args.fresh):
                 cache.write_text(json.dumps(cached, indent=1))
-            read[f"{task} {key}"] = cached
+            read[f"{task} {key}"] = cached = cached | {  # the windows asked for, of those read
+                "windows": {n: cached["windows"][n] for n in args.windows},
+                "exported": {n: e for n, e in cached["exported"].items() if int(n) in args.windows}}
             for n, entry in cached["exported"].items():
                 per_task.setdefault(task, {})[f"average-{n}/{seed}/{steps}"] = entry
     print(table(read))
