@@ -35,12 +35,11 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sweep_defaults import gap_closed, held_out_table, run_objectives  # noqa: E402
+from bench.sweep_defaults import EXPORT_RULES, gap_closed, held_out_table, run_objectives  # noqa: E402
 from bench.sweep_defaults import table as sweep_table  # noqa: E402
 from rlhf.algo.averaging import mean_state  # noqa: E402
 from rlhf.algo.selection import (  # noqa: E402
     Gain,
-    last_unless_beaten,
     paired_gain,
     per_prompt_means,
     per_prompt_objective,
@@ -148,11 +147,11 @@ def read_run(run_dir: Path, windows: list[int]) -> dict:
             "windows": {n: {k: v for k, v in r.items() if k != "per_prompt_gold"} for n, r in rows.items()}}
 
 
-def as_exported(run_dir: Path, read: dict) -> dict[int, dict]:
+def as_exported(run_dir: Path, read: dict, rule: str = "objective") -> dict[int, dict]:
     """Each window's run as `ppo.average_last=n` would have ended it, in sweep.json's fields: the average evaluated
     as the last step's evaluation, and ppo.export=objective weighing its objective against every earlier
-    evaluation's (rlhf/algo/selection.last_unless_beaten); the best evaluation is the best of the run's earlier
-    evaluations and the average's."""
+    evaluation's (rlhf/algo/selection.last_unless_beaten; or another of sweep_defaults.EXPORT_RULES); the best
+    evaluation is the best of the run's earlier evaluations and the average's."""
     objectives, evals = run_objectives(run_dir)
     if objectives is None:
         raise SystemExit(f"{run_dir}/ppo/samples: the samples carry no score or KL to read the objective from")
@@ -161,7 +160,7 @@ def as_exported(run_dir: Path, read: dict) -> dict[int, dict]:
     for n, w in read["windows"].items():
         golds = {int(s): (e["eval/gold_score"], e["eval/gold_stderr"], e["eval/kl"]) for s, e in evals.items()}
         golds[last] = (w["gold"], w["gold_stderr"], w["kl"])
-        step, _ = last_unless_beaten(objectives | {last: w["per_prompt_objective"]})
+        step = EXPORT_RULES[rule](objectives | {last: w["per_prompt_objective"]})
         peak = max((s for s in golds if s > 0), key=lambda s: golds[s][0])
         out[n] = {"gold": golds[step][0], "stderr": golds[step][1], "kl": golds[step][2], "sft": sft,
                   "closed": gap_closed(sft, golds[step][0]), "peak": golds[peak][0], "peak_stderr": golds[peak][1],
@@ -264,8 +263,12 @@ def main() -> None:
                         help="also the window chosen leave-one-task-out, and what it gives on each task")
     parser.add_argument("--fresh", type=int, default=0, metavar="K",
                         help="also the export criterion read afresh: each export and best evaluation under K new seeds")
+    parser.add_argument("--export-rule", choices=EXPORT_RULES, default="objective",
+                        help="the export rule each window's run ends with (other than ppo.export=objective: read off "
+                             "the run's samples, which bench/keep_results.py does not keep)")
     args = parser.parse_args()
     read, per_task = {}, {}
+    suffix = "" if args.export_rule == "objective" else f"-{args.export_rule}"
     for task in args.tasks:
         for key in args.runs:
             setting, seed, steps = key.split("/")
@@ -283,15 +286,18 @@ def main() -> None:
             if args.fresh and any("peak_step" not in e for e in cached["exported"].values()):  # read before it
                 cached["exported"] = as_exported(run_dir, cached)
                 cache.write_text(json.dumps(cached, indent=1))
-            if args.fresh and read_fresh(run_dir, cached, args.fresh):
-                cache.write_text(json.dumps(cached, indent=1))
-            read[f"{task} {key}"] = cached = cached | {  # the windows asked for, of those read
+            exported = cached["exported"] if args.export_rule == "objective" else \
+                as_exported(run_dir, cached, args.export_rule)  # from the run's samples, not kept
+            read[f"{task} {key}"] = view = cached | {  # the windows asked for, of those read
                 "windows": {n: cached["windows"][n] for n in args.windows},
-                "exported": {n: e for n, e in cached["exported"].items() if int(n) in args.windows}}
-            for n, entry in cached["exported"].items():
-                per_task.setdefault(task, {})[f"average-{n}/{seed}/{steps}"] = entry
+                "exported": {n: e for n, e in exported.items() if int(n) in args.windows},
+                "fresh": cached.setdefault("fresh", {})}
+            if args.fresh and read_fresh(run_dir, view, args.fresh):  # into the cache's "fresh"
+                cache.write_text(json.dumps(cached, indent=1))
+            for n, entry in view["exported"].items():
+                per_task.setdefault(task, {})[f"average-{n}{suffix}/{seed}/{steps}"] = entry
     print(table(read))
-    labels, steps = [f"average-{n}" for n in args.windows], int(args.runs[0].split("/")[2])
+    labels, steps = [f"average-{n}{suffix}" for n in args.windows], int(args.runs[0].split("/")[2])
     print()
     print(sweep_table(per_task, labels, steps))
     if args.held_out:
