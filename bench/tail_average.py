@@ -15,8 +15,9 @@ export criterion read without its selection's bias (docs/results.md, "The export
 selection's bias"): the best of 13 evaluations was chosen on its own samples, so each window's exported policy and
 its best evaluation's policy are evaluated again under K sampling seeds no run uses (FRESH_SEED on), and the run is
 below its best when the export's pooled gold is lower than the best's by more than one of the best's fresh standard
-errors. What a run's reading needs is cached as <run>/ppo/tail_average.json, which bench/keep_results.py keeps: the
-tables print from the kept copy.
+errors. With --export-rule earliest each window's run ends by the one-standard-error rule instead of
+ppo.export=objective (read off the run's samples). What a run's reading needs is cached as
+<run>/ppo/tail_average.json, which bench/keep_results.py keeps: the tables print from the kept copy.
 
     python bench/tail_average.py --out runs/r33 --tasks notes --runs r36-snapshots-seed4/s4/300 --windows 1 2 4 7
 """
