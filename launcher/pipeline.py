@@ -249,7 +249,7 @@ def run_ppo(cfg: Config, inputs: Inputs) -> dict:
             STOP.deferred = True
             try:
                 metrics = train_ppo(roles, tok, inputs.prompts, p, tracker.log, stats, evaluate, checkpoint, start,
-                                    bad_steps, STOP, timeline)
+                                    bad_steps, STOP, timeline, cfg.data)
             finally:
                 STOP.deferred = False
                 timeline.write(out_dir / "timeline.json")

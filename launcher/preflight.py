@@ -25,7 +25,7 @@ from launcher.reading import apply_chat_template, build_tokenizer, check_text, w
 from models.errors import InputError
 from models.vllm_sampler import INSTALL_HINT, vllm_available
 from parallel import checkpoint as checkpoints
-from rlhf.data import Comparison, DataError, Prompt, load_comparisons, load_prompts, load_sft, load_text
+from rlhf.data import Comparison, DataError, Prompt, is_record_file, load_comparisons, load_prompts, load_sft, load_text
 from rlhf.functions import FunctionError, FunctionSpec, TaskFunction
 from rlhf.labelling import Labeller
 from rlhf.reward_model import read_reward_stats
@@ -340,7 +340,9 @@ def check_ppo_inputs(cfg: Config, inputs: Inputs) -> None:
             raise DataError(f"{p.ptx_data}: no such file (ppo.ptx_data names it, though ppo.ptx_coef=0 leaves the "
                             f"pretraining mix out: correct the path, or remove ppo.ptx_data)")
         log.warning("ppo.ptx_data=%s is not mixed in: ppo.ptx_coef=0 (set it above 0 for PPO-ptx)", p.ptx_data)
-    if p.ptx_coef:
+    if p.ptx_coef and is_record_file(p.ptx_data):
+        load_sft(p.ptx_data, cfg.data)  # demonstrations: the mix is their SFT loss
+    elif p.ptx_coef:
         text = load_text(p.ptx_data)
         n = len(inputs.tok(text[:2_000_000], add_special_tokens=False)["input_ids"])
         if n < p.ptx_max_len:

@@ -21,7 +21,7 @@ from rlhf.chat import (
     render_prompts,
     stop_at_turn_end,
 )
-from rlhf.data import DataError, load_text
+from rlhf.data import DataError, mix_lines
 from rlhf.task import WORDS
 
 log = logging.getLogger("instructrl")
@@ -51,7 +51,7 @@ def build_tokenizer(cfg: Config, inputs):
     texts += [c.prompt + r for c in (inputs.rm[0] if inputs.rm else []) for r in c.responses]
     texts += [p.text for p in inputs.prompts or []]
     if cfg.ppo.ptx_coef and cfg.ppo.ptx_data:  # the pretraining mix is text the policy reads too
-        texts += load_text(cfg.ppo.ptx_data)[:PTX_BPE_CHARS].splitlines()
+        texts += mix_lines(cfg.ppo.ptx_data, cfg.data, PTX_BPE_CHARS)
     if not texts:
         raise ConfigError("model.bpe_vocab: a BPE is trained on the run's data, and this command reads none; "
                           "run `instructrl sft` first (it saves the tokenizer) or set model.tokenizer")
@@ -90,7 +90,7 @@ def check_text(cfg: Config, tok, sources: dict, inputs) -> None:
             "ppo_train": [p.text for p in inputs.prompts or []], "ppo_eval": [p.text for p in inputs.eval_prompts]}
     if cfg.ppo.ptx_coef and cfg.ppo.ptx_data:
         sources = {**sources, "ptx": cfg.ppo.ptx_data}
-        sets["ptx"] = load_text(cfg.ppo.ptx_data)[:100_000].splitlines()
+        sets["ptx"] = mix_lines(cfg.ppo.ptx_data, cfg.data, 100_000)
     for key, texts in sets.items():
         ids = [i for t in texts[:1000] for i in tok(t, add_special_tokens=False)["input_ids"]]
         share = sum(i == unk for i in ids) / max(1, len(ids))

@@ -30,7 +30,8 @@ from rlhf.algo.ppo import (
     truncated_is_weights,
 )
 from rlhf.algo.rollout import Rollout
-from rlhf.batching import LMBatch, balanced_order
+from rlhf.batching import Encoded, LMBatch, balanced_order, collate_lm
+from rlhf.data import DataConfig
 from rlhf.ppo_config import PPOConfig
 from rlhf.scoring import RewardWorker, ScoreBatch
 from rlhf.timeline import COORDINATOR, Timeline
@@ -305,17 +306,26 @@ def nonfinite_rollout(r: Rollout, prompt_ids: list[int]) -> str | None:
 
 
 class PretrainingMix:
-    """LM batches of the pretraining text, every token a target (InstructGPT eq. 2, γ term). Batch i
-    is drawn with its own seeded generator: no iterator state, so a resumed run continues the mix
-    exactly where the interrupted one was."""
+    """The policy's mixed-in LM loss (the γ term). Plain text is InstructGPT's pretraining mix: chunks of
+    ptx_max_len tokens, every token a target (eq. 2). Demonstrations (a .jsonl or .json file, read as
+    sft.train_data is) are learned as SFT learns them, the responses the targets: the SFT loss as a regulariser
+    that keeps the policy on responses like the demonstrations while it climbs the reward model (Liu et al.
+    2024, "Provably mitigating overoptimization in RLHF: your SFT loss is implicitly an adversarial
+    regularizer"). Batch i is drawn with its own seeded generator: no iterator state, so a resumed run
+    continues the mix exactly where the interrupted one was."""
 
-    def __init__(self, tok, cfg: PPOConfig):
-        from rlhf.data import load_text
+    def __init__(self, tok, cfg: PPOConfig, data: DataConfig | None = None):
+        from rlhf.data import DEFAULT_KEYS, is_record_file, load_sft, load_text
+        from rlhf.sft import encode_all
 
-        ids = tok(load_text(cfg.ptx_data), add_special_tokens=False)["input_ids"]
-        n = cfg.ptx_max_len
-        self.chunks = torch.tensor([ids[i:i + n] for i in range(0, len(ids) - n + 1, n)])  # (N, ptx_max_len)
-        if not len(self.chunks):
+        n, self.pad_id = cfg.ptx_max_len, tok.pad_token_id
+        if is_record_file(cfg.ptx_data):
+            demonstrations = load_sft(cfg.ptx_data, data or DEFAULT_KEYS)
+            self.rows: torch.Tensor | list[Encoded] = encode_all(tok, demonstrations, n)[0]
+        else:
+            ids = tok(load_text(cfg.ptx_data), add_special_tokens=False)["input_ids"]
+            self.rows = torch.tensor([ids[i:i + n] for i in range(0, len(ids) - n + 1, n)])  # (N, ptx_max_len)
+        if not len(self.rows):
             raise ValueError(f"{cfg.ptx_data}: fewer than ptx_max_len={n} tokens")
         self.size, self.seed = cfg.ptx_batch_size, cfg.seed
 
@@ -324,6 +334,9 @@ class PretrainingMix:
         gets the same number of rows (none an empty shard), so their mean losses average exactly."""
         n = -(-self.size // ranks) * ranks
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        rows = self.chunks[torch.randint(len(self.chunks), (n,), generator=gen)]
+        picked = torch.randint(len(self.rows), (n,), generator=gen)
+        if isinstance(self.rows, list):
+            return collate_lm([self.rows[j] for j in picked.tolist()], self.pad_id)
+        rows = self.rows[picked]
         mask = torch.ones_like(rows, dtype=torch.bool)
         return LMBatch(rows, mask, mask)

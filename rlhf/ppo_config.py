@@ -158,7 +158,7 @@ class PPOConfig(BaseModel):
     missing_eos_score: float | None = -1.0
     whiten_advantages: bool = True  # whiten advantages over the valid tokens of the whole rollout batch
     ptx_coef: float = Field(0.0, ge=0)  # InstructGPT's γ for PPO-ptx
-    ptx_data: str | None = None  # plain text for the pretraining mix
+    ptx_data: str | None = None  # plain text for the pretraining mix; a .jsonl/.json file: demonstrations (SFT loss)
     ptx_batch_size: int = Field(16, ge=1)  # pretraining sequences per policy minibatch (× of the DP ranks, rounded up)
     ptx_max_len: int = Field(64, ge=2)  # tokens per pretraining sequence
     eval_every: int = Field(25, ge=1)  # steps between held-out evaluations
@@ -257,7 +257,7 @@ class PPOConfig(BaseModel):
             raise ValueError(f"reward_functions: two functions named {names}; each is logged by its name, so "
                              f"give them different names")
         if self.ptx_coef and not self.ptx_data:
-            raise ValueError("ptx_coef > 0 needs ptx_data (a plain-text file for the pretraining mix)")
+            raise ValueError("ptx_coef > 0 needs ptx_data (plain text for the pretraining mix, or demonstrations)")
         if self.prompts_per_step % self.samples_per_prompt:
             raise ValueError(f"prompts_per_step={self.prompts_per_step} is not a multiple of "
                              f"samples_per_prompt={self.samples_per_prompt}")

@@ -30,7 +30,7 @@ from rlhf.coordinator import (
     shape,
     update,
 )
-from rlhf.data import Prompt
+from rlhf.data import DataConfig, Prompt
 from rlhf.guards import BadSteps
 from rlhf.ppo_config import PPOConfig
 from rlhf.progress import progress
@@ -42,14 +42,15 @@ from rlhf.workers import PolicyWorker
 def train_ppo(roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: LogFn, stats: dict | None,
               evaluate: Callable[[int], str | None], checkpoint: Callable[[int, dict], None], start: dict | None = None,
               bad_steps: BadSteps | None = None, stop_requested: Callable[[], bool] = lambda: False,
-              timeline: Timeline | None = None) -> dict[str, float]:
+              timeline: Timeline | None = None, data: DataConfig | None = None) -> dict[str, float]:
     """The loop, in the schedule cfg.schedule names. `evaluate(step)` and `checkpoint(step, state)` are the
     stage's hooks; `start` resumes. The loop ends after the step whose evaluation returns a reason to stop
     (ppo.patience), else after cfg.steps. An update with non-finite values is skipped (`bad_steps` stops the run
     after several in a row); when `stop_requested()` turns true (a preemption signal), the loop saves at
-    the end of the step and raises Preempted."""
+    the end of the step and raises Preempted. `data` names the fields of a demonstrations file mixed in
+    (ppo.ptx_data)."""
     steps = Steps(roles, tok, prompts, cfg, log, stats, evaluate, checkpoint, start, bad_steps, stop_requested,
-                  timeline)
+                  timeline, data)
     return {"sync": sync_schedule, "async": async_schedule, "colocated": colocated_schedule}[cfg.schedule](steps)
 
 
@@ -133,7 +134,8 @@ class Steps:
 
     def __init__(self, roles: Roles, tok, prompts: list[Prompt], cfg: PPOConfig, log: LogFn, stats: dict | None,
                  evaluate: Callable[[int], str | None], checkpoint: Callable[[int, dict], None], start: dict | None,
-                 bad_steps: BadSteps | None, stop_requested: Callable[[], bool], timeline: Timeline | None):
+                 bad_steps: BadSteps | None, stop_requested: Callable[[], bool], timeline: Timeline | None,
+                 data: DataConfig | None = None):
         check_stats(cfg, stats)
         self.roles, self.tok, self.prompts, self.cfg, self.log, self.stats = roles, tok, prompts, cfg, log, stats
         self.evaluate, self.checkpoint, self.stop_requested = evaluate, checkpoint, stop_requested
@@ -150,7 +152,7 @@ class Steps:
             if "spread" in start:  # checkpoints from before score_scale have none
                 self.spread.load_state_dict(start["spread"])
             self.pending = start.get("pending")  # schedule=async: the next step's sample, drawn before the save
-        self.ptx = PretrainingMix(tok, cfg) if cfg.ptx_coef else None
+        self.ptx = PretrainingMix(tok, cfg, data) if cfg.ptx_coef else None
         self.metrics: dict[str, float] = {}
 
     def steps(self):

@@ -248,6 +248,8 @@ CASES = {
                            r"x\.txt:\d+: a binary file"),
     "ptx text too short": ("ppo", lambda w, t: ["ppo.ptx_coef=0.1", f"ppo.ptx_data={write(t / 'x.txt', '1 + 2 = 3')}"],
                            r"x\.txt: \d+ tokens, fewer than ppo\.ptx_max_len=64"),
+    "ptx demonstrations without a response": ("ppo", lambda w, t: ["ppo.ptx_coef=0.1", "ppo.ptx_data=" + str(write(
+        t / "d.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "c"}'))], r"d\.jsonl:2: .*'response'"),
     # -- tokenizers
     "empty tokenizer directory": ("sft", lambda w, t: [f"model.tokenizer={tokenizer_dir(w, t, 'empty')}"],
                                   r"tok: no tokenizer files"),

@@ -5,6 +5,8 @@ docs/algorithms.md lists the mutation check run against them."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -13,7 +15,9 @@ from models.generation import filter_logits
 from parallel.engine import EngineConfig
 from parallel.host import ModelSource
 from rlhf.algo.rollout import Rollout
+from rlhf.batching import encode_pair
 from rlhf.coordinator import PretrainingMix, Roles
+from rlhf.data import DataConfig
 from rlhf.functions import FunctionSpec
 from rlhf.schedules import train_ppo
 from rlhf.scoring import RewardWorker
@@ -303,6 +307,35 @@ def test_pretraining_loss_falls_with_ptx_and_not_without(setup):
         after = r.policy.map(PolicyWorker.sft_eval, probe).get()
         nll[coef] = (before["nll_sum"] / before["tokens"], after["nll_sum"] / after["tokens"])
         assert ("policy/ptx_loss" in logged[4]) is bool(coef)
+    assert nll[1.0][1] < nll[1.0][0] - 0.3, nll
+    assert nll[0.0][1] > nll[0.0][0] - 0.1, nll
+
+
+def test_a_demonstrations_mix_teaches_their_responses_and_never_their_prompts(setup):
+    """ppo.ptx_data naming demonstrations (.jsonl, read with the run's data keys) mixes in their SFT loss: each
+    row is a demonstration encoded as SFT encodes it, the response (and EOS) the only targets, and the loop
+    lowers the responses' loss (guards PretrainingMix's demonstrations branch and train_ppo's `data`)."""
+    root, tok, prompts = setup
+    demos = root / "ptx-demos.jsonl"
+    rows = [{"q": " ".join(WORDS[(i + k) % len(WORDS)] for k in range(3)),
+             "a": " ".join(WORDS[(i * 3 + k) % 7] for k in range(4))} for i in range(200)]
+    demos.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keys = DataConfig(prompt_key="q", response_key="a")
+    probe = PretrainingMix(tok, base_cfg(steps=1, ptx_coef=1.0, ptx_data=str(demos), ptx_max_len=16, seed=99),
+                           keys).batch(0)
+    encoded = {tuple(e.prompt + e.response): e for e in (encode_pair(tok, r["q"], r["a"], 16) for r in rows)}
+    for ids, mask, target in zip(probe.input_ids, probe.attention_mask, probe.loss_mask, strict=True):
+        e = encoded[tuple(ids[mask].tolist())]  # a demonstration, whole
+        assert target[mask].tolist() == [False] * len(e.prompt) + [True] * len(e.response)
+    nll = {}
+    for coef in (0.0, 1.0):
+        r = roles(root)
+        before = r.policy.map(PolicyWorker.sft_eval, probe).get()
+        cfg = base_cfg(steps=4, kl_coef=0.0, ptx_coef=coef, ptx_data=str(demos) if coef else None, ptx_max_len=16,
+                       ptx_batch_size=8)
+        train_ppo(r, tok, prompts, cfg, lambda m, s: None, None, lambda s: None, lambda s, t: None, data=keys)
+        after = r.policy.map(PolicyWorker.sft_eval, probe).get()
+        nll[coef] = (before["nll_sum"] / before["tokens"], after["nll_sum"] / after["tokens"])
     assert nll[1.0][1] < nll[1.0][0] - 0.3, nll
     assert nll[0.0][1] > nll[0.0][0] - 0.1, nll
 
