@@ -177,6 +177,13 @@ for k in range(6):
 # last evaluation must be the one bench/tail_average.py reads off the r36 run of the same draw for the same window.
 for k in (4, 5):
     SETTINGS[f"r37-average-4-seed{k}"] = [*SETTINGS[f"r32-rm-min10-seed{k}"], "ppo.average_last=4"]
+# The default with the SFT loss of the rankings' best responses mixed into the policy's loss (ppo.ptx_data naming
+# the task's comparisons, read as demonstrations: RPO, Liu et al. 2024), at γ = ppo.ptx_coef, every evaluation's
+# checkpoint kept as in r36 (docs/results.md, "The SFT loss as a regulariser").
+for k in range(6):
+    for coef in ("0.1", "0.5"):
+        SETTINGS[f"r38-sft-mix-{coef}-seed{k}"] = [*SETTINGS[f"r36-snapshots-seed{k}"], f"ppo.ptx_coef={coef}",
+                                                   "ppo.ptx_data={out}/task/comparisons.jsonl"]
 # A setting's ensemble, assembled before its PPO runs: the reward model's directory (under the task's), the
 # reward model copied there (None: it is there already, trained by --rm) and the further members copied to its
 # ensemble/1, 2, ... as rm.ensemble lays them out; each from a base or a --rm run (its command in the error).
