@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -253,6 +254,11 @@ def table(read: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def family(setting: str) -> str:
+    """A sweep setting without its draw: r36-snapshots-seed1 → r36-snapshots."""
+    return re.sub(r"-seed\d+$", "", setting)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the sweep's directory (<out>/<task>/sweep.json)")
@@ -270,6 +276,11 @@ def main() -> None:
     args = parser.parse_args()
     read, per_task = {}, {}
     suffix = "" if args.export_rule == "objective" else f"-{args.export_rule}"
+    families = list(dict.fromkeys(family(key.split("/")[0]) for key in args.runs))
+
+    def label(setting: str, n: int) -> str:  # a table's row: the window, and the setting where runs of several are read
+        return f"average-{n}{suffix}" if len(families) == 1 else f"{family(setting)} average-{n}{suffix}"
+
     for task in args.tasks:
         for key in args.runs:
             setting, seed, steps = key.split("/")
@@ -296,9 +307,10 @@ def main() -> None:
             if args.fresh and read_fresh(run_dir, view, args.fresh):  # into the cache's "fresh"
                 cache.write_text(json.dumps(cached, indent=1))
             for n, entry in view["exported"].items():
-                per_task.setdefault(task, {})[f"average-{n}{suffix}/{seed}/{steps}"] = entry
+                per_task.setdefault(task, {})[f"{label(setting, n)}/{seed}/{steps}"] = entry
     print(table(read))
-    labels, steps = [f"average-{n}{suffix}" for n in args.windows], int(args.runs[0].split("/")[2])
+    labels = [label(f, n) for f in families for n in args.windows]
+    steps = int(args.runs[0].split("/")[2])
     print()
     print(sweep_table(per_task, labels, steps))
     if args.held_out:
