@@ -25,7 +25,8 @@ from launcher.reading import apply_chat_template, build_tokenizer, check_text, w
 from models.errors import InputError
 from models.vllm_sampler import INSTALL_HINT, vllm_available
 from parallel import checkpoint as checkpoints
-from rlhf.data import Comparison, DataError, Prompt, is_record_file, load_comparisons, load_prompts, load_sft, load_text
+from rlhf.data import Comparison, DataError, Prompt, load_comparisons, load_prompts, load_sft, load_text
+from rlhf.files import is_record_file
 from rlhf.functions import FunctionError, FunctionSpec, TaskFunction
 from rlhf.labelling import Labeller
 from rlhf.reward_model import read_reward_stats

@@ -21,13 +21,22 @@ from rlhf.chat import (
     render_prompts,
     stop_at_turn_end,
 )
-from rlhf.data import DataError, mix_lines
+from rlhf.data import DataConfig, DataError, load_sft, load_text
+from rlhf.files import is_record_file
 from rlhf.task import WORDS
 
 log = logging.getLogger("instructrl")
 
 PTX_BPE_CHARS = 200_000  # characters of the pretraining text a trained BPE sees, beside the task's data
 MAX_UNKNOWN = 0.05  # share of <unk> tokens in a data file above which its text is not the tokenizer's
+
+
+def mix_lines(path: str, data: DataConfig, max_chars: int) -> list[str]:
+    """The lines of the policy's mix (ppo.ptx_data) its tokenizer must read: a demonstrations file's prompts and
+    responses, or plain text's first `max_chars` characters."""
+    if is_record_file(path):
+        return [f"{r.prompt} {r.response}" for r in load_sft(path, data)]
+    return load_text(path)[:max_chars].splitlines()
 
 
 def build_tokenizer(cfg: Config, inputs):

@@ -315,7 +315,8 @@ class PretrainingMix:
     continues the mix exactly where the interrupted one was."""
 
     def __init__(self, tok, cfg: PPOConfig, data: DataConfig | None = None):
-        from rlhf.data import DEFAULT_KEYS, is_record_file, load_sft, load_text
+        from rlhf.data import DEFAULT_KEYS, load_sft, load_text
+        from rlhf.files import is_record_file
         from rlhf.sft import encode_all
 
         n, self.pad_id = cfg.ptx_max_len, tok.pad_token_id

@@ -379,21 +379,6 @@ def load_comparisons(path: Source, cfg: DataConfig = DEFAULT_KEYS) -> list[Compa
     return out
 
 
-def is_record_file(path: str | Path) -> bool:
-    """A .jsonl or .json file, gzipped or not: records, where a file of any other name is read as plain text."""
-    suffixes = Path(path).suffixes
-    suffixes = suffixes[:-1] if suffixes[-1:] == [".gz"] else suffixes
-    return suffixes[-1:] in ([".jsonl"], [".json"])
-
-
-def mix_lines(path: str | Path, cfg: DataConfig, max_chars: int) -> list[str]:
-    """The lines of the policy's mix (ppo.ptx_data) that its tokenizer must read: a demonstrations file's
-    prompts and responses, or plain text's first `max_chars` characters."""
-    if is_record_file(path):
-        return [f"{r.prompt} {r.response}" for r in load_sft(path, cfg)]
-    return load_text(path)[:max_chars].splitlines()
-
-
 def load_text(path: str | Path, min_chars: int = 1) -> str:
     """Plain text for the pretraining mix (PPO-ptx)."""
     text = read_text(path)

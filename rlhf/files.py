@@ -27,6 +27,13 @@ TEXT_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".txt", ".gz", ".parquet", "
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.\[\]%:+-]+)?$")  # owner/name[:split]
 
 
+def is_record_file(path: str | Path) -> bool:
+    """A .jsonl or .json file, gzipped or not: records, where a file of any other name is read as plain text."""
+    suffixes = Path(path).suffixes
+    suffixes = suffixes[:-1] if suffixes[-1:] == [".gz"] else suffixes
+    return suffixes[-1:] in ([".jsonl"], [".json"])
+
+
 class DataError(InputError):
     """A user's data file is malformed; the message names file, line and field."""
 
