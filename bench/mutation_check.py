@@ -245,6 +245,14 @@ MUTATIONS = [
     ("ppo.decay_steps ignored by the stop (patience stops before the cosine's end)", "rlhf/export_choice.py",
      "not self.first_stop <= step < self.last_step", "not 0 <= step < self.last_step",
      [UT + "test_ppo_decay_steps_ends_the_cosine_there_and_no_stop_comes_before_it"]),
+    ("a demonstrations mix learns the prompts too", "rlhf/coordinator.py",
+     "return collate_lm([self.rows[j] for j in picked.tolist()], self.pad_id)",
+     "b = collate_lm([self.rows[j] for j in picked.tolist()], self.pad_id); "
+     "return LMBatch(b.input_ids, b.attention_mask, b.attention_mask)",
+     [SW + "test_a_demonstrations_mix_teaches_their_responses_and_never_their_prompts"]),
+    ("a demonstrations mix read with the default data keys", "rlhf/schedules.py",
+     "PretrainingMix(tok, cfg, data)", "PretrainingMix(tok, cfg)",
+     [SW + "test_a_demonstrations_mix_teaches_their_responses_and_never_their_prompts"]),
 ]
 
 
