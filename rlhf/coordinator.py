@@ -332,7 +332,8 @@ class PretrainingMix:
 
     def batch(self, i: int, ranks: int = 1) -> LMBatch:
         """Batch i, ptx_batch_size rows rounded up to a multiple of `ranks`: every data-parallel rank
-        gets the same number of rows (none an empty shard), so their mean losses average exactly."""
+        gets the same number of rows (none an empty shard), so their mean losses average exactly (for text, whose
+        rows are all ptx_max_len tokens; demonstrations' rows weigh their tokens by their rank's count)."""
         n = -(-self.size // ranks) * ranks
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         picked = torch.randint(len(self.rows), (n,), generator=gen)
