@@ -147,7 +147,7 @@ def run(command: str, cfg) -> int:
 
 def _run(command: str, cfg) -> None:
     # Heavy imports only once the config is known to be valid.
-    from launcher import pipeline, preflight, stages
+    from launcher import pipeline, preflight, run_setup, summary
     from rlhf.task import EmbeddedTask
 
     if command == "rm" and cfg.rm.labeller is not None:
@@ -172,12 +172,12 @@ def _run(command: str, cfg) -> None:
     if command == "check":
         print(describe(cfg, inputs, stage_list))
         return
-    stages.prepare_run(cfg, inputs, stage_list)
+    run_setup.prepare_run(cfg, inputs, stage_list)
     if command in ("demo", "pipeline"):
         pipeline.run_pipeline(cfg, inputs, stage_list)
     elif command in ("ppo", "dpo"):
         result = pipeline.run_stage(cfg, command, inputs)
-        pipeline.print_summary(pipeline.summarize(cfg, result, stage=command))
+        summary.print_summary(summary.summarize(cfg, result, stage=command))
     else:
         out = pipeline.run_stage(cfg, command, inputs)
         print("\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()))

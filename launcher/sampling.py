@@ -13,7 +13,7 @@ from pathlib import Path
 
 from launcher.config import Config, ConfigError
 from launcher.reading import check_turn_end, with_chat_template
-from launcher.stages import checkpoint_source, start_groups
+from launcher.run_setup import checkpoint_source, start_groups
 from models.errors import InputError
 from models.generation import SamplingParams
 from models.tokenizer import load_tokenizer
