@@ -326,8 +326,8 @@ class PretrainingMix:
         else:
             ids = tok(load_text(cfg.ptx_data), add_special_tokens=False)["input_ids"]
             self.rows = torch.tensor([ids[i:i + n] for i in range(0, len(ids) - n + 1, n)])  # (N, ptx_max_len)
-        if not len(self.rows):
-            raise ValueError(f"{cfg.ptx_data}: fewer than ptx_max_len={n} tokens")
+            if not len(self.rows):
+                raise ValueError(f"{cfg.ptx_data}: fewer than ptx_max_len={n} tokens")
         self.size, self.seed = cfg.ptx_batch_size, cfg.seed
 
     def batch(self, i: int, ranks: int = 1) -> LMBatch:
