@@ -2,7 +2,8 @@
 
 A run ends "below its best" (the issue's export criterion, #27) when its exported policy's gold is more than one
 standard error under its best evaluation's. For each such run of a sweep (`<out>/<task>/sweep.json`, keys
-SETTING/sSEED/STEPS) this prints, prompt by prompt over the held-out samples (`<run>/ppo/samples/step-N.jsonl`):
+SETTING/sSEED/STEPS) this prints, prompt by prompt over the held-out samples (`<run>/ppo/samples/step-N.jsonl`, or
+the digest of them bench/keep_results.py keeps):
 
 - the gold of the exported step and of the gold's best step, and their paired difference ± its standard error;
 - the held-out objective (score − β·KL, the only measure the export reads) at the gold's best step minus the
@@ -22,19 +23,11 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sweep_defaults import run_objectives  # noqa: E402
-from rlhf.algo.selection import paired_gain, per_prompt_means  # noqa: E402
-
-
-def gold_per_prompt(run_dir: Path, step: int) -> list[float]:
-    samples = yaml.safe_load((run_dir / "config.yaml").read_text())["evaluation"]["samples_per_prompt"]
-    rows = (run_dir / "ppo" / "samples" / f"step-{step}.jsonl").read_text().splitlines()
-    return per_prompt_means([json.loads(line)["gold"] for line in rows], samples)
+from bench.sweep_defaults import per_prompt_evaluations  # noqa: E402
+from rlhf.algo.selection import paired_gain  # noqa: E402
 
 
 def explain(run_dir: Path) -> dict | None:
@@ -45,10 +38,11 @@ def explain(run_dir: Path) -> dict | None:
     best = max(evals, key=lambda s: evals[s]["eval/gold_score"])  # the first of equals
     if evals[exported]["eval/gold_score"] >= evals[best]["eval/gold_score"] - evals[best]["eval/gold_stderr"]:
         return None
-    objectives, _ = run_objectives(run_dir)
-    if objectives is None:
+    per_prompt = per_prompt_evaluations(run_dir)
+    if per_prompt is None:
         raise SystemExit(f"{run_dir}/ppo/samples: the samples carry no score or KL to read the objective from")
-    gold = paired_gain(gold_per_prompt(run_dir, best), gold_per_prompt(run_dir, exported))
+    objectives = {s: e["objective"] for s, e in per_prompt.items()}
+    gold = paired_gain(per_prompt[best]["gold"], per_prompt[exported]["gold"])
     objective = paired_gain(objectives[best], objectives[exported])
     highest = max((s for s in objectives if s > 0), key=lambda s: statistics.fmean(objectives[s]))
     return {"exported": exported, "best": best, "gold_exported": evals[exported]["eval/gold_score"],

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.compare_algorithms import DEMO, Task, cli, ensure_base, rl_run  # noqa: E402
 from bench.sweep_settings import ENSEMBLES, RM_SETTINGS, SETTINGS  # noqa: E402
 from bench.tasks import SUITE  # noqa: E402
-from rlhf.algo.selection import earliest_within_noise, last_unless_beaten, objective_of  # noqa: E402
+from rlhf.algo.selection import earliest_within_noise, last_unless_beaten, objective_of, per_prompt_means  # noqa: E402
 
 # ppo.export's rules, and candidates for it, read off a finished run's saved evaluations (--export-rule)
 EXPORT_RULES = {"objective": lambda objectives: last_unless_beaten(objectives)[0], "earliest": earliest_within_noise}
@@ -145,24 +145,40 @@ def ppo_run(task: Task, label: str, seed: int, steps: int) -> tuple[dict, str]:
                     f"KL {r['kl']:.2f}; best evaluation {result['peak']:.3f}")
 
 
-def run_objectives(run_dir: Path) -> tuple[dict[int, list[float]] | None, dict[str, dict]]:
-    """A finished run's per-prompt objective (score − β·KL) at each evaluation, read off its saved samples
-    (<run>/ppo/samples/step-N.jsonl; None where they lack a score or a KL), and its evaluations' metrics."""
+DIGEST = "evaluations.json"  # <run>/ppo/: each evaluation's per-prompt objective and gold, kept for its samples
+
+
+def per_prompt_evaluations(run_dir: Path) -> dict[int, dict[str, list[float]]] | None:
+    """Each evaluation's per-prompt objective (score − β·KL) and gold, by step, read off the run's saved samples
+    (<run>/ppo/samples/step-N.jsonl), or where those are gone off the digest bench/keep_results.py kept of them
+    (<run>/ppo/evaluations.json); None where the samples lack a score or a KL."""
+    ppo = run_dir / "ppo"
+    if not (ppo / "samples").is_dir() and (ppo / DIGEST).exists():
+        return {int(s): e for s, e in json.loads((ppo / DIGEST).read_text()).items()}
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    beta, samples = cfg["ppo"]["kl_coef"], cfg["evaluation"]["samples_per_prompt"]
+    out = {}
+    for step in json.loads((ppo / "result.json").read_text())["evaluations"]:
+        rows = [json.loads(line) for line in (ppo / "samples" / f"step-{step}.jsonl").read_text().splitlines()]
+        objective = objective_of(rows, beta, samples)
+        if objective is None:
+            return None
+        out[int(step)] = {"objective": objective, "gold": per_prompt_means([r["gold"] for r in rows], samples)}
+    return out
+
+
+def run_objectives(run_dir: Path) -> tuple[dict[int, list[float]] | None, dict[str, dict]]:
+    """A finished run's per-prompt objective (score − β·KL) at each evaluation (per_prompt_evaluations; None where
+    its samples lack a score or a KL), and its evaluations' metrics."""
     evals = json.loads((run_dir / "ppo" / "result.json").read_text())["evaluations"]
-    objectives, samples = {}, run_dir / "ppo" / "samples"
-    for step in evals:
-        rows = [json.loads(line) for line in (samples / f"step-{step}.jsonl").read_text().splitlines()]
-        objectives[int(step)] = objective_of(rows, cfg["ppo"]["kl_coef"], cfg["evaluation"]["samples_per_prompt"])
-        if objectives[int(step)] is None:
-            return None, evals
-    return objectives, evals
+    per_prompt = per_prompt_evaluations(run_dir)
+    return (None if per_prompt is None else {s: e["objective"] for s, e in per_prompt.items()}), evals
 
 
 def reexport(run_dir: Path, run: dict, rule: str) -> dict:
     """`run` (its sweep.json entry) as if its PPO stage had exported by `rule` (EXPORT_RULES): the gold of the
-    evaluation the rule picks from each evaluation's per-prompt score − β·KL, read off the run's saved samples
-    (<run>/ppo/samples/step-N.jsonl). The gold picks nothing; a run whose samples lack a score or KL is as it ran."""
+    evaluation the rule picks from each evaluation's per-prompt score − β·KL (per_prompt_evaluations: the run's saved
+    samples or their kept digest). The gold picks nothing; a run whose samples lack a score or KL is as it ran."""
     objectives, evals = run_objectives(run_dir)
     if objectives is None:
         return run
@@ -349,7 +365,8 @@ def main() -> None:
                         help="with --table: also a row 'draws' of these runs, one per seed (seeds of the whole run); "
                              "NAME=SETTING:SEED puts a run in a row NAME instead; SETTING:SEED@N, its run of N steps")
     parser.add_argument("--export-rule", choices=EXPORT_RULES,
-                        help="with --table: each run's gold as if it had exported by this rule (read off its samples)")
+                        help="with --table: each run's gold as if it had exported by this rule (read off its samples, "
+                             "or the digest of them bench/keep_results.py keeps)")
     parser.add_argument("--report", metavar="SETTING",
                         help="with --table: #27's table under SETTING, with best-of-8, GRPO and the oracle")
     args = parser.parse_args()

@@ -16,7 +16,7 @@ selection's bias"): the best of 13 evaluations was chosen on its own samples, so
 its best evaluation's policy are evaluated again under K sampling seeds no run uses (FRESH_SEED on), and the run is
 below its best when the export's pooled gold is lower than the best's by more than one of the best's fresh standard
 errors. With --export-rule earliest each window's run ends by the one-standard-error rule instead of
-ppo.export=objective (read off the run's samples). What a run's reading needs is cached as
+ppo.export=objective (read off the run's samples or their kept digest). What a run's reading needs is cached as
 <run>/ppo/tail_average.json, which bench/keep_results.py keeps: the tables print from the kept copy.
 
     python bench/tail_average.py --out runs/r33 --tasks notes --runs r36-snapshots-seed4/s4/300 --windows 1 2 4 7
@@ -272,7 +272,7 @@ def main() -> None:
                         help="also the export criterion read afresh: each export and best evaluation under K new seeds")
     parser.add_argument("--export-rule", choices=EXPORT_RULES, default="objective",
                         help="the export rule each window's run ends with (other than ppo.export=objective: read off "
-                             "the run's samples, which bench/keep_results.py does not keep)")
+                             "the run's samples, or the digest of them bench/keep_results.py keeps)")
     args = parser.parse_args()
     read, per_task = {}, {}
     suffix = "" if args.export_rule == "objective" else f"-{args.export_rule}"
@@ -299,7 +299,7 @@ def main() -> None:
                 cached["exported"] = as_exported(run_dir, cached)
                 cache.write_text(json.dumps(cached, indent=1))
             exported = cached["exported"] if args.export_rule == "objective" else \
-                as_exported(run_dir, cached, args.export_rule)  # from the run's samples, not kept
+                as_exported(run_dir, cached, args.export_rule)  # from the run's samples or their kept digest
             read[f"{task} {key}"] = view = cached | {  # the windows asked for, of those read
                 "windows": {n: cached["windows"][n] for n in args.windows},
                 "exported": {n: e for n, e in exported.items() if int(n) in args.windows},

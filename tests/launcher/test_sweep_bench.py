@@ -223,7 +223,9 @@ def test_a_run_is_recorded_under_a_candidate_only_against_the_very_same_reward_m
 
 def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs_are(tmp_path, monkeypatch, capsys):
     """bench/keep_results.py: the JSON the tables read is copied (a run linked under a candidate's name is not
-    copied twice), weights and samples are not, and the table read off the copy is the runs' own."""
+    copied twice), weights and samples are not, and the table read off the copy is the runs' own; of the samples a
+    digest is kept (each evaluation's per-prompt objective and gold), off which each export rule and below_best
+    read as they read the run."""
     import bench.keep_results as kept
     import bench.sweep_defaults as sweep
 
@@ -231,22 +233,30 @@ def test_a_sweeps_results_are_kept_without_its_weights_and_read_back_as_the_runs
     run = {"gold": 0.78, "stderr": 0.02, "kl": 1.6, "sft": 0.562, "closed": 0.5, "wall_s": 400.0, "peak": 0.78,
            "peak_stderr": 0.02, "peak_kl": 1.6}
     files = {"sweep.json": json.dumps({"r32-rm-min10-seed4/s4/150": run}), "best_of.json": "{}", "best_of-r.json": "{}",
-             "base/sft/result.json": "{}", "base/sft/model.safetensors": "w", "sweep-a-s4-150/ppo/result.json": "{}",
+             "base/sft/result.json": "{}", "base/sft/model.safetensors": "w",
              "sweep-a-s4-150/ppo/tail_average.json": "{}", "sweep-a-s4-150/ppo/average-4/model.safetensors": "w",
-             "sweep-a-s4-150/ppo/samples/step-0.jsonl": "{}", "sweep-rm-x-s4/rm/result.json": "{}",
+             "sweep-rm-x-s4/rm/result.json": "{}",
              "sweep-rm-x-s4/rm/ensemble/1/result.json": "{}", "task/sft.jsonl": "{}", "task/labels.json": "{}"}
     for rel, text in files.items():
         (task / rel).parent.mkdir(parents=True, exist_ok=True)
         (task / rel).write_text(text)
+    # step 10 leads the last (20) by 0.1 ± 0.17 of objective: "objective" exports 20, "earliest" 10 (0.9, not 0.7)
+    saved_run(task / "sweep-a-s4-150", {0: ([0.0] * 4, 0.5), 10: ([0.8, 0.2, 0.8, 0.2], 0.9), 20: ([0.6] * 4, 0.7)})
     (task / "sweep-b-s4-150").symlink_to(task / "sweep-a-s4-150")
     monkeypatch.setattr(kept, "KEPT", tmp_path / "kept")
 
     kept.main([str(task.parent)])
     copied = sorted(str(p.relative_to(tmp_path / "kept" / "r33" / "sorting"))
                     for p in (tmp_path / "kept").rglob("*") if p.is_file())
-    assert copied == ["base/sft/result.json", "best_of-r.json", "best_of.json", "sweep-a-s4-150/ppo/result.json",
-                      "sweep-a-s4-150/ppo/tail_average.json", "sweep-rm-x-s4/rm/result.json", "sweep.json",
-                      "task/labels.json"]
+    assert copied == ["base/sft/result.json", "best_of-r.json", "best_of.json", "sweep-a-s4-150/ppo/evaluations.json",
+                      "sweep-a-s4-150/ppo/result.json", "sweep-a-s4-150/ppo/tail_average.json",
+                      "sweep-rm-x-s4/rm/result.json", "sweep.json", "task/labels.json"]
+    kept_run = tmp_path / "kept" / "r33" / "sorting" / "sweep-a-s4-150"
+    assert json.loads((kept_run / "ppo" / "evaluations.json").read_text())["10"] == {
+        "objective": pytest.approx([0.8, 0.2, 0.8, 0.2]), "gold": [0.9] * 4}
+    for rule, step in (("objective", 20), ("earliest", 10)):
+        assert sweep.reexport(kept_run, run, rule) == sweep.reexport(task / "sweep-a-s4-150", run, rule)
+        assert sweep.reexport(kept_run, run, rule)["exported_step"] == step
 
     tables = []
     for out in (task.parent, tmp_path / "kept" / "r33"):
@@ -294,6 +304,7 @@ def test_below_best_reads_the_gold_and_the_objective_prompt_by_prompt_at_the_exp
     gap and objective gap between the gold's best step and the exported one, and the objective's highest step,
     worked out by hand (3 prompts × 2 samples, β 0.1); a run within a standard error of its best is not listed."""
     from bench.below_best import table
+    from bench.keep_results import keep
 
     task = tmp_path / "notes"
     gold = {0: [0.5] * 6, 25: [1, 1, 1, 0, 1, 1], 50: [1, 0, 0, 0, 1, 1]}  # per prompt: 25 → 1, .5, 1; 50 → .5, 0, 1
@@ -315,6 +326,8 @@ def test_below_best_reads_the_gold_and_the_objective_prompt_by_prompt_at_the_exp
     (task / "sweep.json").write_text(json.dumps({"r/s4/300": {}, "r/s5/300": {}}))
     rows = table(tmp_path, ["notes"], ["r/s4/300", "r/s5/300"]).splitlines()[2:]
     assert rows == ["| notes | r/s4/300 | 50: 0.500 | 25: 0.833 ± 0.050 | +0.3333 ± 0.1667 | -1.0000 ± 0.0000 | 50 |"]
+    keep(tmp_path, tmp_path / "kept")  # without the samples, off their digest
+    assert table(tmp_path / "kept", ["notes"], ["r/s4/300", "r/s5/300"]).splitlines()[2:] == rows
     with pytest.raises(SystemExit, match="no run r/s6/300"):
         table(tmp_path, ["notes"], ["r/s6/300"])
 
