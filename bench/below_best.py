@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sweep_defaults import per_prompt_evaluations  # noqa: E402
+from bench.run_evaluations import per_prompt_evaluations  # noqa: E402
 from rlhf.algo.selection import paired_gain  # noqa: E402
 
 

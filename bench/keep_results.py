@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sweep_defaults import DIGEST, per_prompt_evaluations  # noqa: E402
+from bench.run_evaluations import DIGEST, per_prompt_evaluations  # noqa: E402
 
 KEPT = ROOT / "bench" / "results"
 # a task directory's own files; task/labels.json: the labels' agreement with the gold, the report's ceiling

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.sweep_defaults import gap_closed, run_objectives, save_result  # noqa: E402
+from bench.run_evaluations import gap_closed, run_objectives  # noqa: E402
+from bench.sweep_defaults import save_result  # noqa: E402
 from rlhf.algo.selection import last_unless_beaten, patience_ends  # noqa: E402
 
 

@@ -37,7 +37,8 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sweep_defaults import EXPORT_RULES, gap_closed, held_out_table, run_objectives  # noqa: E402
+from bench.run_evaluations import EXPORT_RULES, gap_closed, run_objectives  # noqa: E402
+from bench.sweep_defaults import held_out_table  # noqa: E402
 from bench.sweep_defaults import table as sweep_table  # noqa: E402
 from rlhf.algo.averaging import mean_state  # noqa: E402
 from rlhf.algo.selection import (  # noqa: E402
@@ -152,7 +153,7 @@ def read_run(run_dir: Path, windows: list[int]) -> dict:
 def as_exported(run_dir: Path, read: dict, rule: str = "objective") -> dict[int, dict]:
     """Each window's run as `ppo.average_last=n` would have ended it, in sweep.json's fields: the average evaluated
     as the last step's evaluation, and ppo.export=objective weighing its objective against every earlier
-    evaluation's (rlhf/algo/selection.last_unless_beaten; or another of sweep_defaults.EXPORT_RULES); the best
+    evaluation's (rlhf/algo/selection.last_unless_beaten; or another of run_evaluations.EXPORT_RULES); the best
     evaluation is the best of the run's earlier evaluations and the average's."""
     objectives, evals = run_objectives(run_dir)
     if objectives is None:

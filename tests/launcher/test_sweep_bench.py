@@ -144,7 +144,7 @@ def saved_run(run: Path, steps: dict[int, tuple[list[float], float]]) -> None:
 def test_reexport_reads_each_rule_off_the_saved_evaluations(tmp_path):
     """--export-rule: a run's gold as if it had exported by another rule, from its saved per-sample score and KL
     (one sample per prompt, β 0.5); the gold is the chosen evaluation's, never a chooser."""
-    from bench.sweep_defaults import reexport
+    from bench.run_evaluations import reexport
 
     run = tmp_path / "sweep-x-s0-150"
     # per-prompt objectives: step 10 [0.8, 0.2, 0.8, 0.2] (0.5), step 20 [0.6] × 4 (0.6): the last is best, step 10
