@@ -11,9 +11,12 @@ from __future__ import annotations
 # configs/demo.yaml), so that a setting means the same run whatever the demo config holds now.
 # "defaults" is configs/demo.yaml as it is.
 FIXED_BETA = ["ppo.kl_target=null", "ppo.kl_horizon=10000"]  # the defaults before the fourth round
+# Every run before 2026-12-08 ended on its last policy as trained (ppo.average_last 4 is the default since): each
+# round's pinned defaults below pin it, so that their labels mean the runs they named.
+LAST = ["ppo.average_last=1"]
 DEMO_2026_11_24 = ["ppo.kl_coef=0.2", "ppo.ppo_epochs=2", "ppo.missing_eos_score=null", "ppo.score_scale=none",
                    "ppo.policy.optim.lr=1.0e-4", "ppo.policy.optim.min_lr_ratio=1.0", "ppo.samples_per_prompt=8",
-                   *FIXED_BETA]
+                   *FIXED_BETA, *LAST]
 EOS = ["ppo.missing_eos_score=-1"]  # the EOS rule: on in every sweep run below
 TARGET = [*EOS, "ppo.kl_coef=0.2", "ppo.kl_horizon=1000"]
 B5E4 = [*EOS, "ppo.kl_coef=0.5", "ppo.ppo_epochs=4"]
@@ -45,7 +48,7 @@ SETTINGS = {"defaults": [], **{label: [*DEMO_2026_11_24, *overrides] for label, 
 # The defaults of the second round (2026-11-25 morning: β 0.5 fixed, 16 prompts × 8 samples; the rest
 # as PPOConfig has it now), pinned under their variations so that these mean the same runs after the
 # defaults moved (the fourth round: β adaptive from 0.4, 32 × 4). "defaults" alone is PPOConfig as it is.
-DEFAULTS_2026_11_25 = ["ppo.kl_coef=0.5", "ppo.samples_per_prompt=8", *FIXED_BETA]
+DEFAULTS_2026_11_25 = ["ppo.kl_coef=0.5", "ppo.samples_per_prompt=8", *FIXED_BETA, *LAST]
 SETTINGS |= {label: [*DEFAULTS_2026_11_25, *overrides] for label, overrides in {
     "defaults-2026-11-25": [],
     "defaults-lr-3e-4": ["ppo.policy.optim.lr=3.0e-4"],
@@ -58,7 +61,7 @@ SETTINGS |= {label: [*DEFAULTS_2026_11_25, *overrides] for label, overrides in {
 }.items()}
 # The fourth round (2026-12-02): the third round's candidate pinned (β 0.4, 32 prompts × 4 samples),
 # and the adaptive KL controller started from it (Ziegler et al. 2019), horizon 1,000 rollouts.
-ROUND_4 = ["ppo.kl_coef=0.4", "ppo.samples_per_prompt=4", *FIXED_BETA]
+ROUND_4 = ["ppo.kl_coef=0.4", "ppo.samples_per_prompt=4", *FIXED_BETA, *LAST]
 ADAPTIVE = ["ppo.kl_horizon=1000"]
 SETTINGS |= {label: [*ROUND_4, *overrides] for label, overrides in {
     "r4-beta-0.4": [],
@@ -75,7 +78,8 @@ SETTINGS |= {label: [*ROUND_4, *overrides] for label, overrides in {
 # function (the gap it leaves is the optimiser's, the rest the reward model's).
 ROUND_5 = ["ppo.kl_coef=0.4", "ppo.kl_target=0.5", "ppo.kl_horizon=1000", "ppo.samples_per_prompt=4",
            "ppo.export=last",  # each run exported its last policy (ppo.export came later: r11)
-           "ppo.reward_ensemble=null"]  # against the reward model alone, where a base has members (r14)
+           "ppo.reward_ensemble=null",  # against the reward model alone, where a base has members (r14)
+           *LAST]
 SETTINGS |= {label: [*ROUND_5, *overrides] for label, overrides in {
     "r5-target-2": ["ppo.kl_target=2.0"],
     "r5-target-1": ["ppo.kl_target=1.0"],

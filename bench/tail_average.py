@@ -10,7 +10,8 @@ clipped as the run did), its reference (the KL) and its gold, with the run's eva
 evaluation repeats the run's own. It prints each average's gold against the run's best evaluation (the criterion:
 within one standard error of it), and its held-out objective (score − β·KL, what `ppo.export` reads) against the
 last policy's, prompt by prompt. Then, in sweep_defaults' tables, each window as `ppo.average_last` would have ended the
-run (its export included), and with --held-out the window chosen leave-one-task-out. With --fresh K, the issue's
+run (with `ppo.average_span=1`: the default span, the last quarter, holds 4 evaluations of a 300-step run; its export
+included), and with --held-out the window chosen leave-one-task-out. With --fresh K, the issue's
 export criterion read without its selection's bias (docs/results.md, "The export criterion read without its
 selection's bias"): the best of 13 evaluations was chosen on its own samples, so each window's exported policy and
 its best evaluation's policy are evaluated again under K sampling seeds no run uses (FRESH_SEED on), and the run is
@@ -151,9 +152,9 @@ def read_run(run_dir: Path, windows: list[int]) -> dict:
 
 
 def as_exported(run_dir: Path, read: dict, rule: str = "objective") -> dict[int, dict]:
-    """Each window's run as `ppo.average_last=n` would have ended it, in sweep.json's fields: the average evaluated
-    as the last step's evaluation, and ppo.export=objective weighing its objective against every earlier
-    evaluation's (rlhf/algo/selection.last_unless_beaten; or another of run_evaluations.EXPORT_RULES); the best
+    """Each window's run as `ppo.average_last=n ppo.average_span=1` would have ended it, in sweep.json's fields: the
+    average evaluated as the last step's evaluation, and ppo.export=objective weighing its objective against every
+    earlier evaluation's (rlhf/algo/selection.last_unless_beaten; or another of run_evaluations.EXPORT_RULES); the best
     evaluation is the best of the run's earlier evaluations and the average's."""
     objectives, evals = run_objectives(run_dir)
     if objectives is None:

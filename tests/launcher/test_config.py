@@ -112,14 +112,17 @@ def test_kl_schedule_starts_at_a_multiple_of_kl_coef_under_a_fixed_beta_only():
     assert PPOConfig(kl_coef=0.0, kl_start_factor=3).kl_schedule_start == 0.0  # no KL penalty at any step
 
 
-def test_average_last_takes_the_last_evaluations_and_none_under_patience():
-    """ppo.average_last: the last n evaluation steps (every eval_every, and the last), all of a shorter run's; none
-    for one step, or under ppo.patience, whose run may end at any evaluation."""
+def test_average_last_takes_the_last_evaluations_of_the_span_and_none_under_patience():
+    """ppo.average_last: the last n evaluation steps (every eval_every, and the last) that lie in the run's last
+    ppo.average_span of its steps (the span's first step included); none for one step, or under ppo.patience,
+    whose run may end at any evaluation. By default 4 in the last quarter: steps 225-300 of a 300-step run."""
     def steps(*overrides: str) -> list[int]:
         return load_config("demo", list(overrides)).ppo.averaged_steps
 
-    assert steps("ppo.average_last=4") == [225, 250, 275, 300] and steps("ppo.average_last=1") == []
-    assert steps("ppo.steps=60", "ppo.average_last=4") == [25, 50, 60]
+    assert steps() == steps("ppo.average_last=4") == [225, 250, 275, 300] and steps("ppo.average_last=1") == []
+    assert steps("ppo.steps=400") == [325, 350, 375, 400]  # 5 evaluations in the span, the last 4 of them
+    assert steps("ppo.steps=60", "ppo.average_last=4", "ppo.average_span=1") == [25, 50, 60]
+    assert steps("ppo.steps=60") == [50, 60] and steps("ppo.steps=60", "ppo.eval_every=20") == []  # the tutorial's
     assert steps("ppo.average_last=4", "ppo.patience=2") == [] and steps("ppo.steps=10", "ppo.average_last=4") == []
 
 

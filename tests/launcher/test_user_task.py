@@ -171,31 +171,40 @@ def test_ppo_exports_the_evaluation_with_the_higher_held_out_objective(task, tmp
     assert "exported: step 1's policy" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("average", [2, 1])
+@pytest.mark.parametrize("average", [2, 1, None])
 def test_ppo_average_last_exports_the_mean_of_the_last_evaluations_weights(task, tmp_path, average, capsys):
-    """ppo.average_last=2 over 3 steps evaluated every step: the weights of steps 2 and 3 are kept as trained (step 2's
-    equal to its checkpoint's), and the policy exported is their mean, weight by weight (rlhf/export_choice.py
-    PolicyAverage), put in the policy's place before step 3's evaluation and checkpoint (which holds it); 1: the
-    last policy as trained, nothing kept."""
+    """ppo.average_last=2 over 3 steps evaluated every step (ppo.average_span=1: the whole run): the weights of steps
+    2 and 3 are kept as trained (step 2's equal to its checkpoint's), and the policy exported is their mean, weight by
+    weight (rlhf/export_choice.py PolicyAverage), put in the policy's place before step 3's evaluation and checkpoint
+    (which holds it); 1: the last policy as trained, nothing kept. Unset, the defaults over 8 steps: of the last 4
+    evaluations (5-8) those in the run's last quarter, steps 6, 7 and 8."""
     from safetensors.torch import load_file
 
     from parallel.host import read_checkpoint
 
-    run, result = run_falling(task, tmp_path, capsys, "ppo.steps=3", "ppo.export=last", f"ppo.average_last={average}",
-                              "ppo.save_every=1", "run.save_total_limit=0")
+    window = {2: ["ppo.steps=3", "ppo.average_last=2", "ppo.average_span=1"], 1: ["ppo.steps=3", "ppo.average_last=1"],
+              None: ["ppo.steps=8"]}[average]
+    run, result = run_falling(task, tmp_path, capsys, *window, "ppo.export=last", "ppo.save_every=1",
+                              "run.save_total_limit=0")
+    last = 8 if average is None else 3
     _, exported = read_checkpoint(run / "ppo" / "policy")
-    checkpoint = {s: load_file(run / "ppo" / f"checkpoint-{s}" / "policy" / "rank-00000.safetensors") for s in (2, 3)}
-    assert all(torch.equal(v, checkpoint[3][k]) for k, v in exported.items())  # the last step's evaluation's weights
+    checkpoint = {s: load_file(run / "ppo" / f"checkpoint-{s}" / "policy" / "rank-00000.safetensors")
+                  for s in range(1, last + 1)}
+    assert all(torch.equal(v, checkpoint[last][k]) for k, v in exported.items())  # the last evaluation's weights
     if average == 1:
         assert result["averaged_steps"] == [] and not (run / "ppo" / "average").exists()
         return
-    assert result["averaged_steps"] == [2, 3] and result["exported_step"] == 3
-    kept = {s: load_file(run / "ppo" / "average" / f"step-{s}" / "rank-00000.safetensors") for s in (2, 3)}
-    assert all(torch.equal(v, checkpoint[2][k]) for k, v in kept[2].items())  # as trained at step 2
-    assert any(not torch.equal(v, kept[3][k]) for k, v in exported.items())  # not the last as trained
+    steps = [2, 3] if average == 2 else [6, 7, 8]
+    assert result["averaged_steps"] == steps and result["exported_step"] == last
+    kept = {s: load_file(run / "ppo" / "average" / f"step-{s}" / "rank-00000.safetensors") for s in steps}
+    assert sorted(int(d.name.split("-")[1]) for d in (run / "ppo" / "average").iterdir()) == steps
+    assert all(torch.equal(v, checkpoint[s][k]) for s in steps[:-1] for k, v in kept[s].items())  # as trained there
+    assert any(not torch.equal(v, kept[last][k]) for k, v in exported.items())  # not the last as trained
     for k, v in exported.items():
-        torch.testing.assert_close(v, (kept[2][k] + kept[3][k]) / 2, rtol=0, atol=1e-7)
-    assert "that policy is the mean of the policy's weights at steps 2, 3" in capsys.readouterr().out
+        mean = sum(kept[s][k].double() for s in steps) / len(steps)  # a second, naive mean
+        torch.testing.assert_close(v, mean.float(), rtol=0, atol=1e-7)
+    assert f"that policy is the mean of the policy's weights at steps {', '.join(map(str, steps))}" in \
+        capsys.readouterr().out
 
 
 def test_ppo_average_last_resumed_after_its_last_checkpoint_under_zero3_exports_the_mean(task, tmp_path, capsys):
@@ -208,8 +217,8 @@ def test_ppo_average_last_resumed_after_its_last_checkpoint_under_zero3_exports_
 
     from parallel.host import read_checkpoint
 
-    args = ("ppo.steps=3", "ppo.export=last", "ppo.average_last=2", "ppo.policy.engine.zero_stage=3",
-            "ppo.save_every=1")
+    args = ("ppo.steps=3", "ppo.export=last", "ppo.average_last=2", "ppo.average_span=1",
+            "ppo.policy.engine.zero_stage=3", "ppo.save_every=1")
     run, _ = run_falling(task, tmp_path, capsys, *args)
     shutil.rmtree(run / "ppo" / "policy")
     (run / "ppo" / "result.json").unlink()
