@@ -11,7 +11,7 @@ from __future__ import annotations
 # configs/demo.yaml), so that a setting means the same run whatever the demo config holds now.
 # "defaults" is configs/demo.yaml as it is.
 FIXED_BETA = ["ppo.kl_target=null", "ppo.kl_horizon=10000"]  # the defaults before the fourth round
-# Every run before 2026-12-08 ended on its last policy as trained (ppo.average_last 4 is the default since): each
+# Every run before 2026-12-07 late ended on its last policy as trained (ppo.average_last 4 is the default since): each
 # round's pinned defaults below pin it, so that their labels mean the runs they named.
 LAST = ["ppo.average_last=1"]
 DEMO_2026_11_24 = ["ppo.kl_coef=0.2", "ppo.ppo_epochs=2", "ppo.missing_eos_score=null", "ppo.score_scale=none",
