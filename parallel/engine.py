@@ -239,11 +239,14 @@ class TorchEngine:
     def save(self, directory: str | Path, client_state: dict) -> None:
         """Full training state of this rank: weights as safetensors; optimizer, scheduler, RNG and step
         counters as tensors and plain values, which load without unpickling any object."""
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self.module, str(directory / f"rank-{self.mesh.rank:05d}.safetensors"))
+        # The parameters by name, not the module's state_dict: a Megatron layer's holds `_extra_state` (None),
+        # which safetensors cannot write.
+        save_file({k: v.contiguous() for k, v in self.local_state_dict().items()},
+                  directory / f"rank-{self.mesh.rank:05d}.safetensors")
         state = {"micro_steps": self.micro_steps, "global_steps": self.global_steps, "rng": rng_state(),
                  "client": client_state}
         if self.optimizer is not None:
@@ -251,10 +254,11 @@ class TorchEngine:
         torch.save(state, directory / f"rank-{self.mesh.rank:05d}-state.pt")
 
     def load(self, directory: str | Path) -> dict:
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file
 
         directory = Path(directory)
-        load_model(self.module, str(directory / f"rank-{self.mesh.rank:05d}.safetensors"), device=str(self.mesh.device))
+        weights = load_file(directory / f"rank-{self.mesh.rank:05d}.safetensors", device=str(self.mesh.device))
+        self.set_local_state(weights)
         state = torch.load(directory / f"rank-{self.mesh.rank:05d}-state.pt", weights_only=True)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
